@@ -1,0 +1,456 @@
+"""Plan a deployment of one model on one catalog target: precision, tensor parallelism, limits, KV budget.
+
+All memory is in GiB (2**30 bytes), the unit `memory_gib` in gpus.toml is given in. The arithmetic,
+per GPU of a TP group:
+
+    weights    = (embedding + norms) at 16-bit, replicated on every rank
+               + (attention + MLP) at the precision's bytes per weight, split over TP
+               + lm_head at 16-bit, split over TP
+    headroom   = max(2 GiB, 10% of the GPU): CUDA context, cuBLAS/NCCL workspaces and the
+                 activations of one max_num_tokens iteration
+    KV budget  = memory - weights - headroom
+    KV / token = layers x max(1, kv_heads / TP) x head_dim x 2 (K and V) x KV bytes
+    KV tokens  = KV budget / (KV / token), rounded down to whole 32-token blocks
+
+A plan fits when the KV budget holds at least one max_seq_len sequence. Planning raises PlanError;
+it never prints.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import catalog
+from hf_config import ModelShape
+
+GIB = 2**30
+HEADROOM_MIN_GIB = 2
+HEADROOM_FRACTION = 0.10
+TOKENS_PER_BLOCK = 32  # TRT-LLM 1.x paged-KV block size (trtllm-triton.md §2.3); passed to trtllm-build
+DEFAULT_MAX_SEQ_LEN = 8192  # 128k-context models would otherwise reserve KV for 128k-token requests
+DEFAULT_MAX_NUM_TOKENS = 8192  # trtllm-build's own default; chunked context feeds longer prompts in pieces
+MAX_BATCH_SIZE_CAP = 256
+TP_CHOICES = (1, 2, 4, 8)
+# TRT-LLM applies this to the memory left after weights and activations; the planner's token budget
+# (max_tokens_in_paged_kv_cache) is the binding limit, the fraction only keeps a safety margin.
+KV_CACHE_FREE_GPU_MEM_FRACTION = 0.9
+CPU_MAX_BATCH_SIZE = 8
+CPU_MAX_SEQ_LEN = 2048
+
+
+@dataclass(frozen=True)
+class Precision:
+    linear_bytes: float  # per transformer-block weight (attention and MLP), scales included
+    kv_bytes: int
+    quantized_mlp_only: bool = False
+
+
+# int4_awq: 4 bits + one fp16 scale per 128 weights (--awq_block_size 128); nvfp4: 4 bits + one fp8 scale
+# per 16; mxfp4 (gpt-oss as published): 4 bits + one 8-bit scale per 32, experts only. FP8 and NVFP4
+# engines get an FP8 KV cache (quantize.py --kv_cache_dtype fp8, trtllm-triton.md §2.4).
+PRECISIONS: dict[str, Precision] = {
+    "fp32": Precision(4, 4),
+    "bf16": Precision(2, 2),
+    "fp16": Precision(2, 2),
+    "fp8": Precision(1, 1),
+    "int8_wo": Precision(1, 2),
+    "nvfp4": Precision(0.5 + 1 / 16, 1),
+    "int4_awq": Precision(0.5 + 2 / 128, 2),
+    "mxfp4": Precision(0.5 + 1 / 32, 2, quantized_mlp_only=True),
+}
+# Pre-quantized checkpoints are served as shipped, only by the llmapi runtime. MXFP4 MoE kernels are
+# documented for Hopper (bf16 activations) and Blackwell only (trtllm-triton.md §2.1, gpt_oss README).
+PREQUANTIZED_MIN_CC = {"mxfp4": 9.0}
+# Precisions the llmapi (PyTorch) runtime serves from an unquantized checkpoint: it loads weights as
+# they are and does not run ModelOpt itself.
+LLMAPI_UNQUANTIZED = ("bf16", "fp16")
+
+
+class PlanError(ValueError):
+    """The model cannot be planned on the target as asked; the message says why and what to pass."""
+
+
+@dataclass(frozen=True)
+class Plan:
+    model: str
+    architecture: str
+    parameters: int
+    gpu: str
+    accelerator: str
+    compute_capability: str
+    machine_type: str
+    runtime: str
+    precision: str
+    kv_cache_dtype: str
+    tp: int
+    pp: int
+    max_batch_size: int
+    max_input_len: int
+    max_output_len: int
+    max_seq_len: int
+    max_num_tokens: int
+    memory_gib: float
+    weights_gib: float  # whole model
+    weights_per_gpu_gib: float
+    headroom_gib: float
+    kv_bytes_per_token: int  # per GPU
+    kv_budget_gib: float  # per GPU
+    kv_tokens: int
+    max_len_sequences: int  # how many max_seq_len sequences the KV budget holds at once
+    kv_cache_free_gpu_mem_fraction: float
+
+    def limits(self) -> dict[str, int]:
+        return {
+            "max_batch_size": self.max_batch_size,
+            "max_input_len": self.max_input_len,
+            "max_output_len": self.max_output_len,
+            "max_seq_len": self.max_seq_len,
+            "max_num_tokens": self.max_num_tokens,
+        }
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class _Memory:
+    weights_total: int
+    weights_per_gpu: int
+    headroom: int
+    memory: int
+    kv_bytes_per_token: int
+
+    @property
+    def kv_budget(self) -> int:
+        return self.memory - self.weights_per_gpu - self.headroom
+
+    @property
+    def kv_tokens(self) -> int:
+        if self.kv_budget <= 0:
+            return 0
+        return self.kv_budget // self.kv_bytes_per_token // TOKENS_PER_BLOCK * TOKENS_PER_BLOCK
+
+
+def _gib(n: int) -> float:
+    return round(n / GIB, 2)
+
+
+def kv_dtype(precision: str) -> str:
+    return {1: "fp8", 2: "bf16" if precision != "fp16" else "fp16", 4: "fp32"}[PRECISIONS[precision].kv_bytes]
+
+
+def weight_bytes(shape: ModelShape, precision: str, tp: int = 1) -> tuple[int, int]:
+    """(whole model, per GPU of a TP group) weight bytes."""
+    p = shape.parameters()
+    spec = PRECISIONS[precision]
+    wide = 4 if precision == "fp32" else 2
+    if spec.quantized_mlp_only:
+        split = math.ceil(p.mlp * spec.linear_bytes) + (p.attention + p.lm_head) * wide
+    else:
+        split = math.ceil(p.linear * spec.linear_bytes) + p.lm_head * wide
+    replicated = (p.embedding + p.norms) * wide
+    return replicated + split, replicated + math.ceil(split / tp)
+
+
+def _memory(shape: ModelShape, gpu: catalog.Gpu, precision: str, tp: int) -> _Memory:
+    total, per_gpu = weight_bytes(shape, precision, tp)
+    # The cpu target has no GPU: its budget is the Triton pod's memory request.
+    memory = (gpu.pod_memory_gib if gpu.is_cpu else gpu.memory_gib) * GIB
+    kv_heads = max(1, shape.num_kv_heads // tp)  # TP > kv_heads replicates KV heads
+    return _Memory(
+        weights_total=total,
+        weights_per_gpu=per_gpu,
+        headroom=max(HEADROOM_MIN_GIB * GIB, int(memory * HEADROOM_FRACTION)),
+        memory=memory,
+        kv_bytes_per_token=shape.num_layers * kv_heads * shape.head_dim * 2 * PRECISIONS[precision].kv_bytes,
+    )
+
+
+def _pow2_floor(n: int) -> int:
+    return 1 << (n.bit_length() - 1)
+
+
+def valid_tps(shape: ModelShape, gpu: catalog.Gpu) -> tuple[int, ...]:
+    """TP sizes one node of this GPU can carry that split the model's attention evenly."""
+    if gpu.is_cpu:
+        return (1,)
+    return tuple(t for t in TP_CHOICES if t <= gpu.max_gpus_per_node and _tp_problem(shape, t) is None)
+
+
+def _tp_problem(shape: ModelShape, tp: int) -> str | None:
+    if shape.num_heads % tp:
+        return f"{shape.num_heads} attention heads do not split over {tp} GPUs"
+    kv = shape.num_kv_heads
+    if kv % tp and tp % kv:
+        # TRT-LLM shards KV heads, or replicates them when TP is a multiple of their count
+        return f"{kv} KV heads neither divide by {tp} nor divide {tp}"
+    return None
+
+
+def _precision_problem(shape: ModelShape, runtime: str, precision: str) -> str | None:
+    if runtime == "llmapi" and precision not in LLMAPI_UNQUANTIZED:
+        return (
+            f"the llmapi runtime serves the checkpoint's own weights and does not quantize; "
+            f"{shape.name} is unquantized, so it runs at {' or '.join(LLMAPI_UNQUANTIZED)} "
+            f"(use --runtime engine for {precision})"
+        )
+    return None
+
+
+def _resolve_precision(shape: ModelShape, gpu: catalog.Gpu, runtime: str, requested: str | None) -> str:
+    if gpu.is_cpu:
+        if requested not in (None, "fp32"):
+            raise PlanError(f"the cpu target runs fp32 only; drop --precision {requested}")
+        return "fp32"
+    if shape.quant_method:
+        method = shape.quant_method
+        if requested not in (None, method):
+            raise PlanError(
+                f"{shape.name} ships pre-quantized as {method} and is served as shipped; "
+                f"drop --precision {requested}"
+            )
+        if runtime != "llmapi":
+            raise PlanError(
+                f"{shape.name} ships pre-quantized as {method}, which only the llmapi runtime serves; "
+                "pass --runtime llmapi"
+            )
+        needed = PREQUANTIZED_MIN_CC.get(method)
+        if needed is None:
+            raise PlanError(f"{shape.name} is quantized as {method}, which the planner does not know")
+        if float(gpu.compute_capability) < needed:
+            able = [g.name for g in catalog.gpus().values() if g.compute_capability and
+                    float(g.compute_capability) >= needed]
+            raise PlanError(
+                f"{gpu.name} (compute capability {gpu.compute_capability}) has no {method} kernels; "
+                f"GPUs that serve {method}: {', '.join(able)}"
+            )
+        return method
+    if requested is None:
+        ordered = [gpu.default_precision, *(p for p in gpu.precisions if p != gpu.default_precision)]
+        for precision in ordered:
+            if _precision_problem(shape, runtime, precision) is None:
+                return precision
+        raise PlanError(
+            f"{gpu.name} supports no precision that the {runtime} runtime serves for {shape.name}"
+        )
+    if requested not in PRECISIONS:
+        raise PlanError(f"unknown precision {requested!r}; known: {', '.join(PRECISIONS)}")
+    if requested not in gpu.precisions:
+        able = [g.name for g in catalog.gpus().values() if requested in g.precisions]
+        raise PlanError(
+            f"{gpu.name} (compute capability {gpu.compute_capability}) has no {requested}; "
+            f"GPUs with {requested}: {', '.join(able) or 'none'}. "
+            f"{gpu.name} supports: {', '.join(gpu.precisions)}"
+        )
+    problem = _precision_problem(shape, runtime, requested)
+    if problem:
+        raise PlanError(problem)
+    return requested
+
+
+def _resolve_max_seq_len(shape: ModelShape, gpu: catalog.Gpu, requested: int | None) -> int:
+    limit = shape.max_position_embeddings
+    if requested is None:
+        return min(CPU_MAX_SEQ_LEN if gpu.is_cpu else DEFAULT_MAX_SEQ_LEN, limit)
+    if requested < 2:
+        raise PlanError(f"--max-seq-len {requested} is too small; it must hold a prompt and one output token")
+    if requested > limit:
+        raise PlanError(
+            f"--max-seq-len {requested} exceeds {shape.name}'s max_position_embeddings ({limit}); "
+            f"pass --max-seq-len {limit} or less"
+        )
+    return requested
+
+
+def _fit(shape: ModelShape, gpu: catalog.Gpu, precision: str, tp: int, max_seq_len: int) -> _Memory | None:
+    mem = _memory(shape, gpu, precision, tp)
+    return mem if mem.kv_tokens >= max_seq_len else None
+
+
+def _precision_order(gpu: catalog.Gpu, shape: ModelShape, runtime: str) -> list[str]:
+    """This GPU's usable precisions, least lossy first (PRECISIONS is ordered that way)."""
+    return [p for p in PRECISIONS if p in gpu.precisions and _precision_problem(shape, runtime, p) is None]
+
+
+def _suggestions(
+    shape: ModelShape, gpu: catalog.Gpu, runtime: str, precision: str, tp: int, max_seq_len: int,
+    precision_given: bool,
+) -> list[str]:
+    """The nearest options that fit: one flag changed on this GPU first, then a bigger GPU."""
+    options: list[str] = []
+    if not shape.quant_method and not gpu.is_cpu:
+        # same precision, more GPUs
+        more = next((t for t in valid_tps(shape, gpu) if _fit(shape, gpu, precision, t, max_seq_len)), None)
+        if more is not None:
+            options.append(f"--tp {more}")
+        # same GPUs, fewer bytes per weight
+        if tp in valid_tps(shape, gpu):
+            smaller = next((p for p in _precision_order(gpu, shape, runtime)
+                            if _fit(shape, gpu, p, tp, max_seq_len)), None)
+            if smaller is not None:
+                options.append(f"--precision {smaller}")
+    mem = _memory(shape, gpu, precision, tp)
+    if mem.kv_tokens >= 2 * TOKENS_PER_BLOCK:
+        options.append(f"--max-seq-len {_pow2_floor(mem.kv_tokens)}")
+    fits: list[tuple[int, int, str]] = []
+    for other in catalog.gpus().values():
+        if other.is_cpu or other.memory_gib <= (0 if gpu.is_cpu else gpu.memory_gib):
+            continue
+        other_runtime = runtime if runtime in other.runtimes else other.runtimes[0]
+        try:
+            p = _resolve_precision(shape, other, other_runtime, precision if precision_given else None)
+        except PlanError:
+            continue
+        t = next((t for t in valid_tps(shape, other) if _fit(shape, other, p, t, max_seq_len)), None)
+        if t is not None:
+            # a runtime the other GPU lacks falls back to its default, which needs no flag
+            flags = [f"--gpu {other.name}"] + ([f"--tp {t}"] if t != 1 else [])
+            fits.append((t, other.memory_gib, " ".join(flags)))
+    if fits:
+        options.append(min(fits)[2])
+    return options
+
+
+def plan(
+    config: ModelShape,
+    gpu: catalog.Gpu,
+    *,
+    runtime: str,
+    precision: str | None = None,
+    tp: int | None = None,
+    max_seq_len: int | None = None,
+) -> Plan:
+    shape = config
+    if runtime not in gpu.runtimes:
+        raise PlanError(
+            f"{gpu.name} runs the {' or '.join(gpu.runtimes)} runtime; --runtime {runtime} is not one of them"
+        )
+    if runtime == "engine" and shape.engine_family is None:
+        raise PlanError(
+            f"{shape.name} ({shape.architecture}) has no TensorRT engine recipe in TensorRT-LLM "
+            f"{catalog.versions()['tensorrt_llm']['version']}; only the PyTorch backend serves it. "
+            "Pass --runtime llmapi"
+        )
+    if gpu.is_cpu and tp not in (None, 1):
+        raise PlanError(f"the cpu target runs in one process; drop --tp {tp}")
+    chosen_precision = _resolve_precision(shape, gpu, runtime, precision)
+    seq_len = _resolve_max_seq_len(shape, gpu, max_seq_len)
+
+    tps = valid_tps(shape, gpu)
+    if tp is not None and tp not in tps:
+        if tp not in TP_CHOICES:
+            problem = f"TP must be one of {', '.join(map(str, TP_CHOICES))}"
+        elif tp > gpu.max_gpus_per_node:
+            problem = f"{gpu.name} nodes carry at most {gpu.max_gpus_per_node} GPUs"
+        else:
+            problem = _tp_problem(shape, tp)
+        raise PlanError(f"--tp {tp} does not work for {shape.name} on {gpu.name}: {problem}; valid: "
+                        f"{', '.join(f'--tp {t}' for t in tps)}")
+    if tp is None:
+        chosen_tp = next((t for t in tps if _fit(shape, gpu, chosen_precision, t, seq_len)), tps[-1])
+    else:
+        chosen_tp = tp
+
+    mem = _memory(shape, gpu, chosen_precision, chosen_tp)
+    if mem.kv_tokens < seq_len:
+        raise PlanError(_too_big(shape, gpu, runtime, chosen_precision, chosen_tp, seq_len, mem,
+                                 precision_given=precision is not None))
+
+    if gpu.is_cpu:
+        max_batch_size = CPU_MAX_BATCH_SIZE
+        max_num_tokens = CPU_MAX_BATCH_SIZE * seq_len
+    else:
+        # Requests average well under max_seq_len: size the batch for half-length sequences.
+        max_batch_size = min(MAX_BATCH_SIZE_CAP, _pow2_floor(mem.kv_tokens // (seq_len // 2)))
+        max_num_tokens = DEFAULT_MAX_NUM_TOKENS
+    max_input_len = seq_len // 2
+    # A pod takes tp GPUs of the smallest machine that has that many (H200/B200 come only as 8-GPU nodes).
+    machine_gpus = 0 if gpu.is_cpu else min(n for n in gpu.machine_types if n >= chosen_tp)
+    return Plan(
+        model=shape.name,
+        architecture=shape.architecture,
+        parameters=shape.parameters().total,
+        gpu=gpu.name,
+        accelerator=gpu.accelerator,
+        compute_capability=gpu.compute_capability,
+        machine_type=gpu.machine_types[machine_gpus],
+        runtime=runtime,
+        precision=chosen_precision,
+        kv_cache_dtype=kv_dtype(chosen_precision),
+        tp=chosen_tp,
+        pp=1,
+        max_batch_size=max_batch_size,
+        max_input_len=max_input_len,
+        max_output_len=seq_len - max_input_len,
+        max_seq_len=seq_len,
+        max_num_tokens=max_num_tokens,
+        memory_gib=_gib(mem.memory),
+        weights_gib=_gib(mem.weights_total),
+        weights_per_gpu_gib=_gib(mem.weights_per_gpu),
+        headroom_gib=_gib(mem.headroom),
+        kv_bytes_per_token=mem.kv_bytes_per_token,
+        kv_budget_gib=_gib(mem.kv_budget),
+        kv_tokens=mem.kv_tokens,
+        max_len_sequences=mem.kv_tokens // seq_len,
+        kv_cache_free_gpu_mem_fraction=KV_CACHE_FREE_GPU_MEM_FRACTION,
+    )
+
+
+def _too_big(
+    shape: ModelShape, gpu: catalog.Gpu, runtime: str, precision: str, tp: int, seq_len: int, mem: _Memory,
+    *, precision_given: bool,
+) -> str:
+    where = "of pod memory" if gpu.is_cpu else "per GPU"
+    one_seq = mem.kv_bytes_per_token * seq_len
+    need = mem.weights_per_gpu + mem.headroom + one_seq
+    message = (
+        f"{gpu.name} has {gpu.pod_memory_gib if gpu.is_cpu else gpu.memory_gib} GiB {where}; "
+        f"{shape.name} at {precision} with --tp {tp} needs {mem.weights_per_gpu / GIB:.1f} GiB of weights, "
+        f"{mem.headroom / GIB:.1f} GiB runtime headroom and {one_seq / GIB:.1f} GiB of KV cache for one "
+        f"{seq_len}-token sequence ({need / GIB:.1f} GiB)."
+    )
+    options = _suggestions(shape, gpu, runtime, precision, tp, seq_len, precision_given)
+    if not options:
+        return f"{message} No catalog target fits it; pass a smaller --max-seq-len or a smaller model."
+    return f"{message} Pass {', or '.join(options)}."
+
+
+def format_table(plan: Plan) -> str:
+    """The plan as a two-column table, for `--plan`."""
+    from io import StringIO
+
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{plan.model} on {plan.gpu} ({plan.runtime})", show_header=True)
+    table.add_column("setting")
+    table.add_column("value", justify="right")
+    rows = [
+        ("parameters", f"{plan.parameters / 1e9:.2f} B"),
+        ("accelerator", plan.accelerator or "(none)"),
+        ("compute capability", plan.compute_capability or "(none)"),
+        ("machine type", plan.machine_type),
+        ("precision", plan.precision),
+        ("KV cache dtype", plan.kv_cache_dtype),
+        ("tensor parallel (GPUs)", str(plan.tp)),
+        ("pipeline parallel", str(plan.pp)),
+        ("memory per GPU" if plan.accelerator else "pod memory", f"{plan.memory_gib:.2f} GiB"),
+        ("weights (whole model)", f"{plan.weights_gib:.2f} GiB"),
+        ("weights per GPU", f"{plan.weights_per_gpu_gib:.2f} GiB"),
+        ("runtime headroom", f"{plan.headroom_gib:.2f} GiB"),
+        ("KV budget per GPU", f"{plan.kv_budget_gib:.2f} GiB"),
+        ("KV bytes per token per GPU", f"{plan.kv_bytes_per_token:,}"),
+        ("KV tokens", f"{plan.kv_tokens:,}"),
+        ("max-length sequences in KV", str(plan.max_len_sequences)),
+        ("max_batch_size", str(plan.max_batch_size)),
+        ("max_num_tokens", str(plan.max_num_tokens)),
+        ("max_seq_len", str(plan.max_seq_len)),
+        ("max_input_len", str(plan.max_input_len)),
+        ("max_output_len", str(plan.max_output_len)),
+    ]
+    for name, value in rows:
+        table.add_row(name, value)
+    out = StringIO()
+    Console(file=out, width=72, no_color=True, highlight=False).print(table)
+    return out.getvalue()

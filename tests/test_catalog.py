@@ -1,0 +1,76 @@
+"""The GPU catalog (build/gpus.toml) keeps the facts every other part relies on."""
+
+from __future__ import annotations
+
+import catalog
+import pytest
+
+GPU_TARGETS = [g for g in catalog.gpus().values() if not g.is_cpu]
+
+
+def test_issue_targets_have_their_gke_labels_and_compute_capabilities():
+    # issue 3, Deliver 1; gke-serving.md §1.4 and trtllm-triton.md §2.4
+    expected = {
+        "l4": ("nvidia-l4", "8.9"),
+        "a100-40gb": ("nvidia-tesla-a100", "8.0"),
+        "a100-80gb": ("nvidia-a100-80gb", "8.0"),
+        "h100": ("nvidia-h100-80gb", "9.0"),
+        "h200": ("nvidia-h200-141gb", "9.0"),
+        "b200": ("nvidia-b200", "10.0"),
+    }
+    got = {g.name: (g.accelerator, g.compute_capability) for g in GPU_TARGETS}
+    assert got == expected
+    assert "cpu" in catalog.gpus()
+
+
+@pytest.mark.parametrize("gpu", GPU_TARGETS, ids=lambda g: g.name)
+def test_every_gpu_has_label_capability_memory_and_machines(gpu):
+    assert gpu.accelerator.startswith("nvidia-")
+    assert float(gpu.compute_capability) >= 8.0
+    assert gpu.memory_gib > 0
+    assert gpu.machine_types and all(n > 0 and machine for n, machine in gpu.machine_types.items())
+    assert gpu.pod_cpu > 0 and gpu.pod_memory_gib > 0
+
+
+@pytest.mark.parametrize("gpu", GPU_TARGETS, ids=lambda g: g.name)
+def test_fp8_exactly_from_sm89_and_nvfp4_exactly_from_sm100(gpu):
+    cc = float(gpu.compute_capability)
+    assert ("fp8" in gpu.precisions) == (cc >= 8.9)
+    assert ("nvfp4" in gpu.precisions) == (cc >= 10.0)
+
+
+def test_a100_has_neither_fp8_nor_nvfp4():
+    for name in ("a100-40gb", "a100-80gb"):
+        precisions = catalog.gpu(name).precisions
+        assert "fp8" not in precisions and "nvfp4" not in precisions
+
+
+def test_accelerator_labels_are_unique():
+    labels = [g.accelerator for g in GPU_TARGETS]
+    assert len(labels) == len(set(labels))
+
+
+@pytest.mark.parametrize("gpu", list(catalog.gpus().values()), ids=lambda g: g.name)
+def test_default_precision_is_one_the_gpu_supports(gpu):
+    assert gpu.default_precision in gpu.precisions
+
+
+def test_gpus_default_to_the_engine_runtime_and_cpu_runs_only_cpu():
+    assert all(g.runtimes == ("engine", "llmapi") for g in GPU_TARGETS)
+    cpu = catalog.gpu("cpu")
+    assert cpu.runtimes == ("cpu",)
+    assert cpu.precisions == ("fp32",)
+
+
+def test_lookup_by_accelerator_label_round_trips():
+    for gpu in GPU_TARGETS:
+        assert catalog.gpu_by_accelerator(gpu.accelerator) is gpu
+    assert catalog.gpu_by_accelerator("nvidia-tesla-t4") is None
+
+
+def test_unknown_target_names_the_known_ones():
+    with pytest.raises(catalog.UnknownGpuError) as caught:
+        catalog.gpu("h300")
+    assert str(caught.value) == (
+        "unknown GPU target 'h300'; known targets: cpu, l4, a100-40gb, a100-80gb, h100, h200, b200"
+    )

@@ -1,0 +1,371 @@
+"""Planner numbers worked out by hand from real config.json files, and its refusals word for word."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import catalog
+import hf_config
+import planner
+import pytest
+
+MODELS = Path(__file__).parent / "fixtures" / "models"
+GIB = 2**30
+
+
+def shape(name: str) -> hf_config.ModelShape:
+    return hf_config.load(MODELS / name)
+
+
+def plan(model: str, gpu: str, runtime: str = "engine", **kwargs) -> planner.Plan:
+    return planner.plan(shape(model), catalog.gpu(gpu), runtime=runtime, **kwargs)
+
+
+def refusal(model: str | hf_config.ModelShape, gpu: str, runtime: str = "engine", **kwargs) -> str:
+    config = shape(model) if isinstance(model, str) else model
+    with pytest.raises(planner.PlanError) as caught:
+        planner.plan(config, catalog.gpu(gpu), runtime=runtime, **kwargs)
+    return str(caught.value)
+
+
+# ---- parameter counts -------------------------------------------------------------------------
+
+# Published totals (model cards): 8.03B, 70.6B, 7.61B, 7.25B, 135M, 21B ("20.9B" in the gpt-oss card).
+PUBLISHED = {
+    "Llama-3.1-8B": 8.03e9,
+    "Llama-3.1-70B": 70.6e9,
+    "Qwen2.5-7B": 7.61e9,
+    "Mistral-7B-v0.3": 7.25e9,
+    "SmolLM2-135M": 135e6,
+    "gpt-oss-20b": 20.9e9,
+}
+
+
+@pytest.mark.parametrize("model", PUBLISHED)
+def test_parameter_count_matches_the_published_one_within_2_percent(model):
+    assert shape(model).parameters().total == pytest.approx(PUBLISHED[model], rel=0.02)
+
+
+def test_llama_8b_parameters_by_hand():
+    # embedding = lm_head = vocab 128256 x hidden 4096 = 525,336,576
+    # attention per layer: q 4096x4096 + k,v 2 x 4096x(8 x 128) + o 4096x4096 = 41,943,040; x 32 layers
+    # MLP per layer: gate, up, down 3 x 4096 x 14336 = 176,160,768; x 32 layers
+    # norms: 2 per layer x 32 x 4096 + final 4096 = 266,240
+    counts = shape("Llama-3.1-8B").parameters()
+    assert counts == hf_config.ParameterCounts(
+        embedding=525_336_576,
+        lm_head=525_336_576,
+        attention=41_943_040 * 32,
+        mlp=176_160_768 * 32,
+        norms=266_240,
+    )
+    assert counts.total == 8_030_261_248
+
+
+def test_tied_embeddings_have_no_separate_lm_head():
+    # SmolLM2-135M ties lm_head to the 49152 x 576 embedding
+    counts = shape("SmolLM2-135M").parameters()
+    assert counts.lm_head == 0
+    assert counts.embedding == 49152 * 576
+
+
+def test_gpt_oss_experts_by_hand():
+    # per layer: 32 experts x (gate_up 2880x5760 + bias 5760 + down 2880x2880 + bias 2880)
+    #            + router 2880x32 + bias 32
+    per_layer = 32 * (2880 * 5760 + 5760 + 2880 * 2880 + 2880) + 2880 * 32 + 32
+    assert shape("gpt-oss-20b").parameters().mlp == 24 * per_layer == 19_119_145_728
+
+
+def test_qwen2_has_qkv_biases_only():
+    # q 3584x3584 + k,v 2 x 3584x512 + o 3584x3584, biases on q (3584) and k, v (512 each)
+    qwen = shape("Qwen2.5-7B")
+    assert qwen.parameters().attention == 28 * (2 * 3584 * 3584 + 2 * 3584 * 512 + 3584 + 2 * 512)
+
+
+def test_unsupported_architecture_is_refused(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"architectures": ["T5ForConditionalGeneration"]}))
+    with pytest.raises(hf_config.ModelConfigError) as caught:
+        hf_config.load(tmp_path)
+    assert str(caught.value) == (
+        f"{tmp_path / 'config.json'}: architecture T5ForConditionalGeneration is not supported; "
+        "supported: LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, GptOssForCausalLM"
+    )
+
+
+def test_missing_config_says_what_model_must_be(tmp_path):
+    with pytest.raises(hf_config.ModelConfigError) as caught:
+        hf_config.load(tmp_path)
+    assert str(caught.value) == (
+        f"{tmp_path / 'config.json'}: not found; --model must be a Hugging Face model directory"
+    )
+
+
+# ---- weight bytes -----------------------------------------------------------------------------
+
+# Llama-3.1-8B: linear (attention + MLP) = 6,979,321,856; lm_head = 525,336,576;
+# embedding + norms = 525,602,816, always 16-bit: 1,051,205,632 bytes; lm_head at 16-bit: 1,050,673,152.
+SIXTEEN_BIT_REST = 1_051_205_632 + 1_050_673_152
+
+
+@pytest.mark.parametrize(
+    ("precision", "expected"),
+    [
+        ("fp32", 8_030_261_248 * 4),
+        ("bf16", 8_030_261_248 * 2),
+        ("fp8", 6_979_321_856 * 1 + SIXTEEN_BIT_REST),  # 9,081,200,640
+        ("int8_wo", 6_979_321_856 * 1 + SIXTEEN_BIT_REST),
+        ("int4_awq", 6_979_321_856 * 33 // 64 + SIXTEEN_BIT_REST),  # 4 bits + fp16 scale per 128
+        ("nvfp4", 6_979_321_856 * 9 // 16 + SIXTEEN_BIT_REST),  # 4 bits + fp8 scale per 16
+    ],
+)
+def test_llama_8b_weight_bytes_per_precision(precision, expected):
+    total, per_gpu = planner.weight_bytes(shape("Llama-3.1-8B"), precision)
+    assert total == per_gpu == expected
+
+
+# ---- plans ------------------------------------------------------------------------------------
+
+
+def test_llama_8b_on_h100_by_hand():
+    p = plan("Llama-3.1-8B", "h100")
+    # default precision on H100 is fp8 -> weights 9,081,200,640 B (above), KV in fp8
+    # headroom = max(2 GiB, 10% of 80 GiB) = 8 GiB = 8,589,934,592
+    # KV budget = 85,899,345,920 - 9,081,200,640 - 8,589,934,592 = 68,228,210,688
+    # KV/token = 32 layers x 8 KV heads x 128 x 2 x 1 byte = 65,536
+    # tokens = 68,228,210,688 // 65,536 = 1,041,079 -> whole 32-token blocks: 1,041,056
+    # max_seq_len = min(8192, 131072); 1,041,056 // 8192 = 127 full sequences
+    # max_batch_size = largest power of two <= 1,041,056 // 4096 (= 254) -> 128
+    assert (p.precision, p.kv_cache_dtype, p.tp, p.pp) == ("fp8", "fp8", 1, 1)
+    assert p.kv_bytes_per_token == 65_536
+    assert p.kv_tokens == 1_041_056
+    assert p.max_len_sequences == 127
+    assert p.limits() == {
+        "max_batch_size": 128,
+        "max_input_len": 4096,
+        "max_output_len": 4096,
+        "max_seq_len": 8192,
+        "max_num_tokens": 8192,
+    }
+    assert p.weights_gib == pytest.approx(9_081_200_640 / GIB, abs=0.005)
+    assert p.headroom_gib == 8.0
+    assert p.kv_budget_gib == pytest.approx(68_228_210_688 / GIB, abs=0.005)
+    assert (p.machine_type, p.accelerator) == ("a3-highgpu-1g", "nvidia-h100-80gb")
+    assert p.compute_capability == "9.0"
+
+
+def test_llama_70b_on_l4_needs_four_gpus_by_hand():
+    p = plan("Llama-3.1-70B", "l4")
+    # fp8: linear 68,451,041,280 x 1 + lm_head 1,050,673,152 x 2 = 70,552,387,584, split over TP;
+    #      embedding + norms (1,050,673,152 + 1,318,912) x 2 = 2,103,984,128 on every GPU
+    # TP 2: 2,103,984,128 + 35,276,193,792 = 34.8 GiB > 24 GiB; TP 4: 2,103,984,128 + 17,638,096,896
+    #       = 19,742,081,024 B per GPU
+    # headroom = max(2 GiB, 2.4 GiB) = int(25,769,803,776 x 0.1) = 2,576,980,377
+    # KV budget = 25,769,803,776 - 19,742,081,024 - 2,576,980,377 = 3,450,742,375
+    # KV/token per GPU = 80 layers x (8 / 4) KV heads x 128 x 2 x 1 = 40,960
+    # tokens = 3,450,742,375 // 40,960 = 84,246 -> 84,224 (blocks of 32); 84,224 // 8192 = 10 sequences
+    # max_batch_size = power of two <= 84,224 // 4096 (= 20) -> 16
+    assert (p.precision, p.tp, p.machine_type) == ("fp8", 4, "g2-standard-48")
+    assert p.kv_bytes_per_token == 40_960
+    assert p.kv_tokens == 84_224
+    assert p.max_len_sequences == 10
+    assert p.max_batch_size == 16
+
+
+def test_gpt_oss_20b_on_h100_llmapi_as_shipped_by_hand():
+    p = plan("gpt-oss-20b", "h100", runtime="llmapi")
+    # experts stay MXFP4 (4 bits + 8-bit scale per 32 = 17/32 byte): 19,119,145,728 x 17/32 = 10,157,046,168
+    # attention 637,203,456 and lm_head 579,133,440 at bf16: 2,432,673,792
+    # embedding + norms (579,133,440 + 141,120) x 2 = 1,158,549,120
+    # total 13,748,269,080 B; KV budget = 85,899,345,920 - 13,748,269,080 - 8,589,934,592 = 63,561,142,248
+    # KV/token = 24 layers x 8 x 64 x 2 x 2 bytes = 49,152 -> 1,293,155 -> 1,293,152 tokens
+    assert (p.precision, p.kv_cache_dtype, p.tp) == ("mxfp4", "bf16", 1)
+    assert p.weights_gib == pytest.approx(13_748_269_080 / GIB, abs=0.005)
+    assert p.kv_tokens == 1_293_152
+    assert p.max_batch_size == 256  # 1,293,152 // 4096 = 315 -> 256, the cap
+
+
+def test_smollm2_on_cpu_by_hand():
+    p = plan("SmolLM2-135M", "cpu", runtime="cpu")
+    # fp32, tp 1, batch 8; max_seq_len = min(2048, 8192); input half, output the rest; tokens 8 x 2048
+    # weights 134,515,008 x 4 = 538,060,032 B against the 8 GiB pod, headroom 2 GiB
+    # KV/token = 30 x 3 x 64 x 2 x 4 = 46,080; (8,589,934,592 - 538,060,032 - 2,147,483,648) // 46,080
+    #   = 128,133 -> 128,128 tokens
+    assert (p.precision, p.tp, p.runtime, p.machine_type) == ("fp32", 1, "cpu", "n2-standard-8")
+    assert p.limits() == {
+        "max_batch_size": 8,
+        "max_input_len": 1024,
+        "max_output_len": 1024,
+        "max_seq_len": 2048,
+        "max_num_tokens": 16384,
+    }
+    assert p.kv_tokens == 128_128
+
+
+def test_asked_max_seq_len_raises_tp_until_one_sequence_fits():
+    p = plan("Llama-3.1-8B", "l4", precision="bf16", max_seq_len=131072)
+    # bf16 at TP 1: 14.96 GiB weights + 2.4 headroom leaves 6.64 GiB = 54,392 tokens of 128 KiB: < 131072
+    # TP 2: KV/token 32 x 4 x 128 x 2 x 2 = 65,536 per GPU, room for one 131072-token sequence
+    assert (p.tp, p.max_seq_len, p.max_input_len, p.max_output_len) == (2, 131072, 65536, 65536)
+    assert p.max_len_sequences == 1
+
+
+def test_tp_larger_than_kv_heads_replicates_them():
+    qwen = dataclasses.replace(shape("Qwen2.5-7B"), num_kv_heads=2)
+    p = planner.plan(qwen, catalog.gpu("h100"), runtime="engine", tp=4, precision="bf16")
+    # 4 GPUs over 2 KV heads: each GPU keeps one head -> 28 layers x 1 x 128 x 2 x 2 bytes
+    assert p.kv_bytes_per_token == 28 * 1 * 128 * 2 * 2
+
+
+@pytest.mark.parametrize(
+    ("model", "gpu", "tps"),
+    [
+        ("Qwen2.5-7B", "l4", (1, 2, 4)),  # 28 heads: 8 does not divide them
+        ("SmolLM2-135M", "h100", (1,)),  # 9 heads, 3 KV heads
+        ("Llama-3.1-70B", "h200", (1, 2, 4, 8)),  # H200 nodes have 8 GPUs; a pod may take fewer
+        ("Llama-3.1-70B", "cpu", (1,)),
+    ],
+)
+def test_valid_tensor_parallel_sizes(model, gpu, tps):
+    assert planner.valid_tps(shape(model), catalog.gpu(gpu)) == tps
+
+
+def test_llmapi_falls_back_from_fp8_default_to_bf16():
+    # H100 defaults to fp8, but the llmapi runtime serves an unquantized checkpoint as it is
+    assert plan("Llama-3.1-8B", "h100", runtime="llmapi").precision == "bf16"
+
+
+def test_to_dict_has_every_number_for_json():
+    d = plan("Mistral-7B-v0.3", "a100-40gb").to_dict()
+    assert d["precision"] == "bf16" and d["gpu"] == "a100-40gb" and d["tp"] == 1
+    assert json.loads(json.dumps(d)) == d
+    assert {"kv_tokens", "kv_budget_gib", "max_len_sequences", "weights_per_gpu_gib"} <= set(d)
+
+
+def test_format_table_shows_the_plan():
+    table = planner.format_table(plan("Llama-3.1-8B", "h100"))
+    assert "Llama-3.1-8B on h100 (engine)" in table
+    assert "│ max_batch_size" in table and "│              128 │" in table
+    assert "1,041,056" in table
+
+
+# ---- refusals ---------------------------------------------------------------------------------
+
+
+def test_70b_bf16_on_one_h100_names_what_fits():
+    # weights 141,107,412,992 B = 131.4 GiB; headroom 8 GiB; one 8192-token sequence in bf16:
+    # 80 x 8 x 128 x 2 x 2 x 8192 = 2.5 GiB. --tp 2: 66.7 GiB per GPU; --precision fp8: 67.7 GiB;
+    # h200 (141 GiB) lacks room at TP 1 (131.4 + 14.1 > 141), b200 (180 GiB) has it.
+    assert refusal("Llama-3.1-70B", "h100", precision="bf16", tp=1) == (
+        "h100 has 80 GiB per GPU; Llama-3.1-70B at bf16 with --tp 1 needs 131.4 GiB of weights, "
+        "8.0 GiB runtime headroom and 2.5 GiB of KV cache for one 8192-token sequence (141.9 GiB). "
+        "Pass --tp 2, or --precision fp8, or --gpu b200."
+    )
+
+
+def test_70b_on_cpu_points_to_a_gpu():
+    assert refusal("Llama-3.1-70B", "cpu", runtime="cpu") == (
+        "cpu has 8 GiB of pod memory; Llama-3.1-70B at fp32 with --tp 1 needs 262.8 GiB of weights, "
+        "2.0 GiB runtime headroom and 1.2 GiB of KV cache for one 2048-token sequence (266.1 GiB). "
+        "Pass --gpu h100."
+    )
+
+
+def test_a_long_context_that_does_not_fit_suggests_a_shorter_one():
+    message = refusal("Llama-3.1-8B", "l4", precision="bf16", tp=1, max_seq_len=131072)
+    # TP 1 leaves 6.6 GiB = 54,368 bf16 tokens: the largest power of two under that is 32768
+    assert message.endswith("Pass --tp 2, or --precision fp8, or --max-seq-len 32768, or --gpu a100-40gb.")
+
+
+def test_nothing_fits_anywhere():
+    # 5000 Llama-70B layers: 4.3T parameters, over 290 GiB per B200 even at nvfp4 on 8 GPUs
+    giant = dataclasses.replace(shape("Llama-3.1-70B"), name="giant", num_layers=5000)
+    assert refusal(giant, "b200").endswith(
+        "No catalog target fits it; pass a smaller --max-seq-len or a smaller model."
+    )
+
+
+def test_fp8_on_a100_names_the_gpus_that_have_it():
+    assert refusal("Llama-3.1-8B", "a100-80gb", precision="fp8") == (
+        "a100-80gb (compute capability 8.0) has no fp8; GPUs with fp8: l4, h100, h200, b200. "
+        "a100-80gb supports: bf16, fp16, int8_wo, int4_awq"
+    )
+
+
+def test_nvfp4_needs_blackwell():
+    assert refusal("Llama-3.1-8B", "h100", precision="nvfp4") == (
+        "h100 (compute capability 9.0) has no nvfp4; GPUs with nvfp4: b200. "
+        "h100 supports: bf16, fp16, fp8, int8_wo, int4_awq"
+    )
+
+
+def test_unknown_precision():
+    assert refusal("Llama-3.1-8B", "h100", precision="int3") == (
+        "unknown precision 'int3'; known: fp32, bf16, fp16, fp8, int8_wo, nvfp4, int4_awq, mxfp4"
+    )
+
+
+def test_llmapi_does_not_quantize():
+    assert refusal("Llama-3.1-8B", "h100", runtime="llmapi", precision="fp8") == (
+        "the llmapi runtime serves the checkpoint's own weights and does not quantize; Llama-3.1-8B is "
+        "unquantized, so it runs at bf16 or fp16 (use --runtime engine for fp8)"
+    )
+
+
+def test_gpt_oss_has_no_engine_recipe():
+    assert refusal("gpt-oss-20b", "h100") == (
+        "gpt-oss-20b (GptOssForCausalLM) has no TensorRT engine recipe in TensorRT-LLM 1.2.1; "
+        "only the PyTorch backend serves it. Pass --runtime llmapi"
+    )
+
+
+def test_gpt_oss_mxfp4_needs_hopper_or_blackwell():
+    assert refusal("gpt-oss-20b", "l4", runtime="llmapi") == (
+        "l4 (compute capability 8.9) has no mxfp4 kernels; GPUs that serve mxfp4: h100, h200, b200"
+    )
+
+
+def test_gpt_oss_is_served_as_shipped():
+    assert refusal("gpt-oss-20b", "h100", runtime="llmapi", precision="fp8") == (
+        "gpt-oss-20b ships pre-quantized as mxfp4 and is served as shipped; drop --precision fp8"
+    )
+
+
+def test_tp_that_does_not_split_the_heads():
+    assert refusal("Qwen2.5-7B", "l4", tp=8) == (
+        "--tp 8 does not work for Qwen2.5-7B on l4: 28 attention heads do not split over 8 GPUs; "
+        "valid: --tp 1, --tp 2, --tp 4"
+    )
+
+
+def test_tp_that_is_not_a_power_of_two():
+    assert refusal("Llama-3.1-8B", "h100", tp=3) == (
+        "--tp 3 does not work for Llama-3.1-8B on h100: TP must be one of 1, 2, 4, 8; "
+        "valid: --tp 1, --tp 2, --tp 4, --tp 8"
+    )
+
+
+def test_max_seq_len_beyond_the_model():
+    assert refusal("Mistral-7B-v0.3", "h100", max_seq_len=65536) == (
+        "--max-seq-len 65536 exceeds Mistral-7B-v0.3's max_position_embeddings (32768); "
+        "pass --max-seq-len 32768 or less"
+    )
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"runtime": "engine"}, "cpu runs the cpu runtime; --runtime engine is not one of them"),
+        ({"runtime": "cpu", "tp": 2}, "the cpu target runs in one process; drop --tp 2"),
+        ({"runtime": "cpu", "precision": "bf16"}, "the cpu target runs fp32 only; drop --precision bf16"),
+    ],
+)
+def test_cpu_target_refusals(kwargs, message):
+    assert refusal("SmolLM2-135M", "cpu", **kwargs) == message
+
+
+def test_gpu_target_refuses_the_cpu_runtime():
+    assert refusal("SmolLM2-135M", "h100", runtime="cpu") == (
+        "h100 runs the engine or llmapi runtime; --runtime cpu is not one of them"
+    )
