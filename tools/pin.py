@@ -1,0 +1,246 @@
+"""Pin a published build in an overlay: rewrite overlays/<target>/model-pin.yaml, then commit it.
+
+The build's build.json is read from GCS and checked against the overlay before anything is written:
+its GPU, accelerator and compute capability must be the overlay's GPU (build/gpus.toml, found by the
+overlay's directory name or its current pin), its runtime one that GPU runs, and its Triton image the
+one the overlays deploy (build/versions.toml). Only model-pin.yaml changes; its comment header is kept.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import yaml
+from google.api_core import exceptions as gexc
+from google.cloud import storage
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "build"))
+
+import catalog  # noqa: E402
+from publish import BUILD_JSON, PublishError, make_client, parse_gcs_uri  # noqa: E402
+
+PIN_FILE = "model-pin.yaml"
+PIN_NAME = "model-pin"
+# The order the keys are written in; the component that reads the pin copies `uri` into the Deployment.
+PIN_KEYS = ("uri", "build_id", "gpu", "accelerator", "compute_capability", "runtime", "triton_image")
+ALWAYS_QUOTED = {"build_id", "accelerator", "compute_capability"}
+# A header whose first sentence starts with this marks a stand-in pin (the overlay's first, before
+# any real build was published); the sentence stops being true with the first real pin, which drops it.
+EXAMPLE_MARK = "# EXAMPLE PIN"
+
+
+class PinError(Exception):
+    """The pin cannot be made; the message says why and what to do."""
+
+
+def normalize_uri(uri: str) -> str:
+    path = parse_gcs_uri(uri)
+    return f"gs://{path.bucket}/{path.prefix}/" if path.prefix else f"gs://{path.bucket}/"
+
+
+def read_build(uri: str, client: storage.Client) -> dict:
+    """build.json of the build at `uri`, which must be that build's content-addressed path."""
+    path = parse_gcs_uri(uri)
+    location = path.uri(BUILD_JSON)
+    try:
+        build = json.loads(client.bucket(path.bucket).blob(path.object_name(BUILD_JSON)).download_as_bytes())
+    except gexc.NotFound as e:
+        raise PinError(
+            f"{location} does not exist; publish the build first: python tools/publish.py DIR gs://BUCKET/PREFIX"
+        ) from e
+    except json.JSONDecodeError as e:
+        raise PinError(f"{location} is not valid JSON ({e}); republish the build") from e
+    expected_tail = f"{build['model']['name']}/{build['build_id']}"
+    if not path.prefix.endswith(expected_tail):
+        raise PinError(
+            f"{uri} holds build {build['build_id']} of {build['model']['name']}, whose published path "
+            f"ends in {expected_tail}/; pin the URI that tools/publish.py printed"
+        )
+    return build
+
+
+def read_pin(overlay: Path) -> tuple[str, dict]:
+    """The comment header and the data of the overlay's model-pin.yaml."""
+    pin_file = overlay / PIN_FILE
+    if not pin_file.is_file():
+        raise PinError(
+            f"{pin_file} does not exist; an overlay serves a pinned model only if it has one "
+            "(copy it from another overlay)"
+        )
+    text = pin_file.read_text()
+    lines = text.splitlines(keepends=True)
+    header_end = next(
+        (i for i, line in enumerate(lines) if line.strip() and not line.startswith("#")), len(lines)
+    )
+    document = yaml.safe_load(text) or {}
+    if document.get("kind") != "ConfigMap" or document.get("metadata", {}).get("name") != PIN_NAME:
+        raise PinError(f"{pin_file} is not a ConfigMap named {PIN_NAME}; restore it from git")
+    return _drop_example_note("".join(lines[:header_end])), document.get("data") or {}
+
+
+def _drop_example_note(header: str) -> str:
+    """The header without its stand-in note: the first sentence, when the header starts with the mark."""
+    if not header.startswith(EXAMPLE_MARK):
+        return header
+    lines = header.splitlines(keepends=True)
+    end = next((i for i, line in enumerate(lines) if line.rstrip().endswith(".")), len(lines) - 1)
+    return "".join(lines[end + 1 :])
+
+
+def overlay_gpu(overlay: Path, pinned: dict) -> catalog.Gpu:
+    """The overlay's GPU: its directory name if that is a catalog GPU, else the GPU its pin names."""
+    if overlay.name in catalog.gpus():
+        return catalog.gpu(overlay.name)
+    if pinned.get("gpu"):
+        try:
+            return catalog.gpu(pinned["gpu"])
+        except catalog.UnknownGpuError as e:
+            raise PinError(f"{overlay / PIN_FILE}: {e}") from e
+    raise PinError(
+        f"cannot tell which GPU {overlay} serves: {overlay.name!r} is not a GPU in build/gpus.toml "
+        f"and {overlay / PIN_FILE} names no gpu"
+    )
+
+
+def compatibility_problems(build: dict, where: str, gpu: catalog.Gpu, image: str) -> list[str]:
+    """Why the build cannot run where `where` (an overlay) runs `gpu` with `image`; empty if it can."""
+    problems = []
+    target = build["target"]
+    wanted = {"gpu": gpu.name, "accelerator": gpu.accelerator, "compute_capability": gpu.compute_capability}
+    for key, value in wanted.items():
+        if target.get(key) != value:
+            problems.append(
+                f"build {build['build_id']} has {key} {target.get(key)!r} but {where} has {key} {value!r} "
+                f"(build/gpus.toml); build it with: python build/compile.py --gpu {gpu.name}"
+            )
+    if build["runtime"] not in gpu.runtimes:
+        problems.append(
+            f"build {build['build_id']} has runtime {build['runtime']!r} but {where} ({gpu.name}) runs "
+            f"{' or '.join(map(repr, gpu.runtimes))}; build it with: python build/compile.py --gpu {gpu.name}"
+        )
+    built_image = build["versions"]["triton_image"]
+    if built_image != image:
+        problems.append(
+            f"build {build['build_id']} was made for image {built_image} but {where} deploys {image} "
+            "(build/versions.toml); rebuild it with the pinned versions"
+        )
+    return problems
+
+
+def pin_data(uri: str, build: dict) -> dict[str, str]:
+    target = build["target"]
+    return {
+        "uri": uri,
+        "build_id": build["build_id"],
+        "gpu": target["gpu"],
+        "accelerator": target["accelerator"],
+        "compute_capability": target["compute_capability"],
+        "runtime": build["runtime"],
+        "triton_image": build["versions"]["triton_image"],
+    }
+
+
+def _scalar(key: str, value: str) -> str:
+    # A build id of digits or a compute capability like 9.0 would read back as a number, and the cpu
+    # target's accelerator is empty: those keys are always quoted, the rest only where YAML needs it.
+    if key in ALWAYS_QUOTED or yaml.safe_load(value) != value or ": " in value or " #" in value:
+        return json.dumps(value)
+    return value
+
+
+def render_pin(header: str, data: dict[str, str]) -> str:
+    values = "".join(f"  {key}: {_scalar(key, data[key])}\n" for key in PIN_KEYS)
+    return (
+        f"{header}apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {PIN_NAME}\n  annotations:\n"
+        f'    config.kubernetes.io/local-config: "true"\ndata:\n{values}'
+    )
+
+
+def write_atomically(path: Path, text: str) -> None:
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", delete=False) as tmp:
+        tmp.write(text)
+    os.chmod(tmp.name, path.stat().st_mode & 0o777)
+    os.replace(tmp.name, path)
+
+
+def commit_command(overlay: Path, build: dict) -> list[str]:
+    message = f"Pin {build['model']['name']} {build['build_id']} for {overlay.name}"
+    return ["git", "-C", str(overlay), "commit", "-m", message, "--", PIN_FILE]
+
+
+def pin(overlay: Path, uri: str, client: storage.Client | None = None) -> tuple[dict, bool]:
+    """Check the build at `uri` against the overlay and write the pin; (build.json, whether it changed).
+
+    Without a client, one is made (make_client) once the local checks have passed."""
+    uri = normalize_uri(uri)
+    header, pinned = read_pin(overlay)
+    gpu = overlay_gpu(overlay, pinned)
+    build = read_build(uri, client or make_client())
+    problems = compatibility_problems(build, str(overlay), gpu, catalog.triton_image())
+    if problems:
+        raise PinError("\n".join(problems))
+    text = render_pin(header, pin_data(uri, build))
+    pin_file = overlay / PIN_FILE
+    if pin_file.read_text() == text:
+        return build, False
+    write_atomically(pin_file, text)
+    return build, True
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pin.py",
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=(
+            "examples:\n"
+            "  python tools/pin.py --overlay overlays/h100 gs://my-models/triton/Llama-3.1-8B/0123456789abcdef/\n"
+            "  python tools/pin.py --overlay overlays/cpu --commit "
+            "gs://my-models/triton/SmolLM2-135M-Instruct/0123456789abcdef/\n"
+            "\nThen git push: Argo CD rolls the overlay's Triton pods over to the new build."
+        ),
+    )
+    parser.add_argument("--overlay", type=Path, required=True, help="overlay directory, e.g. overlays/h100")
+    parser.add_argument("uri", help="the build's URI, as tools/publish.py printed it")
+    parser.add_argument("--commit", action="store_true", help="make the git commit instead of printing it")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        build, changed = pin(args.overlay, args.uri)
+    except (PinError, PublishError) as e:
+        for line in str(e).splitlines():
+            print(f"error: {line}", file=sys.stderr)
+        return 1
+    pin_file = args.overlay / PIN_FILE
+    if not changed:
+        print(f"{pin_file} already pins {normalize_uri(args.uri)}; nothing to commit", file=sys.stderr)
+        return 0
+    print(f"* pinned {build['model']['name']} {build['build_id']} in {pin_file}", file=sys.stderr)
+    command = commit_command(args.overlay, build)
+    if not args.commit:
+        print(shlex.join(command))
+        return 0
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0:
+        output = result.stdout + result.stderr
+        print(f"error: {shlex.join(command)} failed:", output, sep="\n", file=sys.stderr)
+        return 1
+    revision = subprocess.run(
+        ["git", "-C", str(args.overlay), "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+    )
+    print(revision.stdout.strip())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
