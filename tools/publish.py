@@ -197,15 +197,20 @@ def _put(bucket: storage.Bucket, name: str, path: Path) -> bool:
 
 
 def publish(
-    repo_dir: Path | str, dest_uri: str, client: storage.Client, progress: Progress | None = None
+    repo_dir: Path | str,
+    dest_uri: str,
+    client: storage.Client | None = None,
+    progress: Progress | None = None,
 ) -> str:
-    """Upload repo_dir to DEST/<model>/<build_id>/ and return that URI (with a trailing slash)."""
+    """Upload repo_dir to DEST/<model>/<build_id>/ and return that URI (with a trailing slash).
+
+    Without a client, one is made (make_client) once the repository has passed its checks."""
     repo_dir = Path(repo_dir)
     dest = parse_gcs_uri(dest_uri)
     build = load_build(repo_dir)
     verify_repository(repo_dir, build)
     model, build_id = build["model"]["name"], build["build_id"]
-    bucket = client.bucket(dest.bucket)
+    bucket = (client or make_client()).bucket(dest.bucket)
     order = [*sorted(build["files"]), BUILD_JSON]
     try:
         for done, rel in enumerate(order, start=1):
@@ -258,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
             bar.console.print(f"  {message}", highlight=False, markup=False)
 
         try:
-            uri = publish(args.repo_dir, args.dest, make_client(), report)
+            uri = publish(args.repo_dir, args.dest, progress=report)
         except PublishError as e:
             bar.stop()
             console.print(f"error: {e}", highlight=False, markup=False)
