@@ -1,0 +1,490 @@
+"""GPU-aware policy for rendered manifests: what a schema cannot say about a Triton deployment.
+
+Every check takes rendered objects (dicts, as kustomize printed them) and returns a list of
+problems, each naming the object (`Kind/name: …`) and what to change. Facts come from the GPU
+catalog and the pinned versions (build/catalog.py); nothing here repeats a GPU fact.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import catalog
+import yaml
+
+ACCELERATOR_LABEL = "cloud.google.com/gke-accelerator"
+GPU_RESOURCE = "nvidia.com/gpu"
+TRITON_CONTAINER = "triton"
+FETCH_CONTAINER = "fetch-model"
+PIN_FILE = "model-pin.yaml"
+PIN_KEYS = ("uri", "build_id", "gpu", "accelerator", "compute_capability", "runtime", "triton_image")
+READY_PATH = "/v2/health/ready"
+LIVE_PATH = "/v2/health/live"
+
+_POD_OWNERS = {"Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job"}
+_QUANTITY = re.compile(r"^([0-9.]+)([a-zA-Z]*)$")
+_SUFFIX = {
+    "": 1, "m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15, "E": 1e18,
+    "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60,
+}
+
+
+@dataclass(frozen=True)
+class ServingContext:
+    """What the repository says about where an overlay runs, beyond the overlay itself."""
+
+    namespace: str | None  # the namespace the ApplicationSet deploys this overlay to
+    project: dict | None  # the AppProject its Application belongs to
+    node_pools: list[dict] | None  # the rendered ContainerNodePools
+
+
+def ref(obj: dict) -> str:
+    return f"{obj.get('kind')}/{obj.get('metadata', {}).get('name')}"
+
+
+def quantity(value: object) -> float:
+    """A Kubernetes resource quantity ("24", "500m", "200Gi") as a number."""
+    match = _QUANTITY.match(str(value))
+    if not match or match.group(2) not in _SUFFIX:
+        raise ValueError(f"not a quantity: {value!r}")
+    return float(match.group(1)) * _SUFFIX[match.group(2)]
+
+
+def _pod_spec(obj: dict) -> dict | None:
+    if obj.get("kind") == "Pod":
+        return obj.get("spec", {})
+    if obj.get("kind") == "CronJob":
+        return obj.get("spec", {}).get("jobTemplate", {}).get("spec", {}).get("template", {}).get("spec", {})
+    if obj.get("kind") in _POD_OWNERS:
+        return obj.get("spec", {}).get("template", {}).get("spec", {})
+    return None
+
+
+def _containers(pod: dict) -> Iterator[dict]:
+    yield from pod.get("initContainers", [])
+    yield from pod.get("containers", [])
+
+
+def _by_kind(objects: list[dict], kind: str) -> list[dict]:
+    return [obj for obj in objects if obj.get("kind") == kind]
+
+
+def _find(objects: list[dict], kind: str, name: str) -> dict | None:
+    return next((obj for obj in _by_kind(objects, kind) if obj.get("metadata", {}).get("name") == name), None)
+
+
+# --- checks that hold in every rendered directory -------------------------------------------
+
+
+def check_images(objects: list[dict]) -> list[str]:
+    """Every container image pinned by tag or digest, never `latest`."""
+    problems = []
+    for obj in objects:
+        pod = _pod_spec(obj)
+        for container in _containers(pod or {}):
+            image = container.get("image", "")
+            name, _, tag = image.rpartition(":") if ":" in image.rpartition("/")[2] else (image, "", "")
+            if "@sha256:" in image:
+                continue
+            if not tag or tag == "latest":
+                problems.append(
+                    f"{ref(obj)}: container {container.get('name')} image {image!r} is not pinned; "
+                    "give it a version tag or a digest (kustomize `images:`), never latest"
+                )
+    return problems
+
+
+def check_autoscaling(objects: list[dict]) -> list[str]:
+    """minReplicas >= 1, and no `replicas` on what an HPA scales (Argo CD and the HPA would fight)."""
+    problems = []
+    for hpa in _by_kind(objects, "HorizontalPodAutoscaler"):
+        spec = hpa.get("spec", {})
+        if spec.get("minReplicas", 1) < 1:
+            problems.append(
+                f"{ref(hpa)}: minReplicas is {spec['minReplicas']}; it must be at least 1 "
+                "(scale to zero puts node provisioning and model load in a user's request)"
+            )
+        target = spec.get("scaleTargetRef", {})
+        scaled = _find(objects, target.get("kind", ""), target.get("name", ""))
+        if scaled is not None and "replicas" in scaled.get("spec", {}):
+            problems.append(
+                f"{ref(scaled)}: sets spec.replicas, but {ref(hpa)} owns the replica count; remove replicas"
+            )
+    return problems
+
+
+def check_node_pools(objects: list[dict]) -> list[str]:
+    """Each GPU node pool's machine type is the catalog's for its GPU and count, tainted for GPUs."""
+    problems = []
+    for pool in _by_kind(objects, "ContainerNodePool"):
+        node = pool.get("spec", {}).get("nodeConfig", {})
+        accelerators = node.get("guestAccelerator", [])
+        if not accelerators:
+            continue
+        for accelerator in accelerators:
+            label, count = accelerator.get("type"), accelerator.get("count")
+            gpu = catalog.gpu_by_accelerator(label)
+            if gpu is None:
+                problems.append(f"{ref(pool)}: guestAccelerator type {label!r} {_unknown_accelerator()}")
+                continue
+            expected = gpu.machine_types.get(count)
+            if expected is None:
+                problems.append(
+                    f"{ref(pool)}: {count} × {label} per node is not a shape build/gpus.toml knows for "
+                    f"{gpu.name} (GPUs per node: {_options(gpu)})"
+                )
+            elif node.get("machineType") != expected:
+                problems.append(
+                    f"{ref(pool)}: machineType {node.get('machineType')!r} does not carry {count} × {label}; "
+                    f"build/gpus.toml says {expected}"
+                )
+        taints = node.get("taint", [])
+        if not any(t.get("key") == GPU_RESOURCE and t.get("effect") == "NO_SCHEDULE" for t in taints):
+            problems.append(f"{ref(pool)}: GPU nodes need the taint {GPU_RESOURCE}=present:NO_SCHEDULE")
+        if not pool.get("spec", {}).get("autoscaling"):
+            problems.append(f"{ref(pool)}: no autoscaling; give the pool min and max node counts")
+    return problems
+
+
+def check_everywhere(objects: list[dict]) -> list[str]:
+    return check_images(objects) + check_autoscaling(objects) + check_node_pools(objects)
+
+
+# --- checks for a serving overlay ---------------------------------------------------------------
+
+
+def _unknown_accelerator() -> str:
+    known = ", ".join(g.accelerator for g in catalog.gpus().values() if g.accelerator)
+    return f"is not in the GPU catalog build/gpus.toml (known: {known})"
+
+
+def _options(gpu: catalog.Gpu) -> str:
+    return ", ".join(str(n) for n in gpu.gpus_per_node_options)
+
+
+def _gpu_count(obj: dict, container: dict) -> tuple[int, list[str]]:
+    resources = container.get("resources", {})
+    request = resources.get("requests", {}).get(GPU_RESOURCE)
+    limit = resources.get("limits", {}).get(GPU_RESOURCE)
+    if request is None and limit is None:
+        return 0, []
+    if request is None or limit is None or quantity(request) != quantity(limit):
+        return int(quantity(limit or request)), [
+            f"{ref(obj)}: container {container.get('name')} requests {GPU_RESOURCE} {request} but limits it "
+            f"to {limit}; GPU requests and limits must be equal"
+        ]
+    return int(quantity(limit)), []
+
+
+def _check_gpu(obj: dict, pod: dict, triton: dict) -> tuple[catalog.Gpu | None, int, list[str]]:
+    """The overlay's GPU (from its nodeSelector; none means the cpu target) and GPU count."""
+    problems = []
+    count = 0
+    for container in _containers(pod):
+        n, errors = _gpu_count(obj, container)
+        problems += errors
+        if container is triton:
+            count = n
+        elif n:
+            problems.append(f"{ref(obj)}: container {container.get('name')} requests GPUs; only triton may")
+    label = pod.get("nodeSelector", {}).get(ACCELERATOR_LABEL)
+    if label is None:
+        if count:
+            problems.append(
+                f"{ref(obj)}: requests {count} {GPU_RESOURCE} but has no nodeSelector {ACCELERATOR_LABEL}; "
+                "say which GPU it needs"
+            )
+            return None, count, problems
+        return catalog.gpu("cpu"), 0, problems
+    gpu = catalog.gpu_by_accelerator(label)
+    if gpu is None:
+        problems.append(f"{ref(obj)}: nodeSelector {ACCELERATOR_LABEL}: {label} {_unknown_accelerator()}")
+        return None, count, problems
+    if count == 0:
+        problems.append(
+            f"{ref(obj)}: selects {label} nodes but container triton requests no {GPU_RESOURCE}; "
+            f"request one of {_options(gpu)}"
+        )
+    elif count not in gpu.machine_types:
+        problems.append(
+            f"{ref(obj)}: requests {count} {GPU_RESOURCE}, but {gpu.name} nodes come with {_options(gpu)} GPUs "
+            "(build/gpus.toml machine_types); request one of those"
+        )
+    return gpu, count, problems
+
+
+def _check_requests(obj: dict, triton: dict, gpu: catalog.Gpu, count: int) -> list[str]:
+    per = max(count, 1)
+    requests = triton.get("resources", {}).get("requests", {})
+    problems = []
+    for resource, each, unit in (("cpu", gpu.pod_cpu, ""), ("memory", gpu.pod_memory_gib, "Gi")):
+        expected = f"{each * per}{unit}"
+        actual = requests.get(resource)
+        if actual is None or quantity(actual) != quantity(expected):
+            problems.append(
+                f"{ref(obj)}: container triton requests {resource} {actual}, but build/gpus.toml gives "
+                f"{gpu.name} pods {each}{unit} per GPU × {per} = {expected}"
+            )
+    return problems
+
+
+def _check_probes(obj: dict, triton: dict) -> list[str]:
+    problems = []
+    if "startupProbe" not in triton:
+        problems.append(f"{ref(obj)}: container triton has no startupProbe (engine load takes minutes)")
+    for probe, path in (("readinessProbe", READY_PATH), ("livenessProbe", LIVE_PATH)):
+        actual = triton.get(probe, {}).get("httpGet", {}).get("path")
+        if actual != path:
+            problems.append(f"{ref(obj)}: container triton {probe} must be httpGet {path} (has {actual})")
+    return problems
+
+
+def _check_security(obj: dict, pod: dict) -> list[str]:
+    problems = []
+    context = pod.get("securityContext", {})
+    if context.get("runAsNonRoot") is not True or context.get("runAsUser") == 0:
+        problems.append(f"{ref(obj)}: pod must run as non-root (securityContext runAsNonRoot: true, runAsUser 1000)")
+    pod_seccomp = context.get("seccompProfile", {}).get("type")
+    for container in _containers(pod):
+        sc = container.get("securityContext", {})
+        name = container.get("name")
+        if sc.get("runAsUser") == 0 or sc.get("runAsNonRoot") is False or sc.get("privileged"):
+            problems.append(f"{ref(obj)}: container {name} runs as root or privileged")
+        if sc.get("allowPrivilegeEscalation") is not False:
+            problems.append(f"{ref(obj)}: container {name} must set allowPrivilegeEscalation: false")
+        if "ALL" not in sc.get("capabilities", {}).get("drop", []):
+            problems.append(f"{ref(obj)}: container {name} must drop capabilities ALL")
+        if sc.get("seccompProfile", {}).get("type", pod_seccomp) != "RuntimeDefault":
+            problems.append(f"{ref(obj)}: container {name} needs seccompProfile RuntimeDefault")
+    return problems
+
+
+def _backend_config(objects: list[dict], service: dict, port: dict) -> str | None:
+    annotation = service.get("metadata", {}).get("annotations", {}).get("cloud.google.com/backend-config")
+    if not annotation:
+        return None
+    mapping = json.loads(annotation)
+    ports = mapping.get("ports", {})
+    by_port = ports.get(port.get("name")) or ports.get(str(port.get("number")))
+    if by_port is None and port.get("name"):
+        # The Ingress may name the Service port by name while the annotation keys it by number.
+        for service_port in service.get("spec", {}).get("ports", []):
+            if service_port.get("name") == port.get("name"):
+                by_port = ports.get(str(service_port.get("port")))
+    return by_port or mapping.get("default")
+
+
+def _ingress_backends(ingress: dict) -> Iterator[dict]:
+    spec = ingress.get("spec", {})
+    if "defaultBackend" in spec:
+        yield spec["defaultBackend"].get("service", {})
+    for rule in spec.get("rules", []):
+        for path in rule.get("http", {}).get("paths", []):
+            yield path.get("backend", {}).get("service", {})
+
+
+def check_ingress(objects: list[dict]) -> list[str]:
+    """An HTTPS-only GKE Ingress with a certificate, a redirect, and authentication at the LB."""
+    ingresses = _by_kind(objects, "Ingress")
+    if not ingresses:
+        return ["no Ingress: a serving overlay is reached only through the TLS Ingress (components/tls-ingress)"]
+    problems = []
+    for ingress in ingresses:
+        annotations = ingress.get("metadata", {}).get("annotations", {})
+        name = ref(ingress)
+        if (annotations.get("kubernetes.io/ingress.class") or ingress["spec"].get("ingressClassName")) != "gce":
+            problems.append(f"{name}: must use the GKE Ingress class gce")
+        if annotations.get("kubernetes.io/ingress.allow-http") != "false":
+            problems.append(f'{name}: serves plain HTTP; set annotation kubernetes.io/ingress.allow-http: "false"')
+        certificates = [c.strip() for c in annotations.get("networking.gke.io/managed-certificates", "").split(",")]
+        certificates = [c for c in certificates if c]
+        if not certificates and not ingress["spec"].get("tls"):
+            problems.append(f"{name}: has no TLS certificate (annotation networking.gke.io/managed-certificates)")
+        for certificate in certificates:
+            if _find(objects, "ManagedCertificate", certificate) is None:
+                problems.append(f"{name}: names ManagedCertificate/{certificate}, which is not rendered")
+        frontend_name = annotations.get("networking.gke.io/v1beta1.FrontendConfig")
+        frontend = _find(objects, "FrontendConfig", frontend_name or "")
+        if frontend is None:
+            problems.append(f"{name}: needs a FrontendConfig (annotation networking.gke.io/v1beta1.FrontendConfig)")
+        elif not frontend.get("spec", {}).get("redirectToHttps", {}).get("enabled"):
+            problems.append(f"{ref(frontend)}: must redirect HTTP to HTTPS (redirectToHttps.enabled: true)")
+        for backend in _ingress_backends(ingress):
+            service = _find(objects, "Service", backend.get("name", ""))
+            if service is None:
+                problems.append(f"{name}: routes to Service/{backend.get('name')}, which is not rendered")
+                continue
+            config_name = _backend_config(objects, service, backend.get("port", {}))
+            config = _find(objects, "BackendConfig", config_name or "")
+            if config is None:
+                problems.append(
+                    f"{ref(service)}: has no BackendConfig for the port {name} uses "
+                    "(annotation cloud.google.com/backend-config); the backend would have no authentication"
+                )
+                continue
+            spec = config.get("spec", {})
+            if not spec.get("iap", {}).get("enabled") and not spec.get("securityPolicy", {}).get("name"):
+                problems.append(
+                    f"{ref(config)}: no authentication in front of Triton; enable iap or set a Cloud Armor "
+                    "securityPolicy"
+                )
+            if spec.get("healthCheck", {}).get("requestPath") != READY_PATH:
+                problems.append(f"{ref(config)}: healthCheck.requestPath must be {READY_PATH}")
+    return problems
+
+
+def check_network_policy(objects: list[dict]) -> list[str]:
+    for policy in _by_kind(objects, "NetworkPolicy"):
+        spec = policy.get("spec", {})
+        if spec.get("podSelector") in ({}, None) and "Ingress" in spec.get("policyTypes", []) and not spec.get(
+            "ingress"
+        ):
+            return []
+    return ["no NetworkPolicy denies ingress by default (components/network-policy)"]
+
+
+def read_pin(path: Path) -> tuple[dict[str, str] | None, list[str]]:
+    """The data of an overlay's model-pin.yaml, or why it cannot be used."""
+    if not path.is_file():
+        return None, [f"{path} is missing; pin a published build with tools/pin.py"]
+    pin = next((d for d in yaml.safe_load_all(path.read_text()) if isinstance(d, dict)), {})
+    data = pin.get("data") or {}
+    missing = [key for key in PIN_KEYS if key not in data]
+    if pin.get("kind") != "ConfigMap" or pin.get("metadata", {}).get("name") != "model-pin" or missing:
+        return None, [f"{path}: not a model-pin ConfigMap with data keys {', '.join(PIN_KEYS)} (missing: {missing})"]
+    return {key: str(data[key]) for key in PIN_KEYS}, []
+
+
+def check_pin(pin: dict[str, str], deployment: dict, gpu: catalog.Gpu, triton: dict, pod: dict) -> list[str]:
+    """The compatibility gate: the pinned build must be for this overlay's GPU and image."""
+    where = f"{ref(deployment)} nodeSelector {ACCELERATOR_LABEL}: {gpu.accelerator}" if gpu.accelerator else (
+        f"{ref(deployment)} has no GPU nodeSelector"
+    )
+    problems = []
+    for key, ours in (
+        ("gpu", gpu.name),
+        ("accelerator", gpu.accelerator),
+        ("compute_capability", gpu.compute_capability),
+    ):
+        if pin[key] != ours:
+            problems.append(
+                f"model-pin {key} is {pin[key]!r} but the overlay runs on {gpu.name} ({key} {ours!r}; {where}); "
+                "pin a build made for this GPU"
+            )
+    if pin["runtime"] not in gpu.runtimes:
+        problems.append(
+            f"model-pin runtime is {pin['runtime']!r} but {gpu.name} runs {' or '.join(gpu.runtimes)} builds"
+        )
+    image = triton.get("image")
+    if pin["triton_image"] != image:
+        problems.append(
+            f"model-pin triton_image is {pin['triton_image']!r} (what the build was made for) but "
+            f"{ref(deployment)} runs {image!r}; rebuild for this image or change both together"
+        )
+    if not (pin["uri"].startswith("gs://") and pin["uri"].endswith(f"/{pin['build_id']}/")):
+        problems.append(f"model-pin uri {pin['uri']!r} must be gs://…/<model>/{pin['build_id']}/ (its build_id)")
+    fetch = next((c for c in pod.get("initContainers", []) if c.get("name") == FETCH_CONTAINER), {})
+    uri = next((e.get("value") for e in fetch.get("env", []) if e.get("name") == "MODEL_URI"), None)
+    if uri != pin["uri"]:
+        problems.append(
+            f"{ref(deployment)}: init container {FETCH_CONTAINER} fetches {uri!r}, not the pinned {pin['uri']!r}; "
+            "include the model-pin component"
+        )
+    return problems
+
+
+def check_project(objects: list[dict], context: ServingContext) -> list[str]:
+    """Every object lands where the ApplicationSet sends it and is a kind its AppProject allows."""
+    problems = []
+    project = context.project or {}
+    spec = project.get("spec", {})
+    allowed = {(k.get("group", ""), k.get("kind")) for k in spec.get("namespaceResourceWhitelist", [])}
+    allowed_cluster = {(k.get("group", ""), k.get("kind")) for k in spec.get("clusterResourceWhitelist", [])}
+    destinations = [d.get("namespace", "") for d in spec.get("destinations", [])]
+    for obj in objects:
+        group = obj.get("apiVersion", "").rpartition("/")[0]
+        namespace = obj.get("metadata", {}).get("namespace")
+        if obj.get("kind") == "Namespace":
+            namespace = obj.get("metadata", {}).get("name")
+            if context.project is not None and (group, "Namespace") not in allowed_cluster:
+                problems.append(f"{ref(obj)}: AppProject/{project['metadata']['name']} does not allow Namespaces")
+        elif context.project is not None and (group, obj.get("kind")) not in allowed:
+            problems.append(
+                f"{ref(obj)}: kind {group or 'core'}/{obj.get('kind')} is not in the namespaceResourceWhitelist of "
+                f"AppProject/{project['metadata']['name']}; Argo CD would refuse to sync it"
+            )
+        if context.namespace is not None and namespace != context.namespace:
+            problems.append(
+                f"{ref(obj)}: namespace {namespace!r}, but the ApplicationSet deploys this overlay to "
+                f"{context.namespace!r}; set `namespace: {context.namespace}` in its kustomization"
+            )
+        elif context.project is not None and not any(fnmatch.fnmatch(namespace or "", d) for d in destinations):
+            problems.append(f"{ref(obj)}: namespace {namespace!r} is not a destination of its AppProject")
+    return problems
+
+
+def _check_node_pool_exists(deployment: dict, gpu: catalog.Gpu, count: int, pools: list[dict]) -> list[str]:
+    for pool in pools:
+        for accelerator in pool.get("spec", {}).get("nodeConfig", {}).get("guestAccelerator", []):
+            if accelerator.get("type") == gpu.accelerator and accelerator.get("count") == count:
+                return []
+    return [
+        f"{ref(deployment)}: no ContainerNodePool in gitops/nodepools has {count} × {gpu.accelerator} "
+        f"({gpu.machine_types[count]}); add one so the cluster autoscaler can place this pod"
+    ]
+
+
+def _check_hpa_for(objects: list[dict], deployment: dict) -> list[str]:
+    name = deployment["metadata"]["name"]
+    hpas = [
+        h
+        for h in _by_kind(objects, "HorizontalPodAutoscaler")
+        if h.get("spec", {}).get("scaleTargetRef", {}).get("name") == name
+    ]
+    if not hpas:
+        return [f"{ref(deployment)}: no HorizontalPodAutoscaler scales it (components/autoscaling)"]
+    metrics = [m.get("pods", {}).get("metric", {}).get("name", "") for h in hpas for m in h["spec"].get("metrics", [])]
+    if any(m.startswith("prometheus.googleapis.com|") for m in metrics) and not _by_kind(objects, "PodMonitoring"):
+        return [f"{ref(hpas[0])}: scales on a Managed Prometheus metric, but no PodMonitoring scrapes Triton"]
+    return []
+
+
+def check_serving(objects: list[dict], pin_path: Path, context: ServingContext) -> list[str]:
+    """Everything a serving overlay must be, including the pin gate."""
+    problems = []
+    deployments = _by_kind(objects, "Deployment")
+    if not deployments:
+        return ["no Deployment: a serving overlay must render the Triton Deployment (gitops/base)"]
+    pin, pin_problems = read_pin(pin_path)
+    problems += pin_problems
+    for deployment in deployments:
+        pod = _pod_spec(deployment)
+        triton = next((c for c in pod.get("containers", []) if c.get("name") == TRITON_CONTAINER), None)
+        if triton is None:
+            problems.append(f"{ref(deployment)}: no container named {TRITON_CONTAINER}")
+            continue
+        gpu, count, gpu_problems = _check_gpu(deployment, pod, triton)
+        problems += gpu_problems
+        if gpu is not None:
+            problems += _check_requests(deployment, triton, gpu, count)
+            if pin is not None:
+                problems += check_pin(pin, deployment, gpu, triton, pod)
+            if count in gpu.machine_types and count and context.node_pools is not None:
+                problems += _check_node_pool_exists(deployment, gpu, count, context.node_pools)
+        if triton.get("image") != catalog.triton_image():
+            problems.append(
+                f"{ref(deployment)}: container triton runs {triton.get('image')!r}, but build/versions.toml pins "
+                f"{catalog.triton_image()!r}; change the `images:` entry in gitops/base"
+            )
+        problems += _check_probes(deployment, triton)
+        problems += _check_security(deployment, pod)
+        problems += _check_hpa_for(objects, deployment)
+    problems += check_network_policy(objects)
+    problems += check_ingress(objects)
+    problems += check_project(objects, context)
+    return problems

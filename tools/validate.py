@@ -1,0 +1,231 @@
+"""Validate every kustomization in this repository the way Argo CD will render it, before a push.
+
+Renders each overlay in overlays/ and each kustomization under gitops/ with plain `kustomize build`
+(or `kubectl kustomize`), then checks every object:
+  * schema, strictly: built-in kinds against Kubernetes' own schemas, custom resources against
+    their CRDs (unknown fields, kinds and apiVersions fail) -- tools/kubeschema.py;
+  * policy: GPU selector, count and requests against build/gpus.toml, the image against
+    build/versions.toml, probes, non-root, TLS-only Ingress with authentication, NetworkPolicy,
+    autoscaling, node pool machine types, Argo CD project limits, and the pin gate: the build in
+    model-pin.yaml must be for the overlay's GPU and image -- tools/manifest_policy.py.
+Prints ✅ or ❌ per directory with every problem, and exits 1 if there is any.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "build"))
+
+import kubeschema  # noqa: E402
+import manifest_policy  # noqa: E402
+import yaml  # noqa: E402
+
+CRDS_ENV = "GKE_TRITON_CRDS"
+KUSTOMIZATION_FILES = ("kustomization.yaml", "kustomization.yml", "Kustomization")
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class ToolError(Exception):
+    """The validator itself cannot run (no kustomize, unreadable CRDs): never a pass."""
+
+
+class RenderError(Exception):
+    """kustomize refused a directory."""
+
+
+@dataclass(frozen=True)
+class Result:
+    directory: Path
+    problems: list[str]
+    objects: int
+
+
+def kustomize_command() -> list[str]:
+    """`kustomize build` if installed, else the kustomize built into kubectl."""
+    if shutil.which("kustomize"):
+        return ["kustomize", "build"]
+    if shutil.which("kubectl"):
+        return ["kubectl", "kustomize"]
+    raise ToolError("neither kustomize nor kubectl is on PATH: install kubectl (it includes kustomize) or kustomize v5")
+
+
+def render(directory: Path) -> list[dict]:
+    """The objects kustomize renders for directory, exactly as Argo CD would (no extra flags)."""
+    done = subprocess.run([*kustomize_command(), str(directory)], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RenderError(done.stderr.strip() or f"kustomize exited with {done.returncode}")
+    return [obj for obj in yaml.load_all(done.stdout, Loader=_LOADER) if obj]
+
+
+def _kustomization(directory: Path) -> Path | None:
+    return next((directory / f for f in KUSTOMIZATION_FILES if (directory / f).is_file()), None)
+
+
+def _is_component(kustomization: Path) -> bool:
+    return (yaml.safe_load(kustomization.read_text()) or {}).get("kind") == "Component"
+
+
+def kustomization_dirs(root: Path) -> list[Path]:
+    """Every overlay, then every buildable kustomization under gitops/ (components build only inside one)."""
+    overlays = sorted(d for d in (root / "overlays").glob("*") if d.is_dir() and _kustomization(d))
+    gitops = sorted(
+        {
+            k.parent
+            for name in KUSTOMIZATION_FILES
+            for k in (root / "gitops").rglob(name)
+            if not _is_component(k)
+        }
+    )
+    return overlays + gitops
+
+
+def crd_directory(flag: str | None, root: Path) -> Path | None:
+    """--crds, else $GKE_TRITON_CRDS, else <repo>/../shared/crds where it exists (CI's copy)."""
+    chosen = flag or os.environ.get(CRDS_ENV)
+    if chosen:
+        return Path(chosen)
+    default = root.parent / "shared" / "crds"
+    return default if default.is_dir() else None
+
+
+def is_serving(directory: Path, root: Path) -> bool:
+    return directory.parent == root / "overlays" or (directory / manifest_policy.PIN_FILE).is_file()
+
+
+def _substitute(template: str, relative: str) -> str | None:
+    value = template.replace("{{.path.basename}}", Path(relative).name).replace("{{.path.path}}", relative)
+    return None if "{{" in value else value
+
+
+def serving_context(directory: Path, root: Path, platform: list[dict]) -> manifest_policy.ServingContext:
+    """Where the repository's ApplicationSet sends this overlay, under which AppProject, and the node pools."""
+    relative = directory.resolve().relative_to(root.resolve()).as_posix() if directory.resolve().is_relative_to(
+        root.resolve()
+    ) else directory.as_posix()
+    namespace = project = None
+    for appset in (o for o in platform if o.get("kind") == "ApplicationSet"):
+        spec = appset.get("spec", {})
+        patterns = [
+            d.get("path", "")
+            for g in spec.get("generators", [])
+            for d in g.get("git", {}).get("directories", [])
+            if not d.get("exclude")
+        ]
+        if any(fnmatch.fnmatch(relative, p) for p in patterns):
+            template = spec.get("template", {}).get("spec", {})
+            namespace = _substitute(template.get("destination", {}).get("namespace", ""), relative)
+            project = next(
+                (
+                    o
+                    for o in platform
+                    if o.get("kind") == "AppProject" and o["metadata"].get("name") == template.get("project")
+                ),
+                None,
+            )
+    pools = [o for o in platform if o.get("kind") == "ContainerNodePool"]
+    return manifest_policy.ServingContext(namespace=namespace, project=project, node_pools=pools or None)
+
+
+def check_directory(directory: Path, objects: list[dict], root: Path, crds, platform: list[dict]) -> list[str]:
+    problems = []
+    for obj in objects:
+        problems += [f"{manifest_policy.ref(obj)}: {p}" for p in kubeschema.validate_object(obj, crds)]
+    problems += manifest_policy.check_everywhere(objects)
+    if is_serving(directory, root):
+        context = serving_context(directory, root, platform)
+        problems += manifest_policy.check_serving(objects, directory / manifest_policy.PIN_FILE, context)
+    return problems
+
+
+def validate(root: Path, crds_dir: Path | None, directories: list[Path] | None = None) -> list[Result]:
+    """Render and check directories (default: all of root's); the Argo CD objects and node pools
+    under root/gitops are rendered in any case, as the context the overlays are checked against."""
+    crds = kubeschema.load_crds(crds_dir) if crds_dir is not None else None
+    every = kustomization_dirs(root)
+    rendered: dict[Path, list[dict] | RenderError] = {}
+
+    def rendered_objects(directory: Path) -> list[dict] | RenderError:
+        if directory not in rendered:
+            try:
+                rendered[directory] = render(directory)
+            except RenderError as error:
+                rendered[directory] = error
+        return rendered[directory]
+
+    platform = []
+    for directory in every:
+        if directory.is_relative_to(root / "gitops"):
+            objects = rendered_objects(directory)
+            platform += objects if isinstance(objects, list) else []
+    results = []
+    for directory in directories if directories is not None else every:
+        objects = rendered_objects(directory)
+        if isinstance(objects, RenderError):
+            results.append(Result(directory, [f"kustomize failed: {objects}"], 0))
+        else:
+            results.append(Result(directory, check_directory(directory, objects, root, crds, platform), len(objects)))
+    return results
+
+
+def _shown(directory: Path) -> str:
+    try:
+        return directory.resolve().relative_to(Path.cwd()).as_posix()
+    except ValueError:
+        return str(directory)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=(
+            "examples:\n"
+            "  python tools/validate.py                      # every overlay and gitops/ kustomization\n"
+            "  python tools/validate.py overlays/h100        # one overlay\n"
+            "  python tools/validate.py --crds ~/my-cluster-crds   # CRDs of your cluster:\n"
+            "      kubectl get crd podmonitorings.monitoring.googleapis.com -o yaml > ~/my-cluster-crds/pm.yaml\n"
+            f"CRDs come from --crds, else ${CRDS_ENV}, else <repo>/../shared/crds."
+        ),
+    )
+    parser.add_argument("paths", nargs="*", type=Path, help="kustomization directories (default: all)")
+    parser.add_argument("--crds", metavar="DIR", help="directory of CustomResourceDefinition YAML")
+    parser.add_argument("--repo", type=Path, default=REPO, help="repository root (default: this checkout)")
+    args = parser.parse_args(argv)
+
+    root = args.repo.resolve()
+    crds_dir = crd_directory(args.crds, root)
+    try:
+        if crds_dir is None:
+            print(
+                f"no CRD directory: pass --crds DIR or set {CRDS_ENV}; custom resources (PodMonitoring, "
+                "BackendConfig, Argo CD, Config Connector) cannot be checked and will fail"
+            )
+        else:
+            print(f"CRD schemas from {crds_dir} ({len(kubeschema.load_crds(crds_dir).kinds)} kinds)")
+        results = validate(root, crds_dir, [p.resolve() for p in args.paths] or None)
+    except (ToolError, kubeschema.CrdError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    for result in results:
+        if result.problems:
+            print(f"❌ {_shown(result.directory)}")
+            for problem in result.problems:
+                print(f"   - {problem}")
+        else:
+            print(f"✅ {_shown(result.directory)} ({result.objects} objects)")
+    failed = sum(1 for r in results if r.problems)
+    print(f"{len(results)} directories, {failed} failed")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
