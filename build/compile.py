@@ -1,0 +1,170 @@
+"""Compile an open LLM for a GPU target and lay out its Triton model repository.
+
+Plans the deployment for the target (precision, tensor parallelism, batch and KV limits, or a clear
+refusal), builds what the runtime needs (a TensorRT-LLM engine on GPUs, a safetensors checkpoint for
+the CPU target), lays out the model repository and writes build.json beside it.
+
+Examples:
+  python build/compile.py --gpu cpu                          # the embedded SmolLM2-135M-Instruct
+  python build/compile.py --gpu h100 --model ./Llama-3.1-8B-Instruct --plan
+  python build/compile.py --gpu l4 --model ./Qwen2.5-7B-Instruct --plan --json
+  python build/compile.py --gpu h100 --model meta-llama/Llama-3.1-8B-Instruct --precision fp8 --tp 2
+  python build/compile.py --gpu cpu --out /tmp/repo --publish gs://my-bucket/models
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+import time
+import traceback
+from dataclasses import asdict
+from pathlib import Path
+
+import catalog
+import hf_config
+import layout
+import manifest
+import model_source
+import planner
+import templating
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CACHE = Path(os.environ.get("GKE_TRITON_CACHE", ROOT / ".cache"))
+DEFAULT_OUT = ROOT / "out"
+
+
+class CompileError(RuntimeError):
+    """A step cannot go on; the message says what to change."""
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def templates_sha256() -> str:
+    digest = hashlib.sha256()
+    for path in [*layout.template_files(), *sorted((ROOT / "build").glob("*.py"))]:
+        digest.update(path.relative_to(ROOT).as_posix().encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def versions_for(runtime: str) -> dict[str, str | None]:
+    pins = catalog.versions()
+    uses_trtllm = runtime != "cpu"
+    return {
+        "triton_image": pins["triton"]["image"],
+        "triton_release": pins["triton"]["container_release"],
+        "tensorrt_llm": pins["tensorrt_llm"]["version"] if uses_trtllm else None,
+        "tensorrt": pins["tensorrt_llm"]["tensorrt"] if uses_trtllm else None,
+    }
+
+
+def recipe_for(plan: planner.Plan, source: model_source.ModelSource, options: layout.Options) -> dict:
+    return {
+        "model": {"name": source.name, "source": source.source, "weights_sha256": source.weights_sha256},
+        "target": {"gpu": plan.gpu, "accelerator": plan.accelerator, "compute_capability": plan.compute_capability},
+        "runtime": plan.runtime,
+        "versions": versions_for(plan.runtime),
+        "precision": plan.precision,
+        "tp": plan.tp,
+        "pp": plan.pp,
+        "limits": plan.limits(),
+        "plan": plan.to_dict(),
+        "options": asdict(options),
+        "templates_sha256": templates_sha256(),
+    }
+
+
+def build_repository(plan: planner.Plan, source: model_source.ModelSource, options: layout.Options,
+                     out_dir: Path) -> tuple[dict, bool]:
+    """Lay out the repository (or keep the one already there); returns build.json and whether it was rebuilt."""
+    recipe = recipe_for(plan, source, options)
+    if manifest.up_to_date(out_dir, recipe):
+        return manifest.read(out_dir), False
+    runtime_layout = layout.RUNTIME_LAYOUTS.get(plan.runtime)
+    if runtime_layout is None:
+        raise CompileError(f"the {plan.runtime} runtime is not available in this build")
+    with layout.staged(out_dir) as staging:
+        log("* layout: preprocessing, postprocessing, ensemble")
+        layout.shared_models(staging, plan, source.checkpoint_dir, options)
+        log(f"* layout: tensorrt_llm ({plan.runtime} runtime)")
+        runtime_layout(staging, plan, source.checkpoint_dir, options)
+        log("* manifest: hashing files")
+        document = manifest.build_document(recipe, manifest.file_hashes(staging))
+        manifest.write(staging, document)
+    return document, True
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    doc_head, doc_examples = __doc__.split("\nExamples:\n")
+    parser = argparse.ArgumentParser(prog="python build/compile.py", description=doc_head.strip(),
+                                     epilog="examples:\n" + doc_examples,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--gpu", required=True, metavar="TARGET",
+                        help=f"target from the GPU catalog: {', '.join(catalog.gpus())}")
+    parser.add_argument("--model", help="Hugging Face checkpoint folder or hub id "
+                        f"(default: the embedded {model_source.DEFAULT_MODEL})")
+    parser.add_argument("--runtime", choices=["engine", "llmapi", "cpu"],
+                        help="what runs the model (default: engine on GPUs, cpu on cpu)")
+    parser.add_argument("--precision", help="weights precision; default: the target's default")
+    parser.add_argument("--tp", type=int, help="tensor parallelism (GPUs per replica); default: the fewest that fit")
+    parser.add_argument("--max-seq-len", type=int, help="prompt + answer tokens per request")
+    parser.add_argument("--plan", action="store_true", help="print the plan and stop")
+    parser.add_argument("--json", action="store_true", help="with --plan: print it as JSON")
+    parser.add_argument("--no-chat-template", action="store_true",
+                        help="send prompts to the model as raw text instead of through its chat template")
+    parser.add_argument("--out", type=Path, help="where the repository goes (default: out/<target>)")
+    parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE, help="model cache (default: .cache)")
+    parser.add_argument("--publish", metavar="gs://BUCKET/PREFIX",
+                        help="upload the built repository, content-addressed, and print its URI")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    return parser.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> int:
+    started = time.monotonic()
+    gpu = catalog.gpu(args.gpu)
+    runtime = args.runtime or gpu.runtimes[0]
+    source = model_source.resolve(args.model, args.cache_dir, log)
+    shape = hf_config.load(source.checkpoint_dir)
+    log(f"* plan: {shape.name} on {gpu.name} ({runtime} runtime)")
+    plan = planner.plan(shape, gpu, runtime=runtime, precision=args.precision, tp=args.tp,
+                        max_seq_len=args.max_seq_len)
+    if args.plan:
+        print(json.dumps(plan.to_dict(), indent=2) if args.json else planner.format_table(plan))
+        return 0
+    has_chat_template = (source.checkpoint_dir / "chat_template.jinja").is_file() or "chat_template" in json.loads(
+        (source.checkpoint_dir / "tokenizer_config.json").read_text() or "{}")
+    options = layout.Options(apply_chat_template=has_chat_template and not args.no_chat_template)
+    out_dir = (args.out or DEFAULT_OUT / gpu.name).resolve()
+    document, rebuilt = build_repository(plan, source, options, out_dir)
+    log(f"* {'built' if rebuilt else 'up to date'}: build {document['build_id']} in {time.monotonic() - started:.1f} s")
+    if args.publish:
+        sys.path.insert(0, str(ROOT / "tools"))
+        import publish
+
+        print(publish.publish(out_dir, args.publish))
+        return 0
+    print(out_dir)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        return run(args)
+    except (catalog.UnknownGpuError, planner.PlanError, hf_config.ModelConfigError, model_source.ModelSourceError,
+            templating.TemplateError, CompileError) as error:
+        if args.debug:
+            traceback.print_exc()
+        log(f"error: {error}")
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

