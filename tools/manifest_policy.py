@@ -174,7 +174,8 @@ def _gpu_count(obj: dict, container: dict) -> tuple[int, list[str]]:
     if request is None and limit is None:
         return 0, []
     if request is None or limit is None or quantity(request) != quantity(limit):
-        return int(quantity(limit or request)), [
+        # The request is what the scheduler places; count by it so one mistake gives one message.
+        return int(quantity(request or limit)), [
             f"{ref(obj)}: container {container.get('name')} requests {GPU_RESOURCE} {request} but limits it "
             f"to {limit}; GPU requests and limits must be equal"
         ]
@@ -351,12 +352,15 @@ def check_network_policy(objects: list[dict]) -> list[str]:
 def read_pin(path: Path) -> tuple[dict[str, str] | None, list[str]]:
     """The data of an overlay's model-pin.yaml, or why it cannot be used."""
     if not path.is_file():
-        return None, [f"{path} is missing; pin a published build with tools/pin.py"]
+        return None, [f"{PIN_FILE} is missing; pin a published build with tools/pin.py"]
     pin = next((d for d in yaml.safe_load_all(path.read_text()) if isinstance(d, dict)), {})
     data = pin.get("data") or {}
     missing = [key for key in PIN_KEYS if key not in data]
     if pin.get("kind") != "ConfigMap" or pin.get("metadata", {}).get("name") != "model-pin" or missing:
-        return None, [f"{path}: not a model-pin ConfigMap with data keys {', '.join(PIN_KEYS)} (missing: {missing})"]
+        return None, [
+            f"{PIN_FILE}: not a ConfigMap named model-pin with data keys {', '.join(PIN_KEYS)} "
+            f"(missing: {', '.join(missing) or 'none'})"
+        ]
     return {key: str(data[key]) for key in PIN_KEYS}, []
 
 
@@ -366,16 +370,14 @@ def check_pin(pin: dict[str, str], deployment: dict, gpu: catalog.Gpu, triton: d
         f"{ref(deployment)} has no GPU nodeSelector"
     )
     problems = []
-    for key, ours in (
-        ("gpu", gpu.name),
-        ("accelerator", gpu.accelerator),
-        ("compute_capability", gpu.compute_capability),
-    ):
-        if pin[key] != ours:
-            problems.append(
-                f"model-pin {key} is {pin[key]!r} but the overlay runs on {gpu.name} ({key} {ours!r}; {where}); "
-                "pin a build made for this GPU"
-            )
+    theirs = (pin["gpu"], pin["accelerator"], pin["compute_capability"])
+    if theirs != (gpu.name, gpu.accelerator, gpu.compute_capability):
+        problems.append(
+            f"model-pin is a build for gpu {pin['gpu']!r} (accelerator {pin['accelerator']!r}, compute capability "
+            f"{pin['compute_capability']!r}), but this overlay runs on gpu {gpu.name!r} (accelerator "
+            f"{gpu.accelerator!r}, compute capability {gpu.compute_capability!r}; {where}); "
+            f"pin a build made for {gpu.name}"
+        )
     if pin["runtime"] not in gpu.runtimes:
         problems.append(
             f"model-pin runtime is {pin['runtime']!r} but {gpu.name} runs {' or '.join(gpu.runtimes)} builds"
@@ -406,6 +408,7 @@ def check_project(objects: list[dict], context: ServingContext) -> list[str]:
     allowed = {(k.get("group", ""), k.get("kind")) for k in spec.get("namespaceResourceWhitelist", [])}
     allowed_cluster = {(k.get("group", ""), k.get("kind")) for k in spec.get("clusterResourceWhitelist", [])}
     destinations = [d.get("namespace", "") for d in spec.get("destinations", [])]
+    namespaces = set()
     for obj in objects:
         group = obj.get("apiVersion", "").rpartition("/")[0]
         namespace = obj.get("metadata", {}).get("namespace")
@@ -418,13 +421,18 @@ def check_project(objects: list[dict], context: ServingContext) -> list[str]:
                 f"{ref(obj)}: kind {group or 'core'}/{obj.get('kind')} is not in the namespaceResourceWhitelist of "
                 f"AppProject/{project['metadata']['name']}; Argo CD would refuse to sync it"
             )
+        namespaces.add(namespace or "")
+    for namespace in sorted(namespaces):
         if context.namespace is not None and namespace != context.namespace:
             problems.append(
-                f"{ref(obj)}: namespace {namespace!r}, but the ApplicationSet deploys this overlay to "
+                f"objects are in namespace {namespace!r}, but the ApplicationSet deploys this overlay to "
                 f"{context.namespace!r}; set `namespace: {context.namespace}` in its kustomization"
             )
-        elif context.project is not None and not any(fnmatch.fnmatch(namespace or "", d) for d in destinations):
-            problems.append(f"{ref(obj)}: namespace {namespace!r} is not a destination of its AppProject")
+        elif context.project is not None and not any(fnmatch.fnmatch(namespace, d) for d in destinations):
+            problems.append(
+                f"objects are in namespace {namespace!r}, which is not a destination of "
+                f"AppProject/{project['metadata']['name']}"
+            )
     return problems
 
 
@@ -471,11 +479,12 @@ def check_serving(objects: list[dict], pin_path: Path, context: ServingContext) 
         gpu, count, gpu_problems = _check_gpu(deployment, pod, triton)
         problems += gpu_problems
         if gpu is not None:
-            problems += _check_requests(deployment, triton, gpu, count)
+            if count in gpu.machine_types:
+                problems += _check_requests(deployment, triton, gpu, count)
+                if count and context.node_pools is not None:
+                    problems += _check_node_pool_exists(deployment, gpu, count, context.node_pools)
             if pin is not None:
                 problems += check_pin(pin, deployment, gpu, triton, pod)
-            if count in gpu.machine_types and count and context.node_pools is not None:
-                problems += _check_node_pool_exists(deployment, gpu, count, context.node_pools)
         if triton.get("image") != catalog.triton_image():
             problems.append(
                 f"{ref(deployment)}: container triton runs {triton.get('image')!r}, but build/versions.toml pins "

@@ -1,0 +1,374 @@
+"""tools/validate.py refuses broken manifests with a message that names the object and the problem.
+
+Each test copies gitops/ and overlays/ of this checkout to a scratch repository, breaks one thing
+the way a person would, and asserts the exact problems validate.py reports for it.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import kubeschema
+import pytest
+import validate
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+CRDS = ROOT.parent / "shared" / "crds"
+H100_SELECTOR = "Deployment/triton nodeSelector cloud.google.com/gke-accelerator: nvidia-h100-80gb"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def crds_present() -> None:
+    assert CRDS.is_dir(), f"the CRD schemas must be at {CRDS} (CI's copy of shared/crds)"
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    for folder in ("gitops", "overlays"):
+        shutil.copytree(ROOT / folder, tmp_path / folder)
+    return tmp_path
+
+
+def edit(repo: Path, relative: str, old: str, new: str) -> None:
+    path = repo / relative
+    text = path.read_text()
+    assert text.count(old) == 1, f"{old!r} must occur once in {relative}"
+    path.write_text(text.replace(old, new))
+
+
+def problems(repo: Path, directory: str, crds: Path | None = CRDS) -> list[str]:
+    [result] = validate.validate(repo, crds, [repo / directory])
+    return result.problems
+
+
+def test_the_untouched_copy_is_valid(repo: Path) -> None:
+    assert all(result.problems == [] for result in validate.validate(repo, CRDS))
+
+
+def test_misspelt_field_in_a_built_in_kind(repo: Path) -> None:
+    edit(repo, "gitops/base/deployment.yaml", "periodSeconds: 5\n", "periodSecond: 5\n")
+    assert problems(repo, "overlays/h100") == [
+        "Deployment/triton: spec.template.spec.containers.0.readinessProbe: "
+        "Additional properties are not allowed ('periodSecond' was unexpected)"
+    ]
+
+
+def test_misspelt_field_in_a_custom_resource(repo: Path) -> None:
+    edit(repo, "gitops/components/tls-ingress/backendconfig.yaml", "  healthCheck:", "  healthcheck:")
+    assert problems(repo, "overlays/cpu") == [
+        "BackendConfig/triton: spec: Additional properties are not allowed ('healthcheck' was unexpected)",
+        "BackendConfig/triton: healthCheck.requestPath must be /v2/health/ready",
+    ]
+
+
+def test_misspelt_label_key_in_custom_resource_metadata(repo: Path) -> None:
+    edit(repo, "gitops/components/monitoring/podmonitoring.yaml", "  name: triton\n", "  name: triton\n  lables: {}\n")
+    assert problems(repo, "overlays/l4") == [
+        "PodMonitoring/triton: metadata: Additional properties are not allowed ('lables' was unexpected)"
+    ]
+
+
+def test_wrong_accelerator_label(repo: Path) -> None:
+    edit(repo, "overlays/h100/gpu.yaml", "gke-accelerator: nvidia-h100-80gb", "gke-accelerator: nvidia-h100")
+    assert problems(repo, "overlays/h100") == [
+        "Deployment/triton: nodeSelector cloud.google.com/gke-accelerator: nvidia-h100 is not in the GPU catalog "
+        "build/gpus.toml (known: nvidia-l4, nvidia-tesla-a100, nvidia-a100-80gb, nvidia-h100-80gb, "
+        "nvidia-h200-141gb, nvidia-b200)"
+    ]
+
+
+def test_gpu_limit_that_differs_from_the_request(repo: Path) -> None:
+    edit(repo, "overlays/h100/gpu.yaml", 'limits:\n              memory: 200Gi\n              nvidia.com/gpu: "1"',
+         'limits:\n              memory: 200Gi\n              nvidia.com/gpu: "2"')
+    assert problems(repo, "overlays/h100") == [
+        "Deployment/triton: container triton requests nvidia.com/gpu 1 but limits it to 2; "
+        "GPU requests and limits must be equal"
+    ]
+
+
+def test_gpu_count_that_no_node_of_that_gpu_has(repo: Path) -> None:
+    gpu = repo / "overlays/l4/gpu.yaml"
+    gpu.write_text(gpu.read_text().replace('nvidia.com/gpu: "1"', 'nvidia.com/gpu: "3"'))
+    assert problems(repo, "overlays/l4") == [
+        "Deployment/triton: requests 3 nvidia.com/gpu, but l4 nodes come with 1, 2, 4, 8 GPUs "
+        "(build/gpus.toml machine_types); request one of those"
+    ]
+
+
+def test_cpu_and_memory_requests_come_from_the_catalog(repo: Path) -> None:
+    edit(repo, "overlays/h100/gpu.yaml", 'cpu: "24"', 'cpu: "16"')
+    assert problems(repo, "overlays/h100") == [
+        "Deployment/triton: container triton requests cpu 16, but build/gpus.toml gives h100 pods 24 per GPU "
+        "× 1 = 24"
+    ]
+
+
+def test_tls_ingress_removed(repo: Path) -> None:
+    edit(repo, "overlays/h100/kustomization.yaml", "  - ../../gitops/components/tls-ingress\n", "")
+    assert problems(repo, "overlays/h100") == [
+        "no Ingress: a serving overlay is reached only through the TLS Ingress (components/tls-ingress)"
+    ]
+
+
+def test_plain_http_allowed(repo: Path) -> None:
+    edit(repo, "gitops/components/tls-ingress/ingress.yaml", '"false"', '"true"')
+    assert problems(repo, "overlays/h100") == [
+        'Ingress/triton: serves plain HTTP; set annotation kubernetes.io/ingress.allow-http: "false"'
+    ]
+
+
+def test_no_authentication_at_the_load_balancer(repo: Path) -> None:
+    edit(repo, "gitops/components/tls-ingress/backendconfig.yaml", "  iap:\n    enabled: true\n", "")
+    edit(repo, "gitops/components/tls-ingress/backendconfig.yaml", "  securityPolicy:\n    name: triton-edge\n", "")
+    assert problems(repo, "overlays/h100") == [
+        "BackendConfig/triton: no authentication in front of Triton; enable iap or set a Cloud Armor securityPolicy"
+    ]
+
+
+def test_replicas_on_a_deployment_the_hpa_scales(repo: Path) -> None:
+    edit(repo, "gitops/base/deployment.yaml", "  revisionHistoryLimit: 5\n",
+         "  replicas: 2\n  revisionHistoryLimit: 5\n")
+    assert problems(repo, "overlays/h100") == [
+        "Deployment/triton: sets spec.replicas, but HorizontalPodAutoscaler/triton owns the replica count; "
+        "remove replicas"
+    ]
+
+
+def test_min_replicas_zero(repo: Path) -> None:
+    edit(repo, "gitops/components/autoscaling/hpa.yaml", "minReplicas: 1", "minReplicas: 0")
+    assert problems(repo, "overlays/cpu") == [
+        "HorizontalPodAutoscaler/triton: minReplicas is 0; it must be at least 1 "
+        "(scale to zero puts node provisioning and model load in a user's request)"
+    ]
+
+
+def test_pin_for_another_gpu(repo: Path) -> None:
+    shutil.copy(repo / "overlays/l4/model-pin.yaml", repo / "overlays/h100/model-pin.yaml")
+    assert problems(repo, "overlays/h100") == [
+        "model-pin is a build for gpu 'l4' (accelerator 'nvidia-l4', compute capability '8.9'), but this overlay "
+        "runs on gpu 'h100' (accelerator 'nvidia-h100-80gb', compute capability '9.0'; "
+        f"{H100_SELECTOR}); pin a build made for h100"
+    ]
+
+
+def test_pin_for_another_image(repo: Path) -> None:
+    edit(repo, "overlays/h100/model-pin.yaml", "tritonserver:26.07-trtllm", "tritonserver:25.10-trtllm")
+    assert problems(repo, "overlays/h100") == [
+        "model-pin triton_image is 'nvcr.io/nvidia/tritonserver:25.10-trtllm-python-py3' (what the build was made "
+        "for) but Deployment/triton runs 'nvcr.io/nvidia/tritonserver:26.07-trtllm-python-py3'; rebuild for this "
+        "image or change both together"
+    ]
+
+
+def test_pin_with_a_runtime_the_gpu_does_not_run(repo: Path) -> None:
+    edit(repo, "overlays/h100/model-pin.yaml", "runtime: engine", "runtime: cpu")
+    assert problems(repo, "overlays/h100") == ["model-pin runtime is 'cpu' but h100 runs engine or llmapi builds"]
+
+
+def test_image_that_differs_from_versions_toml_names_both_sides(repo: Path) -> None:
+    edit(repo, "gitops/base/kustomization.yaml", "newTag: 26.07-trtllm-python-py3", "newTag: 26.08-trtllm-python-py3")
+    assert problems(repo, "overlays/cpu") == [
+        "model-pin triton_image is 'nvcr.io/nvidia/tritonserver:26.07-trtllm-python-py3' (what the build was made "
+        "for) but Deployment/triton runs 'nvcr.io/nvidia/tritonserver:26.08-trtllm-python-py3'; rebuild for this "
+        "image or change both together",
+        "Deployment/triton: container triton runs 'nvcr.io/nvidia/tritonserver:26.08-trtllm-python-py3', but "
+        "build/versions.toml pins 'nvcr.io/nvidia/tritonserver:26.07-trtllm-python-py3'; change the `images:` "
+        "entry in gitops/base",
+    ]
+
+
+def test_unpinned_image(repo: Path) -> None:
+    edit(repo, "gitops/base/kustomization.yaml", "newTag: 528.0.0-slim", "newTag: latest")
+    assert problems(repo, "gitops/base") == [
+        "Deployment/triton: container fetch-model image 'gcr.io/google.com/cloudsdktool/google-cloud-cli:latest' "
+        "is not pinned; give it a version tag or a digest (kustomize `images:`), never latest"
+    ]
+
+
+def test_root_container(repo: Path) -> None:
+    edit(repo, "gitops/base/deployment.yaml", "runAsUser: 1000\n", "runAsUser: 0\n")
+    assert problems(repo, "overlays/cpu") == [
+        "Deployment/triton: pod must run as non-root (securityContext runAsNonRoot: true, runAsUser 1000)"
+    ]
+
+
+def test_missing_probe(repo: Path) -> None:
+    text = (repo / "gitops/base/deployment.yaml").read_text()
+    start = text.index("          startupProbe:")
+    end = text.index("          readinessProbe:")
+    (repo / "gitops/base/deployment.yaml").write_text(text[:start] + text[end:])
+    assert problems(repo, "overlays/cpu") == [
+        "Deployment/triton: container triton has no startupProbe (engine load takes minutes)"
+    ]
+
+
+def test_network_policy_removed(repo: Path) -> None:
+    edit(repo, "overlays/cpu/kustomization.yaml", "  - ../../gitops/components/network-policy\n", "")
+    assert problems(repo, "overlays/cpu") == [
+        "no NetworkPolicy denies ingress by default (components/network-policy)"
+    ]
+
+
+def test_overlay_namespace_must_be_where_the_applicationset_deploys_it(repo: Path) -> None:
+    edit(repo, "overlays/l4/kustomization.yaml", "namespace: triton-l4", "namespace: llm")
+    assert problems(repo, "overlays/l4") == [
+        "objects are in namespace 'llm', but the ApplicationSet deploys this overlay to 'triton-l4'; "
+        "set `namespace: triton-l4` in its kustomization"
+    ]
+
+
+def test_kind_outside_the_appproject_whitelist(repo: Path) -> None:
+    edit(repo, "overlays/cpu/kustomization.yaml", "configMapGenerator:\n",
+         "configMapGenerator:\n  - name: extra\n    literals: [a=b]\n")
+    [problem] = problems(repo, "overlays/cpu")
+    assert problem.startswith("ConfigMap/extra-")
+    assert problem.endswith(
+        ": kind core/ConfigMap is not in the namespaceResourceWhitelist of AppProject/triton-serving; "
+        "Argo CD would refuse to sync it"
+    )
+
+
+def test_missing_pin_fails_the_render(repo: Path) -> None:
+    (repo / "overlays/h100/model-pin.yaml").unlink()
+    [problem] = problems(repo, "overlays/h100")
+    assert problem.startswith("kustomize failed: ")
+    assert "model-pin.yaml" in problem
+
+
+def test_node_pool_machine_type_must_match_the_catalog(repo: Path) -> None:
+    edit(repo, "gitops/nodepools/h100.yaml", "machineType: a3-highgpu-1g", "machineType: a3-highgpu-2g")
+    assert problems(repo, "gitops/nodepools") == [
+        "ContainerNodePool/triton-h100: machineType 'a3-highgpu-2g' does not carry 1 × nvidia-h100-80gb; "
+        "build/gpus.toml says a3-highgpu-1g"
+    ]
+
+
+def test_gpu_overlay_needs_a_node_pool_of_its_shape(repo: Path) -> None:
+    (repo / "gitops/nodepools/kustomization.yaml").write_text(
+        (repo / "gitops/nodepools/kustomization.yaml").read_text().replace("  - h100.yaml\n", "")
+    )
+    assert problems(repo, "overlays/h100") == [
+        "Deployment/triton: no ContainerNodePool in gitops/nodepools has 1 × nvidia-h100-80gb (a3-highgpu-1g); "
+        "add one so the cluster autoscaler can place this pod"
+    ]
+
+
+def test_without_crds_custom_resources_fail_and_say_how_to_fix_it(repo: Path) -> None:
+    found = problems(repo, "gitops/nodepools", crds=None)
+    assert found[0] == (
+        "ContainerNodePool/triton-a100-80gb: unknown kind ContainerNodePool in container.cnrm.cloud.google.com/"
+        "v1beta1: not a built-in kind of Kubernetes 1.33, and no CRD directory was given to check custom resources "
+        "(--crds DIR or GKE_TRITON_CRDS)"
+    )
+    assert len(found) == 4
+
+
+def test_unknown_kinds_and_versions_fail() -> None:
+    crds = kubeschema.load_crds(CRDS)
+
+    def check(api_version: str, kind: str) -> list[str]:
+        return kubeschema.validate_object({"apiVersion": api_version, "kind": kind}, crds)
+
+    assert check("autoscaling/v2beta2", "HorizontalPodAutoscaler") == [
+        "unknown kind HorizontalPodAutoscaler in autoscaling/v2beta2: not a built-in kind of Kubernetes 1.33 "
+        f"and no CRD for it in {CRDS}"
+    ]
+    assert check("monitoring.googleapis.com/v2", "PodMonitoring") == [
+        "monitoring.googleapis.com/v2 is not a served version of PodMonitoring "
+        f"(served: v1, v1alpha1; CRDs from {CRDS})"
+    ]
+    assert check("monitoring.googleapis.com/v1", "PodMonitor") == [
+        "unknown kind PodMonitor in monitoring.googleapis.com/v1 (kinds of monitoring.googleapis.com: "
+        "ClusterPodMonitoring, ClusterRules, GlobalRules, PodMonitoring, Rules)"
+    ]
+
+
+def test_cluster_scoped_custom_resource_takes_no_namespace() -> None:
+    computeclass = {
+        "apiVersion": "cloud.google.com/v1",
+        "kind": "ComputeClass",
+        "metadata": {"name": "h100", "namespace": "triton-h100"},
+        "spec": {"priorities": [{"machineFamily": "a3"}]},
+    }
+    assert kubeschema.validate_object(computeclass, kubeschema.load_crds(CRDS)) == [
+        "metadata.namespace: ComputeClass is cluster-scoped and takes no namespace"
+    ]
+
+
+def test_crd_conversion_closes_objects_except_where_unknown_fields_are_kept() -> None:
+    schema = kubeschema.to_jsonschema({
+        "type": "object",
+        "required": ["mode", "name"],
+        "properties": {
+            "mode": {"type": "string", "default": "fast"},
+            "name": {"type": "string"},
+            "port": {"x-kubernetes-int-or-string": True},
+            "values": {"type": "object", "x-kubernetes-preserve-unknown-fields": True, "properties": {"a": {}}},
+        },
+    })
+    assert schema["additionalProperties"] is False
+    assert schema["required"] == ["name"]
+    assert schema["properties"]["port"]["anyOf"] == [{"type": "integer"}, {"type": "string"}]
+    assert "additionalProperties" not in schema["properties"]["values"]
+
+
+def test_crds_from_kubectl_get_crd_list_output(tmp_path: Path) -> None:
+    crd = yaml.safe_load((CRDS / "monitoring.googleapis.com/PodMonitoring.yaml").read_text())
+    (tmp_path / "from-cluster.yaml").write_text(yaml.safe_dump({"apiVersion": "v1", "kind": "List", "items": [crd]}))
+    assert sorted(kubeschema.load_crds(tmp_path).kinds) == [("monitoring.googleapis.com", "PodMonitoring")]
+
+
+def test_empty_crd_directory_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(kubeschema.CrdError, match=f"no CustomResourceDefinition found in {tmp_path}"):
+        kubeschema.load_crds(tmp_path)
+
+
+def test_cli_prints_each_directory_and_exits_1_on_a_problem(
+    repo: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(repo)
+    edit(repo, "overlays/h100/gpu.yaml", 'cpu: "24"', 'cpu: "16"')
+    assert validate.main(["--repo", str(repo), "--crds", str(CRDS), "overlays/cpu", "overlays/h100"]) == 1
+    assert capsys.readouterr().out == (
+        f"CRD schemas from {CRDS} (25 kinds)\n"
+        "✅ overlays/cpu (13 objects)\n"
+        "❌ overlays/h100\n"
+        "   - Deployment/triton: container triton requests cpu 16, but build/gpus.toml gives h100 pods 24 per GPU "
+        "× 1 = 24\n"
+        "2 directories, 1 failed\n"
+    )
+
+
+def test_cli_crd_directory_from_the_environment(
+    repo: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(repo)
+    monkeypatch.setenv(validate.CRDS_ENV, str(CRDS))
+    assert validate.main(["--repo", str(repo), "gitops/nodepools"]) == 0
+    assert capsys.readouterr().out == (
+        f"CRD schemas from {CRDS} (25 kinds)\n✅ gitops/nodepools (4 objects)\n1 directories, 0 failed\n"
+    )
+
+
+def test_cli_says_when_no_crd_directory_is_found(
+    repo: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(repo)
+    monkeypatch.delenv(validate.CRDS_ENV, raising=False)
+    assert validate.main(["--repo", str(repo), "gitops/base"]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == (
+        "no CRD directory: pass --crds DIR or set GKE_TRITON_CRDS; custom resources (PodMonitoring, BackendConfig, "
+        "Argo CD, Config Connector) cannot be checked and will fail"
+    )
+
+
+def test_cli_without_kustomize_is_a_tool_error(
+    repo: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    assert validate.main(["--repo", str(repo), "--crds", str(CRDS)]) == 2
+    assert capsys.readouterr().err == (
+        "error: neither kustomize nor kubectl is on PATH: install kubectl (it includes kustomize) or kustomize v5\n"
+    )
