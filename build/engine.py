@@ -1,0 +1,321 @@
+"""The `engine` runtime: build a TensorRT-LLM engine for the plan and fill the C++ backend's config.
+
+The build runs inside the pinned Triton TRT-LLM image (build/versions.toml), on the GPU it targets:
+engines are tied to the compute capability and TensorRT version they were built with
+(../shared/reference/trtllm-triton.md §2.5). Where TensorRT-LLM is missing, `run` raises
+EngineUnavailableError with the Kubernetes Job that builds it on GKE instead.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import shutil
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import catalog
+import templating
+from hf_config import ARCHITECTURES
+from planner import Plan
+
+REPO = Path(__file__).resolve().parent.parent
+TEMPLATE = REPO / "model_repository" / "tensorrt_llm" / "engine" / "config.pbtxt"
+JOB_DIR = "gitops/jobs/compile-engine"
+
+# Where Triton's pod has the model repository on local disk: gitops/base/deployment.yaml's init
+# container copies the published build there, and the C++ backend needs the engine on local disk.
+POD_MODEL_REPOSITORY = "/models"
+ENGINE_SUBDIR = "tensorrt_llm/1/engine"  # inside a built repository
+ENGINE_PATH_IN_POD = f"{POD_MODEL_REPOSITORY}/{ENGINE_SUBDIR}"
+
+# Paths inside the pinned image: /app/examples is TensorRT-LLM's examples/ tree
+# (tensorrtllm_backend dockerfile/Dockerfile.triton.trt_llm_backend, "COPY … examples examples"),
+# laid out as examples/models/core/<family>/convert_checkpoint.py since TRT-LLM 0.18.
+PYTHON = "python3"
+EXAMPLES = "/app/examples"
+QUANTIZE_SCRIPT = f"{EXAMPLES}/quantization/quantize.py"
+EXECUTOR_WORKER = "/opt/tritonserver/backends/tensorrtllm/trtllmExecutorWorker"
+
+# precision -> (quantize.py --qformat, --kv_cache_dtype or None); trtllm-triton.md §2.4
+QFORMATS: dict[str, tuple[str, str | None]] = {
+    "fp8": ("fp8", "fp8"),
+    "nvfp4": ("nvfp4", "fp8"),
+    "int8_wo": ("int8_wo", None),
+    "int4_awq": ("int4_awq", None),
+}
+CONVERT_DTYPES = {"bf16": "bfloat16", "fp16": "float16"}
+QUANTIZED_BASE_DTYPE = "bfloat16"  # what ModelOpt keeps unquantized (embeddings, norms, lm_head)
+CALIB_SIZE = 512  # ModelOpt's default calibration sample count, stated so the build log shows it
+AWQ_BLOCK_SIZE = 128  # the planner's int4_awq bytes assume one fp16 scale per 128 weights
+TOKENS_PER_BLOCK = 32
+# Paged context FMHA is what KV-cache reuse and chunked context need; both are on in config.pbtxt.
+PAGED_CONTEXT_FMHA = True
+
+
+class EngineError(RuntimeError):
+    """An engine build that cannot start or did not succeed."""
+
+
+class EngineUnavailableError(EngineError):
+    """TensorRT-LLM is not installed here; the message says how to build on GKE instead."""
+
+
+def _gemm_plugin(precision: str) -> str:
+    # FP8 GEMMs are faster without the plugin except at tiny batch sizes (trtllm-triton.md §2.3).
+    return "disable" if precision == "fp8" else "auto"
+
+
+def build_commands(plan: Plan, model_dir: Path, work_dir: Path) -> list[list[str]]:
+    """The checkpoint step (ModelOpt quantize.py or the family's convert_checkpoint.py), then trtllm-build."""
+    if plan.runtime != "engine":
+        raise ValueError(f"build_commands is for the engine runtime, not {plan.runtime!r}")
+    family = ARCHITECTURES[plan.architecture]
+    if family is None:
+        raise EngineError(f"{plan.architecture} has no TensorRT-LLM engine recipe; use the llmapi runtime")
+    checkpoint, engine = work_dir / "checkpoint", work_dir / "engine"
+    parallel = ["--tp_size", str(plan.tp), "--pp_size", str(plan.pp)]
+    if plan.precision in QFORMATS:
+        qformat, kv_cache_dtype = QFORMATS[plan.precision]
+        convert = [
+            PYTHON, QUANTIZE_SCRIPT,
+            "--model_dir", str(model_dir),
+            "--output_dir", str(checkpoint),
+            "--dtype", QUANTIZED_BASE_DTYPE,
+            "--qformat", qformat,
+            *(["--kv_cache_dtype", kv_cache_dtype] if kv_cache_dtype else []),
+            *(["--awq_block_size", str(AWQ_BLOCK_SIZE)] if qformat == "int4_awq" else []),
+            "--calib_size", str(CALIB_SIZE),
+            *parallel,
+        ]
+    elif plan.precision in CONVERT_DTYPES:
+        convert = [
+            PYTHON, f"{EXAMPLES}/models/core/{family}/convert_checkpoint.py",
+            "--model_dir", str(model_dir),
+            "--output_dir", str(checkpoint),
+            "--dtype", CONVERT_DTYPES[plan.precision],
+            *parallel,
+            "--workers", str(plan.tp * plan.pp),
+        ]
+    else:
+        raise EngineError(f"precision {plan.precision} has no engine build recipe")
+    fp8_attention = plan.kv_cache_dtype == "fp8"
+    build = [
+        "trtllm-build",
+        "--checkpoint_dir", str(checkpoint),
+        "--output_dir", str(engine),
+        "--max_batch_size", str(plan.max_batch_size),
+        "--max_input_len", str(plan.max_input_len),
+        "--max_seq_len", str(plan.max_seq_len),
+        "--max_num_tokens", str(plan.max_num_tokens),
+        "--max_beam_width", "1",
+        "--kv_cache_type", "paged",
+        "--tokens_per_block", str(TOKENS_PER_BLOCK),
+        "--gemm_plugin", _gemm_plugin(plan.precision),
+        "--use_paged_context_fmha", "enable" if PAGED_CONTEXT_FMHA else "disable",
+        "--use_fp8_context_fmha", "enable" if fp8_attention else "disable",
+        "--multiple_profiles", "enable",
+        "--workers", str(plan.tp * plan.pp),
+    ]
+    return [convert, build]
+
+
+def config_values(plan: Plan) -> dict[str, object]:
+    """Every value of the tensorrt_llm config.pbtxt, from the plan and the choices above."""
+    return {
+        "max_batch_size": plan.max_batch_size,
+        "max_queue_delay_microseconds": 0,  # IFB adds requests to the running batch anyway
+        "max_queue_size": 0,  # unbounded: the HPA scales on queue time instead of rejecting
+        "gpt_model_path": ENGINE_PATH_IN_POD,
+        "batching_strategy": "inflight_fused_batching",
+        "executor_worker_path": EXECUTOR_WORKER,
+        "gpu_device_ids": ",".join(str(i) for i in range(plan.tp * plan.pp)),
+        "max_beam_width": 1,
+        "decoding_mode": "top_k_top_p",
+        "batch_scheduler_policy": "guaranteed_no_evict",  # a started request always finishes
+        "max_tokens_in_paged_kv_cache": plan.kv_tokens,
+        "kv_cache_free_gpu_mem_fraction": plan.kv_cache_free_gpu_mem_fraction,
+        "kv_cache_host_memory_bytes": 0,
+        "kv_cache_onboard_blocks": True,
+        "max_attention_window_size": plan.max_seq_len,
+        "sink_token_length": 0,
+        "enable_kv_cache_reuse": PAGED_CONTEXT_FMHA,
+        "enable_chunked_context": PAGED_CONTEXT_FMHA,
+        "exclude_input_in_output": True,
+        "normalize_log_probs": True,
+        "enable_context_fmha_fp32_acc": False,
+        "multi_block_mode": True,
+        "cuda_graph_mode": False,
+        "cancellation_check_period_ms": 100,
+        "stats_check_period_ms": 100,
+        "iter_stats_max_iterations": 1000,
+        "request_stats_max_iterations": 0,
+    }
+
+
+def render_config(plan: Plan) -> str:
+    return templating.fill(TEMPLATE.read_text(), config_values(plan), source=str(TEMPLATE.relative_to(REPO)))
+
+
+# ---- building on GKE --------------------------------------------------------------------------
+
+
+def job_name(plan: Plan) -> str:
+    slug = re.sub(r"[^a-z0-9]+", "-", f"compile-{plan.gpu}-{plan.model}".lower()).strip("-")
+    return slug[:63].rstrip("-")
+
+
+def job_kustomization(plan: Plan, *, model_source: str, publish: str, source_repo: str,
+                      source_revision: str) -> str:
+    """The overlay of gitops/jobs/compile-engine that builds exactly this plan on its GPU node pool."""
+    gpu = catalog.gpu(plan.gpu)
+    gpus = plan.tp * plan.pp
+    extra = f"--runtime engine --precision {plan.precision} --tp {plan.tp} --max-seq-len {plan.max_seq_len}"
+    return f"""\
+# Builds {plan.model} for {plan.gpu} ({plan.precision}, TP {plan.tp}) and publishes it.
+apiVersion: kustomize.config.k8s.io/v1beta1
+kind: Kustomization
+resources:
+  - ../..
+configMapGenerator:
+  - name: compile-engine-params
+    behavior: replace
+    literals:
+      - GPU={plan.gpu}
+      - MODEL={model_source}
+      - PUBLISH={publish}
+      - EXTRA_ARGS={extra}
+      - SOURCE_REPO={source_repo}
+      - SOURCE_REVISION={source_revision}
+patches:
+  - target:
+      kind: Job
+      name: compile-engine
+    patch: |-
+      apiVersion: batch/v1
+      kind: Job
+      metadata:
+        name: compile-engine
+      spec:
+        template:
+          spec:
+            nodeSelector:
+              cloud.google.com/gke-accelerator: {gpu.accelerator}
+            containers:
+              - name: compile
+                resources:
+                  requests:
+                    cpu: "{gpu.pod_cpu * gpus}"
+                    memory: {gpu.pod_memory_gib * gpus}Gi
+                    nvidia.com/gpu: "{gpus}"
+                  limits:
+                    memory: {gpu.pod_memory_gib * gpus}Gi
+                    nvidia.com/gpu: "{gpus}"
+  - target:
+      kind: Job
+      name: compile-engine
+    patch: |-
+      - op: replace
+        path: /metadata/name
+        value: {job_name(plan)}
+"""
+
+
+def _git(*args: str) -> str | None:
+    try:
+        done = subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True, check=False)
+    except FileNotFoundError:
+        return None
+    return done.stdout.strip() if done.returncode == 0 and done.stdout.strip() else None
+
+
+def unavailable_message(
+    plan: Plan, missing: list[str], *, model_source: str, publish: str | None,
+    source_repo: str | None, source_revision: str | None,
+) -> str:
+    notes = []
+    if publish is None:
+        notes.append("Set PUBLISH to your bucket: compile.py was run without --publish.")
+    if source_repo is None or source_revision is None:
+        notes.append("Set SOURCE_REPO and SOURCE_REVISION to a git URL and commit the cluster can fetch: "
+                     "this checkout has no 'origin' remote.")
+    else:
+        notes.append(f"Push {source_revision[:12]} to {source_repo} first: the Job fetches it from there.")
+    run_dir = f"{JOB_DIR}/runs/{job_name(plan)}"
+    overlay = job_kustomization(
+        plan, model_source=model_source, publish=publish or "gs://REPLACE-ME/models",
+        source_repo=source_repo or "REPLACE-ME", source_revision=source_revision or "REPLACE-ME",
+    )
+    return (
+        f"TensorRT-LLM is not installed here ({'; '.join(missing)}). Engines are built on the GPU that "
+        f"serves them, in {catalog.triton_image()}. Build this one on GKE with the Job in {JOB_DIR}/, "
+        f"from the repository root:\n\n"
+        f"mkdir -p {run_dir}\n"
+        f"cat > {run_dir}/kustomization.yaml <<'EOF'\n{overlay}EOF\n"
+        f"kubectl apply -k {run_dir}\n"
+        f"kubectl -n triton-build logs -f job/{job_name(plan)}\n\n"
+        + "\n".join(notes)
+    )
+
+
+# ---- running the build ------------------------------------------------------------------------
+
+
+def missing_tools() -> list[str]:
+    missing = []
+    if importlib.util.find_spec("tensorrt_llm") is None:
+        missing.append("no tensorrt_llm Python module")
+    if shutil.which("trtllm-build") is None:
+        missing.append("no trtllm-build on PATH")
+    return missing
+
+
+def _local_compute_capability() -> str | None:
+    if shutil.which("nvidia-smi") is None:
+        return None
+    done = subprocess.run(["nvidia-smi", "--query-gpu=compute_cap", "--format=csv,noheader"],
+                          capture_output=True, text=True, check=False)
+    lines = done.stdout.split()
+    return lines[0] if done.returncode == 0 and lines else None
+
+
+def run(
+    plan: Plan,
+    model_dir: Path,
+    work_dir: Path,
+    *,
+    model_source: str,
+    publish: str | None = None,
+    on_command: Callable[[list[str]], None] = lambda command: None,
+) -> Path:
+    """Build the engine into `work_dir/engine` and return that directory."""
+    missing = missing_tools()
+    if missing:
+        raise EngineUnavailableError(unavailable_message(
+            plan, missing, model_source=model_source, publish=publish,
+            source_repo=_git("remote", "get-url", "origin"), source_revision=_git("rev-parse", "HEAD"),
+        ))
+    local = _local_compute_capability()
+    if local != plan.compute_capability:
+        raise EngineError(
+            f"an engine for {plan.gpu} must be built on compute capability {plan.compute_capability}; "
+            f"this machine has {local or 'no NVIDIA GPU'} (engines do not load on another architecture)"
+        )
+    for command in build_commands(plan, Path(model_dir), Path(work_dir)):
+        script = Path(command[1]) if command[0] == PYTHON else None
+        if script is not None and not script.is_file():
+            raise EngineError(f"{script} not found: run the build in {catalog.triton_image()}")
+        on_command(command)
+        done = subprocess.run(command, check=False)
+        if done.returncode != 0:
+            raise EngineError(f"{Path(command[1]).name if script else command[0]} failed "
+                              f"(exit {done.returncode}): {' '.join(command)}")
+    engine = Path(work_dir) / "engine"
+    built = json.loads((engine / "config.json").read_text()).get("version")
+    wanted = catalog.versions()["tensorrt_llm"]["version"]
+    if built != wanted:
+        raise EngineError(f"the engine was built by TensorRT-LLM {built}, but {catalog.triton_image()} "
+                          f"serves with {wanted}; build in the pinned image")
+    return engine

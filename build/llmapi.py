@@ -1,0 +1,59 @@
+"""The `llmapi` runtime: TensorRT-LLM's PyTorch backend behind NVIDIA's python `llmapi` model.
+
+No engine is built: the repository carries the Hugging Face checkpoint, a `model.yaml` of LLM()
+arguments from the plan, and the model that loads NVIDIA's code from the pinned image.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import templating
+from engine import POD_MODEL_REPOSITORY
+from planner import Plan
+
+REPO = Path(__file__).resolve().parent.parent
+MODEL_DIR = REPO / "model_repository" / "tensorrt_llm" / "llmapi"
+CONFIG_TEMPLATE = MODEL_DIR / "config.pbtxt"
+MODEL_YAML_TEMPLATE = MODEL_DIR / "1" / "model.yaml"
+MODEL_PY = MODEL_DIR / "1" / "model.py"
+
+# The Hugging Face checkpoint (weights, config.json, tokenizer) inside a built repository, and
+# where Triton's pod has it on local disk.
+CHECKPOINT_SUBDIR = "tensorrt_llm/1/checkpoint"
+CHECKPOINT_PATH_IN_POD = f"{POD_MODEL_REPOSITORY}/{CHECKPOINT_SUBDIR}"
+
+# plan precision -> LLM(dtype=...); a pre-quantized checkpoint keeps its own quantization and
+# the dtype of everything else it ships with.
+DTYPES = {"bf16": "bfloat16", "fp16": "float16", "mxfp4": "auto"}
+
+
+def model_yaml_values(plan: Plan) -> dict[str, object]:
+    if plan.runtime != "llmapi":
+        raise ValueError(f"model.yaml is for the llmapi runtime, not {plan.runtime!r}")
+    return {
+        "model": CHECKPOINT_PATH_IN_POD,
+        "dtype": DTYPES[plan.precision],
+        "tensor_parallel_size": plan.tp,
+        "pipeline_parallel_size": plan.pp,
+        "max_batch_size": plan.max_batch_size,
+        "max_num_tokens": plan.max_num_tokens,
+        "max_input_len": plan.max_input_len,
+        "max_seq_len": plan.max_seq_len,
+        "enable_chunked_prefill": True,  # prompts longer than max_num_tokens go in pieces
+        "kv_tokens": plan.kv_tokens,
+        "free_gpu_memory_fraction": plan.kv_cache_free_gpu_mem_fraction,
+        "enable_block_reuse": True,  # shared prompt prefixes (system prompts) reuse KV blocks
+        "cancellation_check_period_ms": 100,
+    }
+
+
+def render_model_yaml(plan: Plan) -> str:
+    return templating.fill(MODEL_YAML_TEMPLATE.read_text(), model_yaml_values(plan),
+                           source=str(MODEL_YAML_TEMPLATE.relative_to(REPO)))
+
+
+def render_config(plan: Plan) -> str:
+    if plan.runtime != "llmapi":
+        raise ValueError(f"this config.pbtxt is for the llmapi runtime, not {plan.runtime!r}")
+    return templating.fill(CONFIG_TEMPLATE.read_text(), {}, source=str(CONFIG_TEMPLATE.relative_to(REPO)))

@@ -1,0 +1,101 @@
+"""NVIDIA's `llmapi` TensorRT-LLM model, as shipped in the pinned Triton image, with streamed deltas.
+
+NVIDIA's model sends `CompletionOutput.text` with every streamed response, and that text is
+cumulative (../shared/reference/trtllm-triton.md §6.4). Our API promises streamed pieces that
+concatenate to the final text, so this subclass sends only the part of the text not sent yet.
+The LLM API's incremental detokenizer withholds a trailing partial character, so the text only
+ever grows at its end and the pieces are exact.
+
+Everything else (the LLM() engine from model.yaml beside this file, sampling inputs, cancellation)
+is NVIDIA's code from the image, so it always matches the TensorRT-LLM version that runs it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+
+# In nvcr.io/nvidia/tritonserver:<release>-trtllm-python-py3 (tensorrtllm_backend dockerfile:
+# "COPY … triton_backend/all_models all_models" into /app).
+NVIDIA_MODEL_DIR = "/app/all_models/llmapi/tensorrt_llm/1"
+
+
+class TextDeltas:
+    """Turns cumulative text per (request, output index) into the pieces not sent yet."""
+
+    def __init__(self) -> None:
+        self._sent: dict[tuple[object, int], str] = {}
+
+    def delta(self, key: tuple[object, int], text: str, finished: bool) -> str:
+        sent = self._sent.get(key, "")
+        if not text.startswith(sent):
+            raise ValueError(
+                f"streamed text for {key} changed after it was sent: {sent!r} is not a prefix of {text!r}"
+            )
+        if finished:
+            self._sent.pop(key, None)
+        else:
+            self._sent[key] = text
+        return text[len(sent):]
+
+    def __len__(self) -> int:
+        return len(self._sent)
+
+
+class _Output:
+    """One CompletionOutput with its text replaced by the delta; everything else passes through."""
+
+    def __init__(self, output: object, text: str) -> None:
+        self._output = output
+        self.text = text
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._output, name)
+
+
+class _RequestOutput:
+    def __init__(self, request_output: object, outputs: list[_Output]) -> None:
+        self._request_output = request_output
+        self.outputs = outputs
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._request_output, name)
+
+
+def with_deltas(request_output, deltas: TextDeltas) -> _RequestOutput:
+    finished = bool(request_output.finished)
+    outputs = [
+        _Output(output, deltas.delta((request_output.request_id, output.index), output.text, finished))
+        for output in request_output.outputs
+    ]
+    return _RequestOutput(request_output, outputs)
+
+
+def _nvidia_model_class() -> type:
+    # NVIDIA's model.py imports its sibling helpers.py by name.
+    sys.path.insert(0, NVIDIA_MODEL_DIR)
+    spec = importlib.util.spec_from_file_location("trtllm_llmapi_model", f"{NVIDIA_MODEL_DIR}/model.py")
+    if spec is None or spec.loader is None:
+        raise ImportError(f"NVIDIA's llmapi model is not at {NVIDIA_MODEL_DIR}: is this the pinned image?")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+
+    class TritonPythonModel(module.TritonPythonModel):
+        def initialize(self, args):
+            self._deltas = TextDeltas()
+            super().initialize(args)
+
+        def _create_response(self, request_output, output_config):
+            return super()._create_response(with_deltas(request_output, self._deltas), output_config)
+
+    return TritonPythonModel
+
+
+def __getattr__(name: str) -> object:
+    # Triton's python backend looks the class up when it loads the model; resolving it lazily keeps
+    # the delta logic above importable (and tested) where TensorRT-LLM is not installed.
+    if name == "TritonPythonModel":
+        cls = _nvidia_model_class()
+        globals()[name] = cls
+        return cls
+    raise AttributeError(name)
