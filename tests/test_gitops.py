@@ -1,0 +1,227 @@
+"""The manifests of this checkout: every kustomization renders and validates, and the overlays,
+Argo CD objects and node pools keep the promises docs/manifests.md makes about them."""
+
+from __future__ import annotations
+
+import difflib
+import re
+import shutil
+from functools import cache
+from pathlib import Path
+
+import catalog
+import pytest
+import validate
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+CRDS = ROOT.parent / "shared" / "crds"
+TARGETS = ("cpu", "l4", "a100-80gb", "h100", "h200")
+DIRECTORIES = validate.kustomization_dirs(ROOT)
+
+
+@cache
+def rendered(relative: str) -> list[dict]:
+    return validate.render(ROOT / relative)
+
+
+def one(objects: list[dict], kind: str, name: str | None = None) -> dict:
+    [found] = [o for o in objects if o["kind"] == kind and name in (None, o["metadata"]["name"])]
+    return found
+
+
+def triton(objects: list[dict]) -> dict:
+    containers = one(objects, "Deployment")["spec"]["template"]["spec"]["containers"]
+    return next(c for c in containers if c["name"] == "triton")
+
+
+@pytest.fixture(scope="module")
+def results() -> dict[Path, list[str]]:
+    assert CRDS.is_dir(), f"the CRD schemas must be at {CRDS} (CI's copy of shared/crds)"
+    return {r.directory: r.problems for r in validate.validate(ROOT, CRDS)}
+
+
+@pytest.mark.parametrize("directory", DIRECTORIES, ids=[d.relative_to(ROOT).as_posix() for d in DIRECTORIES])
+def test_every_kustomization_renders_and_validates(directory: Path, results: dict[Path, list[str]]) -> None:
+    assert results[directory] == []
+
+
+def test_every_target_has_an_overlay_and_the_argocd_and_node_pool_folders_are_checked() -> None:
+    names = [d.relative_to(ROOT).as_posix() for d in DIRECTORIES]
+    assert {f"overlays/{t}" for t in TARGETS} <= set(names)
+    assert {"gitops/base", "gitops/argocd", "gitops/nodepools"} <= set(names)
+
+
+def test_overlays_readme_table_matches_the_overlays_and_the_catalog() -> None:
+    rows = [
+        [cell.strip() for cell in line.strip("|").split("|")]
+        for line in (ROOT / "overlays/README.md").read_text().splitlines()
+        if line.startswith("| ") and "](" in line
+    ]
+    assert sorted(re.search(r"\[`(.+)/`\]", row[1]).group(1) for row in rows) == sorted(
+        d.name for d in (ROOT / "overlays").iterdir() if d.is_dir()
+    )
+    for _, directory, label, count, pool, _ in rows:
+        target = re.search(r"\[`(.+)/`\]", directory).group(1)
+        gpu = catalog.gpu(target)
+        spec = one(rendered(f"overlays/{target}"), "Deployment")["spec"]["template"]["spec"]
+        assert label.strip("`") == (gpu.accelerator or "(none)")
+        assert spec.get("nodeSelector", {}).get("cloud.google.com/gke-accelerator", "(none)") == label.strip("`")
+        limits = next(c for c in spec["containers"] if c["name"] == "triton")["resources"]["limits"]
+        assert int(limits.get("nvidia.com/gpu", 0)) == int(count)
+        if int(count):
+            assert pool.split("`")[1] == gpu.machine_types[int(count)]
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_model_pin_is_read_by_kustomize_but_never_emitted(target: str) -> None:
+    objects = rendered(f"overlays/{target}")
+    pin = yaml.safe_load((ROOT / "overlays" / target / "model-pin.yaml").read_text())["data"]
+    assert [o["metadata"]["name"] for o in objects if o["kind"] == "ConfigMap"] == []
+    template = one(objects, "Deployment")["spec"]["template"]
+    fetch = next(c for c in template["spec"]["initContainers"] if c["name"] == "fetch-model")
+    assert {"name": "MODEL_URI", "value": pin["uri"]} in fetch["env"]
+    assert template["metadata"]["labels"]["gke-triton-llm/build-id"] == pin["build_id"]
+    assert template["metadata"]["labels"]["gke-triton-llm/gpu"] == target
+
+
+def test_a_new_pin_changes_only_the_model_location_in_the_pod_template(tmp_path: Path) -> None:
+    for folder in ("gitops", "overlays"):
+        shutil.copytree(ROOT / folder, tmp_path / folder)
+    pin = tmp_path / "overlays/h100/model-pin.yaml"
+    old = yaml.safe_load(pin.read_text())["data"]["build_id"]
+    before = validate.render(tmp_path / "overlays/h100")
+    pin.write_text(pin.read_text().replace(old, "0123456789abcdef"))
+    after = validate.render(tmp_path / "overlays/h100")
+    changed = [
+        line
+        for line in difflib.unified_diff(
+            yaml.safe_dump_all(before).splitlines(), yaml.safe_dump_all(after).splitlines(), n=0, lineterm=""
+        )
+        if line[:1] in "+-" and not line.startswith(("+++", "---"))
+    ]
+    assert changed == [
+        f"-        gke-triton-llm/build-id: {old}",
+        "+        gke-triton-llm/build-id: 0123456789abcdef",
+        f"-          value: gs://gke-triton-llm-models/builds/SmolLM2-135M-Instruct/{old}/",
+        "+          value: gs://gke-triton-llm-models/builds/SmolLM2-135M-Instruct/0123456789abcdef/",
+    ]
+
+
+def test_cpu_overlay_runs_without_gpus_and_scales_on_tritons_queue() -> None:
+    objects = rendered("overlays/cpu")
+    pod = one(objects, "Deployment")["spec"]["template"]["spec"]
+    assert "nodeSelector" not in pod and "tolerations" not in pod
+    assert triton(objects)["resources"] == {"requests": {"cpu": "4", "memory": "8Gi"}, "limits": {"memory": "8Gi"}}
+    metric = one(objects, "HorizontalPodAutoscaler")["spec"]["metrics"][0]["pods"]["metric"]
+    assert metric == {
+        "name": "prometheus.googleapis.com|nv_inference_pending_request_count|gauge",
+        "selector": {"matchLabels": {"metric.labels.model": "tensorrt_llm"}},
+    }
+
+
+@pytest.mark.parametrize("target", [t for t in TARGETS if t != "cpu"])
+def test_gpu_overlays_scale_on_the_tensorrt_llm_waiting_gauge(target: str) -> None:
+    objects = rendered(f"overlays/{target}")
+    metric = one(objects, "HorizontalPodAutoscaler")["spec"]["metrics"][0]["pods"]["metric"]
+    assert metric == {
+        "name": "prometheus.googleapis.com|nv_trt_llm_request_metrics|gauge",
+        "selector": {"matchLabels": {"metric.labels.request_type": "waiting"}},
+    }
+    assert {"name": "TRTLLM_ORCHESTRATOR", "value": "1"} in triton(objects)["env"]
+
+
+def test_tritonserver_is_the_container_process_and_its_shutdown_fits_the_grace_period() -> None:
+    objects = rendered("overlays/h100")
+    deployment = one(objects, "Deployment")
+    container = triton(objects)
+    assert "replicas" not in deployment["spec"]
+    assert container["command"] == ["tritonserver"]
+    exit_timeout = int(next(a for a in container["args"] if a.startswith("--exit-timeout-secs=")).split("=")[1])
+    pre_stop = int(container["lifecycle"]["preStop"]["exec"]["command"][1])
+    grace = deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+    backend = one(objects, "BackendConfig")["spec"]
+    assert grace >= pre_stop + exit_timeout
+    assert backend["timeoutSec"] <= exit_timeout
+    assert backend["connectionDraining"]["drainingTimeoutSec"] <= exit_timeout
+    startup = container["startupProbe"]
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 1800
+
+
+def test_sync_waves_put_config_first_then_workload_then_scaling_and_ingress() -> None:
+    objects = rendered("overlays/h100")
+
+    def wave(kind: str) -> int:
+        return int(one(objects, kind, None if kind != "NetworkPolicy" else "triton")["metadata"]["annotations"][
+            "argocd.argoproj.io/sync-wave"])
+
+    assert wave("Namespace") < wave("ServiceAccount") == wave("BackendConfig") == wave("NetworkPolicy")
+    assert wave("ServiceAccount") < wave("Deployment") == wave("Service") == wave("PodMonitoring")
+    assert wave("Deployment") < wave("HorizontalPodAutoscaler") == wave("Ingress") == wave("ManagedCertificate")
+
+
+def test_argocd_repository_is_named_in_one_place() -> None:
+    repo = yaml.safe_load((ROOT / "gitops/argocd/repo.yaml").read_text())["data"]
+    objects = rendered("gitops/argocd")
+    urls, revisions = set(), set()
+    for obj in objects:
+        spec = obj.get("spec", {})
+        urls.update(spec.get("sourceRepos", []))
+        for source in (spec.get("source"), spec.get("template", {}).get("spec", {}).get("source")):
+            if source:
+                urls.add(source["repoURL"])
+                revisions.add(source["targetRevision"])
+        for generator in spec.get("generators", []):
+            urls.add(generator["git"]["repoURL"])
+            revisions.add(generator["git"]["revision"])
+    assert urls == {repo["url"]} and revisions == {repo["revision"]} and repo["revision"] != "HEAD"
+    mentions = [p.name for p in (ROOT / "gitops").rglob("*.yaml") if repo["url"] in p.read_text()]
+    assert mentions == ["repo.yaml"]
+
+
+def test_applicationset_makes_one_automated_application_per_overlay() -> None:
+    appset = one(rendered("gitops/argocd"), "ApplicationSet")["spec"]
+    assert appset["goTemplate"] is True and appset["goTemplateOptions"] == ["missingkey=error"]
+    assert appset["generators"][0]["git"]["directories"] == [{"path": "overlays/*"}]
+    template = appset["template"]["spec"]
+    assert template["project"] == "triton-serving"
+    assert template["destination"]["namespace"] == "triton-{{.path.basename}}"
+    policy = template["syncPolicy"]
+    assert policy["automated"] == {"prune": True, "selfHeal": True}
+    assert policy["retry"]["backoff"] == {"duration": "10s", "factor": 2, "maxDuration": "5m"}
+    assert {"ServerSideApply=true", "RespectIgnoreDifferences=true", "PruneLast=true"} <= set(policy["syncOptions"])
+    assert template["ignoreDifferences"] == [
+        {"group": "apps", "kind": "Deployment", "jsonPointers": ["/spec/replicas"]}
+    ]
+
+
+def test_serving_project_is_least_privilege() -> None:
+    project = one(rendered("gitops/argocd"), "AppProject", "triton-serving")["spec"]
+    assert project["destinations"] == [{"server": "https://kubernetes.default.svc", "namespace": "triton-*"}]
+    assert project["clusterResourceWhitelist"] == [{"group": "", "kind": "Namespace"}]
+    assert all("*" not in (k["group"] + k["kind"]) for k in project["namespaceResourceWhitelist"])
+
+
+def test_bootstrap_application_syncs_the_argocd_folder_itself() -> None:
+    objects = rendered("gitops/argocd")
+    bootstrap = one(objects, "Application", "triton-bootstrap")["spec"]
+    assert bootstrap["source"]["path"] == "gitops/argocd"
+    assert bootstrap["project"] == "triton-bootstrap"
+    health = one(objects, "ConfigMap", "argocd-cm")
+    lua = health["data"]["resource.customizations.health.monitoring.googleapis.com_PodMonitoring"]
+    assert "ConfigurationCreateSuccess" in lua and 'hs.status = "Degraded"' in lua
+    assert health["metadata"]["annotations"]["argocd.argoproj.io/sync-options"] == "Prune=false,Delete=false"
+
+
+def test_one_gpu_node_pool_per_gpu_overlay() -> None:
+    pools = {
+        (a["type"], a["count"]): p["spec"]["nodeConfig"]["machineType"]
+        for p in rendered("gitops/nodepools")
+        for a in p["spec"]["nodeConfig"]["guestAccelerator"]
+    }
+    wanted = {}
+    for target in TARGETS[1:]:
+        gpu = catalog.gpu(target)
+        count = int(triton(rendered(f"overlays/{target}"))["resources"]["limits"]["nvidia.com/gpu"])
+        wanted[(gpu.accelerator, count)] = gpu.machine_types[count]
+    assert pools == wanted
