@@ -24,6 +24,7 @@ from planner import Plan
 REPO = Path(__file__).resolve().parent.parent
 TEMPLATE = REPO / "model_repository" / "tensorrt_llm" / "engine" / "config.pbtxt"
 JOB_DIR = "gitops/jobs/compile-engine"
+RUNS_DIR = "gitops/jobs/runs"  # one overlay per build; kustomize refuses an overlay inside its base
 
 # Where Triton's pod has the model repository on local disk: gitops/base/deployment.yaml's init
 # container copies the published build there, and the C++ backend needs the engine on local disk.
@@ -178,7 +179,7 @@ def job_kustomization(plan: Plan, *, model_source: str, publish: str, source_rep
 apiVersion: kustomize.config.k8s.io/v1beta1
 kind: Kustomization
 resources:
-  - ../..
+  - ../../compile-engine
 configMapGenerator:
   - name: compile-engine-params
     behavior: replace
@@ -243,7 +244,7 @@ def unavailable_message(
                      "this checkout has no 'origin' remote.")
     else:
         notes.append(f"Push {source_revision[:12]} to {source_repo} first: the Job fetches it from there.")
-    run_dir = f"{JOB_DIR}/runs/{job_name(plan)}"
+    run_dir = f"{RUNS_DIR}/{job_name(plan)}"
     overlay = job_kustomization(
         plan, model_source=model_source, publish=publish or "gs://REPLACE-ME/models",
         source_repo=source_repo or "REPLACE-ME", source_revision=source_revision or "REPLACE-ME",

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+from pathlib import Path
 
 # In nvcr.io/nvidia/tritonserver:<release>-trtllm-python-py3 (tensorrtllm_backend dockerfile:
 # "COPY … triton_backend/all_models all_models" into /app).
@@ -72,11 +73,13 @@ def with_deltas(request_output, deltas: TextDeltas) -> _RequestOutput:
 
 
 def _nvidia_model_class() -> type:
+    source = Path(NVIDIA_MODEL_DIR) / "model.py"
+    if not source.is_file():
+        raise ImportError(f"NVIDIA's llmapi model is not at {source}: the llmapi runtime runs in the pinned "
+                          "Triton TRT-LLM image (build/versions.toml)")
     # NVIDIA's model.py imports its sibling helpers.py by name.
     sys.path.insert(0, NVIDIA_MODEL_DIR)
-    spec = importlib.util.spec_from_file_location("trtllm_llmapi_model", f"{NVIDIA_MODEL_DIR}/model.py")
-    if spec is None or spec.loader is None:
-        raise ImportError(f"NVIDIA's llmapi model is not at {NVIDIA_MODEL_DIR}: is this the pinned image?")
+    spec = importlib.util.spec_from_file_location("trtllm_llmapi_model", source)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
 

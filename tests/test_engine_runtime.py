@@ -1,0 +1,517 @@
+"""The engine and llmapi runtimes up to the TensorRT-LLM boundary: build commands, Triton configs that
+parse as Triton's ModelConfig, model.yaml, the compile Job, and the streamed-delta wrapper.
+
+TensorRT-LLM is on no machine here: the one test that builds a real engine is marked `gpu` and
+skips, with the reason, where it is missing.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+import tomllib
+from pathlib import Path
+from types import SimpleNamespace
+
+import catalog
+import engine
+import hf_config
+import llmapi
+import planner
+import pytest
+import yaml
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2
+
+ROOT = Path(__file__).resolve().parent.parent
+MODELS = Path(__file__).parent / "fixtures" / "models"
+JOB = ROOT / "gitops" / "jobs" / "compile-engine"
+GPU_TARGETS = [g.name for g in catalog.gpus().values() if not g.is_cpu]
+
+
+def make_plan(model: str, gpu: str, runtime: str = "engine", **kwargs) -> planner.Plan:
+    return planner.plan(hf_config.load(MODELS / model), catalog.gpu(gpu), runtime=runtime, **kwargs)
+
+
+def parse_config(text: str) -> model_config_pb2.ModelConfig:
+    return text_format.Parse(text, model_config_pb2.ModelConfig())
+
+
+def io_signature(config: model_config_pb2.ModelConfig) -> tuple:
+    inputs = [(t.name, t.data_type, tuple(t.dims), t.optional, tuple(t.reshape.shape)) for t in config.input]
+    outputs = [(t.name, t.data_type, tuple(t.dims)) for t in config.output]
+    return inputs, outputs
+
+
+# ---- config.pbtxt for every target and runtime ------------------------------------------------
+
+RUNTIME_CASES = [(gpu, runtime) for gpu in GPU_TARGETS for runtime in catalog.gpu(gpu).runtimes]
+
+
+@pytest.mark.parametrize(("gpu", "runtime"), RUNTIME_CASES)
+def test_tensorrt_llm_config_parses_as_triton_model_config(gpu, runtime):
+    plan = make_plan("SmolLM2-135M", gpu, runtime)
+    text = engine.render_config(plan) if runtime == "engine" else llmapi.render_config(plan)
+    assert "${" not in text
+    config = parse_config(text)
+    assert config.name == "tensorrt_llm"
+    if runtime == "engine":
+        assert config.backend == "tensorrtllm"
+        assert config.max_batch_size == plan.max_batch_size
+        assert config.model_transaction_policy.decoupled
+    else:
+        # NVIDIA's llmapi model takes max_batch_size and decoupled from model.yaml's triton_config
+        assert config.backend == "python"
+        assert config.max_batch_size == 0 and not config.HasField("model_transaction_policy")
+
+
+@pytest.mark.parametrize("gpu", GPU_TARGETS)
+def test_engine_config_sets_every_parameter_from_the_plan(gpu):
+    plan = make_plan("Llama-3.1-8B", gpu)
+    params = {k: v.string_value for k, v in parse_config(engine.render_config(plan)).parameters.items()}
+    assert all(params.values()), [k for k, v in params.items() if not v]
+    assert params["gpt_model_path"] == "/models/tensorrt_llm/1/engine" == engine.ENGINE_PATH_IN_POD
+    assert params["gpt_model_type"] == "inflight_fused_batching"
+    assert params["max_tokens_in_paged_kv_cache"] == str(plan.kv_tokens)
+    assert params["max_attention_window_size"] == str(plan.max_seq_len)
+    assert params["kv_cache_free_gpu_mem_fraction"] == "0.9"
+    assert params["gpu_device_ids"] == ",".join(str(i) for i in range(plan.tp))
+    # reuse and chunked context need paged context FMHA, which trtllm-build gets enabled
+    build = engine.build_commands(plan, Path("/m"), Path("/w"))[1]
+    assert build[build.index("--use_paged_context_fmha") + 1] == "enable"
+    assert params["enable_kv_cache_reuse"] == params["enable_chunked_context"] == "true"
+    assert params["exclude_input_in_output"] == "true"
+    assert params["batch_scheduler_policy"] == "guaranteed_no_evict"
+    assert params["max_beam_width"] == "1"
+
+
+def test_engine_and_cpu_runtimes_have_the_same_tensors():
+    # the shared ensemble talks to either runtime's tensorrt_llm model without knowing which
+    cpu_text = (ROOT / "model_repository" / "tensorrt_llm" / "cpu" / "config.pbtxt").read_text()
+    cpu = parse_config(re.sub(r"\$\{[a-z_]+\}", "1", cpu_text))
+    gpu = parse_config(engine.render_config(make_plan("Llama-3.1-8B", "h100")))
+    assert io_signature(gpu) == io_signature(cpu)
+
+
+def test_llmapi_config_has_nvidias_streaming_and_sampling_tensors():
+    config = parse_config(llmapi.render_config(make_plan("Llama-3.1-8B", "h100", "llmapi")))
+    names = {t.name for t in config.input}
+    assert {"text_input", "streaming", "sampling_param_max_tokens", "sampling_param_temperature",
+            "sampling_param_top_k", "sampling_param_top_p", "sampling_param_stop", "sampling_param_seed",
+            "sampling_param_exclude_input_from_output", "stop"} <= names
+    assert [t.name for t in config.output][0] == "text_output"
+
+
+# ---- model.yaml -------------------------------------------------------------------------------
+
+
+def test_model_yaml_is_the_plan_as_llm_arguments():
+    plan = make_plan("Llama-3.1-8B", "h100", "llmapi")
+    text = llmapi.render_model_yaml(plan)
+    assert "${" not in text
+    assert yaml.safe_load(text) == {
+        "model": "/models/tensorrt_llm/1/checkpoint",
+        "tokenizer": "/models/tensorrt_llm/1/checkpoint",
+        "backend": "pytorch",
+        "dtype": "bfloat16",
+        "tensor_parallel_size": 1,
+        "pipeline_parallel_size": 1,
+        "max_batch_size": plan.max_batch_size,
+        "max_num_tokens": 8192,
+        "max_input_len": 4096,
+        "max_seq_len": 8192,
+        "max_beam_width": 1,
+        "enable_chunked_prefill": True,
+        "kv_cache_config": {
+            "max_tokens": plan.kv_tokens,
+            "free_gpu_memory_fraction": 0.9,
+            "enable_block_reuse": True,
+        },
+        "triton_config": {"max_batch_size": 0, "decoupled": True, "cancellation_check_period_ms": 100},
+    }
+
+
+@pytest.mark.parametrize("gpu", ["h100", "h200", "b200"])
+def test_gpt_oss_model_yaml_keeps_its_own_quantization(gpu):
+    plan = make_plan("gpt-oss-20b", gpu, "llmapi")
+    values = yaml.safe_load(llmapi.render_model_yaml(plan))
+    assert values["dtype"] == "auto" and values["tensor_parallel_size"] == plan.tp
+
+
+def test_model_yaml_is_only_for_llmapi():
+    with pytest.raises(ValueError) as caught:
+        llmapi.render_model_yaml(make_plan("Llama-3.1-8B", "h100"))
+    assert str(caught.value) == "model.yaml is for the llmapi runtime, not 'engine'"
+
+
+# ---- build commands ---------------------------------------------------------------------------
+
+
+def test_fp8_build_commands_for_llama_8b_on_h100():
+    plan = make_plan("Llama-3.1-8B", "h100")
+    assert engine.build_commands(plan, Path("/src/Llama-3.1-8B"), Path("/work/build")) == [
+        ["python3", "/app/examples/quantization/quantize.py",
+         "--model_dir", "/src/Llama-3.1-8B", "--output_dir", "/work/build/checkpoint",
+         "--dtype", "bfloat16", "--qformat", "fp8", "--kv_cache_dtype", "fp8", "--calib_size", "512",
+         "--tp_size", "1", "--pp_size", "1"],
+        ["trtllm-build", "--checkpoint_dir", "/work/build/checkpoint", "--output_dir", "/work/build/engine",
+         "--max_batch_size", "128", "--max_input_len", "4096", "--max_seq_len", "8192",
+         "--max_num_tokens", "8192", "--max_beam_width", "1", "--kv_cache_type", "paged",
+         "--tokens_per_block", "32", "--gemm_plugin", "disable", "--use_paged_context_fmha", "enable",
+         "--use_fp8_context_fmha", "enable", "--multiple_profiles", "enable", "--workers", "1"],
+    ]
+
+
+def test_bf16_build_commands_for_llama_70b_over_two_h100s():
+    plan = make_plan("Llama-3.1-70B", "h100", precision="bf16")
+    # planner: TP 2 (131.4 GiB of bf16 weights), 34,784 KV tokens per GPU -> max_batch_size 8
+    assert engine.build_commands(plan, Path("/src/Llama-3.1-70B"), Path("/work/build")) == [
+        ["python3", "/app/examples/models/core/llama/convert_checkpoint.py",
+         "--model_dir", "/src/Llama-3.1-70B", "--output_dir", "/work/build/checkpoint",
+         "--dtype", "bfloat16", "--tp_size", "2", "--pp_size", "1", "--workers", "2"],
+        ["trtllm-build", "--checkpoint_dir", "/work/build/checkpoint", "--output_dir", "/work/build/engine",
+         "--max_batch_size", "8", "--max_input_len", "4096", "--max_seq_len", "8192",
+         "--max_num_tokens", "8192", "--max_beam_width", "1", "--kv_cache_type", "paged",
+         "--tokens_per_block", "32", "--gemm_plugin", "auto", "--use_paged_context_fmha", "enable",
+         "--use_fp8_context_fmha", "disable", "--multiple_profiles", "enable", "--workers", "2"],
+    ]
+
+
+def test_int4_awq_on_a100_quantizes_with_128_weight_groups_and_keeps_a_16_bit_kv_cache():
+    plan = make_plan("Qwen2.5-7B", "a100-40gb", precision="int4_awq")
+    quantize = engine.build_commands(plan, Path("/src/q"), Path("/w"))[0]
+    assert quantize == [
+        "python3", "/app/examples/quantization/quantize.py", "--model_dir", "/src/q",
+        "--output_dir", "/w/checkpoint", "--dtype", "bfloat16", "--qformat", "int4_awq",
+        "--awq_block_size", "128", "--calib_size", "512", "--tp_size", "1", "--pp_size", "1",
+    ]
+
+
+def test_qwen_converts_with_its_own_family_script():
+    plan = make_plan("Qwen2.5-7B", "a100-80gb", precision="fp16")
+    assert engine.build_commands(plan, Path("/m"), Path("/w"))[0][:2] == [
+        "python3", "/app/examples/models/core/qwen/convert_checkpoint.py"]
+
+
+def test_build_commands_are_only_for_the_engine_runtime():
+    with pytest.raises(ValueError) as caught:
+        engine.build_commands(make_plan("Llama-3.1-8B", "h100", "llmapi"), Path("/m"), Path("/w"))
+    assert str(caught.value) == "build_commands is for the engine runtime, not 'llmapi'"
+
+
+# ---- where TensorRT-LLM is missing ------------------------------------------------------------
+
+EXPECTED_OVERLAY = """\
+# Builds Llama-3.1-70B for h100 (fp8, TP 1) and publishes it.
+apiVersion: kustomize.config.k8s.io/v1beta1
+kind: Kustomization
+resources:
+  - ../../compile-engine
+configMapGenerator:
+  - name: compile-engine-params
+    behavior: replace
+    literals:
+      - GPU=h100
+      - MODEL=meta-llama/Llama-3.1-70B-Instruct
+      - PUBLISH=gs://acme-models/llm
+      - EXTRA_ARGS=--runtime engine --precision fp8 --tp 1 --max-seq-len 8192
+      - SOURCE_REPO=https://github.com/acme/gke-triton-llm.git
+      - SOURCE_REVISION=0123456789abcdef0123456789abcdef01234567
+patches:
+  - target:
+      kind: Job
+      name: compile-engine
+    patch: |-
+      apiVersion: batch/v1
+      kind: Job
+      metadata:
+        name: compile-engine
+      spec:
+        template:
+          spec:
+            nodeSelector:
+              cloud.google.com/gke-accelerator: nvidia-h100-80gb
+            containers:
+              - name: compile
+                resources:
+                  requests:
+                    cpu: "24"
+                    memory: 200Gi
+                    nvidia.com/gpu: "1"
+                  limits:
+                    memory: 200Gi
+                    nvidia.com/gpu: "1"
+  - target:
+      kind: Job
+      name: compile-engine
+    patch: |-
+      - op: replace
+        path: /metadata/name
+        value: compile-h100-llama-3-1-70b
+"""
+
+
+def test_engine_unavailable_message_gives_the_job_to_run():
+    plan = make_plan("Llama-3.1-70B", "h100")
+    message = engine.unavailable_message(
+        plan, ["no tensorrt_llm Python module", "no trtllm-build on PATH"],
+        model_source="meta-llama/Llama-3.1-70B-Instruct", publish="gs://acme-models/llm",
+        source_repo="https://github.com/acme/gke-triton-llm.git",
+        source_revision="0123456789abcdef0123456789abcdef01234567",
+    )
+    assert message == (
+        "TensorRT-LLM is not installed here (no tensorrt_llm Python module; no trtllm-build on PATH). "
+        "Engines are built on the GPU that serves them, in "
+        "nvcr.io/nvidia/tritonserver:26.07-trtllm-python-py3. Build this one on GKE with the Job in "
+        "gitops/jobs/compile-engine/, from the repository root:\n\n"
+        "mkdir -p gitops/jobs/runs/compile-h100-llama-3-1-70b\n"
+        "cat > gitops/jobs/runs/compile-h100-llama-3-1-70b/kustomization.yaml <<'EOF'\n"
+        + EXPECTED_OVERLAY
+        + "EOF\n"
+        "kubectl apply -k gitops/jobs/runs/compile-h100-llama-3-1-70b\n"
+        "kubectl -n triton-build logs -f job/compile-h100-llama-3-1-70b\n\n"
+        "Push 0123456789ab to https://github.com/acme/gke-triton-llm.git first: the Job fetches it from there."
+    )
+
+
+def test_engine_unavailable_message_says_what_to_fill_in_without_publish_or_remote():
+    message = engine.unavailable_message(
+        make_plan("SmolLM2-135M", "l4"), ["no trtllm-build on PATH"], model_source="/data/SmolLM2-135M",
+        publish=None, source_repo=None, source_revision=None,
+    )
+    assert "      - PUBLISH=gs://REPLACE-ME/models\n" in message
+    assert message.endswith(
+        "Set PUBLISH to your bucket: compile.py was run without --publish.\n"
+        "Set SOURCE_REPO and SOURCE_REVISION to a git URL and commit the cluster can fetch: "
+        "this checkout has no 'origin' remote."
+    )
+
+
+@pytest.mark.skipif(not engine.missing_tools(), reason="TensorRT-LLM is installed here")
+def test_run_without_tensorrt_llm_fails_fast_with_the_job(tmp_path):
+    plan = make_plan("SmolLM2-135M", "h100")
+    with pytest.raises(engine.EngineUnavailableError) as caught:
+        engine.run(plan, MODELS / "SmolLM2-135M", tmp_path, model_source="HuggingFaceTB/SmolLM2-135M")
+    assert str(caught.value).startswith("TensorRT-LLM is not installed here (")
+    assert "kubectl apply -k gitops/jobs/runs/compile-h100-smollm2-135m\n" in str(caught.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+# ---- the compile Job kustomization ------------------------------------------------------------
+
+needs_kubectl = pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl (kustomize) is not installed")
+
+
+def kustomize(path: Path) -> list[dict]:
+    done = subprocess.run(["kubectl", "kustomize", str(path)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    return [doc for doc in yaml.safe_load_all(done.stdout) if doc]
+
+
+def by_kind(docs: list[dict], kind: str) -> dict:
+    return next(d for d in docs if d["kind"] == kind)
+
+
+@needs_kubectl
+def test_compile_job_base_renders_for_its_example_gpu():
+    docs = kustomize(JOB)
+    job, params = by_kind(docs, "Job"), by_kind(docs, "ConfigMap")["data"]
+    pod = job["spec"]["template"]["spec"]
+    compile_container = pod["containers"][0]
+    # the example values agree with the catalog, like every overlay does
+    h100 = catalog.gpu(params["GPU"])
+    assert pod["nodeSelector"] == {"cloud.google.com/gke-accelerator": h100.accelerator}
+    assert compile_container["resources"]["requests"] == {
+        "cpu": str(h100.pod_cpu), "memory": f"{h100.pod_memory_gib}Gi", "nvidia.com/gpu": "1"}
+    # the image that builds is the image that serves
+    assert {c["image"] for c in pod["containers"] + pod["initContainers"]} == {catalog.triton_image()}
+    assert job["metadata"]["namespace"] == "triton-build"
+    assert pod["serviceAccountName"] == by_kind(docs, "ServiceAccount")["metadata"]["name"]
+
+
+def test_compile_job_image_is_pinned_from_versions_toml():
+    kustomization = yaml.safe_load((JOB / "kustomization.yaml").read_text())
+    (image,) = kustomization["images"]
+    pinned = tomllib.loads((ROOT / "build" / "versions.toml").read_text())["triton"]["image"]
+    assert f"{image['newName']}:{image['newTag']}" == pinned
+
+
+@needs_kubectl
+@pytest.mark.parametrize(("model", "gpu", "kwargs"), [
+    ("Llama-3.1-70B", "l4", {}),  # fp8 over 4 L4s
+    ("Llama-3.1-8B", "h200", {"precision": "bf16"}),
+])
+def test_printed_job_overlay_renders_the_planned_build(tmp_path, model, gpu, kwargs):
+    plan = make_plan(model, gpu, **kwargs)
+    shutil.copytree(JOB, tmp_path / "compile-engine")
+    run_dir = tmp_path / "runs" / engine.job_name(plan)
+    run_dir.mkdir(parents=True)
+    (run_dir / "kustomization.yaml").write_text(engine.job_kustomization(
+        plan, model_source=f"org/{model}", publish="gs://b/p", source_repo="https://example.com/r.git",
+        source_revision="abc123"))
+    docs = kustomize(run_dir)
+    job, params = by_kind(docs, "Job"), by_kind(docs, "ConfigMap")
+    pod = job["spec"]["template"]["spec"]
+    target = catalog.gpu(gpu)
+    assert job["metadata"]["name"] == engine.job_name(plan)
+    assert pod["nodeSelector"] == {"cloud.google.com/gke-accelerator": target.accelerator}
+    assert pod["containers"][0]["resources"] == {
+        "requests": {"cpu": str(target.pod_cpu * plan.tp), "memory": f"{target.pod_memory_gib * plan.tp}Gi",
+                     "nvidia.com/gpu": str(plan.tp)},
+        "limits": {"memory": f"{target.pod_memory_gib * plan.tp}Gi", "nvidia.com/gpu": str(plan.tp)},
+    }
+    assert params["data"]["GPU"] == gpu and params["data"]["MODEL"] == f"org/{model}"
+    assert params["data"]["EXTRA_ARGS"] == (
+        f"--runtime engine --precision {plan.precision} --tp {plan.tp} --max-seq-len {plan.max_seq_len}")
+    # the Job reads the overlay's params, not the base's example
+    env_from = pod["containers"][0]["envFrom"][0]["configMapRef"]["name"]
+    assert env_from == params["metadata"]["name"]
+
+
+# ---- the llmapi model's streamed deltas -------------------------------------------------------
+
+
+def load_llmapi_model():
+    path = ROOT / "model_repository" / "tensorrt_llm" / "llmapi" / "1" / "model.py"
+    spec = importlib.util.spec_from_file_location("llmapi_model_under_test", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def request_output(request_id, texts, finished):
+    """Stands in for TensorRT-LLM's RequestOutput, which cannot exist here."""
+    outputs = [SimpleNamespace(index=i, text=t, finish_reason="stop" if finished else None)
+               for i, t in enumerate(texts)]
+    return SimpleNamespace(request_id=request_id, outputs=outputs, finished=finished, prompt="p")
+
+
+def test_streamed_cumulative_text_becomes_pieces_that_concatenate_to_it():
+    model = load_llmapi_model()
+    deltas = model.TextDeltas()
+    cumulative = ["Bon", "Bonjour", "Bonjour, le", "Bonjour, le café ☕"]
+    pieces = [model.with_deltas(request_output(7, [text], finished=i == len(cumulative) - 1), deltas)
+              for i, text in enumerate(cumulative)]
+    assert [p.outputs[0].text for p in pieces] == ["Bon", "jour", ", le", " café ☕"]
+    assert "".join(p.outputs[0].text for p in pieces) == cumulative[-1]
+    # everything but the text passes through, and a finished request leaves no state behind
+    assert pieces[-1].outputs[0].finish_reason == "stop" and pieces[-1].prompt == "p"
+    assert len(deltas) == 0
+
+
+def test_non_streamed_answer_is_the_whole_text():
+    model = load_llmapi_model()
+    deltas = model.TextDeltas()
+    assert model.with_deltas(request_output(1, ["Hello there"], True), deltas).outputs[0].text == "Hello there"
+
+
+def test_interleaved_streams_and_several_outputs_keep_apart():
+    model = load_llmapi_model()
+    deltas = model.TextDeltas()
+    model.with_deltas(request_output(1, ["a", "x"], False), deltas)
+    model.with_deltas(request_output(2, ["q"], False), deltas)
+    second = model.with_deltas(request_output(1, ["ab", "xy"], False), deltas)
+    assert [o.text for o in second.outputs] == ["b", "y"]
+    assert model.with_deltas(request_output(2, ["qr"], True), deltas).outputs[0].text == "r"
+
+
+def test_text_that_rewrites_what_was_sent_is_an_error():
+    model = load_llmapi_model()
+    deltas = model.TextDeltas()
+    deltas.delta((1, 0), "Hello", False)
+    with pytest.raises(ValueError) as caught:
+        deltas.delta((1, 0), "Help", False)
+    assert str(caught.value) == (
+        "streamed text for (1, 0) changed after it was sent: 'Hello' is not a prefix of 'Help'")
+
+
+@pytest.mark.skipif(Path("/app/all_models/llmapi/tensorrt_llm/1/model.py").exists(),
+                    reason="this is the Triton TRT-LLM image")
+def test_llmapi_model_outside_the_image_says_where_it_runs():
+    model = load_llmapi_model()
+    with pytest.raises(ImportError) as caught:
+        model.TritonPythonModel  # noqa: B018 - the attribute lookup is what Triton does
+    assert str(caught.value) == (
+        "NVIDIA's llmapi model is not at /app/all_models/llmapi/tensorrt_llm/1/model.py: the llmapi runtime "
+        "runs in the pinned Triton TRT-LLM image (build/versions.toml)"
+    )
+
+
+# ---- the real build, where TensorRT-LLM and a GPU exist ---------------------------------------
+
+
+def _local_target() -> str | None:
+    if shutil.which("nvidia-smi") is None:
+        return None
+    done = subprocess.run(["nvidia-smi", "--query-gpu=compute_cap,memory.total", "--format=csv,noheader,nounits"],
+                          capture_output=True, text=True)
+    if done.returncode != 0 or not done.stdout.strip():
+        return None
+    cc, mib = (v.strip() for v in done.stdout.splitlines()[0].split(","))
+    # the catalog GPU with this compute capability whose memory is closest to the card's
+    same = [g for g in catalog.gpus().values() if g.compute_capability == cc]
+    return min(same, key=lambda g: abs(g.memory_gib * 1024 - int(mib))).name if same else None
+
+
+def _gpu_test_blocker() -> str | None:
+    if engine.missing_tools():
+        return f"TensorRT-LLM is not installed here ({'; '.join(engine.missing_tools())})"
+    if _local_target() is None:
+        return "no NVIDIA GPU of a catalog target here"
+    if shutil.which("tritonserver") is None:
+        return "no tritonserver with the TensorRT-LLM backend on PATH"
+    served = Path(engine.POD_MODEL_REPOSITORY)
+    if not (served.is_dir() and os.access(served, os.W_OK)):
+        return f"needs a writable {served}, where the engine's config.pbtxt points, as in the pod"
+    return None
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(_gpu_test_blocker() is not None, reason=str(_gpu_test_blocker()))
+def test_real_engine_build_serves_a_streamed_answer():
+    """In the pinned image on a GPU: compile the default model into /models, serve it, stream an answer."""
+    import numpy as np
+    import tritonclient.grpc as grpcclient
+
+    target = _local_target()
+    out = Path(engine.POD_MODEL_REPOSITORY)
+    done = subprocess.run([sys.executable, str(ROOT / "build" / "compile.py"), "--gpu", target, "--out", str(out)],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    build = json.loads((out / "build.json").read_text())
+    assert build["runtime"] == "engine" and build["target"]["gpu"] == target
+    assert (out / engine.ENGINE_SUBDIR / "config.json").is_file()
+
+    server = subprocess.Popen(["tritonserver", f"--model-repository={out}", "--grpc-port=18001",
+                               "--http-port=18000", "--metrics-port=18002"])
+    try:
+        client = grpcclient.InferenceServerClient("127.0.0.1:18001")
+        for _ in range(600):
+            if server.poll() is None and client.is_server_ready():
+                break
+            time.sleep(1)
+        pieces: list[object] = []
+        client.start_stream(callback=lambda result, error: pieces.append(
+            error if error else result.as_numpy("text_output")[0].decode()))
+        inputs = []
+        for name, array, dtype in [
+            ("text_input", np.array([["What is the capital of France?"]], dtype=object), "BYTES"),
+            ("max_tokens", np.array([[16]], dtype=np.int32), "INT32"),
+            ("stream", np.array([[True]], dtype=bool), "BOOL"),
+        ]:
+            tensor = grpcclient.InferInput(name, list(array.shape), dtype)
+            tensor.set_data_from_numpy(array)
+            inputs.append(tensor)
+        client.async_stream_infer("ensemble", inputs)
+        client.stop_stream()
+        assert pieces and all(isinstance(p, str) for p in pieces), pieces
+        assert "".join(pieces).strip()
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
