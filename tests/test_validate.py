@@ -120,7 +120,7 @@ def test_plain_http_allowed(repo: Path) -> None:
 
 
 def test_no_authentication_at_the_load_balancer(repo: Path) -> None:
-    edit(repo, "gitops/components/tls-ingress/backendconfig.yaml", "  iap:\n    enabled: true\n", "")
+    edit(repo, "gitops/components/tls-ingress/backendconfig.yaml", "    enabled: true\n", "    enabled: false\n")
     edit(repo, "gitops/components/tls-ingress/backendconfig.yaml", "  securityPolicy:\n    name: triton-edge\n", "")
     assert problems(repo, "overlays/h100") == [
         "BackendConfig/triton: no authentication in front of Triton; enable iap or set a Cloud Armor securityPolicy"
