@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import catalog
 import pytest
 
@@ -74,3 +76,28 @@ def test_unknown_target_names_the_known_ones():
     assert str(caught.value) == (
         "unknown GPU target 'h300'; known targets: cpu, l4, a100-40gb, a100-80gb, h100, h200, b200"
     )
+
+
+def catalog_markdown() -> str:
+    """The catalog as the table in docs/gpu-builds.md (between the catalog markers)."""
+    rows = [
+        "| target | GKE accelerator label | compute capability | memory per GPU | machine types (GPUs per node) "
+        "| pod cpu / memory per GPU | precisions (default first) | runtimes |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for g in catalog.gpus().values():
+        machines = ", ".join(f"{m} ({n})" if n else m for n, m in sorted(g.machine_types.items()))
+        precisions = [g.default_precision, *(p for p in g.precisions if p != g.default_precision)]
+        rows.append(
+            f"| `{g.name}` | {f'`{g.accelerator}`' if g.accelerator else '(none)'} "
+            f"| {g.compute_capability or '-'} | {f'{g.memory_gib} GiB' if g.memory_gib else '-'} "
+            f"| {machines} | {g.pod_cpu} / {g.pod_memory_gib} GiB | {', '.join(precisions)} "
+            f"| {', '.join(g.runtimes)} |"
+        )
+    return "\n".join(rows)
+
+
+def test_docs_catalog_table_is_the_catalog():
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "gpu-builds.md").read_text()
+    table = doc.split("<!-- catalog:start -->\n", 1)[1].split("\n<!-- catalog:end -->", 1)[0]
+    assert table == catalog_markdown(), "docs/gpu-builds.md is stale; paste catalog_markdown() there"
