@@ -1,0 +1,68 @@
+"""Fixtures that build the default model for CPU and serve it with the real tritonserver."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+CPU_REPOSITORY = ROOT / "out" / "cpu"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def cpu_repository() -> Path:
+    """The embedded default model built for the CPU target, exactly as the README's command does it."""
+    result = subprocess.run([sys.executable, str(ROOT / "build" / "compile.py"), "--gpu", "cpu",
+                             "--out", str(CPU_REPOSITORY)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    return CPU_REPOSITORY
+
+
+@dataclass(frozen=True)
+class Server:
+    host: str
+    http_port: int
+    grpc_port: int
+    metrics_port: int
+    repository: Path
+    log: Path
+
+    @property
+    def http(self) -> str:
+        return f"{self.host}:{self.http_port}"
+
+    @property
+    def grpc(self) -> str:
+        return f"{self.host}:{self.grpc_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://{self.host}:{self.metrics_port}/metrics"
+
+
+@pytest.fixture(scope="session")
+def triton(cpu_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    import serve
+
+    ports = serve.Ports(free_port(), free_port(), free_port())
+    log = tmp_path_factory.mktemp("triton") / "tritonserver.log"
+    process = serve.start(cpu_repository, ports, log_file=log)
+    try:
+        serve.wait_ready(process, "127.0.0.1", ports, timeout=120)
+    except serve.ServeError:
+        serve.stop(process)
+        pytest.fail(f"tritonserver did not become ready:\n{log.read_text()[-4000:]}")
+    yield Server("127.0.0.1", ports.http, ports.grpc, ports.metrics, cpu_repository, log)
+    assert serve.stop(process) == 0, log.read_text()[-4000:]
