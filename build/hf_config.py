@@ -134,8 +134,8 @@ def parse(raw: dict, *, name: str, source: str = "config.json") -> ModelShape:
     )
 
 
-def load(model_dir: Path | str) -> ModelShape:
-    """Read `<model_dir>/config.json`; the model's name is the directory's name."""
+def load(model_dir: Path | str, *, name: str | None = None) -> ModelShape:
+    """Read `<model_dir>/config.json`; the model's name defaults to the directory's name."""
     path = Path(model_dir) / "config.json"
     if not path.is_file():
         raise ModelConfigError(f"{path}: not found; --model must be a Hugging Face model directory")
@@ -143,4 +143,4 @@ def load(model_dir: Path | str) -> ModelShape:
         raw = json.loads(path.read_text())
     except json.JSONDecodeError as error:
         raise ModelConfigError(f"{path}: not valid JSON ({error})") from None
-    return parse(raw, name=Path(model_dir).resolve().name, source=str(path))
+    return parse(raw, name=name or Path(model_dir).resolve().name, source=str(path))

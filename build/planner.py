@@ -263,9 +263,8 @@ def _resolve_max_seq_len(shape: ModelShape, gpu: catalog.Gpu, requested: int | N
     return requested
 
 
-def _fit(shape: ModelShape, gpu: catalog.Gpu, precision: str, tp: int, max_seq_len: int) -> _Memory | None:
-    mem = _memory(shape, gpu, precision, tp)
-    return mem if mem.kv_tokens >= max_seq_len else None
+def _fit(shape: ModelShape, gpu: catalog.Gpu, precision: str, tp: int, max_seq_len: int) -> bool:
+    return _memory(shape, gpu, precision, tp).kv_tokens >= max_seq_len
 
 
 def _precision_order(gpu: catalog.Gpu, shape: ModelShape, runtime: str) -> list[str]:

@@ -369,3 +369,7 @@ def test_gpu_target_refuses_the_cpu_runtime():
     assert refusal("SmolLM2-135M", "h100", runtime="cpu") == (
         "h100 runs the engine or llmapi runtime; --runtime cpu is not one of them"
     )
+
+
+def test_a_model_name_can_be_given_where_the_folder_name_is_not_it():
+    assert hf_config.load(MODELS / "SmolLM2-135M", name="SmolLM2-135M-Instruct").name == "SmolLM2-135M-Instruct"
