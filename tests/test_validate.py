@@ -167,6 +167,14 @@ def test_pin_with_a_runtime_the_gpu_does_not_run(repo: Path) -> None:
     assert problems(repo, "overlays/h100") == ["model-pin runtime is 'cpu' but h100 runs engine or llmapi builds"]
 
 
+def test_hpa_metric_must_be_one_the_pinned_runtime_exports(repo: Path) -> None:
+    edit(repo, "overlays/h100/model-pin.yaml", "runtime: engine", "runtime: llmapi")
+    assert problems(repo, "overlays/h100") == [
+        "HorizontalPodAutoscaler/triton: scales on nv_trt_llm_request_metrics, which a llmapi build does not export "
+        "(the HPA would find no metric); scale on nv_inference_pending_request_count"
+    ]
+
+
 def test_image_that_differs_from_versions_toml_names_both_sides(repo: Path) -> None:
     edit(repo, "gitops/base/kustomization.yaml", "newTag: 26.07-trtllm-python-py3", "newTag: 26.08-trtllm-python-py3")
     assert problems(repo, "overlays/cpu") == [

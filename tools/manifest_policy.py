@@ -23,6 +23,13 @@ TRITON_CONTAINER = "triton"
 FETCH_CONTAINER = "fetch-model"
 PIN_FILE = "model-pin.yaml"
 PIN_KEYS = ("uri", "build_id", "gpu", "accelerator", "compute_capability", "runtime", "triton_image")
+# The queue gauge each runtime exports from model load on: the C++ TensorRT-LLM backend has its own
+# queue (custom metrics); our python model and the llmapi model queue in Triton's scheduler.
+QUEUE_METRIC = {
+    "engine": "nv_trt_llm_request_metrics",
+    "llmapi": "nv_inference_pending_request_count",
+    "cpu": "nv_inference_pending_request_count",
+}
 READY_PATH = "/v2/health/ready"
 LIVE_PATH = "/v2/health/live"
 
@@ -447,7 +454,7 @@ def _check_node_pool_exists(deployment: dict, gpu: catalog.Gpu, count: int, pool
     ]
 
 
-def _check_hpa_for(objects: list[dict], deployment: dict) -> list[str]:
+def _check_hpa_for(objects: list[dict], deployment: dict, runtime: str | None) -> list[str]:
     name = deployment["metadata"]["name"]
     hpas = [
         h
@@ -456,10 +463,24 @@ def _check_hpa_for(objects: list[dict], deployment: dict) -> list[str]:
     ]
     if not hpas:
         return [f"{ref(deployment)}: no HorizontalPodAutoscaler scales it (components/autoscaling)"]
-    metrics = [m.get("pods", {}).get("metric", {}).get("name", "") for h in hpas for m in h["spec"].get("metrics", [])]
-    if any(m.startswith("prometheus.googleapis.com|") for m in metrics) and not _by_kind(objects, "PodMonitoring"):
-        return [f"{ref(hpas[0])}: scales on a Managed Prometheus metric, but no PodMonitoring scrapes Triton"]
-    return []
+    problems = []
+    for hpa in hpas:
+        for metric in hpa["spec"].get("metrics", []):
+            family, _, scraped = metric.get("pods", {}).get("metric", {}).get("name", "").partition("|")
+            if family != "prometheus.googleapis.com":
+                continue
+            if not _by_kind(objects, "PodMonitoring"):
+                problems.append(
+                    f"{ref(hpa)}: scales on a Managed Prometheus metric, but no PodMonitoring scrapes Triton"
+                )
+            exported = QUEUE_METRIC.get(runtime or "")
+            scraped = scraped.partition("|")[0]
+            if exported and scraped != exported:
+                problems.append(
+                    f"{ref(hpa)}: scales on {scraped}, which a {runtime} build does not export (the HPA would "
+                    f"find no metric); scale on {exported}"
+                )
+    return problems
 
 
 def check_serving(objects: list[dict], pin_path: Path, context: ServingContext) -> list[str]:
@@ -492,7 +513,9 @@ def check_serving(objects: list[dict], pin_path: Path, context: ServingContext) 
             )
         problems += _check_probes(deployment, triton)
         problems += _check_security(deployment, pod)
-        problems += _check_hpa_for(objects, deployment)
+        # A runtime the GPU cannot run is reported by the pin gate; do not also judge the HPA by it.
+        runtime = pin["runtime"] if pin and gpu and pin["runtime"] in gpu.runtimes else None
+        problems += _check_hpa_for(objects, deployment, runtime)
     problems += check_network_policy(objects)
     problems += check_ingress(objects)
     problems += check_project(objects, context)
