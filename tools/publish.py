@@ -29,7 +29,11 @@ from google.auth.credentials import AnonymousCredentials
 from google.auth.exceptions import DefaultCredentialsError
 from google.cloud import storage
 
-BUILD_JSON = "build.json"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "build"))
+
+import manifest  # noqa: E402
+
+BUILD_JSON = manifest.MANIFEST
 # The emulator accepts any project; a real client takes it from the default credentials.
 EMULATOR_PROJECT = "emulator"
 # Model names and build ids become path segments of the object names.
@@ -82,22 +86,6 @@ def make_client() -> storage.Client:
         ) from e
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(READ_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def build_files_manifest(repo_dir: Path) -> dict[str, dict]:
-    """The `files` entry of build.json for repo_dir: every file but build.json, by posix path."""
-    return {
-        path.relative_to(repo_dir).as_posix(): {"sha256": sha256_file(path), "size": path.stat().st_size}
-        for path in sorted(_repository_files(repo_dir))
-    }
-
-
 def _repository_files(repo_dir: Path) -> list[Path]:
     return [
         path
@@ -126,6 +114,14 @@ def load_build(repo_dir: Path) -> dict:
         raise PublishError(f"{build_file}: build_id {build_id!r} is not 16 hex digits; rebuild it")
     if not isinstance(build.get("files"), dict) or not build["files"]:
         raise PublishError(f"{build_file} lists no files; rebuild with build/compile.py")
+    # The build id is the object path: it must be the hash of this content, or two different
+    # builds could claim one path.
+    content_id = manifest.canonical_sha256({k: v for k, v in build.items() if k != "build_id"})[:16]
+    if content_id != build_id:
+        raise PublishError(
+            f"{build_file}: build_id {build_id} is not the hash of its content ({content_id}); "
+            "build.json was edited after the build, rebuild it"
+        )
     return build
 
 
@@ -144,7 +140,7 @@ def verify_repository(repo_dir: Path, build: dict) -> None:
                 f"{path} has {size} bytes, build.json records {expected['size']}; "
                 "the repository changed after it was built, rebuild it"
             )
-        if sha256_file(path) != expected["sha256"]:
+        if manifest.file_sha256(path) != expected["sha256"]:
             raise PublishError(
                 f"{path} does not match its sha256 in build.json; "
                 "the repository changed after it was built, rebuild it"
