@@ -356,7 +356,7 @@ def test_cli_crd_directory_from_the_environment(
     monkeypatch.setenv(validate.CRDS_ENV, str(CRDS))
     assert validate.main(["--repo", str(repo), "gitops/nodepools"]) == 0
     assert capsys.readouterr().out == (
-        f"CRD schemas from {CRDS} (25 kinds)\n✅ gitops/nodepools (4 objects)\n1 directories, 0 failed\n"
+        f"CRD schemas from {CRDS} (25 kinds)\n✅ gitops/nodepools (4 objects)\n1 directory, 0 failed\n"
     )
 
 

@@ -62,6 +62,13 @@ def quantity(value: object) -> float:
     return float(match.group(1)) * _SUFFIX[match.group(2)]
 
 
+def _same_quantity(a: object, b: object) -> bool:
+    try:
+        return a is not None and b is not None and quantity(a) == quantity(b)
+    except ValueError:
+        return False
+
+
 def _pod_spec(obj: dict) -> dict | None:
     if obj.get("kind") == "Pod":
         return obj.get("spec", {})
@@ -95,10 +102,10 @@ def check_images(objects: list[dict]) -> list[str]:
         pod = _pod_spec(obj)
         for container in _containers(pod or {}):
             image = container.get("image", "")
-            name, _, tag = image.rpartition(":") if ":" in image.rpartition("/")[2] else (image, "", "")
-            if "@sha256:" in image:
-                continue
-            if not tag or tag == "latest":
+            # The tag is after the last ":" of the last path segment (a registry may have a port).
+            last = image.rpartition("/")[2]
+            tag = last.rpartition(":")[2] if ":" in last else ""
+            if "@sha256:" not in image and tag in ("", "latest"):
                 problems.append(
                     f"{ref(obj)}: container {container.get('name')} image {image!r} is not pinned; "
                     "give it a version tag or a digest (kustomize `images:`), never latest"
@@ -180,9 +187,10 @@ def _gpu_count(obj: dict, container: dict) -> tuple[int, list[str]]:
     limit = resources.get("limits", {}).get(GPU_RESOURCE)
     if request is None and limit is None:
         return 0, []
-    if request is None or limit is None or quantity(request) != quantity(limit):
+    if not _same_quantity(request, limit):
         # The request is what the scheduler places; count by it so one mistake gives one message.
-        return int(quantity(request or limit)), [
+        count = request if request is not None else limit
+        return int(count) if str(count).isdigit() else 0, [
             f"{ref(obj)}: container {container.get('name')} requests {GPU_RESOURCE} {request} but limits it "
             f"to {limit}; GPU requests and limits must be equal"
         ]
@@ -233,7 +241,7 @@ def _check_requests(obj: dict, triton: dict, gpu: catalog.Gpu, count: int) -> li
     for resource, each, unit in (("cpu", gpu.pod_cpu, ""), ("memory", gpu.pod_memory_gib, "Gi")):
         expected = f"{each * per}{unit}"
         actual = requests.get(resource)
-        if actual is None or quantity(actual) != quantity(expected):
+        if not _same_quantity(actual, expected):
             problems.append(
                 f"{ref(obj)}: container triton requests {resource} {actual}, but build/gpus.toml gives "
                 f"{gpu.name} pods {each}{unit} per GPU × {per} = {expected}"

@@ -223,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print(f"✅ {_shown(result.directory)} ({result.objects} objects)")
     failed = sum(1 for r in results if r.problems)
-    print(f"{len(results)} directories, {failed} failed")
+    print(f"{len(results)} director{'y' if len(results) == 1 else 'ies'}, {failed} failed")
     return 1 if failed else 0
 
 
