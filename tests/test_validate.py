@@ -212,6 +212,22 @@ def test_missing_probe(repo: Path) -> None:
     ]
 
 
+def test_load_balancer_timeout_longer_than_the_drain(repo: Path) -> None:
+    edit(repo, "gitops/components/tls-ingress/backendconfig.yaml", "timeoutSec: 600", "timeoutSec: 3600")
+    assert problems(repo, "overlays/h100") == [
+        "BackendConfig/triton: timeoutSec 3600 lets a stream run longer than Triton drains on shutdown "
+        "(--exit-timeout-secs 600 in Deployment/triton); raise the drain or lower the timeout"
+    ]
+
+
+def test_grace_period_shorter_than_the_drain(repo: Path) -> None:
+    edit(repo, "gitops/base/deployment.yaml", "terminationGracePeriodSeconds: 630", "terminationGracePeriodSeconds: 60")
+    assert problems(repo, "overlays/cpu") == [
+        "Deployment/triton: terminationGracePeriodSeconds 60 is shorter than the preStop sleep (15) plus Triton's "
+        "--exit-timeout-secs (600); the kubelet would kill in-flight streams"
+    ]
+
+
 def test_network_policy_removed(repo: Path) -> None:
     edit(repo, "overlays/cpu/kustomization.yaml", "  - ../../gitops/components/network-policy\n", "")
     assert problems(repo, "overlays/cpu") == [

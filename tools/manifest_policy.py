@@ -280,6 +280,34 @@ def _check_security(obj: dict, pod: dict) -> list[str]:
     return problems
 
 
+def _seconds_flag(args: list[str], flag: str, default: int) -> int:
+    value = next((a.split("=", 1)[1] for a in args if a.startswith(f"{flag}=")), None)
+    return int(value) if value and value.isdigit() else default
+
+
+def _check_drain(objects: list[dict], deployment: dict, pod: dict, triton: dict) -> list[str]:
+    """Shutdown numbers that constrain each other (gitops/base/deployment.yaml explains them)."""
+    # tritonserver's own default for --exit-timeout-secs is 30.
+    drain = _seconds_flag(triton.get("args", []), "--exit-timeout-secs", 30)
+    command = triton.get("lifecycle", {}).get("preStop", {}).get("exec", {}).get("command", [])
+    pre_stop = int(command[1]) if command[:1] == ["sleep"] and len(command) == 2 and command[1].isdigit() else 0
+    grace = pod.get("terminationGracePeriodSeconds", 30)
+    problems = []
+    if grace < pre_stop + drain:
+        problems.append(
+            f"{ref(deployment)}: terminationGracePeriodSeconds {grace} is shorter than the preStop sleep ({pre_stop}) "
+            f"plus Triton's --exit-timeout-secs ({drain}); the kubelet would kill in-flight streams"
+        )
+    for config in _by_kind(objects, "BackendConfig"):
+        timeout = config.get("spec", {}).get("timeoutSec", 30)
+        if timeout > drain:
+            problems.append(
+                f"{ref(config)}: timeoutSec {timeout} lets a stream run longer than Triton drains on shutdown "
+                f"(--exit-timeout-secs {drain} in {ref(deployment)}); raise the drain or lower the timeout"
+            )
+    return problems
+
+
 def _backend_config(objects: list[dict], service: dict, port: dict) -> str | None:
     annotation = service.get("metadata", {}).get("annotations", {}).get("cloud.google.com/backend-config")
     if not annotation:
@@ -520,6 +548,7 @@ def check_serving(objects: list[dict], pin_path: Path, context: ServingContext) 
                 f"{catalog.triton_image()!r}; change the `images:` entry in gitops/base"
             )
         problems += _check_probes(deployment, triton)
+        problems += _check_drain(objects, deployment, pod, triton)
         problems += _check_security(deployment, pod)
         # A runtime the GPU cannot run is reported by the pin gate; do not also judge the HPA by it.
         runtime = pin["runtime"] if pin and gpu and pin["runtime"] in gpu.runtimes else None
