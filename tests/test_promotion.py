@@ -4,9 +4,11 @@ emulator, real git repositories and the real `kubectl kustomize`."""
 from __future__ import annotations
 
 import difflib
+import json
 import shlex
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -195,6 +197,22 @@ def test_an_overlay_without_a_pin_is_refused(tmp_path: Path, capsys: pytest.Capt
         f"error: {overlay}/model-pin.yaml does not exist; "
         "an overlay serves a pinned model only if it has one (copy it from another overlay)\n"
     )
+
+
+def test_compile_py_publishes_the_cpu_build_and_it_pins(
+    tmp_path: Path, bucket: storage.Bucket, cpu_repository: Path  # noqa: F811
+) -> None:
+    # cpu_repository (conftest) has built it already: compile.py finds it up to date and publishes.
+    out = run(sys.executable, ROOT / "build/compile.py", "--gpu", "cpu", "--out", cpu_repository,
+              "--publish", f"gs://{bucket.name}/builds")
+    build = json.loads((cpu_repository / "build.json").read_text())
+    uri = f"gs://{bucket.name}/builds/{build['model']['name']}/{build['build_id']}/"
+    assert out.splitlines()[-1] == uri
+    overlay = overlay_copy(tmp_path, "cpu")
+
+    assert pin_main(["--overlay", str(overlay), uri]) == 0
+
+    assert yaml.safe_load((overlay / "model-pin.yaml").read_text())["data"]["uri"] == uri
 
 
 def render(clone: Path, overlay: str) -> list[str]:

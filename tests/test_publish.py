@@ -55,7 +55,7 @@ def write_build(
 
 @pytest.fixture(scope="session")
 def emulator_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with running_emulator(tmp_path_factory.mktemp("gcs") / "fake-gcs-server.log") as emulator:
+    with running_emulator(tmp_path_factory.mktemp("gcs")) as emulator:
         yield emulator.url
 
 

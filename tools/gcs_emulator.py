@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -34,6 +35,7 @@ class EmulatorError(RuntimeError):
 class Emulator:
     url: str  # the value for STORAGE_EMULATOR_HOST
     process: subprocess.Popen
+    log: Path
 
 
 def _free_port() -> int:
@@ -42,29 +44,35 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _wait_ready(emulator: Emulator, log: Path, timeout_s: float) -> None:
+def _wait_ready(emulator: Emulator, timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if emulator.process.poll() is not None:
-            output = log.read_text(errors="replace")
+            output = emulator.log.read_text(errors="replace")
             raise EmulatorError(f"fake-gcs-server exited with {emulator.process.returncode}: {output}")
         try:
             with urllib.request.urlopen(f"{emulator.url}/storage/v1/b", timeout=1):
                 return
         except (urllib.error.URLError, OSError):
             time.sleep(0.05)
-    raise EmulatorError(f"fake-gcs-server did not answer at {emulator.url} in {timeout_s:.0f}s; log: {log}")
+    raise EmulatorError(f"fake-gcs-server did not answer at {emulator.url} in {timeout_s:.0f}s; log: {emulator.log}")
 
 
 @contextmanager
-def running_emulator(log: Path, timeout_s: float = 15.0) -> Iterator[Emulator]:
-    """An in-memory emulator on a free local port, stopped (and waited for) on exit; its log goes to `log`."""
+def running_emulator(workdir: Path, timeout_s: float = 15.0) -> Iterator[Emulator]:
+    """An emulator on a free local port, stopped (and waited for) on exit.
+
+    Objects are kept as files under workdir/data (a model repository can be gigabytes: not in RAM);
+    the server's log is workdir/fake-gcs-server.log."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    log = workdir / "fake-gcs-server.log"
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     command = [
         str(_get_binary_path()),
         "-scheme", "http",
-        "-backend", "memory",
+        "-backend", "filesystem",
+        "-filesystem-root", str(workdir / "data"),
         "-host", "127.0.0.1",
         "-port", str(port),
         # Upload sessions hand back this URL; it must be the address we listen on.
@@ -73,9 +81,9 @@ def running_emulator(log: Path, timeout_s: float = 15.0) -> Iterator[Emulator]:
     ]  # fmt: skip
     with log.open("wb") as log_file:
         process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT)
-    emulator = Emulator(url=url, process=process)
+    emulator = Emulator(url=url, process=process, log=log)
     try:
-        _wait_ready(emulator, log, timeout_s)
+        _wait_ready(emulator, timeout_s)
         yield emulator
     finally:
         process.terminate()
@@ -99,11 +107,13 @@ def main(argv: list[str] | None = None) -> int:
         ),
     )
     parser.add_argument("--bucket", action="append", default=[], help="create this bucket (repeatable)")
-    parser.add_argument("--log", type=Path, default=Path("fake-gcs-server.log"), help="server log file")
+    parser.add_argument("--workdir", type=Path, help="objects and log go here (default: a temporary directory)")
     args = parser.parse_args(argv)
     # `kill` must stop the server too, not orphan it: turn SIGTERM into the exit path Ctrl-C takes.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    with running_emulator(args.log) as emulator:
+    with tempfile.TemporaryDirectory(prefix="fake-gcs-") as scratch, running_emulator(
+        args.workdir or Path(scratch)
+    ) as emulator:
         for bucket in args.bucket:
             request = urllib.request.Request(
                 f"{emulator.url}/storage/v1/b",
@@ -112,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             urllib.request.urlopen(request, timeout=5).close()
         print(f"export STORAGE_EMULATOR_HOST={emulator.url}", flush=True)
-        print("fake-gcs-server is running (in memory); Ctrl-C stops it", file=sys.stderr)
+        print(f"fake-gcs-server is running (log: {emulator.log}); Ctrl-C stops it", file=sys.stderr)
         try:
             emulator.process.wait()
         except KeyboardInterrupt:
