@@ -55,10 +55,14 @@ def read_build(uri: str, client: storage.Client) -> dict:
         raise PinError(
             f"{location} does not exist; publish the build first: python tools/publish.py DIR gs://BUCKET/PREFIX"
         ) from e
+    except gexc.Forbidden as e:
+        raise PinError(
+            f"no permission to read {location} ({e.message}); grant yourself roles/storage.objectViewer on the bucket"
+        ) from e
     except json.JSONDecodeError as e:
         raise PinError(f"{location} is not valid JSON ({e}); republish the build") from e
     expected_tail = f"{build['model']['name']}/{build['build_id']}"
-    if not path.prefix.endswith(expected_tail):
+    if path.prefix != expected_tail and not path.prefix.endswith(f"/{expected_tail}"):
         raise PinError(
             f"{uri} holds build {build['build_id']} of {build['model']['name']}, whose published path "
             f"ends in {expected_tail}/; pin the URI that tools/publish.py printed"
