@@ -202,6 +202,14 @@ def test_root_container(repo: Path) -> None:
     ]
 
 
+def test_model_repository_path_is_where_engines_expect_it(repo: Path) -> None:
+    edit(repo, "gitops/base/deployment.yaml", "--model-repository=/models", "--model-repository=/repository")
+    assert problems(repo, "overlays/h100") == [
+        "Deployment/triton: container triton must serve --model-repository=/models, the path built engines are "
+        "configured for (build/engine.py POD_MODEL_REPOSITORY)"
+    ]
+
+
 def test_missing_probe(repo: Path) -> None:
     text = (repo / "gitops/base/deployment.yaml").read_text()
     start = text.index("          startupProbe:")

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import catalog
+import engine
 import yaml
 
 ACCELERATOR_LABEL = "cloud.google.com/gke-accelerator"
@@ -278,6 +279,22 @@ def _check_security(obj: dict, pod: dict) -> list[str]:
         if sc.get("seccompProfile", {}).get("type", pod_seccomp) != "RuntimeDefault":
             problems.append(f"{ref(obj)}: container {name} needs seccompProfile RuntimeDefault")
     return problems
+
+
+def _check_repository_path(deployment: dict, pod: dict, triton: dict) -> list[str]:
+    """Triton serves the copied build from the path its engines were configured for."""
+    path = engine.POD_MODEL_REPOSITORY
+    if f"--model-repository={path}" not in triton.get("args", []):
+        return [
+            f"{ref(deployment)}: container triton must serve --model-repository={path}, the path built engines "
+            "are configured for (build/engine.py POD_MODEL_REPOSITORY)"
+        ]
+    served = {m.get("name") for m in triton.get("volumeMounts", []) if m.get("mountPath") == path}
+    fetch = next((c for c in pod.get("initContainers", []) if c.get("name") == FETCH_CONTAINER), {})
+    copied = {m.get("name") for m in fetch.get("volumeMounts", []) if m.get("mountPath") == path}
+    if not served or served != copied:
+        return [f"{ref(deployment)}: {FETCH_CONTAINER} and triton must mount the same volume at {path}"]
+    return []
 
 
 def _seconds_flag(args: list[str], flag: str, default: int) -> int:
@@ -547,6 +564,7 @@ def check_serving(objects: list[dict], pin_path: Path, context: ServingContext) 
                 f"{ref(deployment)}: container triton runs {triton.get('image')!r}, but build/versions.toml pins "
                 f"{catalog.triton_image()!r}; change the `images:` entry in gitops/base"
             )
+        problems += _check_repository_path(deployment, pod, triton)
         problems += _check_probes(deployment, triton)
         problems += _check_drain(objects, deployment, pod, triton)
         problems += _check_security(deployment, pod)
