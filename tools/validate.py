@@ -19,6 +19,7 @@ import os
 import shutil
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -146,29 +147,28 @@ def check_directory(directory: Path, objects: list[dict], root: Path, crds, plat
     return problems
 
 
+def _render_or_error(directory: Path) -> list[dict] | RenderError:
+    try:
+        return render(directory)
+    except RenderError as error:
+        return error
+
+
 def validate(root: Path, crds_dir: Path | None, directories: list[Path] | None = None) -> list[Result]:
     """Render and check directories (default: all of root's); the Argo CD objects and node pools
     under root/gitops are rendered in any case, as the context the overlays are checked against."""
     crds = kubeschema.load_crds(crds_dir) if crds_dir is not None else None
     every = kustomization_dirs(root)
-    rendered: dict[Path, list[dict] | RenderError] = {}
-
-    def rendered_objects(directory: Path) -> list[dict] | RenderError:
-        if directory not in rendered:
-            try:
-                rendered[directory] = render(directory)
-            except RenderError as error:
-                rendered[directory] = error
-        return rendered[directory]
-
-    platform = []
-    for directory in every:
-        if directory.is_relative_to(root / "gitops"):
-            objects = rendered_objects(directory)
-            platform += objects if isinstance(objects, list) else []
+    wanted = directories if directories is not None else every
+    context_dirs = [d for d in every if d.is_relative_to(root / "gitops")]
+    # kustomize runs are independent processes: render them side by side.
+    needed = list(dict.fromkeys([*context_dirs, *wanted]))
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        rendered = dict(zip(needed, pool.map(_render_or_error, needed), strict=True))
+    platform = [obj for d in context_dirs if isinstance(rendered[d], list) for obj in rendered[d]]
     results = []
-    for directory in directories if directories is not None else every:
-        objects = rendered_objects(directory)
+    for directory in wanted:
+        objects = rendered[directory]
         if isinstance(objects, RenderError):
             results.append(Result(directory, [f"kustomize failed: {objects}"], 0))
         else:
