@@ -217,3 +217,31 @@ def test_one_gpu_node_pool_per_gpu_overlay() -> None:
         count = int(triton(rendered(f"overlays/{target}"))["resources"]["limits"]["nvidia.com/gpu"])
         wanted[(gpu.accelerator, count)] = gpu.machine_types[count]
     assert pools == wanted
+
+
+@pytest.mark.parametrize(
+    ("status", "health"),
+    [
+        (None, ("Progressing", "Waiting for the Managed Prometheus operator")),
+        (
+            {"conditions": [{"type": "ConfigurationCreateSuccess", "status": "True"}]},
+            ("Healthy", "Scrape configuration applied"),
+        ),
+        (
+            {"conditions": [{"type": "ConfigurationCreateSuccess", "status": "False", "message": "bad port"}]},
+            ("Degraded", "bad port"),
+        ),
+    ],
+)
+def test_podmonitoring_health_check_runs_in_lua_5_1_like_argo_cd(status: dict | None, health: tuple) -> None:
+    # Argo CD runs health checks in gopher-lua (Lua 5.1) with the object as the global `obj`.
+    lupa = pytest.importorskip("lupa.luajit21", reason="lupa (Lua 5.1) runs Argo CD's health script")
+    lua = one(rendered("gitops/argocd"), "ConfigMap", "argocd-cm")["data"][
+        "resource.customizations.health.monitoring.googleapis.com_PodMonitoring"
+    ]
+    runtime = lupa.LuaRuntime()
+    podmonitoring = one(rendered("overlays/h100"), "PodMonitoring")
+    runtime.globals().obj = runtime.table_from({**podmonitoring, **({"status": status} if status else {})},
+                                               recursive=True)
+    result = runtime.execute(lua)
+    assert (result["status"], result["message"]) == health
