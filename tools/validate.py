@@ -109,9 +109,9 @@ def _substitute(template: str, relative: str) -> str | None:
 
 def serving_context(directory: Path, root: Path, platform: list[dict]) -> manifest_policy.ServingContext:
     """Where the repository's ApplicationSet sends this overlay, under which AppProject, and the node pools."""
-    relative = directory.resolve().relative_to(root.resolve()).as_posix() if directory.resolve().is_relative_to(
-        root.resolve()
-    ) else directory.as_posix()
+    # The generator matches paths relative to the repository root, like overlays/h100.
+    resolved, base = directory.resolve(), root.resolve()
+    relative = resolved.relative_to(base).as_posix() if resolved.is_relative_to(base) else directory.as_posix()
     namespace = project = None
     for appset in (o for o in platform if o.get("kind") == "ApplicationSet"):
         spec = appset.get("spec", {})
@@ -136,7 +136,10 @@ def serving_context(directory: Path, root: Path, platform: list[dict]) -> manife
     return manifest_policy.ServingContext(namespace=namespace, project=project, node_pools=pools or None)
 
 
-def check_directory(directory: Path, objects: list[dict], root: Path, crds, platform: list[dict]) -> list[str]:
+def check_directory(
+    directory: Path, objects: list[dict], root: Path, crds: kubeschema.CrdSet | None, platform: list[dict]
+) -> list[str]:
+    """Every problem of one rendered directory: schema, policy everywhere, and serving policy for overlays."""
     problems = []
     for obj in objects:
         problems += [f"{manifest_policy.ref(obj)}: {p}" for p in kubeschema.validate_object(obj, crds)]
