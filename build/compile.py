@@ -25,6 +25,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import catalog
+import engine
 import hf_config
 import layout
 import manifest
@@ -81,19 +82,26 @@ def recipe_for(plan: planner.Plan, source: model_source.ModelSource, options: la
 
 
 def build_repository(plan: planner.Plan, source: model_source.ModelSource, options: layout.Options,
-                     out_dir: Path) -> tuple[dict, bool]:
+                     out_dir: Path, publish_uri: str | None = None) -> tuple[dict, bool]:
     """Lay out the repository (or keep the one already there); returns build.json and whether it was rebuilt."""
     recipe = recipe_for(plan, source, options)
     if manifest.up_to_date(out_dir, recipe):
         return manifest.read(out_dir), False
-    runtime_layout = layout.RUNTIME_LAYOUTS.get(plan.runtime)
-    if runtime_layout is None:
-        raise CompileError(f"the {plan.runtime} runtime is not available in this build")
+    if plan.runtime == "llmapi":
+        # The llmapi model takes text, not token ids; our ensemble does not speak to it yet.
+        raise CompileError("--runtime llmapi can be planned (--plan) but not laid out yet: the ensemble in front "
+                           "of NVIDIA's llmapi model is not built; use --runtime engine")
     with layout.staged(out_dir) as staging:
         log("* layout: preprocessing, postprocessing, ensemble")
         layout.shared_models(staging, plan, source.checkpoint_dir, options)
         log(f"* layout: tensorrt_llm ({plan.runtime} runtime)")
-        runtime_layout(staging, plan, source.checkpoint_dir, options)
+        if plan.runtime == "engine":
+            engine_dir = engine.run(plan, source.checkpoint_dir, staging.parent / f".{out_dir.name}.engine-work",
+                                    model_source=source.source, publish=publish_uri,
+                                    on_command=lambda command: log("> " + " ".join(command)))
+            layout.engine_tensorrt_llm(staging, plan, engine_dir)
+        else:
+            layout.cpu_tensorrt_llm(staging, plan, source.checkpoint_dir, options)
         log("* manifest: hashing files")
         document = manifest.build_document(recipe, manifest.file_hashes(staging))
         manifest.write(staging, document)
@@ -130,7 +138,7 @@ def run(args: argparse.Namespace) -> int:
     started = time.monotonic()
     gpu = catalog.gpu(args.gpu)
     runtime = args.runtime or gpu.runtimes[0]
-    source = model_source.resolve(args.model, args.cache_dir, log)
+    source = model_source.resolve(args.model, args.cache_dir, log, need_tokenizer=not args.plan)
     shape = hf_config.load(source.checkpoint_dir)
     log(f"* plan: {shape.name} on {gpu.name} ({runtime} runtime)")
     plan = planner.plan(shape, gpu, runtime=runtime, precision=args.precision, tp=args.tp,
@@ -142,13 +150,16 @@ def run(args: argparse.Namespace) -> int:
         (source.checkpoint_dir / "tokenizer_config.json").read_text() or "{}")
     options = layout.Options(apply_chat_template=has_chat_template and not args.no_chat_template)
     out_dir = (args.out or DEFAULT_OUT / gpu.name).resolve()
-    document, rebuilt = build_repository(plan, source, options, out_dir)
+    document, rebuilt = build_repository(plan, source, options, out_dir, args.publish)
     log(f"* {'built' if rebuilt else 'up to date'}: build {document['build_id']} in {time.monotonic() - started:.1f} s")
     if args.publish:
         sys.path.insert(0, str(ROOT / "tools"))
         import publish
 
-        print(publish.publish(out_dir, args.publish))
+        try:
+            print(publish.publish(out_dir, args.publish))
+        except publish.PublishError as error:
+            raise CompileError(f"{error} (the build itself is in {out_dir})") from None
         return 0
     print(out_dir)
     return 0
@@ -159,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return run(args)
     except (catalog.UnknownGpuError, planner.PlanError, hf_config.ModelConfigError, model_source.ModelSourceError,
-            templating.TemplateError, CompileError) as error:
+            templating.TemplateError, engine.EngineError, CompileError) as error:
         if args.debug:
             traceback.print_exc()
         log(f"error: {error}")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -124,5 +124,13 @@ def staged(out_dir: Path) -> Iterator[Path]:
     shutil.rmtree(retired, ignore_errors=True)
 
 
-RuntimeLayout = Callable[[Path, Plan, Path, Options], None]
-RUNTIME_LAYOUTS: dict[str, RuntimeLayout] = {"cpu": cpu_tensorrt_llm}
+def engine_tensorrt_llm(repository: Path, plan: Plan, engine_dir: Path) -> None:
+    """The C++ tensorrtllm backend over the engine, which lives in the repository (local disk in the pod)."""
+    import engine
+
+    target = repository / "tensorrt_llm"
+    target.mkdir(parents=True)
+    (target / "config.pbtxt").write_text(engine.render_config(plan))
+    engine_target = repository / engine.ENGINE_SUBDIR
+    engine_target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(engine_dir, engine_target, copy_function=lambda src, dst: link_or_copy(Path(src), Path(dst)))

@@ -67,10 +67,10 @@ def cached_weights_sha256(checkpoint_dir: Path, cache_dir: Path) -> str:
     return index[key]
 
 
-def check_checkpoint(checkpoint_dir: Path) -> None:
+def check_checkpoint(checkpoint_dir: Path, need_tokenizer: bool) -> None:
     if not (checkpoint_dir / "config.json").is_file():
         raise ModelSourceError(f"{checkpoint_dir} has no config.json; --model takes a Hugging Face checkpoint folder")
-    if not (checkpoint_dir / "tokenizer.json").is_file():
+    if need_tokenizer and not (checkpoint_dir / "tokenizer.json").is_file():
         raise ModelSourceError(f"{checkpoint_dir} has no tokenizer.json (a fast tokenizer); save one with "
                                "AutoTokenizer.from_pretrained(...).save_pretrained(dir)")
 
@@ -136,7 +136,8 @@ def from_hub(repo_id: str, cache_dir: Path, log: Log) -> Path:
                                f"{error}); pass a local checkpoint folder with --model DIR") from None
 
 
-def resolve(model: str | None, cache_dir: Path, log: Log) -> ModelSource:
+def resolve(model: str | None, cache_dir: Path, log: Log, need_tokenizer: bool = True) -> ModelSource:
+    """The checkpoint to build; a plan needs only its config.json, a build its weights and tokenizer too."""
     if model is None:
         return embedded_default(cache_dir, log)
     path = Path(model).expanduser()
@@ -147,6 +148,7 @@ def resolve(model: str | None, cache_dir: Path, log: Log) -> ModelSource:
         checkpoint, source = from_hub(model, cache_dir, log), f"hf:{model}"
     else:
         raise ModelSourceError(f"--model {model}: no such folder, and not a Hugging Face id (owner/name)")
-    check_checkpoint(checkpoint)
+    check_checkpoint(checkpoint, need_tokenizer)
     name = model.split("/")[-1] if source.startswith("hf:") else checkpoint.name
-    return ModelSource(name, source, checkpoint, cached_weights_sha256(checkpoint, cache_dir))
+    weights = cached_weights_sha256(checkpoint, cache_dir) if need_tokenizer else ""
+    return ModelSource(name, source, checkpoint, weights)

@@ -105,7 +105,8 @@ def test_local_checkpoint_folder_and_chat_template_switch(cpu_repository: Path, 
 
 
 @pytest.mark.parametrize(("args", "message"), [
-    (["--gpu", "tpu"], "error: unknown GPU target 'tpu'; known targets: cpu, l4, a100-40gb, a100-80gb, h100, h200, b200"),
+    (["--gpu", "tpu"],
+     "error: unknown GPU target 'tpu'; known targets: cpu, l4, a100-40gb, a100-80gb, h100, h200, b200"),
     (["--gpu", "cpu", "--model", "/nonexistent/model"],
      "error: --model /nonexistent/model: no such folder, and not a Hugging Face id (owner/name)"),
     (["--gpu", "cpu", "--model", "nobody/no-such-model"], "error: could not download 'nobody/no-such-model'"),
