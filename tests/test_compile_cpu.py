@@ -81,7 +81,6 @@ def test_a_failed_build_leaves_the_previous_repository_untouched(cpu_repository:
     import layout
 
     monkeypatch.setattr(layout, "cpu_tensorrt_llm", broken)
-    monkeypatch.setitem(layout.RUNTIME_LAYOUTS, "cpu", broken)
     with pytest.raises(OSError, match="disk full"):
         compile_cli.main(["--gpu", "cpu", "--out", str(out), "--no-chat-template"])
     assert manifest.read(out) == before
