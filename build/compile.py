@@ -87,12 +87,8 @@ def build_repository(plan: planner.Plan, source: model_source.ModelSource, optio
     recipe = recipe_for(plan, source, options)
     if manifest.up_to_date(out_dir, recipe):
         return manifest.read(out_dir), False
-    if plan.runtime == "llmapi":
-        # The llmapi model takes text, not token ids; our ensemble does not speak to it yet.
-        raise CompileError("--runtime llmapi can be planned (--plan) but not laid out yet: the ensemble in front "
-                           "of NVIDIA's llmapi model is not built; use --runtime engine")
     with layout.staged(out_dir) as staging:
-        log("* layout: preprocessing, postprocessing, ensemble")
+        log("* layout: ensemble" if plan.runtime == "llmapi" else "* layout: preprocessing, postprocessing, ensemble")
         layout.shared_models(staging, plan, source.checkpoint_dir, options)
         log(f"* layout: tensorrt_llm ({plan.runtime} runtime)")
         if plan.runtime == "engine":
@@ -100,6 +96,8 @@ def build_repository(plan: planner.Plan, source: model_source.ModelSource, optio
                                     model_source=source.source, publish=publish_uri,
                                     on_command=lambda command: log("> " + " ".join(command)))
             layout.engine_tensorrt_llm(staging, plan, engine_dir)
+        elif plan.runtime == "llmapi":
+            layout.llmapi_tensorrt_llm(staging, plan, source.checkpoint_dir)
         else:
             layout.cpu_tensorrt_llm(staging, plan, source.checkpoint_dir, options)
         log("* manifest: hashing files")

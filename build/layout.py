@@ -69,8 +69,10 @@ def copy_tokenizer(checkpoint_dir: Path, target: Path) -> None:
 
 
 def shared_models(repository: Path, plan: Plan, checkpoint_dir: Path, options: Options) -> None:
-    """preprocessing, postprocessing and the ensemble: the same for every runtime."""
-    for name, values in {
+    """preprocessing, postprocessing and the ensemble: the same for every runtime that takes token ids;
+    the llmapi model takes text, so there the ensemble stands alone."""
+    token_ids = plan.runtime != "llmapi"
+    models = {
         "preprocessing": {
             "max_batch_size": plan.max_batch_size, "max_input_len": plan.max_input_len,
             "max_output_len": plan.max_output_len, "preprocessing_instances": 1,
@@ -81,8 +83,12 @@ def shared_models(repository: Path, plan: Plan, checkpoint_dir: Path, options: O
         "postprocessing": {"max_batch_size": plan.max_batch_size, "skip_special_tokens": True,
                            "postprocessing_instances": 1},
         "ensemble": {"max_batch_size": plan.max_batch_size, "skip_special_tokens": True,
-                     "max_concurrent_requests": options.max_concurrent_requests},
-    }.items():
+                     "max_concurrent_requests": options.max_concurrent_requests,
+                     "tensorrt_llm_inputs": "token_ids" if token_ids else "text"},
+    }
+    for name, values in models.items():
+        if not token_ids and name != "ensemble":
+            continue
         version_dir = python_model(TEMPLATES / name, repository / name, values)
         copy_tokenizer(checkpoint_dir, version_dir / "tokenizer")
 
@@ -98,6 +104,20 @@ def cpu_tensorrt_llm(repository: Path, plan: Plan, checkpoint_dir: Path, options
     for path in sorted(checkpoint_dir.iterdir()):
         if path.suffix == ".safetensors" or path.name in ("config.json", "generation_config.json"):
             link_or_copy(path, checkpoint / path.name)
+
+
+def llmapi_tensorrt_llm(repository: Path, plan: Plan, checkpoint_dir: Path) -> None:
+    """NVIDIA's llmapi model (wrapped for text deltas), its model.yaml, and the checkpoint it loads."""
+    import llmapi
+
+    version_dir = repository / "tensorrt_llm" / "1"
+    version_dir.mkdir(parents=True)
+    (repository / "tensorrt_llm" / "config.pbtxt").write_text(llmapi.render_config(plan))
+    (version_dir / "model.yaml").write_text(llmapi.render_model_yaml(plan))
+    shutil.copy2(llmapi.MODEL_PY, version_dir / "model.py")
+    for path in sorted(checkpoint_dir.iterdir()):
+        if path.is_file() and not path.name.startswith("."):
+            link_or_copy(path, repository / llmapi.CHECKPOINT_SUBDIR / path.name)
 
 
 def template_files() -> Iterator[Path]:

@@ -35,6 +35,17 @@ SAMPLING_INPUTS = {
     "exclude_input_in_output": "exclude_input_in_output",
 }
 
+# The text-in, text-out llmapi model: what each of our inputs is called there.
+LLMAPI_INPUTS = {
+    "max_tokens": "sampling_param_max_tokens", "temperature": "sampling_param_temperature",
+    "top_k": "sampling_param_top_k", "top_p": "sampling_param_top_p",
+    "presence_penalty": "sampling_param_presence_penalty", "frequency_penalty": "sampling_param_frequency_penalty",
+    "random_seed": "sampling_param_seed", "seed": "sampling_param_seed", "stop_words": "sampling_param_stop",
+    "exclude_input_in_output": "sampling_param_exclude_input_from_output",
+}
+LLMAPI_UNSUPPORTED = ("bad_words", "end_id", "pad_id", "length_penalty", "repetition_penalty", "min_tokens",
+                      "beam_width")
+
 
 class RequestError(ValueError):
     """A step refused the request; the message goes to the client."""
@@ -57,6 +68,7 @@ class TritonPythonModel:
         self.tokenizer = Tokenizer.from_file(str(tokenizer_dir / "tokenizer.json"))
         self.skip_special_tokens = parameter(config, "skip_special_tokens", bool)
         self.workers = ThreadPoolExecutor(max_workers=parameter(config, "max_concurrent_requests", int))
+        self.text_in_text_out = parameter(config, "tensorrt_llm_inputs", str) == "text"
 
     def execute(self, requests):
         for request in requests:
@@ -74,6 +86,9 @@ class TritonPythonModel:
             rows = pb_utils.get_input_tensor_by_name(request, "text_input").as_numpy().shape[0]
             if stream and rows > 1:
                 raise RequestError(f"stream=true needs one text_input per request; got a batch of {rows}")
+            if self.text_in_text_out:
+                self.text_rows(request, sender, rows, stream)
+                return
             if stream:
                 self.stream_row(request, sender)
                 return
@@ -146,3 +161,39 @@ class TritonPythonModel:
             sender.send(pb_utils.InferenceResponse([text_tensor([tail])]), flags=FINAL)
         else:
             sender.send(flags=FINAL)
+
+    def llmapi_request(self, request, row: int, stream: bool) -> pb_utils.InferenceRequest:
+        for name in LLMAPI_UNSUPPORTED:
+            if pb_utils.get_input_tensor_by_name(request, name) is not None:
+                raise RequestError(f"{name} is not supported by the llmapi runtime")
+        text = pb_utils.get_input_tensor_by_name(request, "text_input").as_numpy()[row]
+        if not text[0].strip():
+            raise RequestError("text_input is empty; send the prompt text")
+        max_tokens = int(pb_utils.get_input_tensor_by_name(request, "max_tokens").as_numpy()[row][0])
+        if max_tokens < 1:
+            raise RequestError(f"max_tokens must be at least 1, got {max_tokens}")
+        # NVIDIA's llmapi model has max_batch_size 0: its tensors carry no batch dimension.
+        inputs = [pb_utils.Tensor("text_input", text), pb_utils.Tensor("streaming", np.array([stream], dtype=bool))]
+        for ours, theirs in LLMAPI_INPUTS.items():
+            tensor = pb_utils.get_input_tensor_by_name(request, ours)
+            if tensor is not None:
+                inputs.append(pb_utils.Tensor(theirs, tensor.as_numpy()[row]))
+        return pb_utils.InferenceRequest(model_name="tensorrt_llm", inputs=inputs,
+                                         requested_output_names=["text_output"])
+
+    def text_rows(self, request, sender, rows: int, stream: bool) -> None:
+        """The llmapi model already streams text deltas (its model.py makes them so): pass them on."""
+        texts = []
+        for row in range(rows):
+            pieces = []
+            for response in self.llmapi_request(request, row, stream).exec(decoupled=True):
+                output = pb_utils.get_output_tensor_by_name(checked(response), "text_output")
+                piece = output.as_numpy().reshape(-1)[0].decode("utf-8") if output is not None else ""
+                if stream and piece:
+                    sender.send(pb_utils.InferenceResponse([text_tensor([piece])]))
+                pieces.append(piece)
+            texts.append("".join(pieces))
+        if stream:
+            sender.send(flags=FINAL)
+        else:
+            sender.send(pb_utils.InferenceResponse([text_tensor(texts)]), flags=FINAL)
