@@ -1,9 +1,8 @@
 """ensemble: text in, text out, over preprocessing -> tensorrt_llm -> postprocessing.
 
 Each request runs on a worker thread so the model can take the next one while tensorrt_llm batches
-them. Streams are detokenized incrementally (tokenizers' DecodeStream: constant work per token,
-incomplete UTF-8 held back); at the end of a stream the text from postprocessing settles the tail,
-so the streamed pieces always add up to the non-streamed answer.
+them. Streams are detokenized incrementally (streamed_text.py); at the end of a stream the text from
+postprocessing settles the tail, so the streamed pieces always add up to the non-streamed answer.
 """
 
 from __future__ import annotations
@@ -13,8 +12,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import triton_python_backend_utils as pb_utils
 from model_params import load_config, parameter
+from streamed_text import StreamedText
 from tokenizers import Tokenizer
-from tokenizers.decoders import DecodeStream
 
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
 
@@ -142,21 +141,15 @@ class TritonPythonModel:
         return pb_utils.get_output_tensor_by_name(response, "OUTPUT").as_numpy().reshape(-1)[0].decode("utf-8")
 
     def stream_row(self, request, sender) -> None:
-        decoder = DecodeStream(skip_special_tokens=self.skip_special_tokens)
-        ids: list[int] = []
-        sent = ""
+        text = StreamedText(self.tokenizer, self.skip_special_tokens)
         for response in self.tensorrt_llm_request(request, 0, stream=True).exec(decoupled=True):
-            piece = ""
-            for token in self.new_ids(checked(response)):
-                ids.append(token)
-                piece += decoder.step(self.tokenizer, token) or ""
+            piece = text.add(self.new_ids(checked(response)))
             if piece:
                 sender.send(pb_utils.InferenceResponse([text_tensor([piece])]))
-                sent += piece
-        full = self.decode(ids)
-        if not full.startswith(sent):
-            raise RequestError("internal error: streamed text diverged from the final text")
-        tail = full[len(sent):]
+        try:
+            tail = text.tail(self.decode(text.ids))
+        except ValueError as error:
+            raise RequestError(f"internal error: {error}") from None
         if tail:
             sender.send(pb_utils.InferenceResponse([text_tensor([tail])]), flags=FINAL)
         else:
