@@ -70,7 +70,9 @@ def test_overlays_readme_table_matches_the_overlays_and_the_catalog() -> None:
         limits = next(c for c in spec["containers"] if c["name"] == "triton")["resources"]["limits"]
         assert int(limits.get("nvidia.com/gpu", 0)) == int(count)
         if int(count):
-            assert pool.split("`")[1] == gpu.machine_types[int(count)]
+            machine, per_node = re.fullmatch(r"`(.+)` \((\d+) GPUs?\).*", pool).groups()
+            assert gpu.machine_types[int(per_node)] == machine
+            assert node_pool(gpu.accelerator)["nodeConfig"]["machineType"] == machine
 
 
 @pytest.mark.parametrize("target", TARGETS)
@@ -205,18 +207,49 @@ def test_bootstrap_application_syncs_the_argocd_folder_itself() -> None:
     assert health["metadata"]["annotations"]["argocd.argoproj.io/sync-options"] == "Prune=false,Delete=false"
 
 
-def test_one_gpu_node_pool_per_gpu_overlay() -> None:
-    pools = {
-        (a["type"], a["count"]): p["spec"]["nodeConfig"]["machineType"]
+def node_pool(accelerator: str) -> dict:
+    [spec] = [
+        p["spec"]
         for p in rendered("gitops/nodepools")
-        for a in p["spec"]["nodeConfig"]["guestAccelerator"]
-    }
-    wanted = {}
+        if [a["type"] for a in p["spec"]["nodeConfig"]["guestAccelerator"]] == [accelerator]
+    ]
+    return spec
+
+
+def test_one_gpu_node_pool_per_gpu_overlay_with_room_for_its_pod() -> None:
+    accelerators = sorted(
+        a["type"] for p in rendered("gitops/nodepools") for a in p["spec"]["nodeConfig"]["guestAccelerator"]
+    )
+    assert accelerators == sorted(catalog.gpu(t).accelerator for t in TARGETS[1:])
     for target in TARGETS[1:]:
         gpu = catalog.gpu(target)
-        count = int(triton(rendered(f"overlays/{target}"))["resources"]["limits"]["nvidia.com/gpu"])
-        wanted[(gpu.accelerator, count)] = gpu.machine_types[count]
-    assert pools == wanted
+        pod_gpus = int(triton(rendered(f"overlays/{target}"))["resources"]["limits"]["nvidia.com/gpu"])
+        [accelerator] = node_pool(gpu.accelerator)["nodeConfig"]["guestAccelerator"]
+        assert accelerator["count"] >= pod_gpus
+        assert node_pool(gpu.accelerator)["nodeConfig"]["machineType"] == gpu.machine_types[accelerator["count"]]
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_each_overlay_requests_the_gpus_its_pinned_build_runs_on(target: str) -> None:
+    pin = yaml.safe_load((ROOT / "overlays" / target / "model-pin.yaml").read_text())["data"]
+    pod_gpus = int(triton(rendered(f"overlays/{target}"))["resources"]["requests"].get("nvidia.com/gpu", 0))
+    assert pod_gpus == (int(pin["tp"]) * int(pin["pp"]) if target != "cpu" else 0)
+
+
+def test_node_pool_zones_are_set_in_cluster_yaml_only() -> None:
+    cluster = yaml.safe_load((ROOT / "gitops/nodepools/cluster.yaml").read_text())["data"]
+    for target in TARGETS[1:]:
+        zones = node_pool(catalog.gpu(target).accelerator)["nodeLocations"]
+        assert zones == cluster[f"{target}-zones"]
+        assert all(zone.startswith(f"{cluster['location']}-") for zone in zones)
+    assert "us-central1-" not in "".join(
+        (ROOT / "gitops/nodepools" / f"{t}.yaml").read_text() for t in TARGETS[1:]
+    )
+
+
+def test_h100_pool_is_spot_because_gce_sells_one_gpu_a3_high_only_so() -> None:
+    assert node_pool("nvidia-h100-80gb")["nodeConfig"]["machineType"] == "a3-highgpu-1g"
+    assert node_pool("nvidia-h100-80gb")["nodeConfig"]["spot"] is True
 
 
 @pytest.mark.parametrize(

@@ -38,7 +38,9 @@ def git_identity(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setenv(f"GIT_{role}_EMAIL", "promotion@example.com")
 
 
-def published(tmp_path: Path, bucket: storage.Bucket, gpu: str = "cpu", **changes: str) -> tuple[str, dict]:  # noqa: F811
+def published(
+    tmp_path: Path, bucket: storage.Bucket, gpu: str = "cpu", **changes: str | int  # noqa: F811
+) -> tuple[str, dict]:
     """Publish a small build for `gpu` to the emulator; its URI and build.json."""
     repo_dir = tmp_path / f"build-{gpu}"
     repo_dir.mkdir()
@@ -47,11 +49,10 @@ def published(tmp_path: Path, bucket: storage.Bucket, gpu: str = "cpu", **change
 
 
 def overlay_copy(tmp_path: Path, target: str) -> Path:
-    """overlays/<target>/model-pin.yaml of this checkout, alone in a scratch overlay directory."""
-    overlay = tmp_path / "overlays" / target
-    overlay.mkdir(parents=True)
-    shutil.copy(ROOT / "overlays" / target / "model-pin.yaml", overlay)
-    return overlay
+    """overlays/<target> of this checkout in a scratch copy of overlays/ and gitops/ (pin.py renders it)."""
+    for folder in ("gitops", "overlays"):
+        shutil.copytree(ROOT / folder, tmp_path / folder)
+    return tmp_path / "overlays" / target
 
 
 def header(text: str) -> list[str]:
@@ -72,7 +73,9 @@ def test_pin_rewrites_the_pin_keeps_its_header_and_prints_the_commit(
     assert out == f"git -C {overlay} commit -m '{message}' -- model-pin.yaml\n"
     assert err == f"* pinned {MODEL} {build['build_id']} in {overlay}/model-pin.yaml\n"
     after = (overlay / "model-pin.yaml").read_text()
-    assert header(after) == header(before)
+    # The checked-in cpu pin is an example: its first sentence goes, the rest of the header stays.
+    assert header(before)[0].startswith("# EXAMPLE PIN: ")
+    assert header(after) == header(before)[2:]
     assert yaml.safe_load(after) == {
         "apiVersion": "v1",
         "kind": "ConfigMap",
@@ -85,9 +88,11 @@ def test_pin_rewrites_the_pin_keeps_its_header_and_prints_the_commit(
             "compute_capability": "",
             "runtime": "cpu",
             "triton_image": IMAGE,
+            "tp": "1",
+            "pp": "1",
         },
     }
-    assert sorted(p.name for p in overlay.iterdir()) == ["model-pin.yaml"]
+    assert sorted(p.name for p in overlay.iterdir()) == ["kustomization.yaml", "model-pin.yaml"]
 
 
 def test_pinning_the_same_build_again_changes_nothing(
@@ -130,13 +135,10 @@ def test_a_build_for_another_gpu_is_refused_naming_both_sides(
 
     assert pin_main(["--overlay", str(overlay), uri]) == 1
 
-    hint = "(build/gpus.toml); build it with: python build/compile.py --gpu l4"
     assert capsys.readouterr().err.splitlines() == [
-        f"error: build {build['build_id']} has gpu 'h100' but {overlay} has gpu 'l4' {hint}",
-        f"error: build {build['build_id']} has accelerator 'nvidia-h100-80gb' but {overlay} "
-        f"has accelerator 'nvidia-l4' {hint}",
-        f"error: build {build['build_id']} has compute_capability '9.0' but {overlay} "
-        f"has compute_capability '8.9' {hint}",
+        f"error: build {build['build_id']} is for gpu 'h100' (accelerator 'nvidia-h100-80gb', compute capability "
+        f"'9.0') but {overlay} runs on gpu 'l4' (accelerator 'nvidia-l4', compute capability '8.9'; "
+        "build/gpus.toml); build it with: python build/compile.py --gpu l4",
     ]
     assert (overlay / "model-pin.yaml").read_text() == before
 
@@ -153,9 +155,56 @@ def test_a_build_with_another_runtime_or_image_is_refused(
     assert capsys.readouterr().err.splitlines() == [
         f"error: build {build['build_id']} has runtime 'cpu' but {overlay} (h100) runs 'engine' or 'llmapi'; "
         "build it with: python build/compile.py --gpu h100",
-        f"error: build {build['build_id']} was made for image {other_image} but {overlay} deploys {IMAGE} "
-        "(build/versions.toml); rebuild it with the pinned versions",
+        f"error: build {build['build_id']} was made for image {other_image} but {overlay} deploys {IMAGE}; "
+        "rebuild it with the versions pinned in build/versions.toml, or change both together",
     ]
+
+
+def test_a_tensor_parallel_build_is_refused_on_a_one_gpu_overlay(
+    tmp_path: Path, bucket: storage.Bucket, capsys: pytest.CaptureFixture[str]  # noqa: F811
+) -> None:
+    uri, build = published(tmp_path, bucket, gpu="h100", tp=2)
+    overlay = overlay_copy(tmp_path, "h100")
+    before = (overlay / "model-pin.yaml").read_text()
+
+    assert pin_main(["--overlay", str(overlay), uri]) == 1
+
+    assert capsys.readouterr().err.splitlines() == [
+        f"error: build {build['build_id']} runs on tp 2 × pp 1 = 2 GPUs but {overlay} requests 1 nvidia.com/gpu; "
+        "set nvidia.com/gpu (and cpu and memory, per GPU in build/gpus.toml) to 2 in the overlay's gpu.yaml, "
+        "or build with: python build/compile.py --gpu h100 --tp 1",
+    ]
+    assert (overlay / "model-pin.yaml").read_text() == before
+
+
+def test_a_tensor_parallel_build_pins_where_the_overlay_requests_its_gpus(
+    tmp_path: Path, bucket: storage.Bucket  # noqa: F811
+) -> None:
+    uri, build = published(tmp_path, bucket, gpu="h200", tp=4, pp=2)
+    overlay = overlay_copy(tmp_path, "h200")
+    gpu = overlay / "gpu.yaml"
+    gpu.write_text(gpu.read_text().replace('nvidia.com/gpu: "1"', 'nvidia.com/gpu: "8"'))
+
+    assert pin_main(["--overlay", str(overlay), uri]) == 0
+
+    after = (overlay / "model-pin.yaml").read_text()
+    assert '  tp: "4"\n  pp: "2"\n' in after
+    assert yaml.safe_load(after)["data"]["build_id"] == build["build_id"]
+
+
+def test_an_overlay_that_does_not_render_is_refused(
+    tmp_path: Path, bucket: storage.Bucket, capsys: pytest.CaptureFixture[str]  # noqa: F811
+) -> None:
+    uri, _ = published(tmp_path, bucket, gpu="h100")
+    overlay = overlay_copy(tmp_path, "h100")
+    (overlay / "gpu.yaml").unlink()
+
+    assert pin_main(["--overlay", str(overlay), uri]) == 1
+
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0].startswith(f"error: cannot render {overlay}: ")
+    assert "failed to get the patch file from path(gpu.yaml)" in "\n".join(lines)
+    assert lines[-1].endswith(f"; fix it first (python tools/validate.py {overlay})")
 
 
 def test_a_uri_that_is_not_the_builds_own_path_is_refused(

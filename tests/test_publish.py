@@ -29,6 +29,8 @@ def write_build(
     files: dict[str, str] = FILES,
     runtime: str | None = None,
     triton_image: str | None = None,
+    tp: int = 1,
+    pp: int = 1,
 ) -> dict:
     """A model repository with a build.json per the contract for `gpu`; returns the build.json content."""
     for rel, text in files.items():
@@ -44,7 +46,7 @@ def write_build(
                      "triton_release": catalog.versions()["triton"]["container_release"],
                      "tensorrt_llm": catalog.versions()["tensorrt_llm"]["version"],
                      "tensorrt": catalog.versions()["tensorrt_llm"]["tensorrt"]},
-        "precision": target.default_precision, "tp": 1, "pp": 1,
+        "precision": target.default_precision, "tp": tp, "pp": pp,
         "limits": {"max_batch_size": 8, "max_input_len": 1024, "max_seq_len": 2048, "max_num_tokens": 2048,
                    "max_output_len": 1024},
     }  # fmt: skip

@@ -16,7 +16,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 CRDS = ROOT.parent / "shared" / "crds"
-H100_SELECTOR = "Deployment/triton nodeSelector cloud.google.com/gke-accelerator: nvidia-h100-80gb"
+OVERLAY = "this overlay's Deployment/triton"
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -89,11 +89,85 @@ def test_gpu_limit_that_differs_from_the_request(repo: Path) -> None:
 
 
 def test_gpu_count_that_no_node_of_that_gpu_has(repo: Path) -> None:
+    gpu = repo / "overlays/h200/gpu.yaml"
+    gpu.write_text(gpu.read_text().replace('nvidia.com/gpu: "1"', 'nvidia.com/gpu: "16"'))
+    edit(repo, "overlays/h200/model-pin.yaml", 'tp: "1"', 'tp: "16"')
+    assert problems(repo, "overlays/h200") == [
+        "Deployment/triton: requests 16 nvidia.com/gpu, but the largest h200 node carries 8 "
+        "(build/gpus.toml machine_types: 8); request at most that"
+    ]
+
+
+def test_gpu_node_selector_without_a_gpu_request(repo: Path) -> None:
+    gpu = repo / "overlays/h200/gpu.yaml"
+    gpu.write_text(gpu.read_text().replace('              nvidia.com/gpu: "1"\n', ""))
+    assert problems(repo, "overlays/h200") == [
+        "Deployment/triton: selects nvidia-h200-141gb nodes but container triton requests no nvidia.com/gpu; "
+        "request the pinned build's tp × pp (at most 8)",
+        f"build 9905d0339a10d650 runs on tp 1 × pp 1 = 1 GPU but {OVERLAY} requests 0 nvidia.com/gpu; "
+        "set nvidia.com/gpu (and cpu and memory, per GPU in build/gpus.toml) to 1 in the overlay's gpu.yaml",
+    ]
+
+
+def test_a_pod_may_take_fewer_gpus_than_its_node_carries(repo: Path) -> None:
+    # l4 nodes come with 1, 2, 4 or 8 GPUs: a TP=3 pod has no node of its own size but fits on a 4-GPU one.
     gpu = repo / "overlays/l4/gpu.yaml"
-    gpu.write_text(gpu.read_text().replace('nvidia.com/gpu: "1"', 'nvidia.com/gpu: "3"'))
-    assert problems(repo, "overlays/l4") == [
-        "Deployment/triton: requests 3 nvidia.com/gpu, but l4 nodes come with 1, 2, 4, 8 GPUs "
-        "(build/gpus.toml machine_types); request one of those"
+    gpu.write_text(gpu.read_text().replace('nvidia.com/gpu: "1"', 'nvidia.com/gpu: "3"')
+                   .replace('cpu: "4"', 'cpu: "12"').replace("memory: 24Gi", "memory: 72Gi"))
+    edit(repo, "overlays/l4/model-pin.yaml", 'tp: "1"', 'tp: "3"')
+    edit(repo, "gitops/nodepools/l4.yaml", "machineType: g2-standard-8", "machineType: g2-standard-48")
+    edit(repo, "gitops/nodepools/l4.yaml", "count: 1", "count: 4")
+    assert problems(repo, "overlays/l4") == []
+
+
+def test_h200_serves_a_tp1_build_with_one_of_the_nodes_eight_gpus(repo: Path) -> None:
+    [deployment] = [o for o in validate.render(repo / "overlays/h200") if o["kind"] == "Deployment"]
+    [triton] = [c for c in deployment["spec"]["template"]["spec"]["containers"] if c["name"] == "triton"]
+    assert triton["resources"]["requests"] == {"cpu": "26", "memory": "340Gi", "nvidia.com/gpu": "1"}
+    [pool] = [o for o in validate.render(repo / "gitops/nodepools") if o["metadata"]["name"] == "triton-h200"]
+    assert pool["spec"]["nodeConfig"]["machineType"] == "a3-ultragpu-8g"
+    assert problems(repo, "overlays/h200") == []
+
+
+def test_tensor_parallel_pin_on_a_one_gpu_overlay(repo: Path) -> None:
+    edit(repo, "overlays/h100/model-pin.yaml", 'tp: "1"', 'tp: "2"')
+    assert problems(repo, "overlays/h100") == [
+        f"build cd6688bdcad4dd86 runs on tp 2 × pp 1 = 2 GPUs but {OVERLAY} requests 1 nvidia.com/gpu; "
+        "set nvidia.com/gpu (and cpu and memory, per GPU in build/gpus.toml) to 2 in the overlay's gpu.yaml, "
+        "or build with: python build/compile.py --gpu h100 --tp 1"
+    ]
+
+
+def test_pipeline_parallelism_counts_too(repo: Path) -> None:
+    edit(repo, "overlays/h200/model-pin.yaml", 'pp: "1"', 'pp: "4"')
+    edit(repo, "overlays/h200/model-pin.yaml", 'tp: "1"', 'tp: "2"')
+    assert problems(repo, "overlays/h200") == [
+        f"build 9905d0339a10d650 runs on tp 2 × pp 4 = 8 GPUs but {OVERLAY} requests 1 nvidia.com/gpu; "
+        "set nvidia.com/gpu (and cpu and memory, per GPU in build/gpus.toml) to 8 in the overlay's gpu.yaml, "
+        "or build with: python build/compile.py --gpu h200 --tp 1"
+    ]
+
+
+def test_cpu_pin_must_be_tp1_pp1(repo: Path) -> None:
+    edit(repo, "overlays/cpu/model-pin.yaml", 'tp: "1"', 'tp: "2"')
+    assert problems(repo, "overlays/cpu") == [
+        f"build 2fbafdfb8e6455cc has tp 2 and pp 1 but {OVERLAY} runs on cpu with 0 nvidia.com/gpu; a cpu build "
+        "has tp 1 and pp 1 and its pod requests no GPU"
+    ]
+
+
+def test_pin_without_tp_and_pp(repo: Path) -> None:
+    edit(repo, "overlays/h100/model-pin.yaml", '  tp: "1"\n  pp: "1"\n', "")
+    assert problems(repo, "overlays/h100") == [
+        "model-pin.yaml: not a ConfigMap named model-pin with data keys uri, build_id, gpu, accelerator, "
+        "compute_capability, runtime, triton_image, tp, pp (missing: tp, pp); rewrite it with tools/pin.py"
+    ]
+
+
+def test_pin_with_a_tp_that_is_not_a_number(repo: Path) -> None:
+    edit(repo, "overlays/h100/model-pin.yaml", 'tp: "1"', 'tp: "two"')
+    assert problems(repo, "overlays/h100") == [
+        "build cd6688bdcad4dd86 has tp 'two' and pp '1', not positive whole numbers; republish and pin it"
     ]
 
 
@@ -147,40 +221,68 @@ def test_min_replicas_zero(repo: Path) -> None:
 def test_pin_for_another_gpu(repo: Path) -> None:
     shutil.copy(repo / "overlays/l4/model-pin.yaml", repo / "overlays/h100/model-pin.yaml")
     assert problems(repo, "overlays/h100") == [
-        "model-pin is a build for gpu 'l4' (accelerator 'nvidia-l4', compute capability '8.9'), but this overlay "
-        "runs on gpu 'h100' (accelerator 'nvidia-h100-80gb', compute capability '9.0'; "
-        f"{H100_SELECTOR}); pin a build made for h100"
+        f"build 88d7a63c79e4f9f1 is for gpu 'l4' (accelerator 'nvidia-l4', compute capability '8.9') but {OVERLAY} "
+        "runs on gpu 'h100' (accelerator 'nvidia-h100-80gb', compute capability '9.0'; build/gpus.toml); "
+        "build it with: python build/compile.py --gpu h100"
     ]
 
 
 def test_pin_for_another_image(repo: Path) -> None:
     edit(repo, "overlays/h100/model-pin.yaml", "tritonserver:26.07-trtllm", "tritonserver:25.10-trtllm")
     assert problems(repo, "overlays/h100") == [
-        "model-pin triton_image is 'nvcr.io/nvidia/tritonserver:25.10-trtllm-python-py3' (what the build was made "
-        "for) but Deployment/triton runs 'nvcr.io/nvidia/tritonserver:26.07-trtllm-python-py3'; rebuild for this "
-        "image or change both together"
+        "build cd6688bdcad4dd86 was made for image nvcr.io/nvidia/tritonserver:25.10-trtllm-python-py3 but "
+        f"{OVERLAY} deploys nvcr.io/nvidia/tritonserver:26.07-trtllm-python-py3; rebuild it with the versions "
+        "pinned in build/versions.toml, or change both together"
     ]
 
 
 def test_pin_with_a_runtime_the_gpu_does_not_run(repo: Path) -> None:
     edit(repo, "overlays/h100/model-pin.yaml", "runtime: engine", "runtime: cpu")
-    assert problems(repo, "overlays/h100") == ["model-pin runtime is 'cpu' but h100 runs engine or llmapi builds"]
+    assert problems(repo, "overlays/h100") == [
+        f"build cd6688bdcad4dd86 has runtime 'cpu' but {OVERLAY} (h100) runs 'engine' or 'llmapi'; "
+        "build it with: python build/compile.py --gpu h100"
+    ]
 
 
 def test_hpa_metric_must_be_one_the_pinned_runtime_exports(repo: Path) -> None:
-    edit(repo, "overlays/h100/model-pin.yaml", "runtime: engine", "runtime: llmapi")
-    assert problems(repo, "overlays/h100") == [
-        "HorizontalPodAutoscaler/triton: scales on nv_trt_llm_request_metrics, which a llmapi build does not export "
+    edit(repo, "overlays/cpu/kustomization.yaml", "  - ../../gitops/components/monitoring\n",
+         "  - ../../gitops/components/monitoring\n  - ../../gitops/components/gpu\n")
+    assert problems(repo, "overlays/cpu") == [
+        "HorizontalPodAutoscaler/triton: scales on nv_trt_llm_request_metrics, which a cpu build does not export "
         "(the HPA would find no metric); scale on nv_inference_pending_request_count"
     ]
+
+
+@pytest.mark.parametrize("metric", ["nv_trt_llm_request_metrics", "nv_inference_pending_request_count"])
+def test_an_llmapi_pin_cannot_autoscale(repo: Path, metric: str) -> None:
+    edit(repo, "overlays/h100/model-pin.yaml", "runtime: engine", "runtime: llmapi")
+    if metric == "nv_inference_pending_request_count":
+        edit(repo, "overlays/h100/kustomization.yaml", "  - path: gpu.yaml\n", "  - path: gpu.yaml\n" + HPA_BACK)
+    assert problems(repo, "overlays/h100") == [
+        f"HorizontalPodAutoscaler/triton: scales on {metric}, which the llmapi runtime does not export: its model "
+        "returns from execute() at once, so nv_inference_pending_request_count stays near 0, and "
+        "nv_trt_llm_request_metrics comes only from the C++ TensorRT-LLM backend; an llmapi build cannot "
+        "autoscale here, pin an engine build (docs/manifests.md, known limitations)"
+    ]
+
+
+# An overlay patch that puts the HPA back on Triton's own queue gauge.
+HPA_BACK = """  - target:
+      kind: HorizontalPodAutoscaler
+    patch: |-
+      - op: replace
+        path: /spec/metrics/0/pods/metric
+        value:
+          name: prometheus.googleapis.com|nv_inference_pending_request_count|gauge
+"""
 
 
 def test_image_that_differs_from_versions_toml_names_both_sides(repo: Path) -> None:
     edit(repo, "gitops/base/kustomization.yaml", "newTag: 26.07-trtllm-python-py3", "newTag: 26.08-trtllm-python-py3")
     assert problems(repo, "overlays/cpu") == [
-        "model-pin triton_image is 'nvcr.io/nvidia/tritonserver:26.07-trtllm-python-py3' (what the build was made "
-        "for) but Deployment/triton runs 'nvcr.io/nvidia/tritonserver:26.08-trtllm-python-py3'; rebuild for this "
-        "image or change both together",
+        "build 2fbafdfb8e6455cc was made for image nvcr.io/nvidia/tritonserver:26.07-trtllm-python-py3 but "
+        f"{OVERLAY} deploys nvcr.io/nvidia/tritonserver:26.08-trtllm-python-py3; rebuild it with the versions "
+        "pinned in build/versions.toml, or change both together",
         "Deployment/triton: container triton runs 'nvcr.io/nvidia/tritonserver:26.08-trtllm-python-py3', but "
         "build/versions.toml pins 'nvcr.io/nvidia/tritonserver:26.07-trtllm-python-py3'; change the `images:` "
         "entry in gitops/base",
@@ -282,8 +384,19 @@ def test_gpu_overlay_needs_a_node_pool_of_its_shape(repo: Path) -> None:
         (repo / "gitops/nodepools/kustomization.yaml").read_text().replace("  - h100.yaml\n", "")
     )
     assert problems(repo, "overlays/h100") == [
-        "Deployment/triton: no ContainerNodePool in gitops/nodepools has 1 × nvidia-h100-80gb (a3-highgpu-1g); "
-        "add one so the cluster autoscaler can place this pod"
+        "Deployment/triton: no ContainerNodePool in gitops/nodepools has nodes with 1 × nvidia-h100-80gb or more "
+        "(build/gpus.toml: a3-highgpu-1g carries 1); add one so the cluster autoscaler can place this pod"
+    ]
+
+
+def test_a_node_pool_with_fewer_gpus_than_the_pod_needs_does_not_count(repo: Path) -> None:
+    gpu = repo / "overlays/h100/gpu.yaml"
+    gpu.write_text(gpu.read_text().replace('nvidia.com/gpu: "1"', 'nvidia.com/gpu: "2"')
+                   .replace('cpu: "24"', 'cpu: "48"').replace("memory: 200Gi", "memory: 400Gi"))
+    edit(repo, "overlays/h100/model-pin.yaml", 'tp: "1"', 'tp: "2"')
+    assert problems(repo, "overlays/h100") == [
+        "Deployment/triton: no ContainerNodePool in gitops/nodepools has nodes with 2 × nvidia-h100-80gb or more "
+        "(build/gpus.toml: a3-highgpu-2g carries 2); add one so the cluster autoscaler can place this pod"
     ]
 
 

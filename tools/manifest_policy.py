@@ -16,19 +16,20 @@ from pathlib import Path
 
 import catalog
 import engine
+import pin_gate
 import yaml
 
 ACCELERATOR_LABEL = "cloud.google.com/gke-accelerator"
-GPU_RESOURCE = "nvidia.com/gpu"
+GPU_RESOURCE = pin_gate.GPU_RESOURCE
 TRITON_CONTAINER = "triton"
 FETCH_CONTAINER = "fetch-model"
 PIN_FILE = "model-pin.yaml"
-PIN_KEYS = ("uri", "build_id", "gpu", "accelerator", "compute_capability", "runtime", "triton_image")
 # The queue gauge each runtime exports from model load on: the C++ TensorRT-LLM backend has its own
-# queue (custom metrics); our python model and the llmapi model queue in Triton's scheduler.
+# queue (custom metrics); our python model on CPU queues in Triton's scheduler. NVIDIA's llmapi model
+# has none: its execute() hands each request to the LLM API and returns at once, so Triton's pending
+# count stays near 0, and nv_trt_llm_request_metrics comes only from the C++ backend.
 QUEUE_METRIC = {
     "engine": "nv_trt_llm_request_metrics",
-    "llmapi": "nv_inference_pending_request_count",
     "cpu": "nv_inference_pending_request_count",
 }
 READY_PATH = "/v2/health/ready"
@@ -225,12 +226,13 @@ def _check_gpu(obj: dict, pod: dict, triton: dict) -> tuple[catalog.Gpu | None, 
     if count == 0:
         problems.append(
             f"{ref(obj)}: selects {label} nodes but container triton requests no {GPU_RESOURCE}; "
-            f"request one of {_options(gpu)}"
+            f"request the pinned build's tp × pp (at most {max(gpu.machine_types)})"
         )
-    elif count not in gpu.machine_types:
+    elif count > max(gpu.machine_types):
+        # A pod may take fewer GPUs than its node carries (pods share the node), never more.
         problems.append(
-            f"{ref(obj)}: requests {count} {GPU_RESOURCE}, but {gpu.name} nodes come with {_options(gpu)} GPUs "
-            "(build/gpus.toml machine_types); request one of those"
+            f"{ref(obj)}: requests {count} {GPU_RESOURCE}, but the largest {gpu.name} node carries "
+            f"{max(gpu.machine_types)} (build/gpus.toml machine_types: {_options(gpu)}); request at most that"
         )
     return gpu, count, problems
 
@@ -415,39 +417,21 @@ def read_pin(path: Path) -> tuple[dict[str, str] | None, list[str]]:
         return None, [f"{PIN_FILE} is missing; pin a published build with tools/pin.py"]
     pin = next((d for d in yaml.safe_load_all(path.read_text()) if isinstance(d, dict)), {})
     data = pin.get("data") or {}
-    missing = [key for key in PIN_KEYS if key not in data]
+    keys = pin_gate.PIN_KEYS
+    missing = [key for key in keys if key not in data]
     if pin.get("kind") != "ConfigMap" or pin.get("metadata", {}).get("name") != "model-pin" or missing:
         return None, [
-            f"{PIN_FILE}: not a ConfigMap named model-pin with data keys {', '.join(PIN_KEYS)} "
-            f"(missing: {', '.join(missing) or 'none'})"
+            f"{PIN_FILE}: not a ConfigMap named model-pin with data keys {', '.join(keys)} "
+            f"(missing: {', '.join(missing) or 'none'}); rewrite it with tools/pin.py"
         ]
-    return {key: str(data[key]) for key in PIN_KEYS}, []
+    return {key: str(data[key]) for key in keys}, []
 
 
-def check_pin(pin: dict[str, str], deployment: dict, gpu: catalog.Gpu, triton: dict, pod: dict) -> list[str]:
-    """The compatibility gate: the pinned build must be for this overlay's GPU and image."""
-    where = f"{ref(deployment)} nodeSelector {ACCELERATOR_LABEL}: {gpu.accelerator}" if gpu.accelerator else (
-        f"{ref(deployment)} has no GPU nodeSelector"
-    )
-    problems = []
-    theirs = (pin["gpu"], pin["accelerator"], pin["compute_capability"])
-    if theirs != (gpu.name, gpu.accelerator, gpu.compute_capability):
-        problems.append(
-            f"model-pin is a build for gpu {pin['gpu']!r} (accelerator {pin['accelerator']!r}, compute capability "
-            f"{pin['compute_capability']!r}), but this overlay runs on gpu {gpu.name!r} (accelerator "
-            f"{gpu.accelerator!r}, compute capability {gpu.compute_capability!r}; {where}); "
-            f"pin a build made for {gpu.name}"
-        )
-    if pin["runtime"] not in gpu.runtimes:
-        problems.append(
-            f"model-pin runtime is {pin['runtime']!r} but {gpu.name} runs {' or '.join(gpu.runtimes)} builds"
-        )
-    image = triton.get("image")
-    if pin["triton_image"] != image:
-        problems.append(
-            f"model-pin triton_image is {pin['triton_image']!r} (what the build was made for) but "
-            f"{ref(deployment)} runs {image!r}; rebuild for this image or change both together"
-        )
+def check_pin(
+    pin: dict[str, str], deployment: dict, gpu: catalog.Gpu, count: int, triton: dict, pod: dict
+) -> list[str]:
+    """The compatibility gate (tools/pin_gate.py), and the pin's URI where the init container fetches it."""
+    problems = pin_gate.problems(pin, f"this overlay's {ref(deployment)}", gpu, count, triton.get("image", ""))
     if not (pin["uri"].startswith("gs://") and pin["uri"].endswith(f"/{pin['build_id']}/")):
         problems.append(f"model-pin uri {pin['uri']!r} must be gs://…/<model>/{pin['build_id']}/ (its build_id)")
     fetch = next((c for c in pod.get("initContainers", []) if c.get("name") == FETCH_CONTAINER), {})
@@ -499,11 +483,13 @@ def check_project(objects: list[dict], context: ServingContext) -> list[str]:
 def _check_node_pool_exists(deployment: dict, gpu: catalog.Gpu, count: int, pools: list[dict]) -> list[str]:
     for pool in pools:
         for accelerator in pool.get("spec", {}).get("nodeConfig", {}).get("guestAccelerator", []):
-            if accelerator.get("type") == gpu.accelerator and accelerator.get("count") == count:
+            if accelerator.get("type") == gpu.accelerator and accelerator.get("count", 0) >= count:
                 return []
+    smallest = min(n for n in gpu.machine_types if n >= count)
     return [
-        f"{ref(deployment)}: no ContainerNodePool in gitops/nodepools has {count} × {gpu.accelerator} "
-        f"({gpu.machine_types[count]}); add one so the cluster autoscaler can place this pod"
+        f"{ref(deployment)}: no ContainerNodePool in gitops/nodepools has nodes with {count} × {gpu.accelerator} "
+        f"or more (build/gpus.toml: {gpu.machine_types[smallest]} carries {smallest}); add one so the cluster "
+        "autoscaler can place this pod"
     ]
 
 
@@ -526,8 +512,16 @@ def _check_hpa_for(objects: list[dict], deployment: dict, runtime: str | None) -
                 problems.append(
                     f"{ref(hpa)}: scales on a Managed Prometheus metric, but no PodMonitoring scrapes Triton"
                 )
-            exported = QUEUE_METRIC.get(runtime or "")
             scraped = scraped.partition("|")[0]
+            if runtime == "llmapi":
+                problems.append(
+                    f"{ref(hpa)}: scales on {scraped}, which the llmapi runtime does not export: its model returns "
+                    "from execute() at once, so nv_inference_pending_request_count stays near 0, and "
+                    "nv_trt_llm_request_metrics comes only from the C++ TensorRT-LLM backend; an llmapi build "
+                    "cannot autoscale here, pin an engine build (docs/manifests.md, known limitations)"
+                )
+                continue
+            exported = QUEUE_METRIC.get(runtime or "")
             if exported and scraped != exported:
                 problems.append(
                     f"{ref(hpa)}: scales on {scraped}, which a {runtime} build does not export (the HPA would "
@@ -553,12 +547,12 @@ def check_serving(objects: list[dict], pin_path: Path, context: ServingContext) 
         gpu, count, gpu_problems = _check_gpu(deployment, pod, triton)
         problems += gpu_problems
         if gpu is not None:
-            if count in gpu.machine_types:
+            if count <= max(gpu.machine_types):
                 problems += _check_requests(deployment, triton, gpu, count)
                 if count and context.node_pools is not None:
                     problems += _check_node_pool_exists(deployment, gpu, count, context.node_pools)
             if pin is not None:
-                problems += check_pin(pin, deployment, gpu, triton, pod)
+                problems += check_pin(pin, deployment, gpu, count, triton, pod)
         if triton.get("image") != catalog.triton_image():
             problems.append(
                 f"{ref(deployment)}: container triton runs {triton.get('image')!r}, but build/versions.toml pins "

@@ -1,9 +1,11 @@
 """Pin a published build in an overlay: rewrite overlays/<target>/model-pin.yaml, then commit it.
 
-The build's build.json is read from GCS and checked against the overlay before anything is written:
-its GPU, accelerator and compute capability must be the overlay's GPU (build/gpus.toml, found by the
-overlay's directory name or its current pin), its runtime one that GPU runs, and its Triton image the
-one the overlays deploy (build/versions.toml). Only model-pin.yaml changes; its comment header is kept.
+The build's build.json is read from GCS and checked against the overlay before anything is written,
+by the same gate tools/validate.py applies (tools/pin_gate.py): its GPU, accelerator and compute
+capability must be the overlay's GPU (build/gpus.toml, found by the overlay's directory name or its
+current pin), its runtime one that GPU runs, its tp × pp the nvidia.com/gpu the overlay's Deployment
+requests (as kustomize renders it), and its Triton image the one the Deployment runs. Only
+model-pin.yaml changes; its comment header is kept.
 """
 
 from __future__ import annotations
@@ -24,13 +26,13 @@ from google.cloud import storage
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "build"))
 
 import catalog  # noqa: E402
+import pin_gate  # noqa: E402
+import validate  # noqa: E402
 from publish import BUILD_JSON, PublishError, make_client, parse_gcs_uri  # noqa: E402
 
 PIN_FILE = "model-pin.yaml"
 PIN_NAME = "model-pin"
-# The order the keys are written in; the component that reads the pin copies `uri` into the Deployment.
-PIN_KEYS = ("uri", "build_id", "gpu", "accelerator", "compute_capability", "runtime", "triton_image")
-ALWAYS_QUOTED = {"build_id", "accelerator", "compute_capability"}
+ALWAYS_QUOTED = {"build_id", "accelerator", "compute_capability", "tp", "pp"}
 # A header whose first sentence starts with this marks a stand-in pin (the overlay's first, before
 # any real build was published); the sentence stops being true with the first real pin, which drops it.
 EXAMPLE_MARK = "# EXAMPLE PIN"
@@ -113,54 +115,33 @@ def overlay_gpu(overlay: Path, pinned: dict) -> catalog.Gpu:
     )
 
 
-def compatibility_problems(build: dict, where: str, gpu: catalog.Gpu, image: str) -> list[str]:
-    """Why the build cannot run where `where` (an overlay) runs `gpu` with `image`; empty if it can."""
-    problems = []
-    target = build["target"]
-    wanted = {"gpu": gpu.name, "accelerator": gpu.accelerator, "compute_capability": gpu.compute_capability}
-    for key, value in wanted.items():
-        if target.get(key) != value:
-            problems.append(
-                f"build {build['build_id']} has {key} {target.get(key)!r} but {where} has {key} {value!r} "
-                f"(build/gpus.toml); build it with: python build/compile.py --gpu {gpu.name}"
-            )
-    if build["runtime"] not in gpu.runtimes:
-        problems.append(
-            f"build {build['build_id']} has runtime {build['runtime']!r} but {where} ({gpu.name}) runs "
-            f"{' or '.join(map(repr, gpu.runtimes))}; build it with: python build/compile.py --gpu {gpu.name}"
-        )
-    built_image = build["versions"]["triton_image"]
-    if built_image != image:
-        problems.append(
-            f"build {build['build_id']} was made for image {built_image} but {where} deploys {image} "
-            "(build/versions.toml); rebuild it with the pinned versions"
-        )
-    return problems
-
-
-def pin_data(uri: str, build: dict) -> dict[str, str]:
-    target = build["target"]
-    return {
-        "uri": uri,
-        "build_id": build["build_id"],
-        "gpu": target["gpu"],
-        "accelerator": target["accelerator"],
-        "compute_capability": target["compute_capability"],
-        "runtime": build["runtime"],
-        "triton_image": build["versions"]["triton_image"],
-    }
+def overlay_deployment(overlay: Path) -> tuple[int, str]:
+    """The nvidia.com/gpu request and the image of the overlay's Triton container, as kustomize renders it."""
+    try:
+        objects = validate.render(overlay)
+    except (validate.RenderError, validate.ToolError) as e:
+        raise PinError(f"cannot render {overlay}: {e}; fix it first (python tools/validate.py {overlay})") from e
+    for obj in objects:
+        if obj.get("kind") == "Deployment" and obj["metadata"].get("name") == "triton":
+            containers = obj["spec"]["template"]["spec"].get("containers", [])
+            triton = next((c for c in containers if c.get("name") == "triton"), None)
+            if triton is not None:
+                gpus = triton.get("resources", {}).get("requests", {}).get(pin_gate.GPU_RESOURCE, 0)
+                return int(gpus), triton.get("image", "")
+    raise PinError(f"{overlay} renders no Deployment/triton with a container triton; restore it from git")
 
 
 def _scalar(key: str, value: str) -> str:
-    # A build id of digits or a compute capability like 9.0 would read back as a number, and the cpu
-    # target's accelerator is empty: those keys are always quoted, the rest only where YAML needs it.
+    # A build id of digits, a compute capability like 9.0 or a tp of 2 would read back as a number
+    # (ConfigMap data must be strings), and the cpu target's accelerator is empty: those keys are
+    # always quoted, the rest only where YAML needs it.
     if key in ALWAYS_QUOTED or yaml.safe_load(value) != value or ": " in value or " #" in value:
         return json.dumps(value)
     return value
 
 
 def render_pin(header: str, data: dict[str, str]) -> str:
-    values = "".join(f"  {key}: {_scalar(key, data[key])}\n" for key in PIN_KEYS)
+    values = "".join(f"  {key}: {_scalar(key, data[key])}\n" for key in pin_gate.PIN_KEYS)
     return (
         f"{header}apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {PIN_NAME}\n  annotations:\n"
         f'    config.kubernetes.io/local-config: "true"\ndata:\n{values}'
@@ -186,11 +167,13 @@ def pin(overlay: Path, uri: str, client: storage.Client | None = None) -> tuple[
     uri = normalize_uri(uri)
     header, pinned = read_pin(overlay)
     gpu = overlay_gpu(overlay, pinned)
+    gpus, image = overlay_deployment(overlay)
     build = read_build(uri, client or make_client())
-    problems = compatibility_problems(build, str(overlay), gpu, catalog.triton_image())
+    data = pin_gate.pin_data(uri, build)
+    problems = pin_gate.problems(data, str(overlay), gpu, gpus, image)
     if problems:
         raise PinError("\n".join(problems))
-    text = render_pin(header, pin_data(uri, build))
+    text = render_pin(header, data)
     pin_file = overlay / PIN_FILE
     if pin_file.read_text() == text:
         return build, False

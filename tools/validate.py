@@ -6,8 +6,9 @@ Renders each overlay in overlays/ and each kustomization under gitops/ with plai
     their CRDs (unknown fields, kinds and apiVersions fail) -- tools/kubeschema.py;
   * policy: GPU selector, count and requests against build/gpus.toml, the image against
     build/versions.toml, probes, non-root, TLS-only Ingress with authentication, NetworkPolicy,
-    autoscaling, node pool machine types, Argo CD project limits, and the pin gate: the build in
-    model-pin.yaml must be for the overlay's GPU and image -- tools/manifest_policy.py.
+    autoscaling, node pool machine types, Argo CD project limits -- tools/manifest_policy.py;
+  * the pin gate: the build in model-pin.yaml must be for the overlay's GPU and image, and its
+    tp × pp the GPUs the overlay requests -- tools/pin_gate.py, the gate tools/pin.py applies too.
 Prints ✅ or ❌ per directory with every problem, and exits 1 if there is any.
 """
 
