@@ -169,20 +169,26 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
 
+    stopping = []
+
     def forward(signum: int, _frame: object) -> None:
-        stop(process)
-        sys.exit(0 if signum in (signal.SIGTERM, signal.SIGINT) else 1)
+        # Only pass the signal on: waiting here would deadlock with the process.wait() it interrupts.
+        # tritonserver finishes in-flight requests (up to --exit-timeout-secs) and exits.
+        stopping.append(signum)
+        process.send_signal(signal.SIGTERM)
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
     try:
         seconds = wait_ready(process, args.host, ports, args.ready_timeout)
     except ServeError as error:
+        if stopping:
+            return process.wait()
         stop(process)
         print(f"error: {error}", file=sys.stderr)
         return 1
     print(f"READY in {seconds:.1f} s: http://{args.host}:{ports.http} grpc {args.host}:{ports.grpc} "
-          f"metrics http://{args.host}:{ports.metrics}/metrics (Ctrl-C to stop)", file=sys.stderr)
+          f"metrics http://{args.host}:{ports.metrics}/metrics (Ctrl-C to stop)", file=sys.stderr, flush=True)
     return process.wait()
 
 
