@@ -10,7 +10,8 @@ PY := $(VENV)/bin/python
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	# The CPU build of torch first: an unpinned torch would pull a multi-GB CUDA build.
+	# torch first, at the release these machines carry as a CPU wheel: left to the resolver, torch
+	# comes as the multi-GB CUDA build. Elsewhere, preinstall the CPU wheel from download.pytorch.org/whl/cpu.
 	$(PY) -m pip install --quiet "torch==2.13.0"
 	$(PY) -m pip install --quiet -e ".[test]"
 	touch $@

@@ -82,7 +82,7 @@ def recipe_for(plan: planner.Plan, source: model_source.ModelSource, options: la
 
 
 def build_repository(plan: planner.Plan, source: model_source.ModelSource, options: layout.Options,
-                     out_dir: Path, publish_uri: str | None = None) -> tuple[dict, bool]:
+                     out_dir: Path, publish_uri: str | None = None, job_model: str = "") -> tuple[dict, bool]:
     """Lay out the repository (or keep the one already there); returns build.json and whether it was rebuilt."""
     recipe = recipe_for(plan, source, options)
     if manifest.up_to_date(out_dir, recipe):
@@ -93,7 +93,7 @@ def build_repository(plan: planner.Plan, source: model_source.ModelSource, optio
         log(f"* layout: tensorrt_llm ({plan.runtime} runtime)")
         if plan.runtime == "engine":
             engine_dir = engine.run(plan, source.checkpoint_dir, staging.parent / f".{out_dir.name}.engine-work",
-                                    model_source=source.source, publish=publish_uri,
+                                    model_source=job_model, publish=publish_uri,
                                     on_command=lambda command: log("> " + " ".join(command)))
             layout.engine_tensorrt_llm(staging, plan, engine_dir)
         elif plan.runtime == "llmapi":
@@ -137,18 +137,20 @@ def run(args: argparse.Namespace) -> int:
     gpu = catalog.gpu(args.gpu)
     runtime = args.runtime or gpu.runtimes[0]
     source = model_source.resolve(args.model, args.cache_dir, log, need_tokenizer=not args.plan)
-    shape = hf_config.load(source.checkpoint_dir)
+    shape = hf_config.load(source.checkpoint_dir, name=source.name)
     log(f"* plan: {shape.name} on {gpu.name} ({runtime} runtime)")
     plan = planner.plan(shape, gpu, runtime=runtime, precision=args.precision, tp=args.tp,
                         max_seq_len=args.max_seq_len)
     if args.plan:
         print(json.dumps(plan.to_dict(), indent=2) if args.json else planner.format_table(plan))
         return 0
-    has_chat_template = (source.checkpoint_dir / "chat_template.jinja").is_file() or "chat_template" in json.loads(
-        (source.checkpoint_dir / "tokenizer_config.json").read_text() or "{}")
+    tokenizer_config = source.checkpoint_dir / "tokenizer_config.json"
+    has_chat_template = (source.checkpoint_dir / "chat_template.jinja").is_file() or (
+        tokenizer_config.is_file() and "chat_template" in json.loads(tokenizer_config.read_text()))
     options = layout.Options(apply_chat_template=has_chat_template and not args.no_chat_template)
     out_dir = (args.out or DEFAULT_OUT / gpu.name).resolve()
-    document, rebuilt = build_repository(plan, source, options, out_dir, args.publish)
+    document, rebuilt = build_repository(plan, source, options, out_dir, args.publish,
+                                         job_model=args.model or model_source.DEFAULT_HUB_ID)
     log(f"* {'built' if rebuilt else 'up to date'}: build {document['build_id']} in {time.monotonic() - started:.1f} s")
     if args.publish:
         sys.path.insert(0, str(ROOT / "tools"))

@@ -128,7 +128,7 @@ def config_values(plan: Plan) -> dict[str, object]:
     return {
         "max_batch_size": plan.max_batch_size,
         "max_queue_delay_microseconds": 0,  # IFB adds requests to the running batch anyway
-        "max_queue_size": 0,  # unbounded: the HPA scales on queue time instead of rejecting
+        "max_queue_size": 0,  # unbounded: the HPA scales on the waiting count instead of rejecting
         "gpt_model_path": ENGINE_PATH_IN_POD,
         "batching_strategy": "inflight_fused_batching",
         "executor_worker_path": EXECUTOR_WORKER,
@@ -237,6 +237,9 @@ def unavailable_message(
     source_repo: str | None, source_revision: str | None,
 ) -> str:
     notes = []
+    if Path(model_source).expanduser().exists():
+        notes.append(f"Set MODEL to the model's Hugging Face id: {model_source} is a folder on this machine, "
+                     "which the Job cannot read.")
     if publish is None:
         notes.append("Set PUBLISH to your bucket: compile.py was run without --publish.")
     if source_repo is None or source_revision is None:

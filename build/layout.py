@@ -27,8 +27,6 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
 @dataclass(frozen=True)
 class Options:
     apply_chat_template: bool
-    # The ensemble takes this many requests at once; more wait in Triton's queue.
-    max_concurrent_requests: int = 64
     # How long tensorrt_llm waits for more requests to join a batch that is about to start.
     max_queue_delay_microseconds: int = 2000
     # 0: the CPU model uses every core its process may run on.
@@ -83,7 +81,9 @@ def shared_models(repository: Path, plan: Plan, checkpoint_dir: Path, options: O
         "postprocessing": {"max_batch_size": plan.max_batch_size, "skip_special_tokens": True,
                            "postprocessing_instances": 1},
         "ensemble": {"max_batch_size": plan.max_batch_size, "skip_special_tokens": True,
-                     "max_concurrent_requests": options.max_concurrent_requests,
+                     # Twice what one batch holds: tensorrt_llm always has the next batch waiting
+                     # (so its queue gauge shows load), and the rest wait in Triton's queue.
+                     "max_concurrent_requests": 2 * plan.max_batch_size,
                      "tensorrt_llm_inputs": "token_ids" if token_ids else "text"},
     }
     for name, values in models.items():

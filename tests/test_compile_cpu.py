@@ -51,6 +51,16 @@ def test_build_json_records_the_build_and_every_file(cpu_repository: Path):
     assert len(document["build_id"]) == 16
 
 
+def test_the_converted_checkpoint_reads_in_transformers_4_too(cpu_repository: Path):
+    """The pinned Triton image has its own transformers: no v5-only names in what we write."""
+    tokenizer_config = json.loads((cpu_repository / "preprocessing" / "1" / "tokenizer" /
+                                   "tokenizer_config.json").read_text())
+    assert tokenizer_config["tokenizer_class"] == "PreTrainedTokenizerFast"
+    config = json.loads((cpu_repository / "tensorrt_llm" / "1" / "checkpoint" / "config.json").read_text())
+    assert config["rope_theta"] == config["rope_parameters"]["rope_theta"] == 100000.0
+    assert "quantization_config" not in config
+
+
 def test_rebuild_with_nothing_changed_reuses_everything(cpu_repository: Path):
     before = manifest.read(cpu_repository)
     began = time.monotonic()
@@ -97,7 +107,7 @@ def test_local_checkpoint_folder_and_chat_template_switch(cpu_repository: Path, 
     assert result.returncode == 0, result.stderr
     document = manifest.read(out)
     assert document["model"]["name"] == "my-model"
-    assert document["model"]["source"] == str(model_dir)
+    assert document["model"]["source"] == "local:my-model"
     assert document["options"]["apply_chat_template"] is False
     assert 'key: "apply_chat_template" value: { string_value: "false" }' in (
         out / "preprocessing" / "config.pbtxt").read_text()

@@ -7,6 +7,7 @@ postprocessing settles the tail, so the streamed pieces always add up to the non
 
 from __future__ import annotations
 
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -66,11 +67,16 @@ class TritonPythonModel:
         tokenizer_dir = version_dir / parameter(config, "tokenizer_dir", str)
         self.tokenizer = Tokenizer.from_file(str(tokenizer_dir / "tokenizer.json"))
         self.skip_special_tokens = parameter(config, "skip_special_tokens", bool)
-        self.workers = ThreadPoolExecutor(max_workers=parameter(config, "max_concurrent_requests", int))
+        concurrent = parameter(config, "max_concurrent_requests", int)
+        self.workers = ThreadPoolExecutor(max_workers=concurrent)
+        # execute() blocks while every worker is busy, so the backlog stays in Triton's queue, where
+        # the pending-request metric (and so the autoscaler) can see it.
+        self.slots = threading.BoundedSemaphore(concurrent)
         self.text_in_text_out = parameter(config, "tensorrt_llm_inputs", str) == "text"
 
     def execute(self, requests):
         for request in requests:
+            self.slots.acquire()
             self.workers.submit(self.serve, request)
         return None
 
@@ -78,6 +84,12 @@ class TritonPythonModel:
         self.workers.shutdown(wait=True)
 
     def serve(self, request) -> None:
+        try:
+            self.answer(request)
+        finally:
+            self.slots.release()
+
+    def answer(self, request) -> None:
         sender = request.get_response_sender()
         try:
             stream_tensor = pb_utils.get_input_tensor_by_name(request, "stream")
@@ -91,7 +103,9 @@ class TritonPythonModel:
             if stream:
                 self.stream_row(request, sender)
                 return
-            texts = [self.decode(self.generate_ids(request, row)) for row in range(rows)]
+            # the rows of one request run side by side, so tensorrt_llm batches them
+            with ThreadPoolExecutor(max_workers=rows) as row_workers:
+                texts = list(row_workers.map(lambda row: self.decode(self.generate_ids(request, row)), range(rows)))
             sender.send(pb_utils.InferenceResponse([text_tensor(texts)]), flags=FINAL)
         except RequestError as error:
             sender.send(pb_utils.InferenceResponse(error=pb_utils.TritonError(str(error))), flags=FINAL)

@@ -42,7 +42,6 @@ class Sequence:
     bad_words: list[list[int]] = field(default_factory=list)
     sampling: Sampling = field(default_factory=Sampling)
     generated: list[int] = field(default_factory=list)
-    done: bool = False
     generator: torch.Generator | None = None
 
     def __post_init__(self) -> None:
@@ -131,7 +130,6 @@ def generate(
             if token != sequence.end_id:
                 on_token(index, token)
             if done or is_cancelled(index):
-                sequence.done = True
                 on_finish(index)
             else:
                 keep.append(row)
