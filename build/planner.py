@@ -326,10 +326,16 @@ def plan(
             f"{gpu.name} runs the {' or '.join(gpu.runtimes)} runtime; --runtime {runtime} is not one of them"
         )
     if runtime == "engine" and shape.engine_family is None:
+        suggestion = "Pass --runtime llmapi"
+        needed = PREQUANTIZED_MIN_CC.get(shape.quant_method or "")
+        if needed and float(gpu.compute_capability) < needed:  # llmapi would refuse this GPU too
+            able = [g.name for g in catalog.gpus().values() if g.compute_capability and
+                    float(g.compute_capability) >= needed]
+            suggestion += (f" with --gpu {' or '.join(able)} ({gpu.name} has no {shape.quant_method} kernels, "
+                           "which its weights need)")
         raise PlanError(
             f"{shape.name} ({shape.architecture}) has no TensorRT engine recipe in TensorRT-LLM "
-            f"{catalog.versions()['tensorrt_llm']['version']}; only the PyTorch backend serves it. "
-            "Pass --runtime llmapi"
+            f"{catalog.versions()['tensorrt_llm']['version']}; only the PyTorch backend serves it. {suggestion}"
         )
     if gpu.is_cpu and tp not in (None, 1):
         raise PlanError(f"the cpu target runs in one process; drop --tp {tp}")

@@ -318,6 +318,12 @@ def test_gpt_oss_has_no_engine_recipe():
         "gpt-oss-20b (GptOssForCausalLM) has no TensorRT engine recipe in TensorRT-LLM 1.2.1; "
         "only the PyTorch backend serves it. Pass --runtime llmapi"
     )
+    # on a GPU where llmapi would refuse it as well, the way forward names the GPUs that serve it
+    assert refusal("gpt-oss-20b", "l4") == (
+        "gpt-oss-20b (GptOssForCausalLM) has no TensorRT engine recipe in TensorRT-LLM 1.2.1; "
+        "only the PyTorch backend serves it. Pass --runtime llmapi with --gpu h100 or h200 or b200 "
+        "(l4 has no mxfp4 kernels, which its weights need)"
+    )
 
 
 def test_gpt_oss_mxfp4_needs_hopper_or_blackwell():
