@@ -21,7 +21,8 @@ class Gpu:
     name: str
     accelerator: str
     compute_capability: str
-    memory_gib: int
+    memory_gib: float  # as the driver reports it (nvidia-smi memory.total): what plans budget against
+    marketed_memory_gb: int  # the spec-sheet size, for display
     machine_types: dict[int, str]
     pod_cpu: int
     pod_memory_gib: int
@@ -50,7 +51,8 @@ def gpus() -> dict[str, Gpu]:
             name=name,
             accelerator=entry["accelerator"],
             compute_capability=entry["compute_capability"],
-            memory_gib=entry["memory_gib"],
+            memory_gib=float(entry["memory_gib"]),
+            marketed_memory_gb=entry["marketed_memory_gb"],
             machine_types={int(count): machine for count, machine in entry["machine_types"].items()},
             pod_cpu=entry["pod_cpu"],
             pod_memory_gib=entry["pod_memory_gib"],

@@ -1,8 +1,10 @@
 """Plan a deployment of one model on one catalog target: precision, tensor parallelism, limits, KV budget.
 
-All memory is in GiB (2**30 bytes), the unit `memory_gib` in gpus.toml is given in. The arithmetic,
-per GPU of a TP group:
+All memory is in GiB (2**30 bytes), the unit `memory_gib` in gpus.toml is given in: the memory the
+driver reports per GPU (nvidia-smi memory.total), not the marketed size. The arithmetic, per GPU of
+a TP group:
 
+    memory     = memory_gib x 2**30, rounded down to whole bytes
     weights    = (embedding + norms) at 16-bit, replicated on every rank
                + (attention + MLP) at the precision's bytes per weight, split over TP
                + lm_head at 16-bit, split over TP
@@ -156,7 +158,7 @@ def weight_bytes(shape: ModelShape, precision: str, tp: int = 1) -> tuple[int, i
 def _memory(shape: ModelShape, gpu: catalog.Gpu, precision: str, tp: int) -> _Memory:
     total, per_gpu = weight_bytes(shape, precision, tp)
     # The cpu target has no GPU: its budget is the Triton pod's memory request.
-    memory = (gpu.pod_memory_gib if gpu.is_cpu else gpu.memory_gib) * GIB
+    memory = int((gpu.pod_memory_gib if gpu.is_cpu else gpu.memory_gib) * GIB)
     kv_heads = max(1, shape.num_kv_heads // tp)  # TP > kv_heads replicates KV heads
     return _Memory(
         weights_total=total,
@@ -406,11 +408,11 @@ def _too_big(
     shape: ModelShape, gpu: catalog.Gpu, runtime: str, precision: str, tp: int, seq_len: int, mem: _Memory,
     *, precision_given: bool,
 ) -> str:
-    where = "of pod memory" if gpu.is_cpu else "per GPU"
+    has = f"{gpu.pod_memory_gib} GiB of pod memory" if gpu.is_cpu else f"{gpu.memory_gib:.2f} GiB per GPU"
     one_seq = mem.kv_bytes_per_token * seq_len
     need = mem.weights_per_gpu + mem.headroom + one_seq
     message = (
-        f"{gpu.name} has {gpu.pod_memory_gib if gpu.is_cpu else gpu.memory_gib} GiB {where}; "
+        f"{gpu.name} has {has}; "
         f"{shape.name} at {precision} with --tp {tp} needs {mem.weights_per_gpu / GIB:.1f} GiB of weights, "
         f"{mem.headroom / GIB:.1f} GiB runtime headroom and {one_seq / GIB:.1f} GiB of KV cache for one "
         f"{seq_len}-token sequence ({need / GIB:.1f} GiB)."

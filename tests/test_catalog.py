@@ -41,6 +41,19 @@ def test_fp8_exactly_from_sm89_and_nvfp4_exactly_from_sm100(gpu):
     assert ("nvfp4" in gpu.precisions) == (cc >= 10.0)
 
 
+def test_memory_is_what_nvidia_smi_reports_not_the_marketed_size():
+    # nvidia-smi --query-gpu=memory.total (MiB) per GPU, / 1024, two decimals: plans budget against this
+    reported_mib = {"l4": 23034, "a100-40gb": 40960, "a100-80gb": 81920, "h100": 81559, "h200": 143771,
+                    "b200": 183359}
+    assert {g.name: g.memory_gib for g in GPU_TARGETS} == {
+        name: round(mib / 1024, 2) for name, mib in reported_mib.items()
+    }
+    assert {g.name: g.marketed_memory_gb for g in GPU_TARGETS} == {
+        "l4": 24, "a100-40gb": 40, "a100-80gb": 80, "h100": 80, "h200": 141, "b200": 180,
+    }
+    assert all(g.memory_gib <= g.marketed_memory_gb for g in GPU_TARGETS)
+
+
 def test_a100_has_neither_fp8_nor_nvfp4():
     for name in ("a100-40gb", "a100-80gb"):
         precisions = catalog.gpu(name).precisions
@@ -81,7 +94,8 @@ def test_unknown_target_names_the_known_ones():
 def catalog_markdown() -> str:
     """The catalog as the table in docs/gpu-builds.md (between the catalog markers)."""
     rows = [
-        "| target | GKE accelerator label | compute capability | memory per GPU | machine types (GPUs per node) "
+        "| target | GKE accelerator label | compute capability | memory per GPU (marketed) "
+        "| machine types (GPUs per node) "
         "| pod cpu / memory per GPU | precisions (default first) | runtimes |",
         "|---|---|---|---|---|---|---|---|",
     ]
@@ -90,7 +104,8 @@ def catalog_markdown() -> str:
         precisions = [g.default_precision, *(p for p in g.precisions if p != g.default_precision)]
         rows.append(
             f"| `{g.name}` | {f'`{g.accelerator}`' if g.accelerator else '(none)'} "
-            f"| {g.compute_capability or '-'} | {f'{g.memory_gib} GiB' if g.memory_gib else '-'} "
+            f"| {g.compute_capability or '-'} "
+            f"| {f'{g.memory_gib:.2f} GiB ({g.marketed_memory_gb} GB)' if g.memory_gib else '-'} "
             f"| {machines} | {g.pod_cpu} / {g.pod_memory_gib} GiB | {', '.join(precisions)} "
             f"| {', '.join(g.runtimes)} |"
         )

@@ -127,20 +127,35 @@ def test_llama_8b_weight_bytes_per_precision(precision, expected):
 
 # ---- plans ------------------------------------------------------------------------------------
 
+# Memory per GPU as the driver reports it: memory_gib x 2**30, rounded down to whole bytes.
+#   l4    22.49 GiB = 22 x 1,073,741,824 + 0.49 x 1,073,741,824 = 23,622,320,128 + 526,133,493.76
+#         -> 24,148,453,621
+#   h100  79.65 GiB = 84,825,604,096 + 697,932,185.6 -> 85,523,536,281
+#   h200 140.40 GiB = 150,323,855,360 + 429,496,729.6 -> 150,753,352,089
+#   b200 179.06 GiB = 192,199,786,496 + 64,424,509.44 -> 192,264,211,005
+# headroom = max(2 GiB, 10% of that, rounded down): l4 2,414,845,362 (2.25 GiB), h100 8,552,353,628
+# (7.96 GiB), h200 15,075,335,208 (14.04 GiB), b200 19,226,421,100 (17.91 GiB)
+
+
+def test_budgets_use_the_memory_the_driver_reports():
+    # nvidia-smi memory.total: L4 23,034 MiB, H100 81,559 MiB; / 1024 = 22.494, 79.647 -> 22.49, 79.65
+    assert plan("Llama-3.1-8B", "l4").memory_gib == 22.49
+    assert plan("Llama-3.1-8B", "h100").memory_gib == 79.65
+
 
 def test_llama_8b_on_h100_by_hand():
     p = plan("Llama-3.1-8B", "h100")
     # default precision on H100 is fp8 -> weights 9,081,200,640 B (above), KV in fp8
-    # headroom = max(2 GiB, 10% of 80 GiB) = 8 GiB = 8,589,934,592
-    # KV budget = 85,899,345,920 - 9,081,200,640 - 8,589,934,592 = 68,228,210,688
+    # headroom = max(2 GiB, 10% of 85,523,536,281) = 8,552,353,628
+    # KV budget = 85,523,536,281 - 9,081,200,640 - 8,552,353,628 = 67,889,982,013
     # KV/token = 32 layers x 8 KV heads x 128 x 2 x 1 byte = 65,536
-    # tokens = 68,228,210,688 // 65,536 = 1,041,079 -> whole 32-token blocks: 1,041,056
-    # max_seq_len = min(8192, 131072); 1,041,056 // 8192 = 127 full sequences
-    # max_batch_size = largest power of two <= 1,041,056 // 4096 (= 254) -> 128
+    # tokens = 67,889,982,013 // 65,536 = 1,035,918 -> whole 32-token blocks: 1,035,904
+    # max_seq_len = min(8192, 131072); 1,035,904 // 8192 = 126 full sequences
+    # max_batch_size = largest power of two <= 1,035,904 // 4096 (= 252) -> 128
     assert (p.precision, p.kv_cache_dtype, p.tp, p.pp) == ("fp8", "fp8", 1, 1)
     assert p.kv_bytes_per_token == 65_536
-    assert p.kv_tokens == 1_041_056
-    assert p.max_len_sequences == 127
+    assert p.kv_tokens == 1_035_904
+    assert p.max_len_sequences == 126
     assert p.limits() == {
         "max_batch_size": 128,
         "max_input_len": 4096,
@@ -149,8 +164,8 @@ def test_llama_8b_on_h100_by_hand():
         "max_num_tokens": 8192,
     }
     assert p.weights_gib == pytest.approx(9_081_200_640 / GIB, abs=0.005)
-    assert p.headroom_gib == 8.0
-    assert p.kv_budget_gib == pytest.approx(68_228_210_688 / GIB, abs=0.005)
+    assert p.headroom_gib == pytest.approx(8_552_353_628 / GIB, abs=0.005)
+    assert p.kv_budget_gib == pytest.approx(67_889_982_013 / GIB, abs=0.005)
     assert (p.machine_type, p.accelerator) == ("a3-highgpu-1g", "nvidia-h100-80gb")
     assert p.compute_capability == "9.0"
 
@@ -159,18 +174,19 @@ def test_llama_70b_on_l4_needs_four_gpus_by_hand():
     p = plan("Llama-3.1-70B", "l4")
     # fp8: linear 68,451,041,280 x 1 + lm_head 1,050,673,152 x 2 = 70,552,387,584, split over TP;
     #      embedding + norms (1,050,673,152 + 1,318,912) x 2 = 2,103,984,128 on every GPU
-    # TP 2: 2,103,984,128 + 35,276,193,792 = 34.8 GiB > 24 GiB; TP 4: 2,103,984,128 + 17,638,096,896
+    # TP 2: 2,103,984,128 + 35,276,193,792 = 34.8 GiB > 22.49 GiB; TP 4: 2,103,984,128 + 17,638,096,896
     #       = 19,742,081,024 B per GPU
-    # headroom = max(2 GiB, 2.4 GiB) = int(25,769,803,776 x 0.1) = 2,576,980,377
-    # KV budget = 25,769,803,776 - 19,742,081,024 - 2,576,980,377 = 3,450,742,375
+    # headroom = max(2 GiB, 2.25 GiB) = int(24,148,453,621 x 0.1) = 2,414,845,362
+    # KV budget = 24,148,453,621 - 19,742,081,024 - 2,414,845,362 = 1,991,527,235
     # KV/token per GPU = 80 layers x (8 / 4) KV heads x 128 x 2 x 1 = 40,960
-    # tokens = 3,450,742,375 // 40,960 = 84,246 -> 84,224 (blocks of 32); 84,224 // 8192 = 10 sequences
-    # max_batch_size = power of two <= 84,224 // 4096 (= 20) -> 16
+    # tokens = 1,991,527,235 // 40,960 = 48,621 -> 48,608 (blocks of 32); 48,608 // 8192 = 5 sequences
+    # max_batch_size = power of two <= 48,608 // 4096 (= 11) -> 8
     assert (p.precision, p.tp, p.machine_type) == ("fp8", 4, "g2-standard-48")
+    assert p.headroom_gib == pytest.approx(2_414_845_362 / GIB, abs=0.005)
     assert p.kv_bytes_per_token == 40_960
-    assert p.kv_tokens == 84_224
-    assert p.max_len_sequences == 10
-    assert p.max_batch_size == 16
+    assert p.kv_tokens == 48_608
+    assert p.max_len_sequences == 5
+    assert p.max_batch_size == 8
 
 
 def test_gpt_oss_20b_on_h100_llmapi_as_shipped_by_hand():
@@ -178,12 +194,12 @@ def test_gpt_oss_20b_on_h100_llmapi_as_shipped_by_hand():
     # experts stay MXFP4 (4 bits + 8-bit scale per 32 = 17/32 byte): 19,119,145,728 x 17/32 = 10,157,046,168
     # attention 637,203,456 and lm_head 579,133,440 at bf16: 2,432,673,792
     # embedding + norms (579,133,440 + 141,120) x 2 = 1,158,549,120
-    # total 13,748,269,080 B; KV budget = 85,899,345,920 - 13,748,269,080 - 8,589,934,592 = 63,561,142,248
-    # KV/token = 24 layers x 8 x 64 x 2 x 2 bytes = 49,152 -> 1,293,155 -> 1,293,152 tokens
+    # total 13,748,269,080 B; KV budget = 85,523,536,281 - 13,748,269,080 - 8,552,353,628 = 63,222,913,573
+    # KV/token = 24 layers x 8 x 64 x 2 x 2 bytes = 49,152 -> 1,286,273 -> 1,286,272 tokens
     assert (p.precision, p.kv_cache_dtype, p.tp) == ("mxfp4", "bf16", 1)
     assert p.weights_gib == pytest.approx(13_748_269_080 / GIB, abs=0.005)
-    assert p.kv_tokens == 1_293_152
-    assert p.max_batch_size == 256  # 1,293,152 // 4096 = 315 -> 256, the cap
+    assert p.kv_tokens == 1_286_272
+    assert p.max_batch_size == 256  # 1,286,272 // 4096 = 314 -> 256, the cap
 
 
 def test_smollm2_on_cpu_by_hand():
@@ -205,9 +221,13 @@ def test_smollm2_on_cpu_by_hand():
 
 def test_asked_max_seq_len_raises_tp_until_one_sequence_fits():
     p = plan("Llama-3.1-8B", "l4", precision="bf16", max_seq_len=131072)
-    # bf16 at TP 1: 14.96 GiB weights + 2.4 headroom leaves 6.64 GiB = 54,392 tokens of 128 KiB: < 131072
-    # TP 2: KV/token 32 x 4 x 128 x 2 x 2 = 65,536 per GPU, room for one 131072-token sequence
+    # bf16 at TP 1: 24,148,453,621 - 16,060,522,496 weights - 2,414,845,362 headroom = 5,673,085,763
+    #   (5.28 GiB) // 131,072 per token = 43,282 -> 43,264 tokens: < 131072
+    # TP 2: weights 1,051,205,632 + (13,958,643,712 + 1,050,673,152) / 2 = 8,555,864,064 per GPU;
+    #   24,148,453,621 - 8,555,864,064 - 2,414,845,362 = 13,177,744,195 // 65,536 per token
+    #   (32 x 4 x 128 x 2 x 2) = 201,076 -> 201,056 tokens: one 131072-token sequence
     assert (p.tp, p.max_seq_len, p.max_input_len, p.max_output_len) == (2, 131072, 65536, 65536)
+    assert p.kv_tokens == 201_056
     assert p.max_len_sequences == 1
 
 
@@ -247,18 +267,22 @@ def test_format_table_shows_the_plan():
     table = planner.format_table(plan("Llama-3.1-8B", "h100"))
     assert "Llama-3.1-8B on h100 (engine)" in table
     assert "│ max_batch_size" in table and "│              128 │" in table
-    assert "1,041,056" in table
+    assert "│ memory per GPU             │        79.65 GiB │" in table
+    assert "1,035,904" in table
 
 
 # ---- refusals ---------------------------------------------------------------------------------
 
 
 def test_70b_bf16_on_one_h100_names_what_fits():
-    # weights 141,107,412,992 B = 131.4 GiB; headroom 8 GiB; one 8192-token sequence in bf16:
-    # 80 x 8 x 128 x 2 x 2 x 8192 = 2.5 GiB. --tp 2: 66.7 GiB per GPU; --precision fp8: 67.7 GiB;
-    # h200 (141 GiB) lacks room at TP 1 (131.4 + 14.1 > 141), b200 (180 GiB) has it.
+    # weights 141,107,412,992 B = 131.4 GiB; headroom 8,552,353,628 B = 7.96 GiB; one 8192-token
+    # sequence in bf16: 80 x 8 x 128 x 2 x 2 x 8192 = 2,684,354,560 B = 2.5 GiB; sum 152,344,121,180 B.
+    # --tp 2: 71,605,698,560 B of weights per GPU leaves 5,365,484,093 // 163,840 = 32,736 tokens;
+    # --precision fp8: 72,656,371,712 B leaves 4,314,810,941 // 163,840 = 26,304 tokens.
+    # Bigger GPUs at TP 1: h200 (140.40 GiB) lacks room (131.4 + 14.0 headroom > 140.4), b200
+    # (179.06 GiB) has it; a100-80gb (80.00 > 79.65 GiB) needs TP 2, so b200 is the one named.
     assert refusal("Llama-3.1-70B", "h100", precision="bf16", tp=1) == (
-        "h100 has 80 GiB per GPU; Llama-3.1-70B at bf16 with --tp 1 needs 131.4 GiB of weights, "
+        "h100 has 79.65 GiB per GPU; Llama-3.1-70B at bf16 with --tp 1 needs 131.4 GiB of weights, "
         "8.0 GiB runtime headroom and 2.5 GiB of KV cache for one 8192-token sequence (141.9 GiB). "
         "Pass --tp 2, or --precision fp8, or --gpu b200."
     )
@@ -274,8 +298,16 @@ def test_70b_on_cpu_points_to_a_gpu():
 
 def test_a_long_context_that_does_not_fit_suggests_a_shorter_one():
     message = refusal("Llama-3.1-8B", "l4", precision="bf16", tp=1, max_seq_len=131072)
-    # TP 1 leaves 6.6 GiB = 54,368 bf16 tokens: the largest power of two under that is 32768
-    assert message.endswith("Pass --tp 2, or --precision fp8, or --max-seq-len 32768, or --gpu a100-40gb.")
+    # TP 1 leaves 5.28 GiB = 43,264 bf16 tokens (above): the largest power of two under that is 32768.
+    # needs 16,060,522,496 B weights (15.0 GiB) + 2,414,845,362 headroom (2.2 GiB) + 131,072 x 131,072
+    #   = 17,179,869,184 B of KV (16.0 GiB) = 35,655,237,042 B (33.2 GiB)
+    # fp8 at TP 1: 24,148,453,621 - 9,081,200,640 - 2,414,845,362 = 12,652,407,619 // 65,536 = 193,056
+    #   tokens; a100-40gb at bf16: (42,949,672,960 - 16,060,522,496 - 4,294,967,296) // 131,072 -> 172,352
+    assert message == (
+        "l4 has 22.49 GiB per GPU; Llama-3.1-8B at bf16 with --tp 1 needs 15.0 GiB of weights, "
+        "2.2 GiB runtime headroom and 16.0 GiB of KV cache for one 131072-token sequence (33.2 GiB). "
+        "Pass --tp 2, or --precision fp8, or --max-seq-len 32768, or --gpu a100-40gb."
+    )
 
 
 def test_nothing_fits_anywhere():
