@@ -171,13 +171,15 @@ def test_fp8_build_commands_for_llama_8b_on_h100():
 
 def test_bf16_build_commands_for_llama_70b_over_two_h100s():
     plan = make_plan("Llama-3.1-70B", "h100", precision="bf16")
-    # planner: TP 2 (131.4 GiB of bf16 weights), 34,784 KV tokens per GPU -> max_batch_size 8
+    # planner: TP 2 (131.4 GiB of bf16 weights); per GPU 85,523,536,281 B (79.65 GiB) - 71,605,698,560 weights
+    # - 8,552,353,628 headroom = 5,365,484,093 B / 163,840 B per token = 32,736 KV tokens (whole blocks of 32)
+    # -> 7 half-length (4096) sequences -> max_batch_size 4 (power of two)
     assert engine.build_commands(plan, Path("/src/Llama-3.1-70B"), Path("/work/build")) == [
         ["python3", "/app/examples/models/core/llama/convert_checkpoint.py",
          "--model_dir", "/src/Llama-3.1-70B", "--output_dir", "/work/build/checkpoint",
          "--dtype", "bfloat16", "--tp_size", "2", "--pp_size", "1", "--workers", "2"],
         ["trtllm-build", "--checkpoint_dir", "/work/build/checkpoint", "--output_dir", "/work/build/engine",
-         "--max_batch_size", "8", "--max_input_len", "4096", "--max_seq_len", "8192",
+         "--max_batch_size", "4", "--max_input_len", "4096", "--max_seq_len", "8192",
          "--max_num_tokens", "8192", "--max_beam_width", "1", "--kv_cache_type", "paged",
          "--tokens_per_block", "32", "--gemm_plugin", "auto", "--use_paged_context_fmha", "enable",
          "--use_fp8_context_fmha", "disable", "--multiple_profiles", "enable", "--workers", "2"],
