@@ -11,11 +11,16 @@ FORMAT = 1
 MANIFEST = "build.json"
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
+def feed_file(digest, path: Path) -> None:
+    """Add a file's bytes to a running hash, a few MiB at a time (weights are GBs)."""
     with path.open("rb") as handle:
         while chunk := handle.read(1 << 22):
             digest.update(chunk)
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    feed_file(digest, path)
     return digest.hexdigest()
 
 

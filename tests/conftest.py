@@ -6,6 +6,7 @@ import socket
 import subprocess
 import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,17 +53,22 @@ class Server:
         return f"http://{self.host}:{self.metrics_port}/metrics"
 
 
-@pytest.fixture(scope="session")
-def triton(cpu_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+@contextmanager
+def triton_server(repository: Path, log_dir: Path) -> Iterator[Server]:
+    """The real tritonserver on free ports, ready; it must stop cleanly when the tests are done."""
     import serve
 
     ports = serve.Ports(free_port(), free_port(), free_port())
-    log = tmp_path_factory.mktemp("triton") / "tritonserver.log"
-    process = serve.start(cpu_repository, ports, log_file=log)
+    log = log_dir / "tritonserver.log"
     try:
-        serve.wait_ready(process, "127.0.0.1", ports, timeout=120)
+        with serve.running(repository, ports, log_file=log) as running:
+            yield Server("127.0.0.1", ports.http, ports.grpc, ports.metrics, repository, log)
     except serve.ServeError:
-        serve.stop(process)
         pytest.fail(f"tritonserver did not become ready:\n{log.read_text()[-4000:]}")
-    yield Server("127.0.0.1", ports.http, ports.grpc, ports.metrics, cpu_repository, log)
-    assert serve.stop(process) == 0, log.read_text()[-4000:]
+    assert running.process.returncode == 0, log.read_text()[-4000:]
+
+
+@pytest.fixture(scope="session")
+def triton(cpu_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    with triton_server(cpu_repository, tmp_path_factory.mktemp("triton")) as server:
+        yield server

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
-from conftest import free_port
+from conftest import Server, triton_server
 from llm_client import GrpcLlmClient, http_generate, http_generate_stream
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -78,30 +79,20 @@ def test_llmapi_repository_has_the_ensemble_alone_and_consistent_batching(llmapi
 
 
 @pytest.fixture(scope="module")
-def standin_server(llmapi_repository: Path, tmp_path_factory: pytest.TempPathFactory):
-    import serve
-
+def standin_server(llmapi_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     (llmapi_repository / "tensorrt_llm" / "1" / "model.py").write_text(STANDIN_LLMAPI_MODEL)
-    ports = serve.Ports(free_port(), free_port(), free_port())
-    log = tmp_path_factory.mktemp("llmapi-triton") / "tritonserver.log"
-    process = serve.start(llmapi_repository, ports, log_file=log)
-    try:
-        serve.wait_ready(process, "127.0.0.1", ports, timeout=120)
-    except serve.ServeError:
-        serve.stop(process)
-        pytest.fail(log.read_text()[-4000:])
-    yield ports
-    serve.stop(process)
+    with triton_server(llmapi_repository, tmp_path_factory.mktemp("llmapi-triton")) as server:
+        yield server
 
 
 def test_llmapi_ensemble_maps_our_api_onto_a_standin_llmapi_model_mock(standin_server):
-    http = f"127.0.0.1:{standin_server.http}"
+    http = standin_server.http
     status, body = http_generate(http, {"text_input": "one two three four", "max_tokens": 3})
     assert (status, body["text_output"]) == (200, "echo: one two")
     request = {"text_input": "one two three four", "max_tokens": 16, "stream": True}
     sse = http_generate_stream(http, request)
     assert sse.pieces == ["echo:", " one", " two", " three", " four"]
-    client = GrpcLlmClient(f"127.0.0.1:{standin_server.grpc}")
+    client = GrpcLlmClient(standin_server.grpc)
     try:
         assert client.send(request).text == "echo: one two three four"
         assert client.send({**request, "stop_words": ["two"]}).text == "echo: one two"

@@ -123,11 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     shutil.rmtree(scratch)
 
     ports = serve.Ports(18100, 18101, 18102)
-    began = time.monotonic()
-    process = serve.start(out, ports, log_file=ROOT / "out" / "bench-tritonserver.log")
-    try:
-        serve.wait_ready(process, "127.0.0.1", ports)
-        print(f"serve start to READY:                              {time.monotonic() - began:6.1f} s")
+    with serve.running(out, ports, log_file=ROOT / "out" / "bench-tritonserver.log") as server:
+        print(f"serve start to READY:                              {server.seconds_to_ready:6.1f} s")
         url = f"127.0.0.1:{ports.grpc}"
         stream_once(url, 4)  # warm-up
         levels = {c: load_level(url, c, args.requests, args.max_tokens) for c in (1, 4, 8)}
@@ -136,14 +133,12 @@ def main(argv: list[str] | None = None) -> int:
         for c, level in levels.items():
             print(f"  {c:>11}   {level['ttft_ms']:7.0f}   {level['itl_ms']:6.1f}   {level['tokens_per_s']:15.1f}")
         print(f"  throughput at 8 / at 1: {levels[8]['tokens_per_s'] / levels[1]['tokens_per_s']:.2f}x")
-        print(f"server memory (tritonserver + python stubs, RSS): {process_tree_rss_mib(process.pid):.0f} MiB")
+        print(f"server memory (tritonserver + python stubs, RSS): {process_tree_rss_mib(server.process.pid):.0f} MiB")
         tokenizer = AutoTokenizer.from_pretrained(out / "preprocessing" / "1" / "tokenizer")
         through, straight = end_to_end(url, tokenizer, args.max_tokens, args.rounds)
         print(f"\nend to end, {args.max_tokens} tokens, median of {args.rounds}: ensemble {1000 * through:.0f} ms, "
               f"tensorrt_llm alone {1000 * straight:.0f} ms, ensemble overhead "
               f"{100 * (through - straight) / through:.1f}% of end-to-end latency")
-    finally:
-        serve.stop(process)
     return 0
 
 

@@ -34,30 +34,28 @@ def main(argv: list[str] | None = None) -> int:
     repository = Path(build.stdout.strip())
     ports = serve.Ports()
     print(f"* serve: {repository}", file=sys.stderr)
-    process = serve.start(repository, ports, log_file=repository.parent / "tritonserver.log")
+    log = repository.parent / "tritonserver.log"
     try:
-        seconds = serve.wait_ready(process, "127.0.0.1", ports)
-        print(f"* READY in {seconds:.1f} s (log: {repository.parent / 'tritonserver.log'})", file=sys.stderr)
-        client = GrpcLlmClient(f"127.0.0.1:{ports.grpc}")
-        print(f"\n> {args.prompt}\n", flush=True)
-        answer = client.send({"text_input": args.prompt, "max_tokens": args.max_tokens, "stream": True})
-        client.close()
-        if answer.error:
-            print(f"error: {answer.error}", file=sys.stderr)
-            return 1
-        print(answer.text + "\n")
-        print(f"Ask it yourself: curl -s localhost:{ports.http}/v2/models/ensemble/generate "
-              """-d '{"text_input": "Name three planets.", "max_tokens": 32}'""", file=sys.stderr)
-        if args.keep_serving:
-            print("* serving; Ctrl-C to stop", file=sys.stderr)
-            process.wait()
+        with serve.running(repository, ports, log_file=log) as server:
+            print(f"* READY in {server.seconds_to_ready:.1f} s (log: {log})", file=sys.stderr)
+            client = GrpcLlmClient(f"127.0.0.1:{ports.grpc}")
+            print(f"\n> {args.prompt}\n", flush=True)
+            answer = client.send({"text_input": args.prompt, "max_tokens": args.max_tokens, "stream": True})
+            client.close()
+            if answer.error:
+                print(f"error: {answer.error}", file=sys.stderr)
+                return 1
+            print(answer.text + "\n")
+            print(f"Ask it yourself: curl -s localhost:{ports.http}/v2/models/ensemble/generate "
+                  """-d '{"text_input": "Name three planets.", "max_tokens": 32}'""", file=sys.stderr)
+            if args.keep_serving:
+                print("* serving; Ctrl-C to stop", file=sys.stderr)
+                server.process.wait()
     except serve.ServeError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         pass
-    finally:
-        serve.stop(process)
     return 0
 
 

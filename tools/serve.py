@@ -23,6 +23,8 @@ import sysconfig
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -146,6 +148,25 @@ def stop(process: subprocess.Popen, timeout: float = 40.0) -> int:
             process.kill()
             process.wait()
     return process.returncode
+
+
+@dataclass(frozen=True)
+class Running:
+    process: subprocess.Popen
+    seconds_to_ready: float  # from start, as a user waits for it
+
+
+@contextmanager
+def running(repository: Path, ports: Ports, log_file: Path | None = None,
+            timeout: float = 120.0) -> Iterator[Running]:
+    """tritonserver on 127.0.0.1, ready; stopped on leaving, also when it never became ready."""
+    began = time.monotonic()
+    process = start(repository, ports, log_file=log_file)
+    try:
+        wait_ready(process, "127.0.0.1", ports, timeout)
+        yield Running(process, time.monotonic() - began)
+    finally:
+        stop(process)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -10,6 +10,8 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
+from tokenizers import Tokenizer
+
 
 def _as_bool(text: str) -> bool:
     if text.lower() in ("true", "1", "yes"):
@@ -38,3 +40,8 @@ def load_config(args: dict) -> tuple[dict, Path]:
     config = json.loads(args["model_config"])
     version_dir = Path(args["model_repository"]) / args["model_version"]
     return config, version_dir
+
+
+def load_tokenizer(model_config: dict, version_dir: Path) -> Tokenizer:
+    """The fast tokenizer the build put beside the model (parameter tokenizer_dir)."""
+    return Tokenizer.from_file(str(version_dir / parameter(model_config, "tokenizer_dir", str) / "tokenizer.json"))

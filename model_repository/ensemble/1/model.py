@@ -12,9 +12,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
-from model_params import load_config, parameter
+from model_params import load_config, load_tokenizer, parameter
 from streamed_text import StreamedText
-from tokenizers import Tokenizer
 
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
 
@@ -64,8 +63,7 @@ def checked(response) -> object:
 class TritonPythonModel:
     def initialize(self, args):
         config, version_dir = load_config(args)
-        tokenizer_dir = version_dir / parameter(config, "tokenizer_dir", str)
-        self.tokenizer = Tokenizer.from_file(str(tokenizer_dir / "tokenizer.json"))
+        self.tokenizer = load_tokenizer(config, version_dir)
         self.skip_special_tokens = parameter(config, "skip_special_tokens", bool)
         concurrent = parameter(config, "max_concurrent_requests", int)
         self.workers = ThreadPoolExecutor(max_workers=concurrent)

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
-from model_params import load_config, parameter
-from tokenizers import Tokenizer
+from model_params import load_config, load_tokenizer, parameter
 
 
 class TritonPythonModel:
     def initialize(self, args):
         config, version_dir = load_config(args)
-        tokenizer_dir = version_dir / parameter(config, "tokenizer_dir", str)
-        self.tokenizer = Tokenizer.from_file(str(tokenizer_dir / "tokenizer.json"))
+        self.tokenizer = load_tokenizer(config, version_dir)
         self.skip_special_tokens = parameter(config, "skip_special_tokens", bool)
 
     def decode(self, tokens: np.ndarray, lengths: np.ndarray) -> np.ndarray:
