@@ -1,17 +1,22 @@
-"""ensemble: text in, text out, over preprocessing -> tensorrt_llm -> postprocessing.
+"""ensemble: text in, text out, over preprocessing -> tensorrt_llm.
 
-Each request runs on a worker thread so the model can take the next one while tensorrt_llm batches
-them. Streams are detokenized incrementally (streamed_text.py); at the end of a stream the text from
-postprocessing settles the tail, so the streamed pieces always add up to the non-streamed answer.
+The composing models are called through this server's own gRPC endpoint (loopback.py says why not
+BLS), from one asyncio event loop that carries every request. Streams are detokenized
+incrementally (streamed_text.py); at the end of a stream the decode of the whole answer settles the
+tail, so the streamed pieces always add up to the non-streamed answer. A request whose client went
+away is noticed within cancellation_check_period_ms and its tensorrt_llm request is cancelled.
 """
 
 from __future__ import annotations
 
+import asyncio
+import os
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
+from loopback import Loopback, ModelError, Stream, Tensor, from_numpy
 from model_params import load_config, load_tokenizer, parameter
 from streamed_text import StreamedText
 
@@ -33,6 +38,7 @@ SAMPLING_INPUTS = {
     "random_seed": "seed", "seed": "seed", "beam_width": "beam_width",
     "exclude_input_in_output": "exclude_input_in_output",
 }
+TOKEN_OUTPUTS = ["output_ids", "sequence_length"]  # the C++ backend needs both asked for
 
 # The text-in, text-out llmapi model: what each of our inputs is called there.
 LLMAPI_INPUTS = {
@@ -50,14 +56,32 @@ class RequestError(ValueError):
     """A step refused the request; the message goes to the client."""
 
 
-def text_tensor(texts: list[str]) -> pb_utils.Tensor:
-    return pb_utils.Tensor("text_output", np.array([[t.encode("utf-8")] for t in texts], dtype=object))
+def text_response(texts: list[str]) -> pb_utils.InferenceResponse:
+    array = np.array([[t.encode("utf-8")] for t in texts], dtype=object)
+    return pb_utils.InferenceResponse([pb_utils.Tensor("text_output", array)])
 
 
-def checked(response) -> object:
-    if response.has_error():
-        raise RequestError(response.error().message())
-    return response
+def error_response(message: str) -> pb_utils.InferenceResponse:
+    return pb_utils.InferenceResponse(error=pb_utils.TritonError(message))
+
+
+def loopback_url(config: dict) -> str:
+    """tools/serve.py names the port it started tritonserver on; in the pod it is the configured one."""
+    return os.environ.get("TRITON_LOOPBACK_GRPC") or f"127.0.0.1:{parameter(config, 'loopback_grpc_port', int)}"
+
+
+class Tracked:
+    """One client request and the tensorrt_llm streams it has open, so a cancellation reaches them."""
+
+    def __init__(self, request):
+        self.request = request
+        self.streams: list[Stream] = []
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+        for stream in self.streams:
+            stream.cancel()
 
 
 class TritonPythonModel:
@@ -65,109 +89,130 @@ class TritonPythonModel:
         config, version_dir = load_config(args)
         self.tokenizer = load_tokenizer(config, version_dir)
         self.skip_special_tokens = parameter(config, "skip_special_tokens", bool)
-        concurrent = parameter(config, "max_concurrent_requests", int)
-        self.workers = ThreadPoolExecutor(max_workers=concurrent)
-        # execute() blocks while every worker is busy, so the backlog stays in Triton's queue, where
-        # the pending-request metric (and so the autoscaler) can see it.
-        self.slots = threading.BoundedSemaphore(concurrent)
         self.text_in_text_out = parameter(config, "tensorrt_llm_inputs", str) == "text"
+        self.check_period = parameter(config, "cancellation_check_period_ms", int) / 1000
+        self.url = loopback_url(config)
+        # execute() blocks while every slot is taken, so the backlog stays in Triton's queue, where
+        # the pending-request metric (and so the autoscaler) can see it.
+        self.slots = threading.BoundedSemaphore(parameter(config, "max_concurrent_requests", int))
+        self.tracked: set[Tracked] = set()
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="ensemble-loop", daemon=True)
+        self.thread.start()
+        self.loopback: Loopback = asyncio.run_coroutine_threadsafe(self.connect(), self.loop).result()
+
+    async def connect(self) -> Loopback:
+        self.watcher = asyncio.ensure_future(self.watch_cancellations())
+        return Loopback(self.url)
 
     def execute(self, requests):
         for request in requests:
             self.slots.acquire()
-            self.workers.submit(self.serve, request)
+            future = asyncio.run_coroutine_threadsafe(self.serve(request), self.loop)
+            future.add_done_callback(self.release)
         return None
 
+    def release(self, future: Future) -> None:
+        self.slots.release()
+        if not future.cancelled() and future.exception() is not None:
+            pb_utils.Logger.log_error(f"ensemble: {future.exception()!r}")
+
     def finalize(self):
-        self.workers.shutdown(wait=True)
+        async def shut() -> None:
+            self.watcher.cancel()
+            await self.loopback.close()
 
-    def serve(self, request) -> None:
-        try:
-            self.answer(request)
-        finally:
-            self.slots.release()
+        asyncio.run_coroutine_threadsafe(shut(), self.loop).result(timeout=30)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=30)
 
-    def answer(self, request) -> None:
+    async def watch_cancellations(self) -> None:
+        """Ask Triton, every period, whether each open request was cancelled (a client that went away)."""
+        while True:
+            await asyncio.sleep(self.check_period)
+            for tracked in list(self.tracked):
+                if not tracked.cancelled and tracked.request.is_cancelled():
+                    tracked.cancel()
+
+    async def serve(self, request) -> None:
         sender = request.get_response_sender()
+        tracked = Tracked(request)
+        self.tracked.add(tracked)
         try:
-            stream_tensor = pb_utils.get_input_tensor_by_name(request, "stream")
-            stream = bool(stream_tensor.as_numpy().reshape(-1)[0]) if stream_tensor is not None else False
-            rows = pb_utils.get_input_tensor_by_name(request, "text_input").as_numpy().shape[0]
-            if stream and rows > 1:
-                raise RequestError(f"stream=true needs one text_input per request; got a batch of {rows}")
-            if self.text_in_text_out:
-                self.text_rows(request, sender, rows, stream)
-                return
-            if stream:
-                self.stream_row(request, sender)
-                return
-            # the rows of one request run side by side, so tensorrt_llm batches them
-            with ThreadPoolExecutor(max_workers=rows) as row_workers:
-                texts = list(row_workers.map(lambda row: self.decode(self.generate_ids(request, row)), range(rows)))
-            sender.send(pb_utils.InferenceResponse([text_tensor(texts)]), flags=FINAL)
-        except RequestError as error:
-            sender.send(pb_utils.InferenceResponse(error=pb_utils.TritonError(str(error))), flags=FINAL)
+            await self.answer(request, sender, tracked)
+        except (RequestError, ModelError) as error:
+            message = "request cancelled" if tracked.cancelled else str(error)
+            sender.send(error_response(message), flags=FINAL)
         except Exception as error:  # a bug must still end the request, or the client waits forever
             pb_utils.Logger.log_error(f"ensemble: {error!r}")
-            sender.send(pb_utils.InferenceResponse(error=pb_utils.TritonError(f"internal error: {error!r}")),
-                        flags=FINAL)
+            sender.send(error_response(f"internal error: {error!r}"), flags=FINAL)
+        finally:
+            self.tracked.discard(tracked)
 
-    def row_inputs(self, request, names: dict[str, str], row: int) -> list[pb_utils.Tensor]:
+    async def answer(self, request, sender, tracked: Tracked) -> None:
+        stream_tensor = pb_utils.get_input_tensor_by_name(request, "stream")
+        stream = bool(stream_tensor.as_numpy().reshape(-1)[0]) if stream_tensor is not None else False
+        rows = pb_utils.get_input_tensor_by_name(request, "text_input").as_numpy().shape[0]
+        if stream and rows > 1:
+            raise RequestError(f"stream=true needs one text_input per request; got a batch of {rows}")
+        if self.text_in_text_out:
+            await self.text_rows(request, sender, tracked, rows, stream)
+        elif stream:
+            await self.stream_row(request, sender, tracked)
+        else:
+            # the rows of one request run side by side, so tensorrt_llm batches them
+            ids = await asyncio.gather(*(self.generate_ids(request, tracked, row) for row in range(rows)))
+            texts = [self.tokenizer.decode(each, skip_special_tokens=self.skip_special_tokens) for each in ids]
+            sender.send(text_response(texts), flags=FINAL)
+
+    @staticmethod
+    def row_inputs(request, names: dict[str, str], row: int) -> list[Tensor]:
         tensors = []
         for ours, theirs in names.items():
             tensor = pb_utils.get_input_tensor_by_name(request, ours)
             if tensor is not None:
-                tensors.append(pb_utils.Tensor(theirs, tensor.as_numpy()[row:row + 1]))
+                tensors.append(from_numpy(theirs, tensor.as_numpy()[row:row + 1]))
         return tensors
 
-    def tensorrt_llm_request(self, request, row: int, stream: bool) -> pb_utils.InferenceRequest:
-        preprocessed = checked(pb_utils.InferenceRequest(
-            model_name="preprocessing", inputs=self.row_inputs(request, PREPROCESSING_INPUTS, row),
-            requested_output_names=list(PREPROCESSING_OUTPUTS)).exec())
-        inputs = [pb_utils.Tensor(theirs, pb_utils.get_output_tensor_by_name(preprocessed, ours).as_numpy())
-                  for ours, theirs in PREPROCESSING_OUTPUTS.items()]
+    async def tensorrt_llm_stream(self, request, tracked: Tracked, row: int, stream: bool) -> Stream:
+        preprocessed = await self.loopback.infer(
+            "preprocessing", self.row_inputs(request, PREPROCESSING_INPUTS, row), list(PREPROCESSING_OUTPUTS))
+        inputs = [preprocessed.tensor(ours).renamed(theirs) for ours, theirs in PREPROCESSING_OUTPUTS.items()]
         inputs += self.row_inputs(request, SAMPLING_INPUTS, row)
-        inputs.append(pb_utils.Tensor("streaming", np.array([[stream]], dtype=bool)))
-        return pb_utils.InferenceRequest(model_name="tensorrt_llm", inputs=inputs,
-                                         requested_output_names=["output_ids", "sequence_length"])
+        inputs.append(from_numpy("streaming", np.array([[stream]], dtype=bool)))
+        return self.open(tracked, "tensorrt_llm", inputs, TOKEN_OUTPUTS)
 
-    @staticmethod
-    def new_ids(response) -> list[int]:
-        output_ids = pb_utils.get_output_tensor_by_name(response, "output_ids")
-        if output_ids is None:  # the empty response that carries only the final flag
-            return []
-        length = int(pb_utils.get_output_tensor_by_name(response, "sequence_length").as_numpy().reshape(-1)[0])
-        return output_ids.as_numpy().reshape(-1)[:length].tolist()
+    def open(self, tracked: Tracked, model: str, inputs: list[Tensor], outputs: list[str]) -> Stream:
+        if tracked.cancelled:
+            raise RequestError("request cancelled")
+        opened = self.loopback.stream(model, inputs, outputs)
+        tracked.streams.append(opened)
+        return opened
 
-    def generate_ids(self, request, row: int) -> list[int]:
+    async def generate_ids(self, request, tracked: Tracked, row: int) -> list[int]:
         ids: list[int] = []
-        for response in self.tensorrt_llm_request(request, row, stream=False).exec(decoupled=True):
-            ids += self.new_ids(checked(response))
+        async for outputs in (await self.tensorrt_llm_stream(request, tracked, row, stream=False)).responses():
+            length = int(outputs.ints("sequence_length")[0])
+            ids += outputs.ints("output_ids")[:length].tolist()
         return ids
 
-    def decode(self, ids: list[int]) -> str:
-        response = checked(pb_utils.InferenceRequest(
-            model_name="postprocessing", requested_output_names=["OUTPUT"],
-            inputs=[pb_utils.Tensor("TOKENS_BATCH", np.array([[ids]], dtype=np.int32)),
-                    pb_utils.Tensor("SEQUENCE_LENGTH", np.array([[len(ids)]], dtype=np.int32))]).exec())
-        return pb_utils.get_output_tensor_by_name(response, "OUTPUT").as_numpy().reshape(-1)[0].decode("utf-8")
-
-    def stream_row(self, request, sender) -> None:
+    async def stream_row(self, request, sender, tracked: Tracked) -> None:
         text = StreamedText(self.tokenizer, self.skip_special_tokens)
-        for response in self.tensorrt_llm_request(request, 0, stream=True).exec(decoupled=True):
-            piece = text.add(self.new_ids(checked(response)))
+        async for outputs in (await self.tensorrt_llm_stream(request, tracked, 0, stream=True)).responses():
+            length = int(outputs.ints("sequence_length")[0])
+            piece = text.add(outputs.ints("output_ids")[:length].tolist())
             if piece:
-                sender.send(pb_utils.InferenceResponse([text_tensor([piece])]))
+                sender.send(text_response([piece]))
         try:
-            tail = text.tail(self.decode(text.ids))
+            tail = text.tail(self.tokenizer.decode(text.ids, skip_special_tokens=self.skip_special_tokens))
         except ValueError as error:
             raise RequestError(f"internal error: {error}") from None
         if tail:
-            sender.send(pb_utils.InferenceResponse([text_tensor([tail])]), flags=FINAL)
+            sender.send(text_response([tail]), flags=FINAL)
         else:
             sender.send(flags=FINAL)
 
-    def llmapi_request(self, request, row: int, stream: bool) -> pb_utils.InferenceRequest:
+    def llmapi_inputs(self, request, row: int, stream: bool) -> list[Tensor]:
         for name in LLMAPI_UNSUPPORTED:
             if pb_utils.get_input_tensor_by_name(request, name) is not None:
                 raise RequestError(f"{name} is not supported by the llmapi runtime")
@@ -178,27 +223,26 @@ class TritonPythonModel:
         if max_tokens < 1:
             raise RequestError(f"max_tokens must be at least 1, got {max_tokens}")
         # NVIDIA's llmapi model has max_batch_size 0: its tensors carry no batch dimension.
-        inputs = [pb_utils.Tensor("text_input", text), pb_utils.Tensor("streaming", np.array([stream], dtype=bool))]
+        inputs = [from_numpy("text_input", text), from_numpy("streaming", np.array([stream], dtype=bool))]
         for ours, theirs in LLMAPI_INPUTS.items():
             tensor = pb_utils.get_input_tensor_by_name(request, ours)
             if tensor is not None:
-                inputs.append(pb_utils.Tensor(theirs, tensor.as_numpy()[row]))
-        return pb_utils.InferenceRequest(model_name="tensorrt_llm", inputs=inputs,
-                                         requested_output_names=["text_output"])
+                inputs.append(from_numpy(theirs, tensor.as_numpy()[row]))
+        return inputs
 
-    def text_rows(self, request, sender, rows: int, stream: bool) -> None:
+    async def text_rows(self, request, sender, tracked: Tracked, rows: int, stream: bool) -> None:
         """The llmapi model already streams text deltas (its model.py makes them so): pass them on."""
         texts = []
         for row in range(rows):
             pieces = []
-            for response in self.llmapi_request(request, row, stream).exec(decoupled=True):
-                output = pb_utils.get_output_tensor_by_name(checked(response), "text_output")
-                piece = output.as_numpy().reshape(-1)[0].decode("utf-8") if output is not None else ""
+            opened = self.open(tracked, "tensorrt_llm", self.llmapi_inputs(request, row, stream), ["text_output"])
+            async for outputs in opened.responses():
+                piece = b"".join(outputs.strings("text_output")).decode("utf-8")
                 if stream and piece:
-                    sender.send(pb_utils.InferenceResponse([text_tensor([piece])]))
+                    sender.send(text_response([piece]))
                 pieces.append(piece)
             texts.append("".join(pieces))
         if stream:
             sender.send(flags=FINAL)
         else:
-            sender.send(pb_utils.InferenceResponse([text_tensor(texts)]), flags=FINAL)
+            sender.send(text_response(texts), flags=FINAL)
