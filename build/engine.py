@@ -1,9 +1,9 @@
 """The `engine` runtime: build a TensorRT-LLM engine for the plan and fill the C++ backend's config.
 
 The build runs inside the pinned Triton TRT-LLM image (build/versions.toml), on the GPU it targets:
-engines are tied to the compute capability and TensorRT version they were built with
-(../shared/reference/trtllm-triton.md §2.5). Where TensorRT-LLM is missing, `run` raises
-EngineUnavailableError with the Kubernetes Job that builds it on GKE instead.
+engines are tied to the compute capability and TensorRT version they were built with (the engine's
+config.json records the TensorRT-LLM version, and `run` checks it against the pin). Where
+TensorRT-LLM is missing, `run` raises EngineUnavailableError with the Kubernetes Job that builds it on GKE instead.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ EXAMPLES = "/app/examples"
 QUANTIZE_SCRIPT = f"{EXAMPLES}/quantization/quantize.py"
 EXECUTOR_WORKER = "/opt/tritonserver/backends/tensorrtllm/trtllmExecutorWorker"
 
-# precision -> (quantize.py --qformat, --kv_cache_dtype or None); trtllm-triton.md §2.4
+# precision -> (quantize.py --qformat, --kv_cache_dtype or None), as TensorRT-LLM's examples/quantization names them
 QFORMATS: dict[str, tuple[str, str | None]] = {
     "fp8": ("fp8", "fp8"),
     "nvfp4": ("nvfp4", "fp8"),
@@ -65,7 +65,7 @@ class EngineUnavailableError(EngineError):
 
 
 def _gemm_plugin(precision: str) -> str:
-    # FP8 GEMMs are faster without the plugin except at tiny batch sizes (trtllm-triton.md §2.3).
+    # FP8 GEMMs are faster without the plugin except at tiny batch sizes.
     return "disable" if precision == "fp8" else "auto"
 
 
@@ -153,6 +153,11 @@ def config_values(plan: Plan) -> dict[str, object]:
         "stats_check_period_ms": 100,
         "iter_stats_max_iterations": 1000,
         "request_stats_max_iterations": 0,
+        # Read without a default (build/tensorrtllm_backend.toml); empty is the backend's "off".
+        # No structured-output input in our API, so no guided decoding; the C++ path ignores tokenizer_dir.
+        "tokenizer_dir": "",
+        "guided_decoding_backend": "",
+        "xgrammar_tokenizer_info_path": "",
     }
 
 

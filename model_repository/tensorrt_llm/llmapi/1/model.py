@@ -1,8 +1,9 @@
 """NVIDIA's `llmapi` TensorRT-LLM model, as shipped in the pinned Triton image, with streamed deltas.
 
 NVIDIA's model sends `CompletionOutput.text` with every streamed response, and that text is
-cumulative (../shared/reference/trtllm-triton.md §6.4). Our API promises streamed pieces that
-concatenate to the final text, so this subclass sends only the part of the text not sent yet.
+cumulative (TensorRT-LLM triton_backend/all_models/llmapi/tensorrt_llm/1/model.py). Our API
+promises streamed pieces that concatenate to the final text, so this subclass sends only the
+part of the text not sent yet.
 The LLM API's incremental detokenizer withholds a trailing partial character, so the text only
 ever grows at its end and the pieces are exact.
 

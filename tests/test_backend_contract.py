@@ -1,0 +1,231 @@
+"""The rendered engine config.pbtxt against the C++ backend's load contract (build/tensorrtllm_backend.toml).
+
+Strict templating only sees keys that are in the template; these tests see the keys the backend reads.
+Each check is a plain function returning problems, so every test also shows it fails on a broken copy.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import re
+import tomllib
+from collections.abc import Callable
+from pathlib import Path
+
+import catalog
+import engine
+import hf_config
+import planner
+import pytest
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2
+
+ROOT = Path(__file__).resolve().parent.parent
+CONTRACT_FILE = ROOT / "build" / "tensorrtllm_backend.toml"
+MODELS = Path(__file__).parent / "fixtures" / "models"
+GPU_TARGETS = [g.name for g in catalog.gpus().values() if not g.is_cpu and "engine" in g.runtimes]
+
+CONTRACT = tomllib.loads(CONTRACT_FILE.read_text())
+PARAMETERS = {p["name"]: p for p in CONTRACT["parameter"]}
+INPUTS = {t["name"]: t for t in CONTRACT["io"]["inputs"]}
+OUTPUTS = {t["name"]: t for t in CONTRACT["io"]["outputs"]}
+
+Config = model_config_pb2.ModelConfig
+
+# What the backend's std::stoi / stoul / stof and its boolean parse accept, read strictly: a value
+# they would half-parse ("8x") or refuse falls back to the default silently, which is what we forbid.
+_INT = re.compile(r"-?\d+")
+_CHECKS: dict[str, Callable[[str], bool]] = {
+    "int": lambda v: bool(_INT.fullmatch(v)),
+    "uint": lambda v: v.isdigit(),
+    "float": lambda v: _is_finite_float(v),
+    "bool": lambda v: v in {"True", "true", "TRUE", "1", "False", "false", "FALSE", "0"},
+    "int_list": lambda v: all(_INT.fullmatch(x) for x in v.split(",")),
+    "device_ids": lambda v: all(x.isdigit() for group in v.split(";") for x in group.split(",")),
+    "int_list_list": lambda v: bool(re.fullmatch(r"\{-?\d+(,-?\d+)*\}(,\{-?\d+(,-?\d+)*\})*", v.replace(" ", ""))),
+}
+
+
+def _is_finite_float(value: str) -> bool:
+    try:
+        return math.isfinite(float(value))
+    except ValueError:
+        return False
+
+
+def render(gpu: str = "h100", model: str = "Llama-3.1-8B") -> Config:
+    plan = planner.plan(hf_config.load(MODELS / model), catalog.gpu(gpu), runtime="engine")
+    return text_format.Parse(engine.render_config(plan), Config())
+
+
+def parameters(config: Config) -> dict[str, str]:
+    return {k: v.string_value for k, v in config.parameters.items()}
+
+
+def parameter_problems(params: dict[str, str]) -> list[str]:
+    problems = []
+    for name, spec in PARAMETERS.items():
+        if spec["read"] == "required" and name not in params:
+            problems.append(f"{name} missing: the backend reads it without a default ({spec['source']})")
+        if spec["read"] == "required_when" and name not in params:
+            if all(params.get(k, "") == v for k, v in spec["when"].items()):
+                problems.append(f"{name} missing: required when {spec['when']} ({spec['source']})")
+        if spec["read"] == "forbidden" and name in params:
+            problems.append(f"{name} set: the backend refuses it ({spec['source']})")
+    for name, value in params.items():
+        spec = PARAMETERS.get(name)
+        if spec is None:
+            problems.append(f"{name}: a key the backend does not read")
+            continue
+        kind = spec["kind"]
+        if kind == "enum" and value not in spec["choices"]:
+            problems.append(f"{name}={value!r}: the backend accepts {spec['choices']}")
+        elif kind in _CHECKS and not _CHECKS[kind](value):
+            problems.append(f"{name}={value!r} does not parse as {kind}; the backend would use its default")
+        elif kind in {"string", "path"} and value == "" and "empty_means" not in spec and spec["read"] != "default":
+            problems.append(f"{name} is empty, which the backend does not treat as unset")
+    return problems
+
+
+def tensor_problems(config: Config) -> list[str]:
+    problems = []
+    ours = {t.name: t for t in config.input}
+    for name, t in ours.items():
+        ref = INPUTS.get(name)
+        if ref is None:
+            problems.append(f"input {name}: not one the backend declares")
+            continue
+        problems += _same_tensor("input", t, ref)
+    for name, ref in INPUTS.items():
+        if not ref["optional"] and (name not in ours or ours[name].optional):
+            problems.append(f"input {name}: required by the backend, so it must be declared and not optional")
+    outs = {t.name: t for t in config.output}
+    for name, t in outs.items():
+        ref = OUTPUTS.get(name)
+        problems += [f"output {name}: not one the backend declares"] if ref is None else _same_tensor("output", t, ref)
+    problems += [f"output {n}: the backend throws without it" for n in CONTRACT["io"]["required_outputs"]
+                 if n not in outs]
+    return problems
+
+
+def _same_tensor(kind: str, ours: model_config_pb2.ModelInput | model_config_pb2.ModelOutput, ref: dict) -> list[str]:
+    problems = []
+    data_type = model_config_pb2.DataType.Name(ours.data_type)
+    if ref["data_type"] != "templated" and data_type != ref["data_type"]:
+        problems.append(f"{kind} {ours.name}: {data_type}, the backend declares {ref['data_type']}")
+    if list(ours.dims) != ref["dims"]:
+        problems.append(f"{kind} {ours.name}: dims {list(ours.dims)}, the backend declares {ref['dims']}")
+    return problems
+
+
+# ---- the contract file itself -----------------------------------------------------------------
+
+
+def test_contract_names_the_pinned_version():
+    assert CONTRACT["upstream"]["version"] == catalog.versions()["tensorrt_llm"]["version"]
+    for spec in CONTRACT["parameter"]:
+        path = spec["source"].rsplit(":", 1)[0]
+        assert path in CONTRACT["upstream"]["files"], spec["name"]
+        assert spec["read"] in {"required", "default", "required_when", "forbidden"}, spec["name"]
+        assert spec["kind"] in {*_CHECKS, "enum", "string", "path"}, spec["name"]
+        assert (spec["read"] == "default") == ("default" in spec), spec["name"]
+    assert len(PARAMETERS) == len(CONTRACT["parameter"]), "a parameter is listed twice"
+
+
+def test_the_three_guided_decoding_keys_are_required():
+    # the finding this file exists for: without them tritonserver exits at start
+    required = {n for n, p in PARAMETERS.items() if p["read"] == "required"}
+    assert {"tokenizer_dir", "guided_decoding_backend", "xgrammar_tokenizer_info_path", "gpt_model_type"} == required
+
+
+# ---- parameters -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("gpu", GPU_TARGETS)
+def test_rendered_parameters_meet_the_contract(gpu):
+    assert parameter_problems(parameters(render(gpu))) == []
+
+
+@pytest.mark.parametrize("name", sorted(n for n, p in PARAMETERS.items() if p["read"] == "required"))
+def test_a_missing_required_parameter_is_found(name):
+    params = parameters(render())
+    del params[name]
+    assert any(p.startswith(f"{name} missing") for p in parameter_problems(params))
+
+
+def test_a_missing_model_path_is_found():
+    params = parameters(render())
+    del params["gpt_model_path"]
+    assert any(p.startswith("gpt_model_path missing") for p in parameter_problems(params))
+    params["encoder_model_path"] = "/models/encoder"  # an encoder-decoder model would not need it
+    assert not any(p.startswith("gpt_model_path") for p in parameter_problems(params))
+
+
+def test_lookahead_needs_its_three_sizes():
+    params = {**parameters(render()), "decoding_mode": "lookahead"}
+    missing = [p for p in parameter_problems(params) if "missing" in p]
+    assert len(missing) == 3 and all("lookahead_" in p for p in missing)
+
+
+def test_a_key_the_backend_does_not_read_is_found():
+    params = {**parameters(render()), "FORCE_CPU_ONLY_INPUT_TENSORS": "no"}
+    assert parameter_problems(params) == ["FORCE_CPU_ONLY_INPUT_TENSORS: a key the backend does not read"]
+
+
+def test_worker_path_is_refused():
+    params = {**parameters(render()), "worker_path": "/opt/worker"}
+    assert any(p.startswith("worker_path set") for p in parameter_problems(params))
+
+
+@pytest.mark.parametrize(("name", "value"), [
+    ("max_beam_width", "one"), ("max_tokens_in_paged_kv_cache", "8x"), ("kv_cache_free_gpu_mem_fraction", "nan"),
+    ("enable_kv_cache_reuse", "yes"), ("kv_cache_host_memory_bytes", "-1"), ("gpu_device_ids", "0,a"),
+    ("max_attention_window_size", ""), ("decoding_mode", "greedy"), ("gpt_model_type", "inflight"),
+])
+def test_a_value_that_does_not_parse_is_found(name, value):
+    params = {**parameters(render()), name: value}
+    assert [p for p in parameter_problems(params) if p.startswith(f"{name}=")], (name, value)
+
+
+# ---- tensors ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("gpu", GPU_TARGETS)
+def test_rendered_tensors_are_the_backends(gpu):
+    assert tensor_problems(render(gpu)) == []
+
+
+def test_a_wrong_input_type_is_found():
+    config = render()
+    broken = copy.deepcopy(config)
+    next(t for t in broken.input if t.name == "temperature").data_type = model_config_pb2.TYPE_FP16
+    assert tensor_problems(broken) == ["input temperature: TYPE_FP16, the backend declares TYPE_FP32"]
+
+
+def test_wrong_dims_and_unknown_inputs_are_found():
+    broken = render()
+    next(t for t in broken.input if t.name == "stop_words_list").dims[:] = [-1]
+    broken.input.add(name="top_k", data_type=model_config_pb2.TYPE_INT32, dims=[1])
+    problems = tensor_problems(broken)
+    assert "input stop_words_list: dims [-1], the backend declares [2, -1]" in problems
+    assert "input top_k: not one the backend declares" in problems
+
+
+def test_a_missing_or_optional_required_input_is_found():
+    broken = render()
+    next(t for t in broken.input if t.name == "input_lengths").optional = True
+    kept = [t for t in broken.input if t.name != "request_output_len"]
+    del broken.input[:]
+    broken.input.extend(kept)
+    problems = tensor_problems(broken)
+    assert any(p.startswith("input input_lengths: required") for p in problems)
+    assert any(p.startswith("input request_output_len: required") for p in problems)
+
+
+def test_a_missing_required_output_is_found():
+    broken = render()
+    kept = [t for t in broken.output if t.name != "sequence_length"]
+    del broken.output[:]
+    broken.output.extend(kept)
+    assert tensor_problems(broken) == ["output sequence_length: the backend throws without it"]
