@@ -197,6 +197,23 @@ BAD_REQUESTS = {
     "prompt too long": ({"text_input": "hello " * 3000, "max_tokens": 8},
                         "text_input is 3031 tokens; this deployment accepts at most 1024 (max_input_len)"),
     "not utf-8": ({"text_input": b"caf\xe9 \xff", "max_tokens": 8}, "text_input is not valid UTF-8 (byte 3: b'\\xe9')"),
+    # Sampling values TensorRT-LLM refuses, refused by name on every runtime:
+    "negative temperature": ({"text_input": "Hi", "max_tokens": 8, "temperature": -1.0},
+                             "temperature -1.0 is out of range: TensorRT-LLM accepts temperature >= 0"),
+    "top_p above 1": ({"text_input": "Hi", "max_tokens": 8, "top_p": 2.0},
+                      "top_p 2.0 is out of range: TensorRT-LLM accepts top_p <= 1 (0 or less means no top-p)"),
+    "NaN temperature": ({"text_input": "Hi", "max_tokens": 8, "temperature": float("nan")},
+                        "temperature nan is out of range: TensorRT-LLM accepts temperature >= 0"),
+    "negative top_k": ({"text_input": "Hi", "max_tokens": 8, "top_k": -3},
+                       "top_k -3 is out of range: TensorRT-LLM accepts top_k >= 0 and top_k <= 2147483647"),
+    "zero repetition_penalty": ({"text_input": "Hi", "max_tokens": 8, "repetition_penalty": 0.0},
+                                "repetition_penalty 0.0 is out of range: TensorRT-LLM accepts repetition_penalty > 0"),
+    "negative length_penalty": ({"text_input": "Hi", "max_tokens": 8, "length_penalty": -0.5},
+                                "length_penalty -0.5 is out of range: TensorRT-LLM accepts length_penalty >= 0"),
+    "negative min_tokens": ({"text_input": "Hi", "max_tokens": 8, "min_tokens": -1},
+                            "min_tokens -1 is out of range: TensorRT-LLM accepts min_tokens >= 0"),
+    "zero beam_width": ({"text_input": "Hi", "max_tokens": 8, "beam_width": 0},
+                        "beam_width 0 is out of range: TensorRT-LLM accepts beam_width >= 1"),
     # Triton itself refuses these before any model runs, in its own words:
     "missing max_tokens": ({"text_input": "Hi"}, "expected number of inputs between 2 and 19 but got 1 inputs for "
                            "model 'ensemble'. Got input(s) ['text_input'], but missing required input(s) "

@@ -18,6 +18,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 from loopback import Loopback, ModelError, Stream, Tensor, from_numpy
 from model_params import load_config, load_tokenizer, parameter
+from sampling_ranges import range_error
 from streamed_text import StreamedText
 
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
@@ -48,6 +49,7 @@ LLMAPI_INPUTS = {
     "random_seed": "sampling_param_seed", "seed": "sampling_param_seed", "stop_words": "sampling_param_stop",
     "exclude_input_in_output": "sampling_param_exclude_input_from_output",
 }
+RANGED_INPUTS = {ours: theirs for ours, theirs in SAMPLING_INPUTS.items() if theirs != "exclude_input_in_output"}
 LLMAPI_UNSUPPORTED = ("bad_words", "end_id", "pad_id", "length_penalty", "repetition_penalty", "min_tokens",
                       "beam_width")
 
@@ -68,6 +70,16 @@ def error_response(message: str) -> pb_utils.InferenceResponse:
 def loopback_url(config: dict) -> str:
     """tools/serve.py names the port it started tritonserver on; in the pod it is the configured one."""
     return os.environ.get("TRITON_LOOPBACK_GRPC") or f"127.0.0.1:{parameter(config, 'loopback_grpc_port', int)}"
+
+
+def check_sampling(request) -> None:
+    """Refuse, by name, a sampling value TensorRT-LLM would refuse (or, worse, take) whatever the runtime."""
+    for ours, theirs in RANGED_INPUTS.items():
+        tensor = pb_utils.get_input_tensor_by_name(request, ours)
+        for value in tensor.as_numpy().reshape(-1).tolist() if tensor is not None else []:
+            message = range_error(ours, theirs, value)
+            if message:
+                raise RequestError(message)
 
 
 class Tracked:
@@ -155,6 +167,7 @@ class TritonPythonModel:
         rows = pb_utils.get_input_tensor_by_name(request, "text_input").as_numpy().shape[0]
         if stream and rows > 1:
             raise RequestError(f"stream=true needs one text_input per request; got a batch of {rows}")
+        check_sampling(request)
         if self.text_in_text_out:
             await self.text_rows(request, sender, tracked, rows, stream)
         elif stream:

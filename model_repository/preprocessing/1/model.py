@@ -6,6 +6,9 @@ names the ensemble input at fault (text_input, max_tokens, stop_words, ...).
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import triton_python_backend_utils as pb_utils
 from model_params import load_config, parameter
@@ -16,12 +19,13 @@ class RequestError(ValueError):
     """The request cannot be served as sent; the message is shown to the client."""
 
 
-def word_list(tokenizer, words: list[str]) -> np.ndarray:
-    """TensorRT-LLM's word list: row 0 the concatenated ids, row 1 the end offsets padded with -1."""
+def word_list(tokenizer, words: list[str], token_words: tuple[int, ...] = ()) -> np.ndarray:
+    """TensorRT-LLM's word list: row 0 the concatenated ids, row 1 the end offsets padded with -1.
+
+    `token_words` are single token ids that are words of their own (end-of-sequence ids)."""
     ids: list[int] = []
     offsets: list[int] = []
-    for word in words:
-        encoded = tokenizer.encode(word, add_special_tokens=False)
+    for encoded in [tokenizer.encode(word, add_special_tokens=False) for word in words] + [[t] for t in token_words]:
         if not encoded:
             continue
         ids.extend(encoded)
@@ -51,6 +55,20 @@ def decode_text(raw: bytes | str, name: str) -> str:
             f"{name} is not valid UTF-8 (byte {error.start}: {raw[error.start:error.start + 1]!r})") from None
 
 
+def end_ids(tokenizer_dir: Path, tokenizer_eos: int | None) -> list[int]:
+    """Every end-of-sequence id, the tokenizer's own first: generation_config.json may list several
+    (Llama-3.1-Instruct: 128001, 128008, 128009), and transformers' generate stops on each."""
+    ids = [] if tokenizer_eos is None else [int(tokenizer_eos)]
+    path = tokenizer_dir / "generation_config.json"
+    listed = json.loads(path.read_text()).get("eos_token_id") if path.is_file() else None
+    for token in listed if isinstance(listed, list) else [] if listed is None else [listed]:
+        if int(token) not in ids:
+            ids.append(int(token))
+    if not ids:
+        raise ValueError(f"{tokenizer_dir} names no end-of-sequence token (eos_token / eos_token_id)")
+    return ids
+
+
 class TritonPythonModel:
     def initialize(self, args):
         config, version_dir = load_config(args)
@@ -62,8 +80,8 @@ class TritonPythonModel:
         self.max_output_len = parameter(config, "max_output_len", int)
         if self.apply_chat_template and not self.tokenizer.chat_template:
             raise ValueError(f"apply_chat_template is true but {tokenizer_dir} has no chat template")
-        eos = self.tokenizer.eos_token_id
-        self.end_id = int(eos if not isinstance(eos, list) else eos[0])
+        # The backends take one end_id; the other end ids stop the answer as one-token stop words.
+        self.end_id, *self.other_end_ids = end_ids(tokenizer_dir, self.tokenizer.eos_token_id)
         pad = self.tokenizer.pad_token_id
         self.pad_id = self.end_id if pad is None else int(pad)
 
@@ -82,12 +100,14 @@ class TritonPythonModel:
         if value > self.max_output_len:
             raise RequestError(f"max_tokens {value} is above this deployment's limit of {self.max_output_len}")
 
-    def words(self, request, name: str, ensemble_name: str, rows: int) -> list[np.ndarray]:
+    def words(self, request, name: str, ensemble_name: str, rows: int,
+              token_words: tuple[int, ...] = ()) -> list[np.ndarray]:
         tensor = pb_utils.get_input_tensor_by_name(request, name)
         if tensor is None:
-            return [word_list(self.tokenizer, []) for _ in range(rows)]
+            return [word_list(self.tokenizer, [], token_words) for _ in range(rows)]
         values = tensor.as_numpy().reshape(rows, -1)
-        return [word_list(self.tokenizer, [decode_text(w, ensemble_name) for w in row if w]) for row in values]
+        return [word_list(self.tokenizer, [decode_text(w, ensemble_name) for w in row if w], token_words)
+                for row in values]
 
     def process(self, request) -> pb_utils.InferenceResponse:
         queries = pb_utils.get_input_tensor_by_name(request, "QUERY").as_numpy().reshape(-1)
@@ -110,7 +130,8 @@ class TritonPythonModel:
             pb_utils.Tensor("REQUEST_INPUT_LEN", np.array([[len(ids)] for ids in prompts], dtype=np.int32)),
             pb_utils.Tensor("BAD_WORDS_IDS", pad_word_lists(self.words(request, "BAD_WORDS_DICT", "bad_words", rows))),
             pb_utils.Tensor("STOP_WORDS_IDS",
-                            pad_word_lists(self.words(request, "STOP_WORDS_DICT", "stop_words", rows))),
+                            pad_word_lists(self.words(request, "STOP_WORDS_DICT", "stop_words", rows,
+                                                           tuple(self.other_end_ids)))),
             pb_utils.Tensor("REQUEST_OUTPUT_LEN", output_len.astype(np.int32).reshape(rows, 1)),
             pb_utils.Tensor("OUT_END_ID", end_id.reshape(rows, 1)),
             pb_utils.Tensor("OUT_PAD_ID", pad_id.reshape(rows, 1)),

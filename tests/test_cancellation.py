@@ -1,0 +1,90 @@
+"""A client that goes away stops the generation behind it, on the real tritonserver.
+
+The CPU runtime decodes a batch to the end before it takes the next one only when nothing is
+cancelled; so if a cancelled 1000-token request kept decoding, a short request sent right after it
+would wait for it (tens of seconds here), and the model would log no cancellation.
+"""
+
+from __future__ import annotations
+
+import queue
+import re
+import time
+
+import numpy as np
+import pytest
+import requests
+import tritonclient.grpc as grpcclient
+from llm_client import GrpcLlmClient
+
+pytestmark = pytest.mark.triton
+
+LONG = {"text_input": "Write a very long story about a dragon.", "max_tokens": 1000, "min_tokens": 1000,
+        "stream": True}
+
+
+def start_long_grpc_stream(url: str) -> tuple[grpcclient.InferenceServerClient, queue.Queue]:
+    client = grpcclient.InferenceServerClient(url)
+    responses: queue.Queue = queue.Queue()
+    client.start_stream(callback=lambda result, error: responses.put((result, error)))
+    inputs = []
+    for name, array in [("text_input", np.array([[LONG["text_input"]]], dtype=object)),
+                        ("max_tokens", np.array([[LONG["max_tokens"]]], dtype=np.int32)),
+                        ("min_tokens", np.array([[LONG["min_tokens"]]], dtype=np.int32)),
+                        ("stream", np.array([[True]]))]:
+        tensor = grpcclient.InferInput(name, list(array.shape), grpcclient.np_to_triton_dtype(array.dtype))
+        tensor.set_data_from_numpy(array)
+        inputs.append(tensor)
+    client.async_stream_infer("ensemble", inputs, enable_empty_final_response=True)
+    return client, responses
+
+
+def short_answer_seconds(triton) -> float:
+    began = time.monotonic()
+    client = GrpcLlmClient(triton.grpc)
+    answer = client.send({"text_input": "Say hi.", "max_tokens": 4})
+    client.close()
+    assert answer.error is None and answer.text
+    return time.monotonic() - began
+
+
+def cancelled_lines(triton) -> list[int]:
+    return [int(n) for n in re.findall(r"tensorrt_llm: request cancelled after (\d+) tokens", triton.log.read_text())]
+
+
+def wait_for_cancellation(triton, before: int, timeout: float = 10.0) -> int:
+    """Tokens the cancelled sequence got before the CPU model dropped it, from the model's own log line."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        lines = cancelled_lines(triton)
+        if len(lines) > before:
+            return lines[-1]
+        time.sleep(0.05)
+    raise AssertionError(f"tensorrt_llm logged no cancellation within {timeout} s:\n{triton.log.read_text()[-3000:]}")
+
+
+def test_cancelled_grpc_stream_stops_decoding_and_frees_the_batch(triton):
+    before = len(cancelled_lines(triton))
+    client, responses = start_long_grpc_stream(triton.grpc)
+    for _ in range(3):
+        result, error = responses.get(timeout=60)
+        assert error is None, error
+    client.stop_stream(cancel_requests=True)
+    client.close()
+    tokens = wait_for_cancellation(triton, before)
+    assert tokens < 100, f"the cancelled sequence decoded {tokens} tokens"
+    assert short_answer_seconds(triton) < 10
+
+
+def test_dropped_http_generate_stream_stops_decoding(triton):
+    before = len(cancelled_lines(triton))
+    with requests.post(f"http://{triton.http}/v2/models/ensemble/generate_stream", json=LONG, stream=True,
+                       timeout=60) as response:
+        events = 0
+        for line in response.iter_lines():
+            events += line.startswith(b"data:")
+            if events == 3:
+                break
+    tokens = wait_for_cancellation(triton, before)
+    assert tokens < 100, f"the cancelled sequence decoded {tokens} tokens"
+    assert short_answer_seconds(triton) < 10
