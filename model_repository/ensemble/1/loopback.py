@@ -10,7 +10,7 @@ unchanged through 2026), and a BLS request cannot be cancelled before python_bac
 carries every stream, and cancelling a call cancels the request in Triton, where the C++ backend's
 cancellation check and our CPU model see it.
 
-Only the wire format is here: tensors as raw bytes in and out, no per-token numpy conversions.
+Tensors travel as raw bytes both ways: no per-token tensor objects beyond what the protocol needs.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import grpc
 import numpy as np
-from tritonclient.grpc import service_pb2, service_pb2_grpc
+from wire import SERVICE, ModelInferRequest, ModelInferResponse, ModelStreamInferResponse
 
 DATATYPES = {
     np.dtype(np.bool_): "BOOL", np.dtype(np.int32): "INT32", np.dtype(np.int64): "INT64",
@@ -74,7 +74,7 @@ def from_numpy(name: str, array: np.ndarray) -> Tensor:
 class Outputs:
     """The output tensors of one response, by name."""
 
-    def __init__(self, response: service_pb2.ModelInferResponse):
+    def __init__(self, response: ModelInferResponse):
         self.response = response
         self.index = {output.name: i for i, output in enumerate(response.outputs)}
 
@@ -94,8 +94,8 @@ class Outputs:
         return deserialize_bytes(self.response.raw_output_contents[self.index[name]])
 
 
-def infer_request(model: str, inputs: list[Tensor], outputs: list[str]) -> service_pb2.ModelInferRequest:
-    request = service_pb2.ModelInferRequest(model_name=model)
+def infer_request(model: str, inputs: list[Tensor], outputs: list[str]) -> ModelInferRequest:
+    request = ModelInferRequest(model_name=model)
     for tensor in inputs:
         request.inputs.add(name=tensor.name, datatype=tensor.datatype, shape=tensor.shape)
         request.raw_input_contents.append(tensor.raw)
@@ -135,11 +135,16 @@ class Loopback:
     def __init__(self, url: str):
         self.channel = grpc.aio.insecure_channel(url, options=[
             ("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)])
-        self.service = service_pb2_grpc.GRPCInferenceServiceStub(self.channel)
+        self.model_infer = self.channel.unary_unary(
+            f"/{SERVICE}/ModelInfer", request_serializer=ModelInferRequest.SerializeToString,
+            response_deserializer=ModelInferResponse.FromString)
+        self.model_stream_infer = self.channel.stream_stream(
+            f"/{SERVICE}/ModelStreamInfer", request_serializer=ModelInferRequest.SerializeToString,
+            response_deserializer=ModelStreamInferResponse.FromString)
 
     async def infer(self, model: str, inputs: list[Tensor], outputs: list[str]) -> Outputs:
         try:
-            return Outputs(await self.service.ModelInfer(infer_request(model, inputs, outputs)))
+            return Outputs(await self.model_infer(infer_request(model, inputs, outputs)))
         except grpc.aio.AioRpcError as error:
             raise ModelError(error.details() or str(error.code())) from None
 
@@ -147,7 +152,7 @@ class Loopback:
         request = infer_request(model, inputs, outputs)
         # Without it Triton sends a decoupled model's final flag on no response at all.
         request.parameters["triton_enable_empty_final_response"].bool_param = True
-        return Stream(self.service.ModelStreamInfer(iter([request])))
+        return Stream(self.model_stream_infer(iter([request])))
 
     async def close(self) -> None:
         await self.channel.close()
