@@ -23,6 +23,7 @@ class Gpu:
     compute_capability: str
     memory_gib: float  # as the driver reports it (nvidia-smi memory.total): what plans budget against
     marketed_memory_gb: int  # the spec-sheet size, for display
+    hbm_bandwidth_gb_per_s: float  # datasheet peak, 10^9 bytes/s
     machine_types: dict[int, str]
     pod_cpu: int
     pod_memory_gib: int
@@ -53,6 +54,7 @@ def gpus() -> dict[str, Gpu]:
             compute_capability=entry["compute_capability"],
             memory_gib=float(entry["memory_gib"]),
             marketed_memory_gb=entry["marketed_memory_gb"],
+            hbm_bandwidth_gb_per_s=float(entry["hbm_bandwidth_gb_per_s"]),
             machine_types={int(count): machine for count, machine in entry["machine_types"].items()},
             pod_cpu=entry["pod_cpu"],
             pod_memory_gib=entry["pod_memory_gib"],

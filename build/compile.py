@@ -30,6 +30,7 @@ import hf_config
 import layout
 import manifest
 import model_source
+import pipeline
 import planner
 import templating
 
@@ -141,13 +142,18 @@ def run(args: argparse.Namespace) -> int:
     log(f"* plan: {shape.name} on {gpu.name} ({runtime} runtime)")
     plan = planner.plan(shape, gpu, runtime=runtime, precision=args.precision, tp=args.tp,
                         max_seq_len=args.max_seq_len)
+    sizing = pipeline.size(plan, gpu)
     if args.plan:
-        print(json.dumps(plan.to_dict(), indent=2) if args.json else planner.format_table(plan))
+        if args.json:
+            print(json.dumps({**plan.to_dict(), "pipeline": sizing.to_dict() if sizing else None}, indent=2))
+        else:
+            print(planner.format_table(plan, pipeline.table_rows(sizing)))
         return 0
     tokenizer_config = source.checkpoint_dir / "tokenizer_config.json"
     has_chat_template = (source.checkpoint_dir / "chat_template.jinja").is_file() or (
         tokenizer_config.is_file() and "chat_template" in json.loads(tokenizer_config.read_text()))
-    options = layout.Options(apply_chat_template=has_chat_template and not args.no_chat_template)
+    options = layout.Options(apply_chat_template=has_chat_template and not args.no_chat_template,
+                             ensemble_instances=sizing.ensemble_instances if sizing else 1)
     out_dir = (args.out or DEFAULT_OUT / gpu.name).resolve()
     document, rebuilt = build_repository(plan, source, options, out_dir, args.publish,
                                          job_model=args.model or model_source.DEFAULT_HUB_ID)

@@ -6,6 +6,7 @@ or interrupted build never leaves a half-written repository where Triton or publ
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import tempfile
@@ -31,6 +32,8 @@ class Options:
     max_queue_delay_microseconds: int = 2000
     # 0: the CPU model uses every core its process may run on.
     cpu_threads: int = 0
+    # Processes of the ensemble, each with its own event loop: build/pipeline.py sizes it for GPUs.
+    ensemble_instances: int = 1
 
 
 def link_or_copy(source: Path, target: Path) -> None:
@@ -81,9 +84,10 @@ def shared_models(repository: Path, plan: Plan, checkpoint_dir: Path, options: O
         "postprocessing": {"max_batch_size": plan.max_batch_size, "skip_special_tokens": True,
                            "postprocessing_instances": 1},
         "ensemble": {"max_batch_size": plan.max_batch_size, "skip_special_tokens": True,
-                     # Twice what one batch holds: tensorrt_llm always has the next batch waiting
-                     # (so its queue gauge shows load), and the rest wait in Triton's queue.
-                     "max_concurrent_requests": 2 * plan.max_batch_size,
+                     # Twice what one batch holds, over all instances: tensorrt_llm always has the next
+                     # batch waiting (so its queue gauge shows load), and the rest wait in Triton's queue.
+                     "max_concurrent_requests": math.ceil(2 * plan.max_batch_size / options.ensemble_instances),
+                     "ensemble_instances": options.ensemble_instances,
                      "tensorrt_llm_inputs": "token_ids" if token_ids else "text"},
     }
     for name, values in models.items():

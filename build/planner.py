@@ -423,8 +423,8 @@ def _too_big(
     return f"{message} Pass {', or '.join(options)}."
 
 
-def format_table(plan: Plan) -> str:
-    """The plan as a two-column table, for `--plan`."""
+def format_table(plan: Plan, extra_rows: list[tuple[str, str]] | None = None) -> str:
+    """The plan as a two-column table, for `--plan`; extra_rows are what later steps derive from it."""
     from io import StringIO
 
     from rich.console import Console
@@ -456,7 +456,7 @@ def format_table(plan: Plan) -> str:
         ("max_input_len", str(plan.max_input_len)),
         ("max_output_len", str(plan.max_output_len)),
     ]
-    for name, value in rows:
+    for name, value in rows + (extra_rows or []):
         table.add_row(name, value)
     out = StringIO()
     Console(file=out, width=72, no_color=True, highlight=False).print(table)
