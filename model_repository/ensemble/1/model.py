@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
+import time
 from concurrent.futures import Future
 
 import numpy as np
@@ -52,6 +53,10 @@ LLMAPI_INPUTS = {
 RANGED_INPUTS = {ours: theirs for ours, theirs in SAMPLING_INPUTS.items() if theirs != "exclude_input_in_output"}
 LLMAPI_UNSUPPORTED = ("bad_words", "end_id", "pad_id", "length_penalty", "repetition_penalty", "min_tokens",
                       "beam_width")
+
+
+# The loop turns every cancellation_check_period_ms; this long without a turn means it is stuck.
+LOOP_STALL_SECONDS = 5.0
 
 
 class RequestError(ValueError):
@@ -108,6 +113,7 @@ class TritonPythonModel:
         # the pending-request metric (and so the autoscaler) can see it.
         self.slots = threading.BoundedSemaphore(parameter(config, "max_concurrent_requests", int))
         self.tracked: set[Tracked] = set()
+        self.loop_turned_at = time.monotonic()
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, name="ensemble-loop", daemon=True)
         self.thread.start()
@@ -138,9 +144,19 @@ class TritonPythonModel:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(timeout=30)
 
+    def is_ready(self) -> bool:
+        """Not ready once the event loop stopped turning: every request of this process would hang.
+
+        python_backend calls it for /v2/models/ensemble/ready (#430, 2026-03), and tritonserver's
+        strict /v2/health/ready asks each model's readiness (core #473, 2026-03, which also reports a
+        dead stub): both are in the pinned 26.07, where the readiness probe then takes the pod out of
+        rotation. The 2.51 used locally has neither: there a dead stub leaves the server ready."""
+        return self.thread.is_alive() and time.monotonic() - self.loop_turned_at < LOOP_STALL_SECONDS
+
     async def watch_cancellations(self) -> None:
         """Ask Triton, every period, whether each open request was cancelled (a client that went away)."""
         while True:
+            self.loop_turned_at = time.monotonic()
             await asyncio.sleep(self.check_period)
             for tracked in list(self.tracked):
                 if not tracked.cancelled and tracked.request.is_cancelled():
