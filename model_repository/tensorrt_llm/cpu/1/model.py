@@ -2,21 +2,34 @@
 
 Decoupled like the C++ backend: a streaming request gets one response per new token (only the new
 ids, as the C++ backend sends them), a non-streaming one gets a single response with all ids.
-Requests that arrive together (Triton's dynamic batcher) are decoded as one batch.
+
+Batching is in-flight, as TensorRT-LLM's inflight batcher does it: execute() only parses and queues
+requests, and one decode thread owns the model. Before each decode step it lets waiting sequences into
+the running batch (at most max_batch_size rows), and finished or cancelled ones leave it at once.
+execute() returns when its requests are in the batch, so while the batch is full the rest wait in
+Triton's queue, where the pending-request metric (the cpu autoscaling signal) counts them.
 """
 
 from __future__ import annotations
 
 import os
+import threading
+import time
+from collections import deque
 
 import numpy as np
 import torch
 import triton_python_backend_utils as pb_utils
-from generation import Sampling, Sequence, generate
+from generation import Decoder, Emitted, Sampling, Sequence
 from model_params import load_config, parameter
 from transformers import AutoModelForCausalLM
 
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+# Prompt tokens fed per decode step: a long prompt joins over several steps instead of stalling the
+# running batch for the whole prefill, and short prompts still go in with one forward.
+PREFILL_CHUNK_TOKENS = 256
+# is_cancelled() is an IPC round trip to the server: ask each request this often, not every token.
+CANCEL_CHECK_SECONDS = 0.04
 
 
 class RequestError(ValueError):
@@ -61,9 +74,11 @@ class Pending:
         self.streaming = streaming
         self.exclude_input = exclude_input
         self.remaining = len(rows)
+        self.ended = False  # the final response is sent: nothing more goes out
+        self.checked_at = time.monotonic()
 
     def token(self, token: int) -> None:
-        if self.streaming:
+        if self.streaming and not self.ended:
             self.sender.send(pb_utils.InferenceResponse([
                 pb_utils.Tensor("output_ids", np.array([[[token]]], dtype=np.int32)),
                 pb_utils.Tensor("sequence_length", np.array([[1]], dtype=np.int32)),
@@ -71,8 +86,9 @@ class Pending:
 
     def finish(self) -> None:
         self.remaining -= 1
-        if self.remaining:
+        if self.remaining or self.ended:
             return
+        self.ended = True
         if self.streaming:
             self.sender.send(flags=FINAL)
             return
@@ -85,17 +101,133 @@ class Pending:
                                                      pb_utils.Tensor("sequence_length", lengths)]),
                          flags=FINAL)
 
+    def fail(self, message: str, code=pb_utils.TritonError.INTERNAL) -> None:
+        if not self.ended:
+            self.ended = True
+            self.sender.send(pb_utils.InferenceResponse(error=pb_utils.TritonError(message, code)), flags=FINAL)
+
+    def cancelled(self, now: float) -> bool:
+        """Whether the client cancelled; asks the server at most every CANCEL_CHECK_SECONDS."""
+        if now - self.checked_at < CANCEL_CHECK_SECONDS:
+            return False
+        self.checked_at = now
+        return self.request.is_cancelled()
+
+
+class Batcher:
+    """The decode thread and the queue in front of it."""
+
+    def __init__(self, model, max_rows: int, threads: int):
+        self.decoder = Decoder(model, PREFILL_CHUNK_TOKENS)
+        self.max_rows = max_rows
+        self.threads = threads
+        self.condition = threading.Condition()
+        self.waiting: deque[tuple[Sequence, Pending]] = deque()
+        self.owners: dict[Sequence, Pending] = {}  # every sequence in the decoder
+        self.stopping = False
+        self.thread = threading.Thread(target=self.run, name="tensorrt_llm-decode")
+        self.thread.start()
+
+    def submit(self, requests: list[Pending]) -> None:
+        """Queue the requests' rows in order; return once they are all in the batch."""
+        with self.condition:
+            self.waiting.extend((row, item) for item in requests for row in item.rows)
+            self.condition.notify_all()
+            self.condition.wait_for(lambda: self.stopping or not self.waiting)
+
+    def stop(self) -> None:
+        with self.condition:
+            self.stopping = True
+            self.condition.notify_all()
+        self.thread.join()
+
+    def run(self) -> None:
+        # OpenMP's thread count is per thread, and this one would start from OMP_NUM_THREADS.
+        torch.set_num_threads(self.threads)
+        while True:
+            with self.condition:
+                self.condition.wait_for(lambda: self.stopping or self.waiting or self.owners)
+                if self.stopping:
+                    break
+                self.admit()
+            self.drop_cancelled()
+            try:
+                emitted = self.decoder.step()
+            except Exception as error:  # the model failed: end what it held, keep serving
+                pb_utils.Logger.log_error(f"tensorrt_llm: decode step failed: {error!r}")
+                self.end_all(f"decoding failed: {error}")
+                self.decoder.reset()
+                continue
+            self.deliver(emitted)
+        self.decoder.reset()
+        self.end_all("tensorrt_llm is shutting down")
+
+    def admit(self) -> None:
+        """Waiting rows, in order, into the free places of the batch (with the lock held)."""
+        if self.decoder.joining is not None or not self.waiting:
+            return
+        joining = []
+        while self.waiting and len(self.owners) < self.max_rows:
+            row, owner = self.waiting.popleft()
+            self.owners[row] = owner
+            joining.append(row)
+        if joining:
+            self.decoder.admit(joining)
+            self.condition.notify_all()
+
+    def drop_cancelled(self) -> None:
+        now = time.monotonic()
+        doomed: set[Sequence] = set()
+        for owner in dict.fromkeys(self.owners.values()):
+            if not owner.ended and owner.cancelled(now):
+                tokens = sum(len(row.generated) for row in owner.rows)
+                pb_utils.Logger.log_info(f"tensorrt_llm: cancelled request {owner.request.request_id()!r} "
+                                         f"after {tokens} tokens")
+                owner.fail("request cancelled", pb_utils.TritonError.CANCELLED)
+            if owner.ended:
+                doomed.update(owner.rows)
+        if doomed:
+            self.decoder.remove(doomed)
+            # rows still in prefill are dropped once they have joined, on a later pass
+            for row in doomed - set(self.decoder.sequences):
+                self.owners.pop(row, None)
+
+    def deliver(self, emitted: list[Emitted]) -> None:
+        for event in emitted:
+            owner = self.owners[event.sequence]
+            if event.done:
+                del self.owners[event.sequence]
+            try:
+                if event.token is not None:
+                    owner.token(event.token)
+                if event.done:
+                    owner.finish()
+            except pb_utils.TritonModelException as error:  # the client is gone: stop decoding for it
+                pb_utils.Logger.log_warn(f"tensorrt_llm: dropping request {owner.request.request_id()!r}: {error}")
+                owner.ended = True
+
+    def end_all(self, message: str) -> None:
+        with self.condition:
+            held = [*self.owners.values(), *(owner for _, owner in self.waiting)]
+            self.owners.clear()
+            self.waiting.clear()
+            self.condition.notify_all()
+        for owner in dict.fromkeys(held):
+            owner.fail(message)
+
 
 class TritonPythonModel:
     def initialize(self, args):
         config, version_dir = load_config(args)
         threads = parameter(config, "cpu_threads", int)
-        torch.set_num_threads(threads if threads > 0 else len(os.sched_getaffinity(0)))
+        threads = threads if threads > 0 else len(os.sched_getaffinity(0))
+        torch.set_num_threads(threads)
         checkpoint = version_dir / parameter(config, "checkpoint_dir", str)
-        self.model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32).eval()
+        model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32).eval()
         self.max_input_len = parameter(config, "max_input_len", int)
         self.max_output_len = parameter(config, "max_output_len", int)
         self.exclude_input_default = parameter(config, "exclude_input_in_output", bool)
+        self.batcher = Batcher(model, config["max_batch_size"], threads)
 
     def parse(self, request) -> Pending:
         input_ids = pb_utils.get_input_tensor_by_name(request, "input_ids").as_numpy()
@@ -145,13 +277,9 @@ class TritonPythonModel:
             except RequestError as error:
                 request.get_response_sender().send(
                     pb_utils.InferenceResponse(error=pb_utils.TritonError(str(error))), flags=FINAL)
-        sequences, owners = [], []
-        for item in pending:
-            sequences += item.rows
-            owners += [item] * len(item.rows)
-        if sequences:
-            generate(self.model, sequences,
-                     on_token=lambda index, token: owners[index].token(token),
-                     on_finish=lambda index: owners[index].finish(),
-                     is_cancelled=lambda index: owners[index].request.is_cancelled())
+        if pending:
+            self.batcher.submit(pending)
         return None
+
+    def finalize(self):
+        self.batcher.stop()
