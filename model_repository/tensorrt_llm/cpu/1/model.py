@@ -101,9 +101,10 @@ class Pending:
                                                      pb_utils.Tensor("sequence_length", lengths)]),
                          flags=FINAL)
 
-    def fail(self, message: str, code=pb_utils.TritonError.INTERNAL) -> None:
+    def fail(self, message: str, cancelled: bool = False) -> None:
         if not self.ended:
             self.ended = True
+            code = pb_utils.TritonError.CANCELLED if cancelled else pb_utils.TritonError.INTERNAL
             self.sender.send(pb_utils.InferenceResponse(error=pb_utils.TritonError(message, code)), flags=FINAL)
 
     def cancelled(self, now: float) -> bool:
@@ -183,7 +184,7 @@ class Batcher:
                 tokens = sum(len(row.generated) for row in owner.rows)
                 pb_utils.Logger.log_info(f"tensorrt_llm: cancelled request {owner.request.request_id()!r} "
                                          f"after {tokens} tokens")
-                owner.fail("request cancelled", pb_utils.TritonError.CANCELLED)
+                owner.fail("request cancelled", cancelled=True)
             if owner.ended:
                 doomed.update(owner.rows)
         if doomed:
