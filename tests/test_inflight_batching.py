@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import torch
 import tritonclient.grpc as grpcclient
+from llm_client import GrpcLlmClient
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "model_repository" / "tensorrt_llm" / "cpu" / "1"))
@@ -212,3 +213,25 @@ def test_a_cancelled_request_stops_decoding_and_the_next_one_is_answered_promptl
         short.close()
     # the cancelled request's remaining tokens would have taken ~(wanted - 8) steps; the next one waits for none
     assert short.times[0] < 20 * step + 1.0, (short.times, step)
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize(("name", "value", "message"), [
+    ("temperature", -0.5, "temperature -0.5 is out of range: TensorRT-LLM accepts temperature >= 0"),
+    ("runtime_top_k", -1, "runtime_top_k -1 is out of range: TensorRT-LLM accepts runtime_top_k >= 0"),
+    ("runtime_top_p", 1.5, "runtime_top_p 1.5 is out of range: TensorRT-LLM accepts runtime_top_p <= 1"),
+    ("repetition_penalty", 0.0, "repetition_penalty 0.0 is out of range: TensorRT-LLM accepts repetition_penalty > 0"),
+])
+def test_sampling_values_tensorrt_llm_would_refuse_are_refused_by_name(triton, chat, name, value, message):
+    ids, end_id = chat
+    prompt = ids("Hi")
+    request = {"input_ids": [prompt], "input_lengths": [[len(prompt)]], "request_output_len": [[2]],
+               "end_id": [[end_id]]}
+    client = GrpcLlmClient(triton.grpc, model="tensorrt_llm")
+    try:
+        refused = client.send({**request, name: [[value]]}, output="output_ids")
+        served = client.send(request, output="output_ids")
+    finally:
+        client.close()
+    assert refused.error is not None and message in refused.error, refused.error
+    assert served.error is None and len(served.pieces) == 1

@@ -30,8 +30,9 @@ class Sampling:
 
     @property
     def greedy(self) -> bool:
-        # TensorRT-LLM's rule: top_k 0 and top_p 0 mean greedy, and so does top_k 1.
-        return self.top_k == 1 or (self.top_k == 0 and self.top_p == 0.0) or self.temperature == 0.0
+        # TensorRT-LLM's rule: top_k 0 and no top_p mean greedy, and so does top_k 1; its backend drops a
+        # top_p of 0 or less, so that is no top_p.
+        return self.top_k == 1 or (self.top_k == 0 and self.top_p <= 0.0) or self.temperature == 0.0
 
 
 @dataclass(eq=False)  # identity: two requests may send the same prompt

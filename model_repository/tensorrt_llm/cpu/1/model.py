@@ -22,6 +22,7 @@ import torch
 import triton_python_backend_utils as pb_utils
 from generation import Decoder, Emitted, Sampling, Sequence
 from model_params import load_config, parameter
+from sampling_ranges import range_error
 from transformers import AutoModelForCausalLM
 
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
@@ -44,6 +45,15 @@ def scalar(request, name: str, rows: int, default, kind=float) -> list:
     if len(values) != rows:
         raise RequestError(f"{name} has {len(values)} values for {rows} prompts")
     return [kind(v) for v in values]
+
+
+def sampling_scalar(request, name: str, rows: int, default, kind=float) -> list:
+    """scalar() for a sampling input, refused in TensorRT-LLM's terms when it would refuse the value."""
+    values = scalar(request, name, rows, default, kind)
+    for value in values:
+        if value is not None and (message := range_error(name, name, value)):
+            raise RequestError(message)
+    return values
 
 
 def word_lists(request, name: str, rows: int) -> list[list[list[int]]]:
@@ -239,7 +249,7 @@ class TritonPythonModel:
         if streaming and rows > 1:
             raise RequestError("streaming needs one prompt per request; got a batch of "
                                f"{rows}; send them as separate requests")
-        if any(w != 1 for w in scalar(request, "beam_width", rows, 1, int)):
+        if any(w != 1 for w in sampling_scalar(request, "beam_width", rows, 1, int)):
             raise RequestError("beam_width must be 1: the CPU runtime does not do beam search")
         end_ids = scalar(request, "end_id", rows, None, int)
         if None in end_ids:
@@ -247,14 +257,19 @@ class TritonPythonModel:
         pad_ids = scalar(request, "pad_id", rows, end_ids[0], int)
         stop_words = word_lists(request, "stop_words_list", rows)
         bad_words = word_lists(request, "bad_words_list", rows)
+        sampling_scalar(request, "len_penalty", rows, 1.0)  # no beams, so no effect here; refused alike
         samplings = [
             Sampling(temperature=t, top_k=k, top_p=p, repetition_penalty=r, presence_penalty=pp,
                      frequency_penalty=fp, min_tokens=m, seed=s)
             for t, k, p, r, pp, fp, m, s in zip(
-                scalar(request, "temperature", rows, 1.0), scalar(request, "runtime_top_k", rows, 0, int),
-                scalar(request, "runtime_top_p", rows, 0.0), scalar(request, "repetition_penalty", rows, 1.0),
-                scalar(request, "presence_penalty", rows, 0.0), scalar(request, "frequency_penalty", rows, 0.0),
-                scalar(request, "min_tokens", rows, 0, int), scalar(request, "seed", rows, None, int), strict=True)
+                sampling_scalar(request, "temperature", rows, 1.0),
+                sampling_scalar(request, "runtime_top_k", rows, 0, int),
+                sampling_scalar(request, "runtime_top_p", rows, 0.0),
+                sampling_scalar(request, "repetition_penalty", rows, 1.0),
+                sampling_scalar(request, "presence_penalty", rows, 0.0),
+                sampling_scalar(request, "frequency_penalty", rows, 0.0),
+                sampling_scalar(request, "min_tokens", rows, 0, int),
+                sampling_scalar(request, "seed", rows, None, int), strict=True)
         ]
         sequences = []
         for row in range(rows):
