@@ -26,9 +26,11 @@ from sampling_ranges import range_error
 from transformers import AutoModelForCausalLM
 
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
-# Prompt tokens fed per decode step: a long prompt joins over several steps instead of stalling the
-# running batch for the whole prefill, and short prompts still go in with one forward.
-PREFILL_CHUNK_TOKENS = 256
+# Prompt tokens fed per decode step. On a CPU prefill is compute-bound (a prompt token costs about what
+# a decode step of a few rows does), so prompts that arrive together go in a few per step, in order:
+# the first of a burst answers without waiting for the whole burst's prefill, and a long prompt joins
+# over several steps instead of stalling the running batch.
+PREFILL_CHUNK_TOKENS = 64
 # is_cancelled() is an IPC round trip to the server: ask each request this often, not every token.
 CANCEL_CHECK_SECONDS = 0.04
 
@@ -177,9 +179,13 @@ class Batcher:
         """Waiting rows, in order, into the free places of the batch (with the lock held)."""
         if self.decoder.joining is not None or not self.waiting:
             return
-        joining = []
+        joining: list[Sequence] = []
         while self.waiting and len(self.owners) < self.max_rows:
-            row, owner = self.waiting.popleft()
+            row, owner = self.waiting[0]
+            width = max(len(s.prompt) for s in [*joining, row])  # the group is left-padded to its longest
+            if joining and width * (len(joining) + 1) > PREFILL_CHUNK_TOKENS:
+                break
+            self.waiting.popleft()
             self.owners[row] = owner
             joining.append(row)
         if joining:
