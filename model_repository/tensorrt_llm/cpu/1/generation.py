@@ -1,17 +1,19 @@
-"""Batched autoregressive decoding for a Hugging Face causal LM on CPU.
+"""In-flight batched autoregressive decoding for a Hugging Face causal LM on CPU.
 
-One prefill over the left-padded batch, then one forward per step over the sequences still running.
-Finished sequences leave the batch (their KV rows are dropped), so a short answer does not wait
-for a long one. Greedy decoding follows transformers' `generate` exactly: same positions, same
-last-token logits.
+A `Decoder` holds the running batch: one forward per step over every sequence in it. New prompts are
+prefilled on their own (a chunk per step, so a long prompt does not stall the batch), then their KV
+rows join the running batch's cache, everything left-padded to one width with the attention mask and
+position ids saying where each row really is. Finished sequences leave at once. Greedy decoding
+follows transformers' `generate`: same positions, same last-token logits, whatever else is batched.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from transformers import DynamicCache
 
 
@@ -28,11 +30,12 @@ class Sampling:
 
     @property
     def greedy(self) -> bool:
-        # TensorRT-LLM's rule: top_k 0 and top_p 0 mean greedy, and so does top_k 1.
-        return self.top_k == 1 or (self.top_k == 0 and self.top_p == 0.0) or self.temperature == 0.0
+        # TensorRT-LLM's rule: top_k 0 and no top_p mean greedy, and so does top_k 1; its backend drops a
+        # top_p of 0 or less, so that is no top_p.
+        return self.top_k == 1 or (self.top_k == 0 and self.top_p <= 0.0) or self.temperature == 0.0
 
 
-@dataclass
+@dataclass(eq=False)  # identity: two requests may send the same prompt
 class Sequence:
     prompt: list[int]
     max_new_tokens: int
@@ -103,45 +106,164 @@ def finished_after(sequence: Sequence, token: int) -> bool:
     return len(sequence.generated) >= sequence.max_new_tokens or sequence.hit_stop_word()
 
 
-@torch.inference_mode()
-def generate(
-    model,
-    sequences: list[Sequence],
-    on_token: Callable[[int, int], None],
-    on_finish: Callable[[int], None],
-    is_cancelled: Callable[[int], bool] = lambda index: False,
-) -> None:
-    """Decode every sequence to completion, calling back with (index, token) and (index) when done."""
-    width = max(len(s.prompt) for s in sequences)
-    input_ids = torch.tensor([[s.pad_id] * (width - len(s.prompt)) + s.prompt for s in sequences])
-    attention_mask = torch.tensor([[0] * (width - len(s.prompt)) + [1] * len(s.prompt) for s in sequences])
-    position_ids = (attention_mask.cumsum(-1) - 1).masked_fill(attention_mask == 0, 1)
-    cache = DynamicCache()
-    active = list(range(len(sequences)))
-    while active:
-        logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                       past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1, :].float()
-        keep: list[int] = []
-        next_tokens: list[int] = []
-        for row, index in enumerate(active):
-            sequence = sequences[index]
+@dataclass(frozen=True)
+class Emitted:
+    """What one forward gave a sequence: a new token (None for the end id, which is not part of the answer)."""
+
+    sequence: Sequence
+    token: int | None
+    done: bool
+
+
+def last_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
+                cache: DynamicCache) -> torch.Tensor:
+    return model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, cache=cache,
+                 use_cache=True, logits_to_keep=1).logits[:, -1, :].float()
+
+
+@dataclass
+class Batch:
+    """Sequences that decode together. Their KV rows are left-padded to one width: `attention_mask` covers
+    the cache (0 over padding), and each row's pending token (chosen, not yet fed) goes at `positions`."""
+
+    sequences: list[Sequence]
+    cache: DynamicCache
+    attention_mask: torch.Tensor  # [rows, cache width]
+    positions: torch.Tensor  # [rows, 1]
+    pending: list[int] = field(default_factory=list)
+
+    def settle(self, logits: torch.Tensor) -> list[Emitted]:
+        """Choose each row's next token; finished rows leave the batch at once."""
+        emitted, keep = [], []
+        self.pending = []
+        for row, sequence in enumerate(self.sequences):
             token = choose_token(sequence, logits[row])
             done = finished_after(sequence, token)
-            if token != sequence.end_id:
-                on_token(index, token)
-            if done or is_cancelled(index):
-                on_finish(index)
-            else:
+            emitted.append(Emitted(sequence, None if token == sequence.end_id else token, done))
+            self.pending.append(token)
+            if not done:
                 keep.append(row)
-                next_tokens.append(token)
-        if not keep:
+        self.select(keep)
+        return emitted
+
+    def select(self, rows: list[int]) -> None:
+        """Keep only `rows`, and cut the left columns that are padding in every row left."""
+        if len(rows) == len(self.sequences):
             return
-        if len(keep) < len(active):
-            rows = torch.tensor(keep)
-            cache.batch_select_indices(rows)
-            attention_mask = attention_mask[rows]
-            position_ids = position_ids[rows]
-            active = [active[row] for row in keep]
-        input_ids = torch.tensor(next_tokens).unsqueeze(-1)
-        attention_mask = torch.cat([attention_mask, torch.ones(len(keep), 1, dtype=attention_mask.dtype)], dim=-1)
-        position_ids = position_ids[:, -1:] + 1
+        self.sequences = [self.sequences[row] for row in rows]
+        self.pending = [self.pending[row] for row in rows]
+        if not rows:
+            return
+        index = torch.tensor(rows)
+        self.cache.batch_select_indices(index)
+        self.attention_mask = self.attention_mask[index]
+        self.positions = self.positions[index]
+        first = int(self.attention_mask.any(dim=0).int().argmax())
+        if first:
+            self.attention_mask = self.attention_mask[:, first:]
+            for layer in self.cache.layers:
+                layer.keys, layer.values = layer.keys[:, :, first:], layer.values[:, :, first:]
+
+    def merge(self, other: Batch) -> None:
+        """Append `other`'s rows, left-padding whichever cache is narrower."""
+        width = max(self.attention_mask.shape[1], other.attention_mask.shape[1])
+        for batch in (self, other):
+            pad = width - batch.attention_mask.shape[1]
+            if pad:
+                batch.attention_mask = F.pad(batch.attention_mask, (pad, 0))
+                for layer in batch.cache.layers:
+                    layer.keys, layer.values = F.pad(layer.keys, (0, 0, pad, 0)), F.pad(layer.values, (0, 0, pad, 0))
+        for mine, theirs in zip(self.cache.layers, other.cache.layers, strict=True):
+            mine.keys, mine.values = torch.cat([mine.keys, theirs.keys]), torch.cat([mine.values, theirs.values])
+        self.attention_mask = torch.cat([self.attention_mask, other.attention_mask])
+        self.positions = torch.cat([self.positions, other.positions])
+        self.sequences += other.sequences
+        self.pending += other.pending
+
+    def step(self, model) -> list[Emitted]:
+        """Feed every row's pending token: one forward for the whole batch."""
+        ones = torch.ones(len(self.sequences), 1, dtype=self.attention_mask.dtype)
+        self.attention_mask = torch.cat([self.attention_mask, ones], dim=-1)
+        logits = last_logits(model, torch.tensor(self.pending).unsqueeze(-1), self.attention_mask, self.positions,
+                             self.cache)
+        self.positions = self.positions + 1
+        return self.settle(logits)
+
+
+@dataclass
+class Prefill:
+    """Prompts on their way into a fresh cache, left-padded to one width and fed a chunk of columns at a time."""
+
+    sequences: list[Sequence]
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    position_ids: torch.Tensor
+    cache: DynamicCache = field(default_factory=DynamicCache)
+    fed: int = 0
+
+    @classmethod
+    def of(cls, sequences: list[Sequence]) -> Prefill:
+        width = max(len(s.prompt) for s in sequences)
+        input_ids = torch.tensor([[s.pad_id] * (width - len(s.prompt)) + s.prompt for s in sequences])
+        attention_mask = torch.tensor([[0] * (width - len(s.prompt)) + [1] * len(s.prompt) for s in sequences])
+        position_ids = (attention_mask.cumsum(-1) - 1).masked_fill(attention_mask == 0, 1)
+        return cls(sequences, input_ids, attention_mask, position_ids)
+
+    def feed(self, model, tokens: int) -> tuple[Batch, list[Emitted]] | None:
+        """Feed about `tokens` more prompt tokens; once the prompts are in, their batch and first tokens."""
+        end = min(self.input_ids.shape[1], self.fed + max(1, tokens // len(self.sequences)))
+        logits = last_logits(model, self.input_ids[:, self.fed:end], self.attention_mask[:, :end],
+                             self.position_ids[:, self.fed:end], self.cache)
+        self.fed = end
+        if end < self.input_ids.shape[1]:
+            return None
+        batch = Batch(list(self.sequences), self.cache, self.attention_mask, self.position_ids[:, -1:] + 1)
+        return batch, batch.settle(logits)
+
+
+class Decoder:
+    """The running batch of one model, and the prompts on their way into it (one group at a time)."""
+
+    def __init__(self, model, prefill_tokens: int):
+        self.model = model
+        self.prefill_tokens = prefill_tokens
+        self.running: Batch | None = None
+        self.joining: Prefill | None = None
+
+    @property
+    def sequences(self) -> list[Sequence]:
+        return (self.running.sequences if self.running else []) + (self.joining.sequences if self.joining else [])
+
+    def admit(self, sequences: list[Sequence]) -> None:
+        """Start prefilling `sequences`; they join the running batch once their prompts are in."""
+        if self.joining is not None:
+            raise RuntimeError("a prefill is already under way")
+        self.joining = Prefill.of(sequences)
+
+    def remove(self, doomed: Collection[Sequence]) -> None:
+        """Drop running sequences that need no more tokens (their requests were cancelled)."""
+        if self.running:
+            self.running.select([row for row, s in enumerate(self.running.sequences) if s not in doomed])
+            self.running = self.running if self.running.sequences else None
+
+    def reset(self) -> None:
+        self.running = self.joining = None
+
+    @torch.inference_mode()
+    def step(self) -> list[Emitted]:
+        """One chunk of the joining prompts, then one forward over the running batch (joined rows included)."""
+        emitted: list[Emitted] = []
+        if self.joining is not None:
+            joined = self.joining.feed(self.model, self.prefill_tokens)
+            if joined is not None:
+                self.joining = None
+                batch, first = joined
+                emitted += first
+                if self.running is None:
+                    self.running = batch if batch.sequences else None
+                elif batch.sequences:
+                    self.running.merge(batch)
+        if self.running is not None:
+            emitted += self.running.step(self.model)
+            self.running = self.running if self.running.sequences else None
+        return emitted

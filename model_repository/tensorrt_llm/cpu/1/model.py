@@ -2,21 +2,37 @@
 
 Decoupled like the C++ backend: a streaming request gets one response per new token (only the new
 ids, as the C++ backend sends them), a non-streaming one gets a single response with all ids.
-Requests that arrive together (Triton's dynamic batcher) are decoded as one batch.
+
+Batching is in-flight, as TensorRT-LLM's inflight batcher does it: execute() only parses and queues
+requests, and one decode thread owns the model. Before each decode step it lets waiting sequences into
+the running batch (at most max_batch_size rows), and finished or cancelled ones leave it at once.
+execute() returns when its requests are in the batch, so while the batch is full the rest wait in
+Triton's queue, where the pending-request metric (the cpu autoscaling signal) counts them.
 """
 
 from __future__ import annotations
 
 import os
+import threading
+import time
+from collections import deque
 
 import numpy as np
 import torch
 import triton_python_backend_utils as pb_utils
-from generation import Sampling, Sequence, generate
+from generation import Decoder, Emitted, Sampling, Sequence
 from model_params import load_config, parameter
+from sampling_ranges import range_error
 from transformers import AutoModelForCausalLM
 
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+# Prompt tokens fed per decode step. On a CPU prefill is compute-bound (a prompt token costs about what
+# a decode step of a few rows does), so prompts that arrive together go in a few per step, in order:
+# the first of a burst answers without waiting for the whole burst's prefill, and a long prompt joins
+# over several steps instead of stalling the running batch.
+PREFILL_CHUNK_TOKENS = 64
+# is_cancelled() is an IPC round trip to the server: ask each request this often, not every token.
+CANCEL_CHECK_SECONDS = 0.04
 
 
 class RequestError(ValueError):
@@ -31,6 +47,15 @@ def scalar(request, name: str, rows: int, default, kind=float) -> list:
     if len(values) != rows:
         raise RequestError(f"{name} has {len(values)} values for {rows} prompts")
     return [kind(v) for v in values]
+
+
+def sampling_scalar(request, name: str, rows: int, default, kind=float) -> list:
+    """scalar() for a sampling input, refused in TensorRT-LLM's terms when it would refuse the value."""
+    values = scalar(request, name, rows, default, kind)
+    for value in values:
+        if value is not None and (message := range_error(name, name, value)):
+            raise RequestError(message)
+    return values
 
 
 def word_lists(request, name: str, rows: int) -> list[list[list[int]]]:
@@ -61,9 +86,11 @@ class Pending:
         self.streaming = streaming
         self.exclude_input = exclude_input
         self.remaining = len(rows)
+        self.ended = False  # the final response is sent: nothing more goes out
+        self.checked_at = time.monotonic()
 
     def token(self, token: int) -> None:
-        if self.streaming:
+        if self.streaming and not self.ended:
             self.sender.send(pb_utils.InferenceResponse([
                 pb_utils.Tensor("output_ids", np.array([[[token]]], dtype=np.int32)),
                 pb_utils.Tensor("sequence_length", np.array([[1]], dtype=np.int32)),
@@ -71,8 +98,9 @@ class Pending:
 
     def finish(self) -> None:
         self.remaining -= 1
-        if self.remaining:
+        if self.remaining or self.ended:
             return
+        self.ended = True
         if self.streaming:
             self.sender.send(flags=FINAL)
             return
@@ -85,17 +113,138 @@ class Pending:
                                                      pb_utils.Tensor("sequence_length", lengths)]),
                          flags=FINAL)
 
+    def fail(self, message: str, cancelled: bool = False) -> None:
+        if not self.ended:
+            self.ended = True
+            code = pb_utils.TritonError.CANCELLED if cancelled else pb_utils.TritonError.INTERNAL
+            self.sender.send(pb_utils.InferenceResponse(error=pb_utils.TritonError(message, code)), flags=FINAL)
+
+    def cancelled(self, now: float) -> bool:
+        """Whether the client cancelled; asks the server at most every CANCEL_CHECK_SECONDS."""
+        if now - self.checked_at < CANCEL_CHECK_SECONDS:
+            return False
+        self.checked_at = now
+        return self.request.is_cancelled()
+
+
+class Batcher:
+    """The decode thread and the queue in front of it."""
+
+    def __init__(self, model, max_rows: int, threads: int):
+        self.decoder = Decoder(model, PREFILL_CHUNK_TOKENS)
+        self.max_rows = max_rows
+        self.threads = threads
+        self.condition = threading.Condition()
+        self.waiting: deque[tuple[Sequence, Pending]] = deque()
+        self.owners: dict[Sequence, Pending] = {}  # every sequence in the decoder
+        self.stopping = False
+        self.thread = threading.Thread(target=self.run, name="tensorrt_llm-decode")
+        self.thread.start()
+
+    def submit(self, requests: list[Pending]) -> None:
+        """Queue the requests' rows in order; return once they are all in the batch."""
+        with self.condition:
+            self.waiting.extend((row, item) for item in requests for row in item.rows)
+            self.condition.notify_all()
+            self.condition.wait_for(lambda: self.stopping or not self.waiting)
+
+    def stop(self) -> None:
+        with self.condition:
+            self.stopping = True
+            self.condition.notify_all()
+        self.thread.join()
+
+    def run(self) -> None:
+        # OpenMP's thread count is per thread, and this one would start from OMP_NUM_THREADS.
+        torch.set_num_threads(self.threads)
+        while True:
+            with self.condition:
+                self.condition.wait_for(lambda: self.stopping or self.waiting or self.owners)
+                if self.stopping:
+                    break
+                self.admit()
+            self.drop_cancelled()
+            try:
+                emitted = self.decoder.step()
+            except Exception as error:  # the model failed: end what it held, keep serving
+                pb_utils.Logger.log_error(f"tensorrt_llm: decode step failed: {error!r}")
+                self.end_all(f"decoding failed: {error}")
+                self.decoder.reset()
+                continue
+            self.deliver(emitted)
+        self.decoder.reset()
+        self.end_all("tensorrt_llm is shutting down")
+
+    def admit(self) -> None:
+        """Waiting rows, in order, into the free places of the batch (with the lock held)."""
+        if self.decoder.joining is not None or not self.waiting:
+            return
+        joining: list[Sequence] = []
+        while self.waiting and len(self.owners) < self.max_rows:
+            row, owner = self.waiting[0]
+            width = max(len(s.prompt) for s in [*joining, row])  # the group is left-padded to its longest
+            if joining and width * (len(joining) + 1) > PREFILL_CHUNK_TOKENS:
+                break
+            self.waiting.popleft()
+            self.owners[row] = owner
+            joining.append(row)
+        if joining:
+            self.decoder.admit(joining)
+            self.condition.notify_all()
+
+    def drop_cancelled(self) -> None:
+        now = time.monotonic()
+        doomed: set[Sequence] = set()
+        for owner in dict.fromkeys(self.owners.values()):
+            if not owner.ended and owner.cancelled(now):
+                tokens = sum(len(row.generated) for row in owner.rows)
+                pb_utils.Logger.log_info(f"tensorrt_llm: cancelled request {owner.request.request_id()!r} "
+                                         f"after {tokens} tokens")
+                owner.fail("request cancelled", cancelled=True)
+            if owner.ended:
+                doomed.update(owner.rows)
+        if doomed:
+            self.decoder.remove(doomed)
+            # rows still in prefill are dropped once they have joined, on a later pass
+            for row in doomed - set(self.decoder.sequences):
+                self.owners.pop(row, None)
+
+    def deliver(self, emitted: list[Emitted]) -> None:
+        for event in emitted:
+            owner = self.owners[event.sequence]
+            if event.done:
+                del self.owners[event.sequence]
+            try:
+                if event.token is not None:
+                    owner.token(event.token)
+                if event.done:
+                    owner.finish()
+            except pb_utils.TritonModelException as error:  # the client is gone: stop decoding for it
+                pb_utils.Logger.log_warn(f"tensorrt_llm: dropping request {owner.request.request_id()!r}: {error}")
+                owner.ended = True
+
+    def end_all(self, message: str) -> None:
+        with self.condition:
+            held = [*self.owners.values(), *(owner for _, owner in self.waiting)]
+            self.owners.clear()
+            self.waiting.clear()
+            self.condition.notify_all()
+        for owner in dict.fromkeys(held):
+            owner.fail(message)
+
 
 class TritonPythonModel:
     def initialize(self, args):
         config, version_dir = load_config(args)
         threads = parameter(config, "cpu_threads", int)
-        torch.set_num_threads(threads if threads > 0 else len(os.sched_getaffinity(0)))
+        threads = threads if threads > 0 else len(os.sched_getaffinity(0))
+        torch.set_num_threads(threads)
         checkpoint = version_dir / parameter(config, "checkpoint_dir", str)
-        self.model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32).eval()
+        model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32).eval()
         self.max_input_len = parameter(config, "max_input_len", int)
         self.max_output_len = parameter(config, "max_output_len", int)
         self.exclude_input_default = parameter(config, "exclude_input_in_output", bool)
+        self.batcher = Batcher(model, config["max_batch_size"], threads)
 
     def parse(self, request) -> Pending:
         input_ids = pb_utils.get_input_tensor_by_name(request, "input_ids").as_numpy()
@@ -106,7 +255,7 @@ class TritonPythonModel:
         if streaming and rows > 1:
             raise RequestError("streaming needs one prompt per request; got a batch of "
                                f"{rows}; send them as separate requests")
-        if any(w != 1 for w in scalar(request, "beam_width", rows, 1, int)):
+        if any(w != 1 for w in sampling_scalar(request, "beam_width", rows, 1, int)):
             raise RequestError("beam_width must be 1: the CPU runtime does not do beam search")
         end_ids = scalar(request, "end_id", rows, None, int)
         if None in end_ids:
@@ -114,14 +263,19 @@ class TritonPythonModel:
         pad_ids = scalar(request, "pad_id", rows, end_ids[0], int)
         stop_words = word_lists(request, "stop_words_list", rows)
         bad_words = word_lists(request, "bad_words_list", rows)
+        sampling_scalar(request, "len_penalty", rows, 1.0)  # no beams, so no effect here; refused alike
         samplings = [
             Sampling(temperature=t, top_k=k, top_p=p, repetition_penalty=r, presence_penalty=pp,
                      frequency_penalty=fp, min_tokens=m, seed=s)
             for t, k, p, r, pp, fp, m, s in zip(
-                scalar(request, "temperature", rows, 1.0), scalar(request, "runtime_top_k", rows, 0, int),
-                scalar(request, "runtime_top_p", rows, 0.0), scalar(request, "repetition_penalty", rows, 1.0),
-                scalar(request, "presence_penalty", rows, 0.0), scalar(request, "frequency_penalty", rows, 0.0),
-                scalar(request, "min_tokens", rows, 0, int), scalar(request, "seed", rows, None, int), strict=True)
+                sampling_scalar(request, "temperature", rows, 1.0),
+                sampling_scalar(request, "runtime_top_k", rows, 0, int),
+                sampling_scalar(request, "runtime_top_p", rows, 0.0),
+                sampling_scalar(request, "repetition_penalty", rows, 1.0),
+                sampling_scalar(request, "presence_penalty", rows, 0.0),
+                sampling_scalar(request, "frequency_penalty", rows, 0.0),
+                sampling_scalar(request, "min_tokens", rows, 0, int),
+                sampling_scalar(request, "seed", rows, None, int), strict=True)
         ]
         sequences = []
         for row in range(rows):
@@ -145,13 +299,9 @@ class TritonPythonModel:
             except RequestError as error:
                 request.get_response_sender().send(
                     pb_utils.InferenceResponse(error=pb_utils.TritonError(str(error))), flags=FINAL)
-        sequences, owners = [], []
-        for item in pending:
-            sequences += item.rows
-            owners += [item] * len(item.rows)
-        if sequences:
-            generate(self.model, sequences,
-                     on_token=lambda index, token: owners[index].token(token),
-                     on_finish=lambda index: owners[index].finish(),
-                     is_cancelled=lambda index: owners[index].request.is_cancelled())
+        if pending:
+            self.batcher.submit(pending)
         return None
+
+    def finalize(self):
+        self.batcher.stop()
