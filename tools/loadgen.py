@@ -291,15 +291,30 @@ def cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime: fields 14 and 15 of stat
 
 
-def cpu_snapshot(server_pid: int) -> dict[str, float]:
-    """CPU seconds so far of tritonserver and of each stub (by model instance)."""
+def cpu_snapshot(server_pid: int) -> dict[str, tuple[int, float]]:
+    """(pid, CPU seconds so far) of tritonserver and of each stub, by model instance."""
     pids = {"tritonserver": server_pid, **stubs(server_pid)}
-    return {name: seconds for name, pid in pids.items() if (seconds := cpu_seconds(pid)) is not None}
+    return {name: (pid, seconds) for name, pid in pids.items() if (seconds := cpu_seconds(pid)) is not None}
 
 
-def cpu_used(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
-    """CPU seconds spent between two snapshots; a process that (re)appeared counts from zero."""
-    return {name: after[name] - before.get(name, 0.0) for name in after}
+def cpu_used(before: dict[str, tuple[int, float]], after: dict[str, tuple[int, float]]) -> dict[str, float]:
+    """CPU seconds spent between two snapshots; a process that was restarted (new pid) counts from zero."""
+    used = {}
+    for name, (pid, seconds) in after.items():
+        old = before.get(name)
+        used[name] = seconds - old[1] if old and old[0] == pid else seconds
+    return used
+
+
+def stub_changes(before: dict[str, int], after: dict[str, int]) -> list[str]:
+    """Stubs that died (gone) or were restarted (new pid) between two looks at stubs()."""
+    changes = []
+    for name, pid in sorted(before.items()):
+        if name not in after:
+            changes.append(f"{name} stub (pid {pid}) is gone")
+        elif after[name] != pid:
+            changes.append(f"{name} stub pid {pid} was replaced by pid {after[name]} (died, restarted)")
+    return changes
 
 
 class LogWatch:
