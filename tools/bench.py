@@ -17,6 +17,7 @@ Examples:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import shutil
@@ -156,6 +157,17 @@ def ceiling_level(server: serve.Running, log: Path, url: str, expectation: loadg
     return Level(path, concurrency, tally, wall, cpu, trouble)
 
 
+def figure(level: Level, names: list[str], width: int) -> str:
+    if not level.tally.received:
+        return "-".rjust(width)
+    return f"{level.us_per_token(names):{width}.0f}"
+
+
+def cpu_incomplete(level: Level) -> bool:
+    """A stub that died took its CPU time with it: the level's figures leave it out."""
+    return any("stub" in event and ("gone" in event or "replaced" in event) for event in level.trouble)
+
+
 def print_ceiling(levels: list[Level], tokens: int) -> None:
     print(f"\n{tokens}-token gRPC streams; CPU in microseconds per streamed token (utime+stime from /proc):")
     print("  path      conc  streams ok/failed   tokens/s   server*  tritonserver  ensemble  preproc  postproc  "
@@ -163,19 +175,23 @@ def print_ceiling(levels: list[Level], tokens: int) -> None:
     for level in levels:
         t = level.tally
         print(f"  {level.path:<8} {level.concurrency:>5}  {t.outcomes['ok']:>8}/{t.failures:<8} "
-              f"{t.received / level.wall_s:9.0f}   {level.us_per_token(level.server_names()):7.0f}  "
-              f"{level.us_per_token(['tritonserver']):12.0f}  "
-              f"{level.us_per_token(level.model_names('ensemble')):8.0f}  "
-              f"{level.us_per_token(level.model_names('preprocessing')):7.0f}  "
-              f"{level.us_per_token(level.model_names('postprocessing')):8.0f}  "
-              f"{level.us_per_token(level.engine_names()):6.0f}  {level.us_per_token(['client']):6.0f}")
-    print("  * server: tritonserver + every python stub except the stand-in engine's (which stands in for the GPU)")
+              f"{t.received / level.wall_s:9.0f}   {figure(level, level.server_names(), 7)}  "
+              f"{figure(level, ['tritonserver'], 12)}  {figure(level, level.model_names('ensemble'), 8)}  "
+              f"{figure(level, level.model_names('preprocessing'), 7)}  "
+              f"{figure(level, level.model_names('postprocessing'), 8)}  "
+              f"{figure(level, level.engine_names(), 6)}  {figure(level, ['client'], 6)}"
+              + ("  ! a stub died: its CPU is missing" if cpu_incomplete(level) else ""))
+    print("  * server: tritonserver + every python stub except the stand-in engine's (which stands in for the GPU);\n"
+          "    client: this load generator, on the same machine")
     by_key = {(level.path, level.concurrency): level for level in levels}
     print("\n  conc  server CPU/token ensemble/direct   ensemble stub us/token   "
           "ceiling tokens/s per ensemble instance")
     for (path, concurrency), level in by_key.items():
         direct = by_key.get(("direct", concurrency))
         if path != "ensemble" or direct is None:
+            continue
+        if not level.tally.received or not direct.tally.received or cpu_incomplete(level):
+            print(f"  {concurrency:>4}  {'n/a (failed, see below)':>31}")
             continue
         ratio = level.us_per_token(level.server_names()) / max(direct.us_per_token(direct.server_names()), 1e-9)
         per_instance = level.us_per_token(level.model_names("ensemble"))
@@ -192,6 +208,41 @@ def print_ceiling(levels: list[Level], tokens: int) -> None:
         print("\n  every stream ended with its final response and exactly the expected text")
 
 
+class Restarting:
+    """tritonserver on the stand-in repository, started again if it died, so one crash costs one level."""
+
+    def __init__(self, repository: Path, ports: serve.Ports, log: Path, expectation: loadgen.Expectation,
+                 timeout: float):
+        self.repository, self.ports, self.log, self.expectation, self.timeout = (repository, ports, log,
+                                                                                expectation, timeout)
+        self.stack = contextlib.ExitStack()
+        self.current: serve.Running | None = None
+        self.starts = 0
+
+    @property
+    def url(self) -> str:
+        return f"127.0.0.1:{self.ports.grpc}"
+
+    def get(self, fresh: bool = False) -> serve.Running:
+        """The server; a new one if it died, or if `fresh` (the last level left it with a dead or wedged stub)."""
+        if self.current is not None and self.current.process.poll() is None and not fresh:
+            return self.current
+        if self.current is not None:
+            code = self.current.process.poll()
+            why = f"tritonserver died (exit {code})" if code is not None else "stub trouble"
+            print(f"  {why}; starting a fresh tritonserver", flush=True)
+        self.stack.close()  # stops the server (a wedged one takes --exit-timeout-secs); frees the ports
+        self.stack = contextlib.ExitStack()
+        self.current = self.stack.enter_context(serve.running(self.repository, self.ports, log_file=self.log))
+        self.starts += 1
+        for model in PATHS.values():  # warm-up: the first requests open connections and fill caches
+            loadgen.drive(self.url, model, self.expectation, 1, 8, loadgen.Tally(), loadgen.count(2), self.timeout)
+        return self.current
+
+    def close(self) -> None:
+        self.stack.close()
+
+
 def ceiling(args: argparse.Namespace) -> int:
     """Serve the stand-in repository and measure what everything but the engine costs per token."""
     out = ROOT / "out" / "cpu"
@@ -201,28 +252,27 @@ def ceiling(args: argparse.Namespace) -> int:
     expectation = loadgen.Expectation.of(repository)
     log = ROOT / "out" / "bench-ceiling-tritonserver.log"
     log.write_bytes(b"")
-    ports = serve.Ports(18110, 18111, 18112)
     print(f"machine: {os.cpu_count()} CPUs, {os.uname().machine}; tensorrt_llm: stand-in engine "
           f"({len(expectation.cycle)} token ids cycled, {args.per_token_delay_us} us per step); "
-          f"tritonserver log: {log}")
+          f"tritonserver log: {log}", flush=True)
+    server = Restarting(repository, serve.Ports(18110, 18111, 18112), log, expectation, args.stream_timeout)
     levels: list[Level] = []
     try:
-        with serve.running(repository, ports, log_file=log) as server:
-            url = f"127.0.0.1:{ports.grpc}"
-            for path in PATHS:  # warm-up: first requests load tokenizers' caches and open connections
-                loadgen.drive(url, PATHS[path], expectation, 1, 8, loadgen.Tally(), loadgen.count(2),
-                              args.stream_timeout)
-            for concurrency in args.levels:
-                streams = max(args.streams_per_level, concurrency * args.streams_per_worker)
-                for path in PATHS:
-                    level = ceiling_level(server, log, url, expectation, path, concurrency, streams, args.tokens,
-                                          args.stream_timeout, args.level_seconds)
-                    levels.append(level)
-                    print(f"  {path} x{concurrency}: {level.tally.summary()} in {level.wall_s:.1f} s"
-                          + (f"; {len(level.trouble)} stub/log events" if level.trouble else ""), flush=True)
+        for concurrency in args.levels:
+            streams = max(args.streams_per_level, concurrency * args.streams_per_worker)
+            for path in PATHS:
+                troubled = bool(levels) and bool(levels[-1].trouble or levels[-1].tally.outcomes["hung"])
+                level = ceiling_level(server.get(fresh=troubled), log, server.url, expectation, path, concurrency,
+                                      streams, args.tokens, args.stream_timeout, args.level_seconds)
+                levels.append(level)
+                print(f"  {path} x{concurrency}: {level.tally.summary()} in {level.wall_s:.1f} s"
+                      + (f"; {len(level.trouble)} stub/log events" if level.trouble else ""), flush=True)
     finally:
+        server.close()
         shutil.rmtree(scratch, ignore_errors=True)
     print_ceiling(levels, args.tokens)
+    if server.starts > 1:
+        print(f"\n  tritonserver had to be started {server.starts} times")
     return 0
 
 

@@ -28,8 +28,9 @@ from tritonclient.utils import InferenceServerException
 PROMPT = "Tell me a short story about a lighthouse keeper."
 CLOCK_TICKS = 100  # os.sysconf("SC_CLK_TCK") is 100 on every Linux we run on; /proc/<pid>/stat counts in ticks
 # tritonserver log lines that mean a python stub (a model instance) died or was restarted.
-STUB_TROUBLE = re.compile(r"(stub|Stub).*(unhealthy|restart|exit|died|crash)|Segmentation|SIGSEGV|core dumped|"
-                          r"Failed to .*stub|heap|double free|corrupted|terminate called", re.IGNORECASE)
+STUB_TROUBLE = re.compile(r"stub.*(unhealthy|restart|exit|died|crash)|Non-graceful termination|Segmentation|SIGSEGV|"
+                          r"core dumped|Failed to .*stub|malloc\(\)|free\(\)|double free|corrupted|"
+                          r"terminate called|Signal \(\d+\) received", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -121,9 +122,13 @@ class Streamer:
                 return Outcome("error", detail=f"connect: {error}")
         request_id = str(next(self.ids))
         inputs, outputs = self.inputs(seed, tokens)
-        self.client.async_stream_infer(self.model, inputs, request_id=request_id,
-                                       outputs=[grpcclient.InferRequestedOutput(o) for o in outputs],
-                                       enable_empty_final_response=True)
+        try:
+            self.client.async_stream_infer(self.model, inputs, request_id=request_id,
+                                           outputs=[grpcclient.InferRequestedOutput(o) for o in outputs],
+                                           enable_empty_final_response=True)
+        except InferenceServerException as error:  # the stream broke after the last request (server gone)
+            self.close()
+            return Outcome("error", detail=f"send: {error.message()}")
         pieces: list[str] = []
         ids: list[int] = []
         while True:
