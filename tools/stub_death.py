@@ -65,21 +65,23 @@ def kill_stub(pid: int, model: str) -> int:
     return stub
 
 
-def experiment(server: serve.Running, log: Path, ports: serve.Ports, expectation: loadgen.Expectation, model: str,
-               streams: int, settle_s: float) -> None:
-    http, grpc, pid = f"127.0.0.1:{ports.http}", f"127.0.0.1:{ports.grpc}", server.process.pid
+def idle_kill(http: str, grpc: str, pid: int, log: Path, expectation: loadgen.Expectation, model: str,
+              settle_s: float) -> None:
     logs = loadgen.LogWatch(log)
-    print(f"\nbefore: {readiness(http, model)}; stubs {loadgen.stubs(pid)}")
-
-    print("\n1. idle: kill, then watch")
+    print(f"\n1. idle: before: {readiness(http, model)}; stubs {loadgen.stubs(pid)}")
     kill_stub(pid, model)
     watch(http, model, pid, settle_s)
-    print("  a stream afterwards:", loadgen.Streamer(grpc, "ensemble", expectation, 30).stream(1, 16))
-    watch(http, model, pid, 3)
+    for seed in range(2):
+        print("  a stream afterwards:", loadgen.Streamer(grpc, "ensemble", expectation, 30).stream(seed, 16))
+    watch(http, model, pid, 5)
     for line in logs.trouble():
         print(f"  log: {line[:240]}")
 
-    print(f"\n2. {streams} streams open: kill, then watch")
+
+def busy_kill(http: str, grpc: str, pid: int, log: Path, expectation: loadgen.Expectation, model: str,
+              streams: int, settle_s: float) -> None:
+    logs = loadgen.LogWatch(log)
+    print(f"\n2. {streams} streams open: before: {readiness(http, model)}; stubs {loadgen.stubs(pid)}")
     outcomes: list[loadgen.Outcome] = []
     workers = [threading.Thread(target=lambda seed=seed: outcomes.append(
         loadgen.Streamer(grpc, "ensemble", expectation, settle_s).stream(seed, 256)), daemon=True)
@@ -92,7 +94,7 @@ def experiment(server: serve.Running, log: Path, ports: serve.Ports, expectation
     for worker in workers:
         worker.join(settle_s + 10)
     for outcome in outcomes:
-        print(f"  stream: {outcome.kind} after {outcome.tokens} pieces/tokens: {outcome.detail[:200]}")
+        print(f"  open stream: {outcome.kind} after {outcome.tokens} pieces/tokens: {outcome.detail[:200]}")
     print(f"  {streams - len(outcomes)} streams still without an outcome")
     print("  a stream afterwards:", loadgen.Streamer(grpc, "ensemble", expectation, 30).stream(2, 16))
     print(f"  after: {readiness(http, model)}; stubs {loadgen.stubs(pid)}")
@@ -115,8 +117,12 @@ def main(argv: list[str] | None = None) -> int:
         # 40 ms a step: a 256-token stream stays open ~10 s, long enough to kill a stub under it
         repository = standin.layout(args.repository, scratch / "repository", per_token_delay_us=40000)
         ports = serve.Ports(18130, 18131, 18132)
+        http, grpc = f"127.0.0.1:{ports.http}", f"127.0.0.1:{ports.grpc}"
+        expectation = loadgen.Expectation.of(repository)
+        with serve.running(repository, ports, log_file=log) as server:  # a fresh server for each kill
+            idle_kill(http, grpc, server.process.pid, log, expectation, args.model, args.settle)
         with serve.running(repository, ports, log_file=log) as server:
-            experiment(server, log, ports, loadgen.Expectation.of(repository), args.model, args.streams, args.settle)
+            busy_kill(http, grpc, server.process.pid, log, expectation, args.model, args.streams, args.settle)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     print(f"\ntritonserver log: {log}")

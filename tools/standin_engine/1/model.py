@@ -7,13 +7,17 @@ are exactly what model_repository/tensorrt_llm/cpu sends: streaming, one respons
 output_ids [1, 1, 1] and sequence_length [1, 1], then an empty response with the FINAL flag;
 otherwise one response with output_ids [rows, 1, tokens] and sequence_length [rows, 1].
 
-Each execute answers every request it was given, one token per request per step (as an engine's
-decode step serves every active sequence), and checks cancellation every 16 steps.
+Batching is in flight, as in the C++ backend: execute() only hands its requests to the decode loop
+(a thread) and returns, and each step of that loop sends one token to every active request, so a
+request that arrives while others stream joins at the next step. Cancellation is checked every 16
+steps.
 """
 
 from __future__ import annotations
 
 import json
+import queue
+import threading
 import time
 from pathlib import Path
 
@@ -86,25 +90,49 @@ class TritonPythonModel:
             raise ValueError(f"{parameters['token_ids_file']} has no token ids")
         self.delay = int(parameters.get("per_token_delay_us", "0")) / 1e6
         self.exclude_input_default = parameters.get("exclude_input_in_output", "true").lower() == "true"
+        self.arrivals: queue.Queue[Stream | None] = queue.Queue()
+        self.loop = threading.Thread(target=self.decode, name="standin-decode", daemon=True)
+        self.loop.start()
 
     def execute(self, requests):
-        active: list[Stream] = []
         for request in requests:
             try:
-                active.append(Stream(request, self.cycle, self.exclude_input_default))
+                self.arrivals.put(Stream(request, self.cycle, self.exclude_input_default))
             except (ValueError, AttributeError) as error:  # AttributeError: a required input is missing
                 request.get_response_sender().send(
                     pb_utils.InferenceResponse(error=pb_utils.TritonError(str(error))), flags=FINAL)
+        return None
+
+    def decode(self) -> None:
+        """The engine's decode loop: every active request gets one token per step."""
+        active: list[Stream] = []
         steps = 0
-        while active:
+        while True:
+            if not active:
+                first = self.arrivals.get()  # idle: wait, costing nothing
+                if first is None:
+                    return
+                active.append(first)
+            while not self.arrivals.empty():
+                arrival = self.arrivals.get_nowait()
+                if arrival is None:
+                    return
+                active.append(arrival)
             if self.delay:
                 time.sleep(self.delay)
             for stream in active:
-                stream.step()
+                try:
+                    stream.step()
+                except Exception as error:  # noqa: BLE001 - one broken request must not stop the loop for all
+                    pb_utils.Logger.log_error(f"stand-in engine: dropping a request: {error!r}")
+                    stream.done = True
             steps += 1
             if steps % CANCEL_CHECK_EVERY == 0:
                 for stream in active:
                     if not stream.done and stream.request.is_cancelled():
                         stream.finish()
             active = [stream for stream in active if not stream.done]
-        return None
+
+    def finalize(self):
+        self.arrivals.put(None)
+        self.loop.join(10)
