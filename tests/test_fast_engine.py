@@ -64,6 +64,6 @@ def test_ensemble_under_a_fast_engine(standin_server):
     assert {"ensemble_0_0", "tensorrt_llm_0_0"} <= set(stubs_before)
     report = soak.soak(standin_server.process, standin_server.log, standin_server.grpc, expectation, levels=[48],
                        phase_s=15, duration_s=15, tokens=256, timeout=30, verbose=False)
-    assert loadgen.stubs(pid) == stubs_before, report.summary()
     assert not report.failed, report.summary()
+    assert loadgen.stubs(pid) == stubs_before, report.summary()
     assert report.tally.streams >= 48 and report.tally.outcomes["ok"] == report.tally.streams

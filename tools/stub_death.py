@@ -42,7 +42,8 @@ def get(url: str) -> str:
 
 
 def readiness(http: str, model: str) -> str:
-    return (f"/v2/health/ready: {get(f'http://{http}/v2/health/ready')}; "
+    return (f"/v2/health/live: {get(f'http://{http}/v2/health/live')}; "
+            f"/v2/health/ready: {get(f'http://{http}/v2/health/ready')}; "
             f"/v2/models/{model}/ready: {get(f'http://{http}/v2/models/{model}/ready')}")
 
 
