@@ -196,7 +196,8 @@ def print_ceiling(levels: list[Level], tokens: int) -> None:
         ratio = level.us_per_token(level.server_names()) / max(direct.us_per_token(direct.server_names()), 1e-9)
         per_instance = level.us_per_token(level.model_names("ensemble"))
         ceiling = f"{1e6 / per_instance:.0f}" if per_instance > 0 else "n/a"
-        print(f"  {concurrency:>4}  {ratio:31.2f}x   {per_instance:22.0f}   {ceiling:>38}")
+        flag = "  (with failures: see below)" if level.tally.failures or direct.tally.failures else ""
+        print(f"  {concurrency:>4}  {ratio:31.2f}x   {per_instance:22.0f}   {ceiling:>38}{flag}")
     failed = [level for level in levels if level.tally.failures or level.trouble]
     for level in failed:
         print(f"\n  {level.path} at concurrency {level.concurrency}: {level.tally.summary()}")
