@@ -57,13 +57,13 @@ def test_direct_streams_are_the_expected_ids(standin_server):
 
 
 def test_ensemble_under_a_fast_engine(standin_server):
-    """~15 s at 48 concurrent 256-token streams: no failure, no hang, full text, the same stub pids."""
+    """~20 s at 64 concurrent 256-token streams: no failure, no hang, full text, the same stub pids."""
     expectation = loadgen.Expectation.of(standin_server.repository)
     pid = standin_server.process.pid
     stubs_before = loadgen.stubs(pid)
     assert {"ensemble_0_0", "tensorrt_llm_0_0"} <= set(stubs_before)
-    report = soak.soak(standin_server.process, standin_server.log, standin_server.grpc, expectation, levels=[48],
-                       phase_s=15, duration_s=15, tokens=256, timeout=30, verbose=False)
+    report = soak.soak(standin_server.process, standin_server.log, standin_server.grpc, expectation, levels=[64],
+                       phase_s=20, duration_s=20, tokens=256, timeout=30, verbose=False)
     assert not report.failed, report.summary()
     assert loadgen.stubs(pid) == stubs_before, report.summary()
-    assert report.tally.streams >= 48 and report.tally.outcomes["ok"] == report.tally.streams
+    assert report.tally.streams >= 64 and report.tally.outcomes["ok"] == report.tally.streams

@@ -72,7 +72,7 @@ class Watcher:
         now = loadgen.stubs(self.process.pid)
         for event in loadgen.stub_changes(self.stubs, now):
             self.report.stub_events.append(f"{time.strftime('%H:%M:%S')} {event}")
-        self.stubs = {**self.stubs, **now}  # a restarted stub's new pid is the one to watch from now on
+        self.stubs = now  # each death once; a restarted stub's new pid is the one to watch from now on
         self.report.log_lines += self.watch.trouble()
         if self.process.poll() is not None:
             self.report.server_exit = self.process.returncode
