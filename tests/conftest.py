@@ -39,6 +39,7 @@ class Server:
     metrics_port: int
     repository: Path
     log: Path
+    process: subprocess.Popen | None = None  # tritonserver itself, for tests that watch its stub processes
 
     @property
     def http(self) -> str:
@@ -62,7 +63,7 @@ def triton_server(repository: Path, log_dir: Path) -> Iterator[Server]:
     log = log_dir / "tritonserver.log"
     try:
         with serve.running(repository, ports, log_file=log) as running:
-            yield Server("127.0.0.1", ports.http, ports.grpc, ports.metrics, repository, log)
+            yield Server("127.0.0.1", ports.http, ports.grpc, ports.metrics, repository, log, running.process)
     except serve.ServeError:
         pytest.fail(f"tritonserver did not become ready:\n{log.read_text()[-4000:]}")
     assert running.process.returncode == 0, log.read_text()[-4000:]
