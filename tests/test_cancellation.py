@@ -19,6 +19,7 @@ from llm_client import GrpcLlmClient
 
 pytestmark = pytest.mark.triton
 
+CANCELLED_LINE = re.compile(r"tensorrt_llm: cancelled request '[^']*' after (\d+) tokens")
 LONG = {"text_input": "Write a very long story about a dragon.", "max_tokens": 1000, "min_tokens": 1000,
         "stream": True}
 
@@ -49,7 +50,7 @@ def short_answer_seconds(triton) -> float:
 
 
 def cancelled_lines(triton) -> list[int]:
-    return [int(n) for n in re.findall(r"tensorrt_llm: request cancelled after (\d+) tokens", triton.log.read_text())]
+    return [int(n) for n in CANCELLED_LINE.findall(triton.log.read_text())]
 
 
 def wait_for_cancellation(triton, before: int, timeout: float = 10.0) -> int:
