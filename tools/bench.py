@@ -50,9 +50,8 @@ def timed(command: list[str], env: dict[str, str] | None = None) -> float:
 
 def process_tree_rss_mib(pid: int) -> float:
     """Resident memory of tritonserver and its python backend stubs (one process per model instance)."""
-    children = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True).stdout.split()
     total = 0
-    for each in [pid, *map(int, children)]:
+    for each in [pid, *loadgen.children(pid)]:
         try:
             for line in Path(f"/proc/{each}/status").read_text().splitlines():
                 if line.startswith("VmRSS:"):

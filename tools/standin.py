@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import shutil
 import sys
@@ -23,6 +22,9 @@ from pathlib import Path
 from tokenizers import Tokenizer
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "build"))
+from layout import link_or_copy  # noqa: E402  (build/ is a script folder, not a package)
+
 ENGINE = Path(__file__).resolve().parent / "standin_engine"
 PASSAGE = ("The lighthouse keeper wrote in his log: 灯台守は毎晩、海を見ていた。"
            "他说：“大海从不睡觉，我也不睡。” Café, naïve, déjà vu — 🌊🗼✨ "
@@ -56,14 +58,6 @@ def expected_text(tokenizer: Tokenizer, ids: list[int]) -> str:
     return tokenizer.decode(ids, skip_special_tokens=True)
 
 
-def link_or_copy(source: str, target: str) -> None:
-    """Hard links cost nothing and share the weights; copies where the file system refuses."""
-    try:
-        os.link(source, target)
-    except OSError:
-        shutil.copy2(source, target)
-
-
 def engine_config(per_token_delay_us: int) -> str:
     text = (ENGINE / "config.pbtxt").read_text()
     return re.sub(r'(key: "per_token_delay_us" value: \{ string_value: ")\d+(")', rf"\g<1>{per_token_delay_us}\2",
@@ -80,7 +74,7 @@ def layout(repository: Path, out: Path, per_token_delay_us: int = 0) -> Path:
     tokenizer = tokenizer_of(repository)
     if out.exists():
         shutil.rmtree(out)
-    shutil.copytree(repository, out, copy_function=link_or_copy,
+    shutil.copytree(repository, out, copy_function=lambda src, dst: link_or_copy(Path(src), Path(dst)),
                     ignore=lambda folder, names: ["tensorrt_llm", "__pycache__"] if Path(folder) == repository
                     else [n for n in names if n == "__pycache__"])
     engine = out / "tensorrt_llm"

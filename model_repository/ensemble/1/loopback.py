@@ -78,9 +78,6 @@ class Outputs:
         self.response = response
         self.index = {output.name: i for i, output in enumerate(response.outputs)}
 
-    def __contains__(self, name: str) -> bool:
-        return name in self.index
-
     def tensor(self, name: str) -> Tensor:
         i = self.index[name]
         output = self.response.outputs[i]

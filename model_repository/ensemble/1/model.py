@@ -17,7 +17,7 @@ from concurrent.futures import Future
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
-from loopback import Loopback, ModelError, Stream, Tensor, from_numpy
+from loopback import Loopback, ModelError, Outputs, Stream, Tensor, from_numpy
 from model_params import load_config, load_tokenizer, parameter
 from sampling_ranges import range_error
 from streamed_text import StreamedText
@@ -67,6 +67,11 @@ class RequestError(ValueError):
 def text_response(texts: list[str]) -> pb_utils.InferenceResponse:
     array = np.array([[t.encode("utf-8")] for t in texts], dtype=object)
     return pb_utils.InferenceResponse([pb_utils.Tensor("text_output", array)])
+
+
+def new_ids(outputs: Outputs) -> list[int]:
+    """The token ids one tensorrt_llm response carries (output_ids up to its sequence_length)."""
+    return outputs.ints("output_ids")[:int(outputs.ints("sequence_length")[0])].tolist()
 
 
 def error_response(message: str) -> pb_utils.InferenceResponse:
@@ -228,8 +233,7 @@ class TritonPythonModel:
         else:
             # the rows of one request run side by side, so tensorrt_llm batches them
             ids = await asyncio.gather(*(self.generate_ids(request, tracked, row) for row in range(rows)))
-            texts = [self.tokenizer.decode(each, skip_special_tokens=self.skip_special_tokens) for each in ids]
-            sender.send(text_response(texts), flags=FINAL)
+            sender.send(text_response([self.decode(each) for each in ids]), flags=FINAL)
 
     @staticmethod
     def row_inputs(request, names: dict[str, str], row: int) -> list[Tensor]:
@@ -258,18 +262,19 @@ class TritonPythonModel:
     async def generate_ids(self, request, tracked: Tracked, row: int) -> list[int]:
         ids: list[int] = []
         async for outputs in (await self.tensorrt_llm_stream(request, tracked, row, stream=False)).responses():
-            length = int(outputs.ints("sequence_length")[0])
-            ids += outputs.ints("output_ids")[:length].tolist()
+            ids += new_ids(outputs)
         return ids
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=self.skip_special_tokens)
 
     async def stream_row(self, request, sender, tracked: Tracked) -> None:
         text = StreamedText(self.tokenizer, self.skip_special_tokens)
         outbox = Outbox(sender, asyncio.get_running_loop())
         async for outputs in (await self.tensorrt_llm_stream(request, tracked, 0, stream=True)).responses():
-            length = int(outputs.ints("sequence_length")[0])
-            outbox.put(text.add(outputs.ints("output_ids")[:length].tolist()))
+            outbox.put(text.add(new_ids(outputs)))
         try:
-            tail = text.tail(self.tokenizer.decode(text.ids, skip_special_tokens=self.skip_special_tokens))
+            tail = text.tail(self.decode(text.ids))
         except ValueError as error:
             raise RequestError(f"internal error: {error}") from None
         outbox.finish(tail)
