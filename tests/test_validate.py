@@ -15,13 +15,8 @@ import validate
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
-CRDS = ROOT.parent / "shared" / "crds"
+CRDS = ROOT / "tools" / "crds"
 OVERLAY = "this overlay's Deployment/triton"
-
-
-@pytest.fixture(scope="session", autouse=True)
-def crds_present() -> None:
-    assert CRDS.is_dir(), f"the CRD schemas must be at {CRDS} (CI's copy of shared/crds)"
 
 
 @pytest.fixture
@@ -426,7 +421,7 @@ def test_unknown_kinds_and_versions_fail() -> None:
     ]
     assert check("monitoring.googleapis.com/v1", "PodMonitor") == [
         "unknown kind PodMonitor in monitoring.googleapis.com/v1 (kinds of monitoring.googleapis.com: "
-        "ClusterPodMonitoring, ClusterRules, GlobalRules, PodMonitoring, Rules)"
+        "PodMonitoring, Rules)"
     ]
 
 
@@ -477,7 +472,7 @@ def test_cli_prints_each_directory_and_exits_1_on_a_problem(
     edit(repo, "overlays/h100/gpu.yaml", 'cpu: "24"', 'cpu: "16"')
     assert validate.main(["--repo", str(repo), "--crds", str(CRDS), "overlays/cpu", "overlays/h100"]) == 1
     assert capsys.readouterr().out == (
-        f"CRD schemas from {CRDS} (25 kinds)\n"
+        f"CRD schemas from {CRDS} (13 kinds)\n"
         "✅ overlays/cpu (13 objects)\n"
         "❌ overlays/h100\n"
         "   - Deployment/triton: container triton requests cpu 16, but build/gpus.toml gives h100 pods 24 per GPU "
@@ -493,20 +488,17 @@ def test_cli_crd_directory_from_the_environment(
     monkeypatch.setenv(validate.CRDS_ENV, str(CRDS))
     assert validate.main(["--repo", str(repo), "gitops/nodepools"]) == 0
     assert capsys.readouterr().out == (
-        f"CRD schemas from {CRDS} (25 kinds)\n✅ gitops/nodepools (4 objects)\n1 directory, 0 failed\n"
+        f"CRD schemas from {CRDS} (13 kinds)\n✅ gitops/nodepools (4 objects)\n1 directory, 0 failed\n"
     )
 
 
-def test_cli_says_when_no_crd_directory_is_found(
+def test_cli_checks_custom_resources_against_the_vendored_crds_by_default(
     repo: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(repo)
     monkeypatch.delenv(validate.CRDS_ENV, raising=False)
-    assert validate.main(["--repo", str(repo), "gitops/base"]) == 0
-    assert capsys.readouterr().out.splitlines()[0] == (
-        "no CRD directory: pass --crds DIR or set GKE_TRITON_CRDS; custom resources (PodMonitoring, BackendConfig, "
-        "Argo CD, Config Connector) cannot be checked and will fail"
-    )
+    assert validate.main(["--repo", str(repo), "gitops/nodepools"]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == f"CRD schemas from {CRDS} (13 kinds)"
 
 
 def test_cli_without_kustomize_is_a_tool_error(

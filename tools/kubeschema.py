@@ -2,13 +2,13 @@
 
 Built-in kinds are checked against the strict OpenAPI schemas that kubernetes-validate ships for
 KUBERNETES_VERSION (unknown fields fail). Custom resources are checked against the
-CustomResourceDefinitions in a directory (ours: ../shared/crds; a user's: `kubectl get crd NAME -o
-yaml` output), converted to JSON Schema that is closed (`additionalProperties: false`) wherever the
-CRD does not say `x-kubernetes-preserve-unknown-fields`. Anything that is neither fails: an unknown
-kind or apiVersion is an error, never a skip.
+CustomResourceDefinitions in a directory (ours: tools/crds, vendored upstream files; a user's:
+`kubectl get crd NAME -o yaml` output), converted to JSON Schema that is closed
+(`additionalProperties: false`) wherever the CRD does not say `x-kubernetes-preserve-unknown-fields`.
+Anything that is neither fails: an unknown kind or apiVersion is an error, never a skip.
 
 What this does not enforce (the API server would): CEL rules (`x-kubernetes-validations`),
-list-map uniqueness, `format`. Recipe and caveats: ../shared/reference/manifest-validation.md §2.3.
+list-map uniqueness, `format`.
 """
 
 from __future__ import annotations

@@ -32,6 +32,8 @@ import manifest_policy  # noqa: E402
 import yaml  # noqa: E402
 
 CRDS_ENV = "GKE_TRITON_CRDS"
+# Upstream CRDs at pinned releases; tools/crds/sources.toml says which, tools/update_crds.py refreshes them.
+VENDORED_CRDS = Path(__file__).resolve().parent / "crds"
 KUSTOMIZATION_FILES = ("kustomization.yaml", "kustomization.yml", "Kustomization")
 _LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
@@ -90,13 +92,10 @@ def kustomization_dirs(root: Path) -> list[Path]:
     return overlays + gitops
 
 
-def crd_directory(flag: str | None, root: Path) -> Path | None:
-    """--crds, else $GKE_TRITON_CRDS, else <repo>/../shared/crds where it exists (CI's copy)."""
+def crd_directory(flag: str | None) -> Path:
+    """--crds, else $GKE_TRITON_CRDS, else the upstream CRDs vendored in tools/crds."""
     chosen = flag or os.environ.get(CRDS_ENV)
-    if chosen:
-        return Path(chosen)
-    default = root.parent / "shared" / "crds"
-    return default if default.is_dir() else None
+    return Path(chosen) if chosen else VENDORED_CRDS
 
 
 def is_serving(directory: Path, root: Path) -> bool:
@@ -197,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
             "  python tools/validate.py overlays/h100        # one overlay\n"
             "  python tools/validate.py --crds ~/my-cluster-crds   # CRDs of your cluster:\n"
             "      kubectl get crd podmonitorings.monitoring.googleapis.com -o yaml > ~/my-cluster-crds/pm.yaml\n"
-            f"CRDs come from --crds, else ${CRDS_ENV}, else <repo>/../shared/crds."
+            f"CRDs come from --crds, else ${CRDS_ENV}, else tools/crds (tools/crds/sources.toml)."
         ),
     )
     parser.add_argument("paths", nargs="*", type=Path, help="kustomization directories (default: all)")
@@ -206,15 +205,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     root = args.repo.resolve()
-    crds_dir = crd_directory(args.crds, root)
+    crds_dir = crd_directory(args.crds)
     try:
-        if crds_dir is None:
-            print(
-                f"no CRD directory: pass --crds DIR or set {CRDS_ENV}; custom resources (PodMonitoring, "
-                "BackendConfig, Argo CD, Config Connector) cannot be checked and will fail"
-            )
-        else:
-            print(f"CRD schemas from {crds_dir} ({len(kubeschema.load_crds(crds_dir).kinds)} kinds)")
+        print(f"CRD schemas from {_shown(crds_dir)} ({len(kubeschema.load_crds(crds_dir).kinds)} kinds)")
         results = validate(root, crds_dir, [p.resolve() for p in args.paths] or None)
     except (ToolError, kubeschema.CrdError) as error:
         print(f"error: {error}", file=sys.stderr)
