@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 # architecture -> (TensorRT-LLM example folder that converts it, or None where no engine recipe exists)
-# Mistral uses the Llama example (trtllm-triton.md §2.1); gpt-oss is only documented for the
-# PyTorch backend, so it has no engine path.
+# Mistral uses the Llama example (NVIDIA/TensorRT-LLM docs/source/reference/support-matrix.md); gpt-oss
+# is only documented for the PyTorch backend, so it has no engine path.
 ARCHITECTURES: dict[str, str | None] = {
     "LlamaForCausalLM": "llama",
     "MistralForCausalLM": "llama",

@@ -29,7 +29,7 @@ from hf_config import ModelShape
 GIB = 2**30
 HEADROOM_MIN_GIB = 2
 HEADROOM_FRACTION = 0.10
-TOKENS_PER_BLOCK = 32  # TRT-LLM 1.x paged-KV block size (trtllm-triton.md §2.3); passed to trtllm-build
+TOKENS_PER_BLOCK = 32  # TRT-LLM 1.x paged-KV block size (trtllm-build --tokens_per_block default in 1.x); passed to it
 DEFAULT_MAX_SEQ_LEN = 8192  # 128k-context models would otherwise reserve KV for 128k-token requests
 DEFAULT_MAX_NUM_TOKENS = 8192  # trtllm-build's own default; chunked context feeds longer prompts in pieces
 MAX_BATCH_SIZE_CAP = 256
@@ -50,7 +50,7 @@ class Precision:
 
 # int4_awq: 4 bits + one fp16 scale per 128 weights (--awq_block_size 128); nvfp4: 4 bits + one fp8 scale
 # per 16; mxfp4 (gpt-oss as published): 4 bits + one 8-bit scale per 32, experts only. FP8 and NVFP4
-# engines get an FP8 KV cache (quantize.py --kv_cache_dtype fp8, trtllm-triton.md §2.4).
+# engines get an FP8 KV cache (examples/quantization/quantize.py --kv_cache_dtype fp8).
 PRECISIONS: dict[str, Precision] = {
     "fp32": Precision(4, 4),
     "bf16": Precision(2, 2),
@@ -62,7 +62,8 @@ PRECISIONS: dict[str, Precision] = {
     "mxfp4": Precision(0.5 + 1 / 32, 2, quantized_mlp_only=True),
 }
 # Pre-quantized checkpoints are served as shipped, only by the llmapi runtime. MXFP4 MoE kernels are
-# documented for Hopper (bf16 activations) and Blackwell only (trtllm-triton.md §2.1, gpt_oss README).
+# documented for Hopper (bf16 activations) and Blackwell only
+# (NVIDIA/TensorRT-LLM examples/models/core/gpt_oss/README.md).
 PREQUANTIZED_MIN_CC = {"mxfp4": 9.0}
 # Precisions the llmapi (PyTorch) runtime serves from an unquantized checkpoint: it loads weights as
 # they are and does not run ModelOpt itself.

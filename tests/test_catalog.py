@@ -11,7 +11,7 @@ GPU_TARGETS = [g for g in catalog.gpus().values() if not g.is_cpu]
 
 
 def test_issue_targets_have_their_gke_labels_and_compute_capabilities():
-    # issue 3, Deliver 1; gke-serving.md §1.4 and trtllm-triton.md §2.4
+    # issue 3, Deliver 1; sources in build/gpus.toml's header
     expected = {
         "l4": ("nvidia-l4", "8.9"),
         "a100-40gb": ("nvidia-tesla-a100", "8.0"),
