@@ -209,6 +209,7 @@ patches:
           spec:
             nodeSelector:
               cloud.google.com/gke-accelerator: {gpu.accelerator}
+              cloud.google.com/compute-class: triton-build-{gpu.name}
             containers:
               - name: compile
                 resources:

@@ -243,6 +243,7 @@ patches:
           spec:
             nodeSelector:
               cloud.google.com/gke-accelerator: nvidia-h100-80gb
+              cloud.google.com/compute-class: triton-build-h100
             containers:
               - name: compile
                 resources:
@@ -332,7 +333,8 @@ def test_compile_job_base_renders_for_its_example_gpu():
     compile_container = pod["containers"][0]
     # the example values agree with the catalog, like every overlay does
     h100 = catalog.gpu(params["GPU"])
-    assert pod["nodeSelector"] == {"cloud.google.com/gke-accelerator": h100.accelerator}
+    assert pod["nodeSelector"] == {"cloud.google.com/gke-accelerator": h100.accelerator,
+                                   "cloud.google.com/compute-class": f"triton-build-{h100.name}"}
     assert compile_container["resources"]["requests"] == {
         "cpu": str(h100.pod_cpu), "memory": f"{h100.pod_memory_gib}Gi", "nvidia.com/gpu": "1"}
     # the image that builds is the image that serves
@@ -366,7 +368,8 @@ def test_printed_job_overlay_renders_the_planned_build(tmp_path, model, gpu, kwa
     pod = job["spec"]["template"]["spec"]
     target = catalog.gpu(gpu)
     assert job["metadata"]["name"] == engine.job_name(plan)
-    assert pod["nodeSelector"] == {"cloud.google.com/gke-accelerator": target.accelerator}
+    assert pod["nodeSelector"] == {"cloud.google.com/gke-accelerator": target.accelerator,
+                                   "cloud.google.com/compute-class": f"triton-build-{gpu}"}
     assert pod["containers"][0]["resources"] == {
         "requests": {"cpu": str(target.pod_cpu * plan.tp), "memory": f"{target.pod_memory_gib * plan.tp}Gi",
                      "nvidia.com/gpu": str(plan.tp)},

@@ -6,9 +6,11 @@ from __future__ import annotations
 import difflib
 import re
 import shutil
+import tomllib
 from functools import cache
 from pathlib import Path
 
+import capacity_policy
 import catalog
 import pytest
 import validate
@@ -206,19 +208,23 @@ def test_bootstrap_application_syncs_the_argocd_folder_itself() -> None:
     assert health["metadata"]["annotations"]["argocd.argoproj.io/sync-options"] == "Prune=false,Delete=false"
 
 
+def pools() -> list[dict]:
+    """The primary pool of each GPU (the on-demand fallbacks of Spot pools left out)."""
+    return [
+        p for p in rendered("gitops/nodepools")
+        if p["kind"] == "ContainerNodePool" and not p["metadata"]["name"].endswith("-on-demand")
+    ]
+
+
 def node_pool(accelerator: str) -> dict:
     [spec] = [
-        p["spec"]
-        for p in rendered("gitops/nodepools")
-        if [a["type"] for a in p["spec"]["nodeConfig"]["guestAccelerator"]] == [accelerator]
+        p["spec"] for p in pools() if [a["type"] for a in p["spec"]["nodeConfig"]["guestAccelerator"]] == [accelerator]
     ]
     return spec
 
 
 def test_one_gpu_node_pool_per_gpu_overlay_with_room_for_its_pod() -> None:
-    accelerators = sorted(
-        a["type"] for p in rendered("gitops/nodepools") for a in p["spec"]["nodeConfig"]["guestAccelerator"]
-    )
+    accelerators = sorted(a["type"] for p in pools() for a in p["spec"]["nodeConfig"]["guestAccelerator"])
     assert accelerators == sorted(catalog.gpu(t).accelerator for t in TARGETS[1:])
     for target in TARGETS[1:]:
         gpu = catalog.gpu(target)
@@ -241,9 +247,8 @@ def test_node_pool_zones_are_set_in_cluster_yaml_only() -> None:
         zones = node_pool(catalog.gpu(target).accelerator)["nodeLocations"]
         assert zones == cluster[f"{target}-zones"]
         assert all(zone.startswith(f"{cluster['location']}-") for zone in zones)
-    assert "us-central1-" not in "".join(
-        (ROOT / "gitops/nodepools" / f"{t}.yaml").read_text() for t in TARGETS[1:]
-    )
+    assert "us-central1-" not in "".join(p.read_text() for p in (ROOT / "gitops/nodepools").glob("*.yaml")
+                                          if p.name != "cluster.yaml")
 
 
 def test_h100_pool_is_spot_because_gce_sells_one_gpu_a3_high_only_so() -> None:
@@ -277,3 +282,52 @@ def test_podmonitoring_health_check_runs_in_lua_5_1_like_argo_cd(status: dict | 
                                                recursive=True)
     result = runtime.execute(lua)
     assert (result["status"], result["message"]) == health
+
+
+# --- the GKE facts the capacity policy relies on (tools/gke_facts.toml) --------------------------------
+
+
+def test_every_gke_fact_has_a_value_our_words_and_an_upstream_source() -> None:
+    facts = tomllib.loads((ROOT / "tools/gke_facts.toml").read_text())
+    for name, entry in facts.items():
+        assert set(entry) == {"value", "fact", "source"}, name
+        assert "shared" not in entry["source"] and ("https://" in entry["source"] or "@" in entry["source"]), name
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_serving_shutdown_fits_the_cluster_autoscalers_limit(target: str) -> None:
+    limit = capacity_policy.fact("cluster_autoscaler_max_graceful_termination_seconds")
+    pod = one(rendered(f"overlays/{target}"), "Deployment")["spec"]["template"]["spec"]
+    drain = int(next(a for a in triton(rendered(f"overlays/{target}"))["args"] if "exit-timeout" in a).split("=")[1])
+    assert drain + 15 + capacity_policy.UNLOAD_MARGIN_SECONDS == pod["terminationGracePeriodSeconds"] <= limit
+
+
+@pytest.mark.parametrize("target", ["l4", "h100"])
+def test_spot_overlays_run_two_replicas_on_two_nodes_with_a_fallback(target: str) -> None:
+    objects = rendered(f"overlays/{target}")
+    assert one(objects, "HorizontalPodAutoscaler")["spec"]["minReplicas"] >= capacity_policy.SPOT_MIN_REPLICAS
+    pod = one(objects, "Deployment")["spec"]["template"]["spec"]
+    name = pod["nodeSelector"][capacity_policy.fact("compute_class_key")]
+    computeclass = one(rendered("gitops/nodepools"), "ComputeClass", name)
+    offers, missing = capacity_policy.class_offers(computeclass, rendered("gitops/nodepools"))
+    assert missing == [] and offers[0].spot and not offers[-1].spot
+    assert {(o.accelerator, o.count) for o in offers} == {(catalog.gpu(target).accelerator, 1)}
+
+
+def test_pools_not_sold_on_demand_are_spot_or_reserved() -> None:
+    for pool in (p for p in rendered("gitops/nodepools") if p["kind"] == "ContainerNodePool"):
+        if pool["spec"]["nodeConfig"]["machineType"] in capacity_policy.fact("not_sold_on_demand"):
+            assert capacity_policy.pool_capacity(pool) in {"spot", "reservation"}
+    reservation = node_pool("nvidia-h200-141gb")["nodeConfig"]["reservationAffinity"]
+    assert reservation["key"] == capacity_policy.fact("reservation_name_key")
+    cluster = yaml.safe_load((ROOT / "gitops/nodepools/cluster.yaml").read_text())["data"]
+    assert reservation["values"] == cluster["h200-reservations"]
+
+
+@pytest.mark.parametrize("target", TARGETS[1:])
+def test_build_classes_offer_every_machine_type_of_the_catalog_on_flex_start(target: str) -> None:
+    gpu = catalog.gpu(target)
+    computeclass = one(rendered("gitops/nodepools"), "ComputeClass", f"triton-build-{target}")
+    priorities = computeclass["spec"]["priorities"]
+    assert {p["gpu"]["count"]: p["machineType"] for p in priorities} == gpu.machine_types
+    assert all(p["gpu"]["type"] == gpu.accelerator and p["flexStart"]["enabled"] for p in priorities)

@@ -318,18 +318,31 @@ def test_missing_probe(repo: Path) -> None:
 
 
 def test_load_balancer_timeout_longer_than_the_drain(repo: Path) -> None:
-    edit(repo, "gitops/components/tls-ingress/backendconfig.yaml", "timeoutSec: 600", "timeoutSec: 3600")
+    edit(repo, "gitops/components/tls-ingress/backendconfig.yaml", "timeoutSec: 570", "timeoutSec: 3600")
     assert problems(repo, "overlays/h100") == [
         "BackendConfig/triton: timeoutSec 3600 lets a stream run longer than Triton drains on shutdown "
-        "(--exit-timeout-secs 600 in Deployment/triton); raise the drain or lower the timeout"
+        "(--exit-timeout-secs 570 in Deployment/triton); raise the drain or lower the timeout"
     ]
 
 
 def test_grace_period_shorter_than_the_drain(repo: Path) -> None:
-    edit(repo, "gitops/base/deployment.yaml", "terminationGracePeriodSeconds: 630", "terminationGracePeriodSeconds: 60")
+    edit(repo, "gitops/base/deployment.yaml", "terminationGracePeriodSeconds: 600",
+         "terminationGracePeriodSeconds: 590")
     assert problems(repo, "overlays/cpu") == [
-        "Deployment/triton: terminationGracePeriodSeconds 60 is shorter than the preStop sleep (15) plus Triton's "
-        "--exit-timeout-secs (600); the kubelet would kill in-flight streams"
+        "Deployment/triton: terminationGracePeriodSeconds 590 is shorter than the preStop sleep (15) + Triton's "
+        "--exit-timeout-secs (570) + 15 s to unload = 600; the kubelet would kill in-flight streams"
+    ]
+
+
+def test_grace_period_longer_than_the_cluster_autoscaler_waits(repo: Path) -> None:
+    edit(repo, "gitops/base/deployment.yaml", "terminationGracePeriodSeconds: 600",
+         "terminationGracePeriodSeconds: 630")
+    edit(repo, "gitops/base/deployment.yaml", "--exit-timeout-secs=570", "--exit-timeout-secs=600")
+    edit(repo, "gitops/components/tls-ingress/backendconfig.yaml", "timeoutSec: 570", "timeoutSec: 600")
+    assert problems(repo, "overlays/h100") == [
+        "Deployment/triton: terminationGracePeriodSeconds 630 is cut to 600 by the cluster autoscaler on scale-down "
+        "(max-graceful-termination-sec, tools/gke_facts.toml); fit the preStop sleep, --exit-timeout-secs and 15 s "
+        "to unload within 600"
     ]
 
 
@@ -397,12 +410,12 @@ def test_a_node_pool_with_fewer_gpus_than_the_pod_needs_does_not_count(repo: Pat
 
 def test_without_crds_custom_resources_fail_and_say_how_to_fix_it(repo: Path) -> None:
     found = problems(repo, "gitops/nodepools", crds=None)
-    assert found[0] == (
+    assert (
         "ContainerNodePool/triton-a100-80gb: unknown kind ContainerNodePool in container.cnrm.cloud.google.com/"
         "v1beta1: not a built-in kind of Kubernetes 1.33, and no CRD directory was given to check custom resources "
         "(--crds DIR or GKE_TRITON_CRDS)"
-    )
-    assert len(found) == 4
+    ) in found
+    assert len(found) == 14
 
 
 def test_unknown_kinds_and_versions_fail() -> None:
@@ -488,7 +501,7 @@ def test_cli_crd_directory_from_the_environment(
     monkeypatch.setenv(validate.CRDS_ENV, str(CRDS))
     assert validate.main(["--repo", str(repo), "gitops/nodepools"]) == 0
     assert capsys.readouterr().out == (
-        f"CRD schemas from {CRDS} (13 kinds)\n✅ gitops/nodepools (4 objects)\n1 directory, 0 failed\n"
+        f"CRD schemas from {CRDS} (13 kinds)\n✅ gitops/nodepools (14 objects)\n1 directory, 0 failed\n"
     )
 
 
@@ -509,3 +522,146 @@ def test_cli_without_kustomize_is_a_tool_error(
     assert capsys.readouterr().err == (
         "error: neither kustomize nor kubectl is on PATH: install kubectl (it includes kustomize) or kustomize v5\n"
     )
+
+
+# --- Spot, fallbacks, disruption budgets, node pools and build Jobs (tools/capacity_policy.py) -------
+
+
+def test_spot_overlay_with_one_replica(repo: Path) -> None:
+    edit(repo, "gitops/components/spot/kustomization.yaml", "value: 2", "value: 1")
+    assert problems(repo, "overlays/l4") == [
+        "Deployment/triton: runs on Spot (ContainerNodePool/triton-l4) with HPA minReplicas 1; a preemption gives a "
+        "pod ~15 s, so one replica means an outage for a whole cold start: set minReplicas to at least 2 "
+        "(components/spot)"
+    ]
+
+
+def test_spot_replicas_not_spread_over_nodes(repo: Path) -> None:
+    edit(repo, "gitops/components/spot/deployment.yaml", "whenUnsatisfiable: DoNotSchedule",
+         "whenUnsatisfiable: ScheduleAnyway")
+    assert problems(repo, "overlays/h100") == [
+        "Deployment/triton: runs on Spot (ContainerNodePool/triton-h100) without topologySpreadConstraints maxSkew 1 "
+        "on kubernetes.io/hostname (DoNotSchedule); two replicas on one node go with one preemption (components/spot)"
+    ]
+
+
+def test_spot_compute_class_without_a_fallback(repo: Path) -> None:
+    edit(repo, "gitops/nodepools/computeclasses.yaml", "    - nodepools: [triton-l4-on-demand]\n", "")
+    assert problems(repo, "gitops/nodepools") == [
+        "ComputeClass/triton-l4: every priority is Spot (ContainerNodePool/triton-l4); add an on-demand, reservation "
+        "or flex-start priority of 1 × nvidia-l4 so a Spot stock-out does not leave pods Pending"
+    ]
+
+
+def test_spot_pool_without_a_class_and_no_fallback(repo: Path) -> None:
+    # The pods select no class, and the Spot pool is not a class's: it is the only L4 they can take.
+    edit(repo, "overlays/l4/kustomization.yaml", "  - ../../gitops/components/spot-l4\n", "")
+    edit(repo, "gitops/nodepools/l4.yaml", "    labels:\n      cloud.google.com/compute-class: triton-l4\n", "")
+    assert problems(repo, "overlays/l4") == [
+        "Deployment/triton: runs on Spot (ContainerNodePool/triton-l4) with HPA minReplicas 1; a preemption gives a "
+        "pod ~15 s, so one replica means an outage for a whole cold start: set minReplicas to at least 2 "
+        "(components/spot)",
+        "Deployment/triton: runs on Spot (ContainerNodePool/triton-l4) without topologySpreadConstraints maxSkew 1 "
+        "on kubernetes.io/hostname (DoNotSchedule); two replicas on one node go with one preemption (components/spot)",
+        "Deployment/triton: runs on Spot (ContainerNodePool/triton-l4) with no fallback in gitops/nodepools; select a "
+        "ComputeClass whose later priorities are on-demand, reservation or flex-start nvidia-l4 nodes",
+    ]
+
+
+def test_pods_that_select_no_class_cannot_use_a_class_pool(repo: Path) -> None:
+    edit(repo, "overlays/h100/kustomization.yaml", "  - ../../gitops/components/spot-h100\n", "")
+    assert problems(repo, "overlays/h100") == [
+        "Deployment/triton: the nvidia-h100-80gb pools serve a ComputeClass only (ContainerNodePool/triton-h100 "
+        "(ComputeClass/triton-h100)), and its pods select none; add nodeSelector cloud.google.com/compute-class "
+        "(components/spot-<gpu>)"
+    ]
+
+
+def test_disruption_budget_that_lets_a_drain_evict_the_last_pod(repo: Path) -> None:
+    edit(repo, "gitops/base/poddisruptionbudget.yaml", "  minAvailable: 1\n", "  maxUnavailable: 1\n")
+    assert problems(repo, "overlays/h200") == [
+        "PodDisruptionBudget/triton: maxUnavailable 1 at the HPA's minReplicas 1 lets a drain evict the last Triton "
+        "pod; set minAvailable: 1"
+    ]
+
+
+def test_h200_pool_on_a3_ultra_without_a_reservation(repo: Path) -> None:
+    edit(repo, "gitops/nodepools/h200.yaml", "consumeReservationType: SPECIFIC_RESERVATION",
+         "consumeReservationType: NO_RESERVATION")
+    assert problems(repo, "gitops/nodepools") == [
+        "ContainerNodePool/triton-h200: a3-ultragpu-8g is not sold on demand (only Spot, flex-start or a reservation; "
+        "tools/gke_facts.toml not_sold_on_demand), so this pool would never grow; set nodeConfig.reservationAffinity "
+        "to a SPECIFIC_RESERVATION named in cluster.yaml, or spot: true"
+    ]
+
+
+def test_reserved_pool_that_surges_on_upgrade(repo: Path) -> None:
+    edit(repo, "gitops/nodepools/h200.yaml", "maxSurge: 0", "maxSurge: 1")
+    assert problems(repo, "gitops/nodepools") == [
+        "ContainerNodePool/triton-h200: upgradeSettings.maxSurge 1 on reserved capacity: a surge node has no room in a "
+        "fully used reservation; use maxSurge 0 and maxUnavailable 1"
+    ]
+
+
+def test_node_pool_without_upgrade_settings(repo: Path) -> None:
+    edit(repo, "gitops/nodepools/a100-80gb.yaml", "  upgradeSettings:\n    strategy: SURGE\n    maxSurge: 1\n"
+         "    maxUnavailable: 0\n", "")
+    assert problems(repo, "gitops/nodepools") == [
+        "ContainerNodePool/triton-a100-80gb: no upgradeSettings; say how node upgrades replace GPU nodes (surge "
+        "maxSurge 1 and maxUnavailable 0, or maxSurge 0 and maxUnavailable 1 on a reservation)"
+    ]
+
+
+def test_node_pool_that_config_connector_would_delete(repo: Path) -> None:
+    edit(repo, "gitops/nodepools/a100-80gb.yaml", "    cnrm.cloud.google.com/deletion-policy: abandon\n", "")
+    assert problems(repo, "gitops/nodepools") == [
+        "ContainerNodePool/triton-a100-80gb: needs annotation cnrm.cloud.google.com/deletion-policy: abandon; without "
+        "it deleting the object deletes the node pool and the serving pods on it"
+    ]
+
+
+def test_node_pool_on_the_default_compute_service_account(repo: Path) -> None:
+    edit(repo, "gitops/nodepools/a100-80gb.yaml", "    serviceAccountRef:\n      name: triton-gpu-nodes\n", "")
+    assert problems(repo, "gitops/nodepools") == [
+        "ContainerNodePool/triton-a100-80gb: nodes run as the Compute Engine default service account (Editor on the "
+        "project); set nodeConfig.serviceAccountRef to the least-privilege node service account "
+        "(node-service-account.yaml)"
+    ]
+
+
+def test_node_service_account_without_a_role_nodes_need(repo: Path) -> None:
+    text = (repo / "gitops/nodepools/node-service-account.yaml").read_text()
+    (repo / "gitops/nodepools/node-service-account.yaml").write_text(text[: text.rindex("---\n")])
+    assert problems(repo, "gitops/nodepools") == [
+        "IAMServiceAccount/triton-gpu-nodes: GPU nodes run as it but it lacks roles/artifactregistry.reader; grant "
+        "them with IAMPolicyMember (tools/gke_facts.toml node_service_account_roles)"
+    ]
+
+
+def test_build_job_whose_gpu_count_its_class_does_not_offer(repo: Path) -> None:
+    # A TP=2 build sent to the serving class, whose nodes carry one H100 each.
+    job = repo / "gitops/jobs/compile-engine/job.yaml"
+    job.write_text(job.read_text().replace('nvidia.com/gpu: "1"', 'nvidia.com/gpu: "2"')
+                   .replace("compute-class: triton-build-h100", "compute-class: triton-h100"))
+    assert problems(repo, "gitops/jobs/compile-engine") == [
+        "Job/compile-engine: requests 2 × nvidia-h100-80gb on one node, but ComputeClass/triton-h100 offers 1 per "
+        "node (ContainerNodePool/triton-h100), 1 per node (ComputeClass/triton-h100 priority 2); add a priority or "
+        "pool of a3-highgpu-2g (2 GPUs, build/gpus.toml)"
+    ]
+
+
+def test_build_job_larger_than_any_node_of_its_gpu(repo: Path) -> None:
+    job = repo / "gitops/jobs/compile-engine/job.yaml"
+    job.write_text(job.read_text().replace('nvidia.com/gpu: "1"', 'nvidia.com/gpu: "16"'))
+    assert problems(repo, "gitops/jobs/compile-engine") == [
+        "Job/compile-engine: requests 16 × nvidia-h100-80gb on one node, but ComputeClass/triton-build-h100 offers "
+        "1 per node (ComputeClass/triton-build-h100 priority 1), 2 per node (ComputeClass/triton-build-h100 "
+        "priority 2), 4 per node (ComputeClass/triton-build-h100 priority 3), 8 per node "
+        "(ComputeClass/triton-build-h100 priority 4); no machine type in build/gpus.toml carries that many"
+    ]
+
+
+def test_multi_gpu_build_job_gets_a_node_of_its_size(repo: Path) -> None:
+    job = repo / "gitops/jobs/compile-engine/job.yaml"
+    job.write_text(job.read_text().replace('nvidia.com/gpu: "1"', 'nvidia.com/gpu: "4"'))
+    assert problems(repo, "gitops/jobs/compile-engine") == []

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import capacity_policy
 import catalog
 import engine
 import pin_gate
@@ -50,6 +51,7 @@ class ServingContext:
     namespace: str | None  # the namespace the ApplicationSet deploys this overlay to
     project: dict | None  # the AppProject its Application belongs to
     node_pools: list[dict] | None  # the rendered ContainerNodePools
+    compute_classes: list[dict] | None = None  # the rendered ComputeClasses (gitops/nodepools)
 
 
 def ref(obj: dict) -> str:
@@ -168,7 +170,13 @@ def check_node_pools(objects: list[dict]) -> list[str]:
 
 
 def check_everywhere(objects: list[dict]) -> list[str]:
-    return check_images(objects) + check_autoscaling(objects) + check_node_pools(objects)
+    return (
+        check_images(objects)
+        + check_autoscaling(objects)
+        + check_node_pools(objects)
+        + capacity_policy.check_node_pools(objects)
+        + capacity_policy.check_compute_classes(objects)
+    )
 
 
 # --- checks for a serving overlay ---------------------------------------------------------------
@@ -311,12 +319,7 @@ def _check_drain(objects: list[dict], deployment: dict, pod: dict, triton: dict)
     command = triton.get("lifecycle", {}).get("preStop", {}).get("exec", {}).get("command", [])
     pre_stop = int(command[1]) if command[:1] == ["sleep"] and len(command) == 2 and command[1].isdigit() else 0
     grace = pod.get("terminationGracePeriodSeconds", 30)
-    problems = []
-    if grace < pre_stop + drain:
-        problems.append(
-            f"{ref(deployment)}: terminationGracePeriodSeconds {grace} is shorter than the preStop sleep ({pre_stop}) "
-            f"plus Triton's --exit-timeout-secs ({drain}); the kubelet would kill in-flight streams"
-        )
+    problems = capacity_policy.check_grace(deployment, grace, pre_stop, drain)
     for config in _by_kind(objects, "BackendConfig"):
         timeout = config.get("spec", {}).get("timeoutSec", 30)
         if timeout > drain:
@@ -551,6 +554,9 @@ def check_serving(objects: list[dict], pin_path: Path, context: ServingContext) 
                 problems += _check_requests(deployment, triton, gpu, count)
                 if count and context.node_pools is not None:
                     problems += _check_node_pool_exists(deployment, gpu, count, context.node_pools)
+                    problems += capacity_policy.check_spot(
+                        objects, deployment, pod, gpu.accelerator, context.node_pools, context.compute_classes or []
+                    )
             if pin is not None:
                 problems += check_pin(pin, deployment, gpu, count, triton, pod)
         if triton.get("image") != catalog.triton_image():
@@ -561,6 +567,7 @@ def check_serving(objects: list[dict], pin_path: Path, context: ServingContext) 
         problems += _check_repository_path(deployment, pod, triton)
         problems += _check_probes(deployment, triton)
         problems += _check_drain(objects, deployment, pod, triton)
+        problems += capacity_policy.check_disruption_budget(objects, deployment)
         problems += _check_security(deployment, pod)
         # A runtime the GPU cannot run is reported by the pin gate; do not also judge the HPA by it.
         runtime = pin["runtime"] if pin and gpu and pin["runtime"] in gpu.runtimes else None

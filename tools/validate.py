@@ -27,6 +27,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "build"))
 
+import capacity_policy  # noqa: E402
 import kubeschema  # noqa: E402
 import manifest_policy  # noqa: E402
 import yaml  # noqa: E402
@@ -133,7 +134,10 @@ def serving_context(directory: Path, root: Path, platform: list[dict]) -> manife
                 None,
             )
     pools = [o for o in platform if o.get("kind") == "ContainerNodePool"]
-    return manifest_policy.ServingContext(namespace=namespace, project=project, node_pools=pools or None)
+    classes = [o for o in platform if o.get("kind") == "ComputeClass"]
+    return manifest_policy.ServingContext(
+        namespace=namespace, project=project, node_pools=pools or None, compute_classes=classes
+    )
 
 
 def check_directory(
@@ -144,6 +148,7 @@ def check_directory(
     for obj in objects:
         problems += [f"{manifest_policy.ref(obj)}: {p}" for p in kubeschema.validate_object(obj, crds)]
     problems += manifest_policy.check_everywhere(objects)
+    problems += capacity_policy.check_jobs(objects, platform)
     if is_serving(directory, root):
         context = serving_context(directory, root, platform)
         problems += manifest_policy.check_serving(objects, directory / manifest_policy.PIN_FILE, context)
