@@ -30,6 +30,7 @@ class Gpu:
     precisions: tuple[str, ...]
     default_precision: str
     runtimes: tuple[str, ...]
+    dense_tflops: dict[str, float]  # "bf16", "fp8", "fp4" -> dense tensor TFLOPS per GPU (datasheet); 0 = none
 
     @property
     def is_cpu(self) -> bool:
@@ -61,6 +62,7 @@ def gpus() -> dict[str, Gpu]:
             precisions=tuple(entry["precisions"]),
             default_precision=entry["default_precision"],
             runtimes=tuple(entry["runtimes"]),
+            dense_tflops={kind: float(entry[f"dense_tflops_{kind}"]) for kind in ("bf16", "fp8", "fp4")},
         )
         for name, entry in raw.items()
     }

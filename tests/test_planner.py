@@ -151,17 +151,19 @@ def test_llama_8b_on_h100_by_hand():
     # KV/token = 32 layers x 8 KV heads x 128 x 2 x 1 byte = 65,536
     # tokens = 67,889,982,013 // 65,536 = 1,035,918 -> whole 32-token blocks: 1,035,904
     # max_seq_len = min(8192, 131072); 1,035,904 // 8192 = 126 full sequences
-    # max_batch_size = largest power of two <= 1,035,904 // 4096 (= 252) -> 128
+    # max_batch_size = 1,035,904 // 1024 mean-length sequences = 1011, no rounding; the latency bound
+    #   (100 ms x 3.35e12 x 0.7 = 234.5e9 B per step, less 9,081,200,640 of weights, / (1024 x 65,536))
+    #   allows 3,358; max_num_tokens = 1011 decode tokens + one 8192-token prefill chunk = 9203
     assert (p.precision, p.kv_cache_dtype, p.tp, p.pp) == ("fp8", "fp8", 1, 1)
     assert p.kv_bytes_per_token == 65_536
     assert p.kv_tokens == 1_035_904
     assert p.max_len_sequences == 126
     assert p.limits() == {
-        "max_batch_size": 128,
+        "max_batch_size": 1011,
         "max_input_len": 4096,
         "max_output_len": 4096,
         "max_seq_len": 8192,
-        "max_num_tokens": 8192,
+        "max_num_tokens": 9203,
     }
     assert p.weights_gib == pytest.approx(9_081_200_640 / GIB, abs=0.005)
     assert p.headroom_gib == pytest.approx(8_552_353_628 / GIB, abs=0.005)
@@ -170,23 +172,27 @@ def test_llama_8b_on_h100_by_hand():
     assert p.compute_capability == "9.0"
 
 
-def test_llama_70b_on_l4_needs_four_gpus_by_hand():
-    p = plan("Llama-3.1-70B", "l4")
+def test_llama_70b_on_l4_takes_eight_gpus_for_kv_by_hand():
     # fp8: linear 68,451,041,280 x 1 + lm_head 1,050,673,152 x 2 = 70,552,387,584, split over TP;
     #      embedding + norms (1,050,673,152 + 1,318,912) x 2 = 2,103,984,128 on every GPU
     # TP 2: 2,103,984,128 + 35,276,193,792 = 34.8 GiB > 22.49 GiB; TP 4: 2,103,984,128 + 17,638,096,896
     #       = 19,742,081,024 B per GPU
     # headroom = max(2 GiB, 2.25 GiB) = int(24,148,453,621 x 0.1) = 2,414,845,362
-    # KV budget = 24,148,453,621 - 19,742,081,024 - 2,414,845,362 = 1,991,527,235
-    # KV/token per GPU = 80 layers x (8 / 4) KV heads x 128 x 2 x 1 = 40,960
-    # tokens = 1,991,527,235 // 40,960 = 48,621 -> 48,608 (blocks of 32); 48,608 // 8192 = 5 sequences
-    # max_batch_size = power of two <= 48,608 // 4096 (= 11) -> 8
-    assert (p.precision, p.tp, p.machine_type) == ("fp8", 4, "g2-standard-48")
+    # TP 4 fits: KV budget = 24,148,453,621 - 19,742,081,024 - 2,414,845,362 = 1,991,527,235, a KV
+    #   share of 1,991,527,235 / 21,733,608,259 usable = 0.092 < 1/3: starved, so TP 8:
+    # TP 8: weights 2,103,984,128 + 8,819,048,448 = 10,923,032,576; KV budget 10,810,575,683 (share 0.497)
+    # KV/token per GPU = 80 layers x (8 / 8) KV heads x 128 x 2 x 1 = 20,480
+    # tokens = 10,810,575,683 // 20,480 = 527,860 -> 527,840 (blocks of 32); 527,840 // 8192 = 64 sequences
+    # max_batch_size: 527,840 // 1024 = 515 by KV; the latency bound 100 ms x 300e9 x 0.7 = 21e9 B per
+    #   step less 10,923,032,576 of weights = 10,076,967,424 // (1024 x 20,480) = 480
+    assert (p := plan("Llama-3.1-70B", "l4")).tp == 8
+    assert (p.precision, p.machine_type) == ("fp8", "g2-standard-96")
     assert p.headroom_gib == pytest.approx(2_414_845_362 / GIB, abs=0.005)
-    assert p.kv_bytes_per_token == 40_960
-    assert p.kv_tokens == 48_608
-    assert p.max_len_sequences == 5
-    assert p.max_batch_size == 8
+    assert p.kv_bytes_per_token == 20_480
+    assert p.kv_tokens == 527_840
+    assert p.max_len_sequences == 64
+    assert p.max_batch_size == 480
+    assert p.kv_share == 0.497
 
 
 def test_gpt_oss_20b_on_h100_llmapi_as_shipped_by_hand():
@@ -199,7 +205,7 @@ def test_gpt_oss_20b_on_h100_llmapi_as_shipped_by_hand():
     assert (p.precision, p.kv_cache_dtype, p.tp) == ("mxfp4", "bf16", 1)
     assert p.weights_gib == pytest.approx(13_748_269_080 / GIB, abs=0.005)
     assert p.kv_tokens == 1_286_272
-    assert p.max_batch_size == 256  # 1,286,272 // 4096 = 314 -> 256, the cap
+    assert p.max_batch_size == 1256  # 1,286,272 // 1024, no cap below TensorRT-LLM's default 2048
 
 
 def test_smollm2_on_cpu_by_hand():
@@ -266,9 +272,12 @@ def test_to_dict_has_every_number_for_json():
 def test_format_table_shows_the_plan():
     table = planner.format_table(plan("Llama-3.1-8B", "h100"))
     assert "Llama-3.1-8B on h100 (engine)" in table
-    assert "│ max_batch_size" in table and "│              128 │" in table
-    assert "│ memory per GPU             │        79.65 GiB │" in table
-    assert "1,035,904" in table
+    rows = {cells[1].strip(): cells[2].strip() for line in table.splitlines()
+            if len(cells := line.split("│")) == 4}
+    assert rows["max_batch_size"] == "1011"
+    assert rows["memory per GPU"] == "79.65 GiB"
+    assert rows["KV tokens"] == "1,035,904"
+    assert rows["why this TP"] == "smallest with KV share >= 1/3: 0.88"
 
 
 # ---- refusals ---------------------------------------------------------------------------------
