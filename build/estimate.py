@@ -5,6 +5,8 @@ An estimate, not a measurement. Two bounds, each scaled by a stated efficiency:
     decode step   = bytes read per step / (HBM bandwidth x BANDWIDTH_EFFICIENCY)
                     bytes read = this GPU's weights + KV of every running sequence (batch x KV length
                     x KV bytes per token per GPU); all TP ranks read their shares at once
+                  + with TP > 1, the all-reduces: 2 per layer of batch x hidden x 2 bytes, ring, over one
+                    direction of the interconnect x BANDWIDTH_EFFICIENCY, not overlapped
     output tok/s  = batch / decode step (per replica); per GPU = that / TP
     prefill       = 2 x parameters x input tokens / (TP x dense TFLOPS x COMPUTE_EFFICIENCY)
                     at the precision's tensor-core rate (fp8, fp4; weight-only int8/int4 and 16-bit run bf16)
@@ -32,8 +34,8 @@ if TYPE_CHECKING:
 PRICES_FILE = Path(__file__).resolve().parent / "prices.toml"
 GIB = 2**30
 # Decode kernels read weights and KV at well under datasheet bandwidth (launch gaps, attention at short
-# lengths, sampling); 0.7 puts the estimates within 2x of NVIDIA's measurements (tests/test_estimate.py).
-BANDWIDTH_EFFICIENCY = 0.7
+# lengths, sampling); 0.6 puts the estimates within 2x of NVIDIA's measurements (tests/test_estimate.py).
+BANDWIDTH_EFFICIENCY = 0.6
 # Prefill GEMMs reach about half the dense tensor rate at serving batch shapes.
 COMPUTE_EFFICIENCY = 0.5
 # The KV length of a running sequence, on average: a typical chat turn. Shorter sequences make the
@@ -51,11 +53,26 @@ def compute_kind(precision: str) -> str:
     return {"fp8": "fp8", "nvfp4": "fp4"}.get(precision, "bf16")
 
 
-def step_seconds(gpu: catalog.Gpu, weights_per_gpu: float, kv_bytes_per_token: int, batch: int,
-                 kv_len: float) -> float:
-    """One decode step of `batch` sequences of `kv_len` tokens each: a bandwidth bound."""
-    read = weights_per_gpu + batch * kv_len * kv_bytes_per_token
-    return read / (gpu.hbm_bandwidth_gb_per_s * 1e9 * BANDWIDTH_EFFICIENCY)
+def _hbm(gpu: catalog.Gpu) -> float:
+    return gpu.hbm_bandwidth_gb_per_s * 1e9 * BANDWIDTH_EFFICIENCY
+
+
+def allreduce_bytes(num_layers: int, hidden_size: int, tp: int) -> float:
+    """What one sequence adds to a decode step's all-reduces, per GPU: two per layer (attention and
+    MLP outputs) of one 16-bit hidden vector, 2 (TP - 1) / TP of it sent by each GPU (ring)."""
+    return 0.0 if tp == 1 else num_layers * 2 * hidden_size * 2 * 2 * (tp - 1) / tp
+
+
+def sequence_seconds(gpu: catalog.Gpu, kv_bytes_per_token: int, kv_len: float, allreduce: float) -> float:
+    """What one running sequence adds to a decode step: its KV read and its share of the all-reduces
+    over one direction of the GPU's interconnect, not overlapped (conservative)."""
+    link = gpu.interconnect_gb_per_s / 2 * 1e9 * BANDWIDTH_EFFICIENCY
+    return kv_len * kv_bytes_per_token / _hbm(gpu) + (allreduce / link if allreduce else 0.0)
+
+
+def step_seconds(gpu: catalog.Gpu, weights_per_gpu: float, per_sequence_s: float, batch: int) -> float:
+    """One decode step: this GPU's weights read once, plus every running sequence's share."""
+    return weights_per_gpu / _hbm(gpu) + batch * per_sequence_s
 
 
 def prefill_seconds(gpu: catalog.Gpu, parameters: int, precision: str, tp: int, tokens: int) -> float:
@@ -63,18 +80,22 @@ def prefill_seconds(gpu: catalog.Gpu, parameters: int, precision: str, tp: int, 
     return 2 * parameters * tokens / flops
 
 
-def batch_for_latency(gpu: catalog.Gpu, weights_per_gpu: float, kv_bytes_per_token: int, kv_len: float) -> int:
+def batch_for_latency(gpu: catalog.Gpu, weights_per_gpu: float, per_sequence_s: float) -> int:
     """The largest batch whose decode step stays within MAX_TIME_PER_OUTPUT_TOKEN_S (0 if none)."""
-    budget = MAX_TIME_PER_OUTPUT_TOKEN_S * gpu.hbm_bandwidth_gb_per_s * 1e9 * BANDWIDTH_EFFICIENCY
-    return max(0, int((budget - weights_per_gpu) // (kv_len * kv_bytes_per_token)))
+    return max(0, int((MAX_TIME_PER_OUTPUT_TOKEN_S - weights_per_gpu / _hbm(gpu)) // per_sequence_s))
+
+
+def _per_sequence(plan: Plan, gpu: catalog.Gpu, kv_len: float) -> float:
+    return sequence_seconds(gpu, plan.kv_bytes_per_token, kv_len,
+                            allreduce_bytes(plan.num_layers, plan.hidden_size, plan.tp))
 
 
 def workload_tokens_per_s(plan: Plan, gpu: catalog.Gpu, input_tokens: int, output_tokens: int) -> float:
     """Output tokens/s of one replica serving requests of exactly these lengths, as many at once as
     max_batch_size and the KV cache allow (each reserves its whole length: guaranteed_no_evict)."""
     batch = max(1, min(plan.max_batch_size, plan.kv_tokens // (input_tokens + output_tokens)))
-    step = step_seconds(gpu, plan.weights_per_gpu_gib * GIB, plan.kv_bytes_per_token, batch,
-                        input_tokens + output_tokens / 2)
+    step = step_seconds(gpu, plan.weights_per_gpu_gib * GIB, _per_sequence(plan, gpu, input_tokens + output_tokens / 2),
+                        batch)
     prefill = prefill_seconds(gpu, plan.parameters, plan.precision, plan.tp, input_tokens)
     return batch * output_tokens / (output_tokens * step + batch * prefill)
 
@@ -132,7 +153,7 @@ def estimate(plan: Plan, gpu: catalog.Gpu) -> Estimate | None:
     if gpu.is_cpu:
         return None
     kv_len = min(MEAN_SEQUENCE_TOKENS, plan.max_seq_len)
-    step = step_seconds(gpu, plan.weights_per_gpu_gib * GIB, plan.kv_bytes_per_token, plan.max_batch_size, kv_len)
+    step = step_seconds(gpu, plan.weights_per_gpu_gib * GIB, _per_sequence(plan, gpu, kv_len), plan.max_batch_size)
     rate = plan.max_batch_size / step
     ttft_tokens = min(TTFT_INPUT_TOKENS, plan.max_input_len)
     p = prices()

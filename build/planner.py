@@ -117,6 +117,8 @@ class Plan:
     kv_tokens: int
     max_len_sequences: int  # how many max_seq_len sequences the KV budget holds at once
     kv_cache_free_gpu_mem_fraction: float
+    num_layers: int
+    hidden_size: int
     kv_share: float  # KV budget / (memory - headroom): the share of the decode ceiling a full KV reaches
     tp_reason: str
 
@@ -392,7 +394,7 @@ def plan(
         planned_batch = CPU_MAX_BATCH_SIZE
         planned_tokens = CPU_MAX_BATCH_SIZE * seq_len
     else:
-        planned_batch = _batch(gpu, mem, seq_len)
+        planned_batch = _batch(shape, gpu, mem, seq_len, chosen_tp)
         # every running sequence's decode token plus one prefill chunk per iteration
         planned_tokens = planned_batch + DEFAULT_MAX_NUM_TOKENS
     max_batch_size = _positive("--max-batch-size", max_batch_size) or planned_batch
@@ -427,6 +429,8 @@ def plan(
         kv_tokens=mem.kv_tokens,
         max_len_sequences=mem.kv_tokens // seq_len,
         kv_cache_free_gpu_mem_fraction=KV_CACHE_FREE_GPU_MEM_FRACTION,
+        num_layers=shape.num_layers,
+        hidden_size=shape.hidden_size,
         kv_share=round(mem.kv_share, 3),
         tp_reason=tp_reason,
     )
@@ -438,11 +442,16 @@ def _positive(flag: str, value: int | None) -> int | None:
     return value
 
 
-def _batch(gpu: catalog.Gpu, mem: _Memory, seq_len: int) -> int:
+def _per_sequence_s(shape: ModelShape, gpu: catalog.Gpu, mem: _Memory, kv_len: int, tp: int) -> float:
+    return estimate.sequence_seconds(gpu, mem.kv_bytes_per_token, kv_len,
+                                     estimate.allreduce_bytes(shape.num_layers, shape.hidden_size, tp))
+
+
+def _batch(shape: ModelShape, gpu: catalog.Gpu, mem: _Memory, seq_len: int, tp: int) -> int:
     """As many mean-length sequences as the KV cache holds, within the latency bound: no rounding."""
     kv_len = min(estimate.MEAN_SEQUENCE_TOKENS, seq_len)
     by_kv = mem.kv_tokens // kv_len
-    by_latency = estimate.batch_for_latency(gpu, mem.weights_per_gpu, mem.kv_bytes_per_token, kv_len)
+    by_latency = estimate.batch_for_latency(gpu, mem.weights_per_gpu, _per_sequence_s(shape, gpu, mem, kv_len, tp))
     return max(1, min(by_kv, by_latency, MAX_BATCH_SIZE_DEFAULT_LIMIT))
 
 
@@ -458,7 +467,7 @@ def _choose_tp(shape: ModelShape, gpu: catalog.Gpu, precision: str, tps: tuple[i
     kv_len = min(estimate.MEAN_SEQUENCE_TOKENS, seq_len)
     for t in fitting:
         mem = _memory(shape, gpu, precision, t)
-        fast = estimate.batch_for_latency(gpu, mem.weights_per_gpu, mem.kv_bytes_per_token, kv_len) >= 1
+        fast = estimate.batch_for_latency(gpu, mem.weights_per_gpu, _per_sequence_s(shape, gpu, mem, kv_len, t)) >= 1
         if mem.kv_share >= MIN_KV_SHARE and fast:
             return t, f"smallest with KV share >= 1/3: {mem.kv_share:.2f}"
     share = _memory(shape, gpu, precision, fitting[-1]).kv_share

@@ -152,8 +152,8 @@ def test_llama_8b_on_h100_by_hand():
     # tokens = 67,889,982,013 // 65,536 = 1,035,918 -> whole 32-token blocks: 1,035,904
     # max_seq_len = min(8192, 131072); 1,035,904 // 8192 = 126 full sequences
     # max_batch_size = 1,035,904 // 1024 mean-length sequences = 1011, no rounding; the latency bound
-    #   (100 ms x 3.35e12 x 0.7 = 234.5e9 B per step, less 9,081,200,640 of weights, / (1024 x 65,536))
-    #   allows 3,358; max_num_tokens = 1011 decode tokens + one 8192-token prefill chunk = 9203
+    #   (100 ms x 3.35e12 x 0.6 = 201e9 B per step, less 9,081,200,640 of weights, / (1024 x 65,536))
+    #   allows 2,860; max_num_tokens = 1011 decode tokens + one 8192-token prefill chunk = 9203
     assert (p.precision, p.kv_cache_dtype, p.tp, p.pp) == ("fp8", "fp8", 1, 1)
     assert p.kv_bytes_per_token == 65_536
     assert p.kv_tokens == 1_035_904
@@ -183,15 +183,17 @@ def test_llama_70b_on_l4_takes_eight_gpus_for_kv_by_hand():
     # TP 8: weights 2,103,984,128 + 8,819,048,448 = 10,923,032,576; KV budget 10,810,575,683 (share 0.497)
     # KV/token per GPU = 80 layers x (8 / 8) KV heads x 128 x 2 x 1 = 20,480
     # tokens = 10,810,575,683 // 20,480 = 527,860 -> 527,840 (blocks of 32); 527,840 // 8192 = 64 sequences
-    # max_batch_size: 527,840 // 1024 = 515 by KV; the latency bound 100 ms x 300e9 x 0.7 = 21e9 B per
-    #   step less 10,923,032,576 of weights = 10,076,967,424 // (1024 x 20,480) = 480
+    # max_batch_size: 527,840 // 1024 = 515 by KV; the latency bound: weights take 10,923,032,576 /
+    #   (300e9 x 0.6) = 60.68 ms of the 100; each sequence adds 1024 x 20,480 B of KV / 180e9 = 116.5 us
+    #   and its all-reduces (80 layers x 2 x 8192 x 2 B x 2 x 7/8 = 4,587,520 B over PCIe, 64e9 / 2 x 0.6
+    #   = 19.2e9 B/s) 238.9 us: 39.32 ms / 355.4 us = 110
     assert (p := plan("Llama-3.1-70B", "l4")).tp == 8
     assert (p.precision, p.machine_type) == ("fp8", "g2-standard-96")
     assert p.headroom_gib == pytest.approx(2_414_845_362 / GIB, abs=0.005)
     assert p.kv_bytes_per_token == 20_480
     assert p.kv_tokens == 527_840
     assert p.max_len_sequences == 64
-    assert p.max_batch_size == 480
+    assert p.max_batch_size == 110
     assert p.kv_share == 0.497
 
 
