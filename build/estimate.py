@@ -7,8 +7,10 @@ An estimate, not a measurement. Two bounds, each scaled by a stated efficiency:
                     x KV bytes per token per GPU); all TP ranks read their shares at once
                   + with TP > 1, the all-reduces: 2 per layer of batch x hidden x 2 bytes, ring, over one
                     direction of the interconnect x BANDWIDTH_EFFICIENCY, not overlapped
+                    or, if longer, the step's matmuls: 2 x parameters x batch FLOPs (as prefill, below)
+                  + with TP > 1, ALLREDUCE_LATENCY_S per all-reduce, whatever the batch
     output tok/s  = batch / decode step (per replica); per GPU = that / TP
-    prefill       = 2 x parameters x input tokens / (TP x dense TFLOPS x COMPUTE_EFFICIENCY)
+    prefill       = 2 x active parameters x input tokens / (TP x dense TFLOPS x COMPUTE_EFFICIENCY)
                     at the precision's tensor-core rate (fp8, fp4; weight-only int8/int4 and 16-bit run bf16)
     cost / 1M out = machine $/hour / (replicas per machine x output tokens/s x 3600) x 1e6
 
@@ -41,6 +43,9 @@ COMPUTE_EFFICIENCY = 0.5
 # The KV length of a running sequence, on average: a typical chat turn. Shorter sequences make the
 # engine faster (less KV per step) and the CPU side busier; build/pipeline.py sizes for it too.
 MEAN_SEQUENCE_TOKENS = 1024
+# One small all-reduce's latency on NVLink (NCCL's small-message floor is of this order); a TP group
+# pays it twice per layer per step.
+ALLREDUCE_LATENCY_S = 20e-6
 # The input length time to first token is quoted for.
 TTFT_INPUT_TOKENS = 1024
 # The latency bound: no plan makes a user wait longer than this per output token (10 tokens/s, about
@@ -57,6 +62,11 @@ def _hbm(gpu: catalog.Gpu) -> float:
     return gpu.hbm_bandwidth_gb_per_s * 1e9 * BANDWIDTH_EFFICIENCY
 
 
+def allreduce_latency_s(num_layers: int, tp: int) -> float:
+    """The fixed cost of a step's all-reduces, whatever the batch: two per layer."""
+    return 0.0 if tp == 1 else num_layers * 2 * ALLREDUCE_LATENCY_S
+
+
 def allreduce_bytes(num_layers: int, hidden_size: int, tp: int) -> float:
     """What one sequence adds to a decode step's all-reduces, per GPU: two per layer (attention and
     MLP outputs) of one 16-bit hidden vector, 2 (TP - 1) / TP of it sent by each GPU (ring)."""
@@ -70,9 +80,12 @@ def sequence_seconds(gpu: catalog.Gpu, kv_bytes_per_token: int, kv_len: float, a
     return kv_len * kv_bytes_per_token / _hbm(gpu) + (allreduce / link if allreduce else 0.0)
 
 
-def step_seconds(gpu: catalog.Gpu, weights_per_gpu: float, per_sequence_s: float, batch: int) -> float:
-    """One decode step: this GPU's weights read once, plus every running sequence's share."""
-    return weights_per_gpu / _hbm(gpu) + batch * per_sequence_s
+def step_seconds(gpu: catalog.Gpu, weights_per_gpu: float, per_sequence_s: float, batch: int,
+                 compute_per_sequence_s: float, overhead_s: float) -> float:
+    """One decode step: this GPU's weights read once plus every running sequence's share, or, at
+    large batches, the step's matmuls (one token per sequence), whichever is longer; plus the
+    all-reduces' fixed latency."""
+    return overhead_s + max(weights_per_gpu / _hbm(gpu) + batch * per_sequence_s, batch * compute_per_sequence_s)
 
 
 def prefill_seconds(gpu: catalog.Gpu, parameters: int, precision: str, tp: int, tokens: int) -> float:
@@ -80,9 +93,12 @@ def prefill_seconds(gpu: catalog.Gpu, parameters: int, precision: str, tp: int, 
     return 2 * parameters * tokens / flops
 
 
-def batch_for_latency(gpu: catalog.Gpu, weights_per_gpu: float, per_sequence_s: float) -> int:
+def batch_for_latency(gpu: catalog.Gpu, weights_per_gpu: float, per_sequence_s: float,
+                      compute_per_sequence_s: float, overhead_s: float) -> int:
     """The largest batch whose decode step stays within MAX_TIME_PER_OUTPUT_TOKEN_S (0 if none)."""
-    return max(0, int((MAX_TIME_PER_OUTPUT_TOKEN_S - weights_per_gpu / _hbm(gpu)) // per_sequence_s))
+    limit = MAX_TIME_PER_OUTPUT_TOKEN_S - overhead_s
+    by_bandwidth = (limit - weights_per_gpu / _hbm(gpu)) // per_sequence_s
+    return max(0, int(min(by_bandwidth, limit // compute_per_sequence_s)))
 
 
 def _per_sequence(plan: Plan, gpu: catalog.Gpu, kv_len: float) -> float:
@@ -94,9 +110,9 @@ def workload_tokens_per_s(plan: Plan, gpu: catalog.Gpu, input_tokens: int, outpu
     """Output tokens/s of one replica serving requests of exactly these lengths, as many at once as
     max_batch_size and the KV cache allow (each reserves its whole length: guaranteed_no_evict)."""
     batch = max(1, min(plan.max_batch_size, plan.kv_tokens // (input_tokens + output_tokens)))
+    prefill = prefill_seconds(gpu, plan.active_parameters, plan.precision, plan.tp, input_tokens)
     step = step_seconds(gpu, plan.weights_per_gpu_gib * GIB, _per_sequence(plan, gpu, input_tokens + output_tokens / 2),
-                        batch)
-    prefill = prefill_seconds(gpu, plan.parameters, plan.precision, plan.tp, input_tokens)
+                        batch, prefill / input_tokens, allreduce_latency_s(plan.num_layers, plan.tp))
     return batch * output_tokens / (output_tokens * step + batch * prefill)
 
 
@@ -153,7 +169,9 @@ def estimate(plan: Plan, gpu: catalog.Gpu) -> Estimate | None:
     if gpu.is_cpu:
         return None
     kv_len = min(MEAN_SEQUENCE_TOKENS, plan.max_seq_len)
-    step = step_seconds(gpu, plan.weights_per_gpu_gib * GIB, _per_sequence(plan, gpu, kv_len), plan.max_batch_size)
+    step = step_seconds(gpu, plan.weights_per_gpu_gib * GIB, _per_sequence(plan, gpu, kv_len), plan.max_batch_size,
+                        prefill_seconds(gpu, plan.active_parameters, plan.precision, plan.tp, 1),
+                        allreduce_latency_s(plan.num_layers, plan.tp))
     rate = plan.max_batch_size / step
     ttft_tokens = min(TTFT_INPUT_TOKENS, plan.max_input_len)
     p = prices()
@@ -164,7 +182,7 @@ def estimate(plan: Plan, gpu: catalog.Gpu) -> Estimate | None:
         output_tokens_per_s=round(rate),
         output_tokens_per_s_per_gpu=round(rate / plan.tp),
         ttft_input_tokens=ttft_tokens,
-        ttft_ms=round(prefill_seconds(gpu, plan.parameters, plan.precision, plan.tp, ttft_tokens) * 1e3, 1),
+        ttft_ms=round(prefill_seconds(gpu, plan.active_parameters, plan.precision, plan.tp, ttft_tokens) * 1e3, 1),
         kv_tokens=plan.kv_tokens,
         cost=cost(plan, gpu, rate),
         prices=f"{p['region']}, {p['date']}, {p['source']}",

@@ -94,6 +94,7 @@ class Plan:
     model: str
     architecture: str
     parameters: int
+    active_parameters: int  # what one token's matmuls touch: MoE experts count experts_per_token of them
     gpu: str
     accelerator: str
     compute_capability: str
@@ -394,7 +395,7 @@ def plan(
         planned_batch = CPU_MAX_BATCH_SIZE
         planned_tokens = CPU_MAX_BATCH_SIZE * seq_len
     else:
-        planned_batch = _batch(shape, gpu, mem, seq_len, chosen_tp)
+        planned_batch = _batch(shape, gpu, mem, seq_len, chosen_tp, chosen_precision)
         # every running sequence's decode token plus one prefill chunk per iteration
         planned_tokens = planned_batch + DEFAULT_MAX_NUM_TOKENS
     max_batch_size = _positive("--max-batch-size", max_batch_size) or planned_batch
@@ -406,6 +407,7 @@ def plan(
         model=shape.name,
         architecture=shape.architecture,
         parameters=shape.parameters().total,
+        active_parameters=active_parameters(shape),
         gpu=gpu.name,
         accelerator=gpu.accelerator,
         compute_capability=gpu.compute_capability,
@@ -447,11 +449,24 @@ def _per_sequence_s(shape: ModelShape, gpu: catalog.Gpu, mem: _Memory, kv_len: i
                                      estimate.allreduce_bytes(shape.num_layers, shape.hidden_size, tp))
 
 
-def _batch(shape: ModelShape, gpu: catalog.Gpu, mem: _Memory, seq_len: int, tp: int) -> int:
+def active_parameters(shape: ModelShape) -> int:
+    p = shape.parameters()
+    if not shape.num_experts:
+        return p.total
+    return p.total - p.mlp + p.mlp * shape.experts_per_token // shape.num_experts
+
+
+def _compute_per_sequence_s(shape: ModelShape, gpu: catalog.Gpu, precision: str, tp: int) -> float:
+    return estimate.prefill_seconds(gpu, active_parameters(shape), precision, tp, 1)
+
+
+def _batch(shape: ModelShape, gpu: catalog.Gpu, mem: _Memory, seq_len: int, tp: int, precision: str) -> int:
     """As many mean-length sequences as the KV cache holds, within the latency bound: no rounding."""
     kv_len = min(estimate.MEAN_SEQUENCE_TOKENS, seq_len)
     by_kv = mem.kv_tokens // kv_len
-    by_latency = estimate.batch_for_latency(gpu, mem.weights_per_gpu, _per_sequence_s(shape, gpu, mem, kv_len, tp))
+    by_latency = estimate.batch_for_latency(gpu, mem.weights_per_gpu, _per_sequence_s(shape, gpu, mem, kv_len, tp),
+                                            _compute_per_sequence_s(shape, gpu, precision, tp),
+                                            estimate.allreduce_latency_s(shape.num_layers, tp))
     return max(1, min(by_kv, by_latency, MAX_BATCH_SIZE_DEFAULT_LIMIT))
 
 
@@ -467,7 +482,10 @@ def _choose_tp(shape: ModelShape, gpu: catalog.Gpu, precision: str, tps: tuple[i
     kv_len = min(estimate.MEAN_SEQUENCE_TOKENS, seq_len)
     for t in fitting:
         mem = _memory(shape, gpu, precision, t)
-        fast = estimate.batch_for_latency(gpu, mem.weights_per_gpu, _per_sequence_s(shape, gpu, mem, kv_len, t)) >= 1
+        per_sequence = _per_sequence_s(shape, gpu, mem, kv_len, t)
+        fast = estimate.batch_for_latency(gpu, mem.weights_per_gpu, per_sequence,
+                                          _compute_per_sequence_s(shape, gpu, precision, t),
+                                          estimate.allreduce_latency_s(shape.num_layers, t)) >= 1
         if mem.kv_share >= MIN_KV_SHARE and fast:
             return t, f"smallest with KV share >= 1/3: {mem.kv_share:.2f}"
     share = _memory(shape, gpu, precision, fitting[-1]).kv_share
