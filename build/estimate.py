@@ -193,7 +193,7 @@ def table_rows(est: Estimate | None) -> list[tuple[str, str]]:
     if est is None:
         return []
     rows = [
-        ("estimate (not a measurement)", f"batch {est.batch} at {est.mean_sequence_tokens} KV tokens each"),
+        ("estimate (not a measurement)", f"batch {est.batch} x {est.mean_sequence_tokens} tokens"),
         ("decode step", f"{est.decode_step_ms:g} ms"),
         ("output tokens/s per replica", f"{est.output_tokens_per_s:,.0f}"),
         ("output tokens/s per GPU", f"{est.output_tokens_per_s_per_gpu:,.0f}"),
@@ -204,8 +204,7 @@ def table_rows(est: Estimate | None) -> list[tuple[str, str]]:
     else:
         c = est.cost
         rows += [
-            (f"{c.machine_type} $/hour (on-demand / Spot)", f"{c.on_demand_per_hour:.2f} / {c.spot_per_hour:.2f}"),
-            ("$ per 1M output tokens (on-demand)", f"{c.on_demand_per_million_tokens:.3f}"),
-            ("$ per 1M output tokens (Spot)", f"{c.spot_per_million_tokens:.3f}"),
+            (f"{c.machine_type} $/hour", f"{c.on_demand_per_hour:.2f} (Spot {c.spot_per_hour:.2f})"),
+            ("$ per 1M output tokens", f"{c.on_demand_per_million_tokens:.3f} (Spot {c.spot_per_million_tokens:.3f})"),
         ]
     return rows

@@ -61,3 +61,11 @@ def test_plan_json_and_table_carry_the_sizing():
     assert document["pipeline"] == pipeline.size(llama_8b_on_h100(), catalog.gpu("h100"), measured).to_dict()
     table = subprocess.run(command, capture_output=True, text=True, check=True).stdout
     assert "ensemble processes" in table and "pipeline ceiling" in table
+
+
+def test_plan_json_carries_the_estimate():
+    command = [sys.executable, str(ROOT / "build" / "compile.py"), "--gpu", "h100", "--model",
+               str(MODELS / "Llama-3.1-8B"), "--plan", "--json", "--max-batch-size", "512"]
+    document = json.loads(subprocess.run(command, capture_output=True, text=True, check=True).stdout)
+    assert document["max_batch_size"] == 512
+    assert document["estimate"]["batch"] == 512 and document["estimate"]["cost"]["machine_type"] == "a3-highgpu-1g"
