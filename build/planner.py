@@ -78,8 +78,9 @@ PRECISIONS: dict[str, Precision] = {
 }
 # Pre-quantized checkpoints are served as shipped, only by the llmapi runtime. MXFP4 MoE kernels are
 # documented for Hopper (bf16 activations) and Blackwell only
-# (NVIDIA/TensorRT-LLM examples/models/core/gpt_oss/README.md).
-PREQUANTIZED_MIN_CC = {"mxfp4": 9.0}
+# (NVIDIA/TensorRT-LLM examples/models/core/gpt_oss/README.md); ModelOpt FP8 needs FP8 tensor cores
+# (compute capability 8.9+) and NVFP4 Blackwell (10.0+) (docs/source/reference/support-matrix.md).
+PREQUANTIZED_MIN_CC = {"mxfp4": 9.0, "fp8": 8.9, "nvfp4": 10.0}
 # Precisions the llmapi (PyTorch) runtime serves from an unquantized checkpoint: it loads weights as
 # they are and does not run ModelOpt itself.
 LLMAPI_UNQUANTIZED = ("bf16", "fp16")
