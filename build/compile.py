@@ -25,6 +25,7 @@ import traceback
 from dataclasses import asdict
 from pathlib import Path
 
+import build_memory
 import catalog
 import compare
 import engine
@@ -168,11 +169,14 @@ def run(args: argparse.Namespace) -> int:
     sizing = pipeline.size(plan, gpu)
     if args.plan:
         est = estimate.estimate(plan, gpu)
+        build = build_memory.needs(shape, gpu, plan)
         if args.json:
             print(json.dumps({**plan.to_dict(), "estimate": est.to_dict() if est else None,
+                              "build": build.to_dict() if build else None,
                               "pipeline": sizing.to_dict() if sizing else None}, indent=2))
         else:
-            print(planner.format_table(plan, estimate.table_rows(est) + pipeline.table_rows(sizing)))
+            print(planner.format_table(plan, estimate.table_rows(est) + build_memory.table_rows(build)
+                                       + pipeline.table_rows(sizing)))
         return 0
     tokenizer_config = source.checkpoint_dir / "tokenizer_config.json"
     has_chat_template = (source.checkpoint_dir / "chat_template.jinja").is_file() or (
