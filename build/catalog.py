@@ -30,6 +30,8 @@ class Gpu:
     precisions: tuple[str, ...]
     default_precision: str
     runtimes: tuple[str, ...]
+    dense_tflops: dict[str, float]  # "bf16", "fp8", "fp4" -> dense tensor TFLOPS per GPU (datasheet); 0 = none
+    interconnect_gb_per_s: float  # GPU-to-GPU (NVLink, else PCIe), both directions, 10^9 bytes/s
 
     @property
     def is_cpu(self) -> bool:
@@ -61,6 +63,8 @@ def gpus() -> dict[str, Gpu]:
             precisions=tuple(entry["precisions"]),
             default_precision=entry["default_precision"],
             runtimes=tuple(entry["runtimes"]),
+            dense_tflops={kind: float(entry[f"dense_tflops_{kind}"]) for kind in ("bf16", "fp8", "fp4")},
+            interconnect_gb_per_s=float(entry["interconnect_gb_per_s"]),
         )
         for name, entry in raw.items()
     }

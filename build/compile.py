@@ -8,6 +8,7 @@ Examples:
   python build/compile.py --gpu cpu                          # the embedded SmolLM2-135M-Instruct
   python build/compile.py --gpu h100 --model ./Llama-3.1-8B-Instruct --plan
   python build/compile.py --gpu l4 --model ./Qwen2.5-7B-Instruct --plan --json
+  python build/compile.py --model ./Llama-3.1-70B-Instruct --compare     # which GPU? ranked by $/1M tokens
   python build/compile.py --gpu h100 --model meta-llama/Llama-3.1-8B-Instruct --precision fp8 --tp 2
   python build/compile.py --gpu cpu --out /tmp/repo --publish gs://my-bucket/models
 """
@@ -24,8 +25,11 @@ import traceback
 from dataclasses import asdict
 from pathlib import Path
 
+import build_memory
 import catalog
+import compare
 import engine
+import estimate
 import hf_config
 import layout
 import manifest
@@ -112,16 +116,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python build/compile.py", description=doc_head.strip(),
                                      epilog="examples:\n" + doc_examples,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--gpu", required=True, metavar="TARGET",
+    parser.add_argument("--gpu", metavar="TARGET",
                         help=f"target from the GPU catalog: {', '.join(catalog.gpus())}")
     parser.add_argument("--model", help="Hugging Face checkpoint folder or hub id "
                         f"(default: the embedded {model_source.DEFAULT_MODEL})")
     parser.add_argument("--runtime", choices=["engine", "llmapi", "cpu"],
                         help="what runs the model (default: engine on GPUs, cpu on cpu)")
     parser.add_argument("--precision", help="weights precision; default: the target's default")
-    parser.add_argument("--tp", type=int, help="tensor parallelism (GPUs per replica); default: the fewest that fit")
+    parser.add_argument("--tp", type=int, help="tensor parallelism (GPUs per replica); default: the smallest "
+                        "whose KV cache reaches 1/3 of the decode ceiling (docs/gpu-builds.md)")
     parser.add_argument("--max-seq-len", type=int, help="prompt + answer tokens per request")
+    parser.add_argument("--max-batch-size", type=int, help="default: KV tokens / 1024, within the latency bound")
+    parser.add_argument("--max-num-tokens", type=int, help="default: max_batch_size + 8192")
     parser.add_argument("--plan", action="store_true", help="print the plan and stop")
+    parser.add_argument("--compare", action="store_true",
+                        help="plan the model for every catalog GPU and rank them by cost per 1M output tokens")
     parser.add_argument("--json", action="store_true", help="with --plan: print it as JSON")
     parser.add_argument("--no-chat-template", action="store_true",
                         help="send prompts to the model as raw text instead of through its chat template")
@@ -130,24 +139,44 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--publish", metavar="gs://BUCKET/PREFIX",
                         help="upload the built repository, content-addressed, and print its URI")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if not args.gpu and not args.compare:
+        parser.error("--gpu is required (or --compare)")
+    return args
 
 
 def run(args: argparse.Namespace) -> int:
     started = time.monotonic()
+    if args.compare:
+        source = model_source.resolve(args.model, args.cache_dir, log, need_tokenizer=False)
+        shape = hf_config.load(source.checkpoint_dir, name=source.name)
+        rows = compare.compare(shape, runtime=args.runtime, precision=args.precision, max_seq_len=args.max_seq_len)
+        if args.json:
+            print(json.dumps([{"gpu": r.gpu, "plan": r.plan.to_dict() if r.plan else None,
+                               "estimate": r.estimate.to_dict() if r.estimate else None, "refusal": r.refusal}
+                              for r in rows], indent=2))
+        else:
+            print(compare.format_table(shape, rows))
+        return 0
     gpu = catalog.gpu(args.gpu)
     runtime = args.runtime or gpu.runtimes[0]
     source = model_source.resolve(args.model, args.cache_dir, log, need_tokenizer=not args.plan)
     shape = hf_config.load(source.checkpoint_dir, name=source.name)
     log(f"* plan: {shape.name} on {gpu.name} ({runtime} runtime)")
     plan = planner.plan(shape, gpu, runtime=runtime, precision=args.precision, tp=args.tp,
-                        max_seq_len=args.max_seq_len)
+                        max_seq_len=args.max_seq_len, max_batch_size=args.max_batch_size,
+                        max_num_tokens=args.max_num_tokens)
     sizing = pipeline.size(plan, gpu)
     if args.plan:
+        est = estimate.estimate(plan, gpu)
+        build = build_memory.needs(shape, gpu, plan)
         if args.json:
-            print(json.dumps({**plan.to_dict(), "pipeline": sizing.to_dict() if sizing else None}, indent=2))
+            print(json.dumps({**plan.to_dict(), "estimate": est.to_dict() if est else None,
+                              "build": build.to_dict() if build else None,
+                              "pipeline": sizing.to_dict() if sizing else None}, indent=2))
         else:
-            print(planner.format_table(plan, pipeline.table_rows(sizing)))
+            print(planner.format_table(plan, estimate.table_rows(est) + build_memory.table_rows(build)
+                                       + pipeline.table_rows(sizing)))
         return 0
     tokenizer_config = source.checkpoint_dir / "tokenizer_config.json"
     has_chat_template = (source.checkpoint_dir / "chat_template.jinja").is_file() or (

@@ -61,7 +61,7 @@ class ModelShape:
     o_bias: bool
     num_experts: int  # 0 for a dense model
     experts_per_token: int
-    quant_method: str | None  # set when the checkpoint ships already quantized (gpt-oss: mxfp4)
+    quant_method: str | None  # set when the checkpoint ships already quantized: mxfp4 (gpt-oss), fp8, nvfp4
 
     @property
     def engine_family(self) -> str | None:
@@ -94,13 +94,33 @@ class ModelShape:
         )
 
 
+# ModelOpt's quant_algo -> the planner's precision. NVIDIA's `nvidia/*-FP8` / `*-FP4` checkpoints say it
+# in hf_quant_config.json ({"quantization": {"quant_algo": "FP8"}}) and, in newer exports, in
+# config.json's quantization_config ({"quant_method": "modelopt", "quant_algo": "NVFP4"}).
+MODELOPT_ALGOS = {"FP8": "fp8", "NVFP4": "nvfp4"}
+
+
+def _quantization(raw: dict, hf_quant: dict | None, source: str) -> str | None:
+    quant = raw.get("quantization_config") or {}
+    if hf_quant is not None:
+        quant = {"quant_method": "modelopt", **hf_quant.get("quantization", {})}
+    method = quant.get("quant_method")
+    if method != "modelopt":
+        return method
+    algo = quant.get("quant_algo")
+    if algo not in MODELOPT_ALGOS:
+        raise ModelConfigError(f"{source}: ModelOpt quant_algo {algo!r} is not one the planner knows; "
+                               f"known: {', '.join(MODELOPT_ALGOS)}")
+    return MODELOPT_ALGOS[algo]
+
+
 def _require(raw: dict, key: str, source: str) -> int:
     if key not in raw:
         raise ModelConfigError(f"{source}: no {key!r}; is this a Hugging Face causal-LM config.json?")
     return raw[key]
 
 
-def parse(raw: dict, *, name: str, source: str = "config.json") -> ModelShape:
+def parse(raw: dict, *, name: str, source: str = "config.json", hf_quant: dict | None = None) -> ModelShape:
     architectures = raw.get("architectures") or []
     known = [a for a in architectures if a in ARCHITECTURES]
     if not known:
@@ -111,7 +131,6 @@ def parse(raw: dict, *, name: str, source: str = "config.json") -> ModelShape:
     hidden = _require(raw, "hidden_size", source)
     heads = _require(raw, "num_attention_heads", source)
     model_type = raw.get("model_type", "")
-    quant = raw.get("quantization_config") or {}
     return ModelShape(
         name=name,
         architecture=known[0],
@@ -130,7 +149,7 @@ def parse(raw: dict, *, name: str, source: str = "config.json") -> ModelShape:
         o_bias=bool(raw.get("attention_bias", False)),
         num_experts=raw.get("num_local_experts", 0),
         experts_per_token=raw.get("num_experts_per_tok", 0),
-        quant_method=quant.get("quant_method"),
+        quant_method=_quantization(raw, hf_quant, source),
     )
 
 
@@ -139,8 +158,14 @@ def load(model_dir: Path | str, *, name: str | None = None) -> ModelShape:
     path = Path(model_dir) / "config.json"
     if not path.is_file():
         raise ModelConfigError(f"{path}: not found; --model must be a Hugging Face model directory")
+    raw = _json(path)
+    quant_path = Path(model_dir) / "hf_quant_config.json"
+    hf_quant = _json(quant_path) if quant_path.is_file() else None
+    return parse(raw, name=name or Path(model_dir).resolve().name, source=str(path), hf_quant=hf_quant)
+
+
+def _json(path: Path) -> dict:
     try:
-        raw = json.loads(path.read_text())
+        return json.loads(path.read_text())
     except json.JSONDecodeError as error:
         raise ModelConfigError(f"{path}: not valid JSON ({error})") from None
-    return parse(raw, name=name or Path(model_dir).resolve().name, source=str(path))

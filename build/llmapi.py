@@ -25,7 +25,7 @@ CHECKPOINT_PATH_IN_POD = f"{POD_MODEL_REPOSITORY}/{CHECKPOINT_SUBDIR}"
 
 # plan precision -> LLM(dtype=...); a pre-quantized checkpoint keeps its own quantization and
 # the dtype of everything else it ships with.
-DTYPES = {"bf16": "bfloat16", "fp16": "float16", "mxfp4": "auto"}
+DTYPES = {"bf16": "bfloat16", "fp16": "float16", "mxfp4": "auto", "fp8": "auto", "nvfp4": "auto"}
 
 
 def model_yaml_values(plan: Plan) -> dict[str, object]:

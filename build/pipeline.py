@@ -1,12 +1,9 @@
 """Size the CPU side of a GPU deployment from numbers: enough ensemble processes that the serving
 pipeline's ceiling is at least twice the engine's expected peak output rate, within the pod's CPU.
 
-The engine's peak is a bandwidth bound: a decode step reads every weight on the GPU and the KV cache
-of every running sequence once, so steps/s = HBM bandwidth / bytes read per step, and output
-tokens/s = max_batch_size x steps/s (all TP ranks read their shares at once). For Llama-3.1-8B FP8
-on one H100 at batch 128 that is ~24,000 tokens/s, the order NVIDIA measures. Real engines reach
-less (kernels are not at peak bandwidth; not every step is a full batch), so sizing for twice this
-bound leaves room. The pipeline's cost per streamed token was measured (pipeline_costs.toml).
+The engine's peak is build/estimate.py's decode bound at the planned batch (max_batch_size sequences
+of estimate.MEAN_SEQUENCE_TOKENS, bandwidth at its stated efficiency). Sizing for twice it leaves room
+for an estimate that is low. The pipeline's cost per streamed token was measured (pipeline_costs.toml).
 """
 
 from __future__ import annotations
@@ -17,13 +14,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import catalog
-from planner import GIB, Plan
+import estimate
+from planner import Plan
 
 COSTS_FILE = Path(__file__).resolve().parent / "pipeline_costs.toml"
 HEADROOM = 2.0  # the pipeline's ceiling over the engine's expected peak
-# The KV length of a running sequence, on average: a typical chat turn. Shorter sequences make the
-# engine faster (less KV to read per step) and the CPU side busier, so this errs toward more CPU.
-MEAN_SEQUENCE_TOKENS = 1024
 
 
 @dataclass(frozen=True)
@@ -55,9 +50,7 @@ def costs() -> Costs:
 
 
 def engine_peak_tokens_per_s(plan: Plan, gpu: catalog.Gpu) -> float:
-    kv_per_step = plan.max_batch_size * min(MEAN_SEQUENCE_TOKENS, plan.max_seq_len) * plan.kv_bytes_per_token
-    bytes_per_step = plan.weights_per_gpu_gib * GIB + kv_per_step
-    return plan.max_batch_size * gpu.hbm_bandwidth_gb_per_s * 1e9 / bytes_per_step
+    return estimate.estimate(plan, gpu).output_tokens_per_s
 
 
 def size(plan: Plan, gpu: catalog.Gpu, measured: Costs | None = None) -> Sizing | None:
@@ -85,7 +78,7 @@ def table_rows(sizing: Sizing | None) -> list[tuple[str, str]]:
         return [("ensemble processes", "1 (the CPU engine is the bottleneck)")]
     verdict = "" if sizing.keeps_up else f" (short of {HEADROOM:g}x the engine's peak: the pod's CPU is the limit)"
     return [
-        ("engine peak output (bandwidth bound)", f"{sizing.engine_peak_tokens_per_s:,.0f} tokens/s"),
+        ("engine peak output (estimate)", f"{sizing.engine_peak_tokens_per_s:,.0f} tokens/s"),
         ("ensemble processes", str(sizing.ensemble_instances)),
         ("CPU cores for the pipeline", f"{sizing.cpu_cores_needed:g} needed, {sizing.cpu_cores_available:g} free"),
         ("pipeline ceiling", f"{sizing.ceiling_tokens_per_s:,.0f} tokens/s{verdict}"),

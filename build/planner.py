@@ -14,8 +14,16 @@ a TP group:
     KV / token = layers x max(1, kv_heads / TP) x head_dim x 2 (K and V) x KV bytes
     KV tokens  = KV budget / (KV / token), rounded down to whole 32-token blocks
 
-A plan fits when the KV budget holds at least one max_seq_len sequence. Planning raises PlanError;
-it never prints.
+A plan fits when the KV budget holds at least one max_seq_len sequence.
+
+The serving objective (docs/gpu-builds.md, "Choosing TP"): output tokens/s per GPU under a latency
+bound. Decode is bandwidth-bound; with the KV cache full, a GPU's output rate is its ceiling
+(bandwidth / KV bytes of one mean-length sequence) times its KV share = KV budget / (memory -
+headroom). TP is the smallest that fits, whose KV share is at least MIN_KV_SHARE, and whose decode step
+at batch 1 meets estimate.MAX_TIME_PER_OUTPUT_TOKEN_S; when none has that share, the largest that fits.
+max_batch_size = KV tokens / mean sequence length (estimate.MEAN_SEQUENCE_TOKENS), within the latency
+bound and TensorRT-LLM's default ceiling; max_num_tokens = that batch's decode tokens plus one
+DEFAULT_MAX_NUM_TOKENS prefill chunk. Planning raises PlanError; it never prints.
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ import math
 from dataclasses import asdict, dataclass
 
 import catalog
+import estimate
 from hf_config import ModelShape
 
 GIB = 2**30
@@ -32,7 +41,13 @@ HEADROOM_FRACTION = 0.10
 TOKENS_PER_BLOCK = 32  # TRT-LLM 1.x paged-KV block size (trtllm-build --tokens_per_block default in 1.x); passed to it
 DEFAULT_MAX_SEQ_LEN = 8192  # 128k-context models would otherwise reserve KV for 128k-token requests
 DEFAULT_MAX_NUM_TOKENS = 8192  # trtllm-build's own default; chunked context feeds longer prompts in pieces
-MAX_BATCH_SIZE_CAP = 256
+# trtllm-build enforces no upper bound on --max_batch_size; 2048 is TensorRT-LLM's own default
+# (tensorrt_llm/builder.py, BuildConfig.max_batch_size), the largest the planner picks by itself.
+MAX_BATCH_SIZE_DEFAULT_LIMIT = 2048
+# Doubling TP at KV share s raises it to (1 + s) / 2: below 1/3 that more than doubles each GPU's
+# output rate, which pays for the all-reduces; above it the gain is under 2x and halves the replicas.
+# Matches NVIDIA's published choices (tests/test_planner.py, reference cases).
+MIN_KV_SHARE = 1 / 3
 TP_CHOICES = (1, 2, 4, 8)
 # TRT-LLM applies this to the memory left after weights and activations; the planner's token budget
 # (max_tokens_in_paged_kv_cache) is the binding limit, the fraction only keeps a safety margin.
@@ -63,8 +78,9 @@ PRECISIONS: dict[str, Precision] = {
 }
 # Pre-quantized checkpoints are served as shipped, only by the llmapi runtime. MXFP4 MoE kernels are
 # documented for Hopper (bf16 activations) and Blackwell only
-# (NVIDIA/TensorRT-LLM examples/models/core/gpt_oss/README.md).
-PREQUANTIZED_MIN_CC = {"mxfp4": 9.0}
+# (NVIDIA/TensorRT-LLM examples/models/core/gpt_oss/README.md); ModelOpt FP8 needs FP8 tensor cores
+# (compute capability 8.9+) and NVFP4 Blackwell (10.0+) (docs/source/reference/support-matrix.md).
+PREQUANTIZED_MIN_CC = {"mxfp4": 9.0, "fp8": 8.9, "nvfp4": 10.0}
 # Precisions the llmapi (PyTorch) runtime serves from an unquantized checkpoint: it loads weights as
 # they are and does not run ModelOpt itself.
 LLMAPI_UNQUANTIZED = ("bf16", "fp16")
@@ -79,6 +95,7 @@ class Plan:
     model: str
     architecture: str
     parameters: int
+    active_parameters: int  # what one token's matmuls touch: MoE experts count experts_per_token of them
     gpu: str
     accelerator: str
     compute_capability: str
@@ -102,6 +119,10 @@ class Plan:
     kv_tokens: int
     max_len_sequences: int  # how many max_seq_len sequences the KV budget holds at once
     kv_cache_free_gpu_mem_fraction: float
+    num_layers: int
+    hidden_size: int
+    kv_share: float  # KV budget / (memory - headroom): the share of the decode ceiling a full KV reaches
+    tp_reason: str
 
     def limits(self) -> dict[str, int]:
         return {
@@ -133,6 +154,10 @@ class _Memory:
         if self.kv_budget <= 0:
             return 0
         return self.kv_budget // self.kv_bytes_per_token // TOKENS_PER_BLOCK * TOKENS_PER_BLOCK
+
+    @property
+    def kv_share(self) -> float:
+        return self.kv_budget / (self.memory - self.headroom)
 
 
 def _gib(n: int) -> float:
@@ -322,6 +347,8 @@ def plan(
     precision: str | None = None,
     tp: int | None = None,
     max_seq_len: int | None = None,
+    max_batch_size: int | None = None,
+    max_num_tokens: int | None = None,
 ) -> Plan:
     shape = config
     if runtime not in gpu.runtimes:
@@ -356,9 +383,9 @@ def plan(
         raise PlanError(f"--tp {tp} does not work for {shape.name} on {gpu.name}: {problem}; valid: "
                         f"{', '.join(f'--tp {t}' for t in tps)}")
     if tp is None:
-        chosen_tp = next((t for t in tps if _fit(shape, gpu, chosen_precision, t, seq_len)), tps[-1])
+        chosen_tp, tp_reason = _choose_tp(shape, gpu, chosen_precision, tps, seq_len)
     else:
-        chosen_tp = tp
+        chosen_tp, tp_reason = tp, "--tp given"
 
     mem = _memory(shape, gpu, chosen_precision, chosen_tp)
     if mem.kv_tokens < seq_len:
@@ -366,12 +393,14 @@ def plan(
                                  precision_given=precision is not None))
 
     if gpu.is_cpu:
-        max_batch_size = CPU_MAX_BATCH_SIZE
-        max_num_tokens = CPU_MAX_BATCH_SIZE * seq_len
+        planned_batch = CPU_MAX_BATCH_SIZE
+        planned_tokens = CPU_MAX_BATCH_SIZE * seq_len
     else:
-        # Requests average well under max_seq_len: size the batch for half-length sequences.
-        max_batch_size = min(MAX_BATCH_SIZE_CAP, _pow2_floor(mem.kv_tokens // (seq_len // 2)))
-        max_num_tokens = DEFAULT_MAX_NUM_TOKENS
+        planned_batch = _batch(shape, gpu, mem, seq_len, chosen_tp, chosen_precision)
+        # every running sequence's decode token plus one prefill chunk per iteration
+        planned_tokens = planned_batch + DEFAULT_MAX_NUM_TOKENS
+    max_batch_size = _positive("--max-batch-size", max_batch_size) or planned_batch
+    max_num_tokens = _positive("--max-num-tokens", max_num_tokens) or planned_tokens
     max_input_len = seq_len // 2
     # A pod takes tp GPUs of the smallest machine that has that many (H200/B200 come only as 8-GPU nodes).
     machine_gpus = 0 if gpu.is_cpu else min(n for n in gpu.machine_types if n >= chosen_tp)
@@ -379,6 +408,7 @@ def plan(
         model=shape.name,
         architecture=shape.architecture,
         parameters=shape.parameters().total,
+        active_parameters=active_parameters(shape),
         gpu=gpu.name,
         accelerator=gpu.accelerator,
         compute_capability=gpu.compute_capability,
@@ -402,7 +432,65 @@ def plan(
         kv_tokens=mem.kv_tokens,
         max_len_sequences=mem.kv_tokens // seq_len,
         kv_cache_free_gpu_mem_fraction=KV_CACHE_FREE_GPU_MEM_FRACTION,
+        num_layers=shape.num_layers,
+        hidden_size=shape.hidden_size,
+        kv_share=round(mem.kv_share, 3),
+        tp_reason=tp_reason,
     )
+
+
+def _positive(flag: str, value: int | None) -> int | None:
+    if value is not None and value < 1:
+        raise PlanError(f"{flag} {value} must be at least 1")
+    return value
+
+
+def _per_sequence_s(shape: ModelShape, gpu: catalog.Gpu, mem: _Memory, kv_len: int, tp: int) -> float:
+    return estimate.sequence_seconds(gpu, mem.kv_bytes_per_token, kv_len,
+                                     estimate.allreduce_bytes(shape.num_layers, shape.hidden_size, tp))
+
+
+def active_parameters(shape: ModelShape) -> int:
+    p = shape.parameters()
+    if not shape.num_experts:
+        return p.total
+    return p.total - p.mlp + p.mlp * shape.experts_per_token // shape.num_experts
+
+
+def _compute_per_sequence_s(shape: ModelShape, gpu: catalog.Gpu, precision: str, tp: int) -> float:
+    return estimate.prefill_seconds(gpu, active_parameters(shape), precision, tp, 1)
+
+
+def _batch(shape: ModelShape, gpu: catalog.Gpu, mem: _Memory, seq_len: int, tp: int, precision: str) -> int:
+    """As many mean-length sequences as the KV cache holds, within the latency bound: no rounding."""
+    kv_len = min(estimate.MEAN_SEQUENCE_TOKENS, seq_len)
+    by_kv = mem.kv_tokens // kv_len
+    by_latency = estimate.batch_for_latency(gpu, mem.weights_per_gpu, _per_sequence_s(shape, gpu, mem, kv_len, tp),
+                                            _compute_per_sequence_s(shape, gpu, precision, tp),
+                                            estimate.allreduce_latency_s(shape.num_layers, tp))
+    return max(1, min(by_kv, by_latency, MAX_BATCH_SIZE_DEFAULT_LIMIT))
+
+
+def _choose_tp(shape: ModelShape, gpu: catalog.Gpu, precision: str, tps: tuple[int, ...],
+               seq_len: int) -> tuple[int, str]:
+    """The serving objective: the smallest TP whose full KV cache reaches MIN_KV_SHARE of the decode
+    ceiling within the latency bound; else the largest that fits (the most KV per GPU)."""
+    fitting = [t for t in tps if _fit(shape, gpu, precision, t, seq_len)]
+    if not fitting:
+        return tps[-1], "nothing fits"  # refused below, in numbers
+    if gpu.is_cpu:
+        return 1, "one process"
+    kv_len = min(estimate.MEAN_SEQUENCE_TOKENS, seq_len)
+    for t in fitting:
+        mem = _memory(shape, gpu, precision, t)
+        per_sequence = _per_sequence_s(shape, gpu, mem, kv_len, t)
+        fast = estimate.batch_for_latency(gpu, mem.weights_per_gpu, per_sequence,
+                                          _compute_per_sequence_s(shape, gpu, precision, t),
+                                          estimate.allreduce_latency_s(shape.num_layers, t)) >= 1
+        if mem.kv_share >= MIN_KV_SHARE and fast:
+            return t, f"smallest with KV share >= 1/3: {mem.kv_share:.2f}"
+    share = _memory(shape, gpu, precision, fitting[-1]).kv_share
+    return fitting[-1], f"none has KV share 1/3; largest: {share:.2f}"
 
 
 def _too_big(
@@ -442,6 +530,7 @@ def format_table(plan: Plan, extra_rows: list[tuple[str, str]] | None = None) ->
         ("precision", plan.precision),
         ("KV cache dtype", plan.kv_cache_dtype),
         ("tensor parallel (GPUs)", str(plan.tp)),
+        ("why this TP", plan.tp_reason),
         ("pipeline parallel", str(plan.pp)),
         ("memory per GPU" if plan.accelerator else "pod memory", f"{plan.memory_gib:.2f} GiB"),
         ("weights (whole model)", f"{plan.weights_gib:.2f} GiB"),
@@ -451,6 +540,7 @@ def format_table(plan: Plan, extra_rows: list[tuple[str, str]] | None = None) ->
         ("KV bytes per token per GPU", f"{plan.kv_bytes_per_token:,}"),
         ("KV tokens", f"{plan.kv_tokens:,}"),
         ("max-length sequences in KV", str(plan.max_len_sequences)),
+        ("KV share of usable memory", f"{plan.kv_share:.2f}"),
         ("max_batch_size", str(plan.max_batch_size)),
         ("max_num_tokens", str(plan.max_num_tokens)),
         ("max_seq_len", str(plan.max_seq_len)),

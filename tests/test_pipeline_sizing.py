@@ -24,23 +24,24 @@ def llama_8b_on_h100() -> planner.Plan:
 
 def test_engine_peak_by_hand():
     plan = llama_8b_on_h100()
-    assert (plan.max_batch_size, plan.weights_per_gpu_gib, plan.kv_bytes_per_token) == (128, 8.46, 65536)
-    # a step reads 8.46 GiB of weights = 9,083,855,831 B and 128 sequences x 1024 tokens x 65,536 B of KV
-    # = 8,589,934,592 B: 17,673,790,423 B; 3.35e12 B/s / that = 189.54 steps/s, x 128 = 24,262 tokens/s
-    assert pipeline.engine_peak_tokens_per_s(plan, catalog.gpu("h100")) == pytest.approx(24262, abs=1)
+    assert (plan.max_batch_size, plan.weights_per_gpu_gib, plan.kv_bytes_per_token) == (1011, 8.46, 65536)
+    # a step reads 8.46 GiB of weights = 9,083,855,831 B and 1011 sequences x 1024 tokens x 65,536 B of KV
+    # = 67,847,061,504 B: 76,930,917,335 B; at 0.6 x 3.35e12 B/s that is 38.27 ms (TP 1: no all-reduce),
+    # so 1011 / 0.038274 = 26,415 tokens/s (build/estimate.py's decode bound)
+    assert pipeline.engine_peak_tokens_per_s(plan, catalog.gpu("h100")) == pytest.approx(26415, abs=1)
 
 
 def test_enough_ensemble_processes_for_twice_the_peak():
     sizing = pipeline.size(llama_8b_on_h100(), catalog.gpu("h100"), pipeline.Costs(100, 100, 1))
-    # twice the peak: 48,524 tokens/s x 100 us = 4.85 cores of ensemble -> 5 processes of 10,000 tokens/s;
-    # with tritonserver's 100 us: 9.7 cores of the pod's 24 less 1 for the executor
-    assert sizing.to_dict() == {"engine_peak_tokens_per_s": 24262, "ensemble_instances": 5, "cpu_cores_needed": 9.7,
-                                "cpu_cores_available": 23, "ceiling_tokens_per_s": 50000, "keeps_up": True}
+    # twice the peak: 52,830 tokens/s x 100 us = 5.28 cores of ensemble -> 6 processes of 10,000 tokens/s;
+    # with tritonserver's 100 us: 10.6 cores of the pod's 24 less 1 for the executor
+    assert sizing.to_dict() == {"engine_peak_tokens_per_s": 26415, "ensemble_instances": 6, "cpu_cores_needed": 10.6,
+                                "cpu_cores_available": 23, "ceiling_tokens_per_s": 60000, "keeps_up": True}
 
 
 def test_a_pod_short_of_cpu_says_so_with_its_ceiling():
     sizing = pipeline.size(llama_8b_on_h100(), catalog.gpu("h100"), pipeline.Costs(400, 600, 1))
-    # 48,524 x 400 us = 19.4 -> 20 processes wanted; 23 cores / 1,000 us per token = 23,000 tokens/s in all,
+    # 52,830 x 400 us = 21.1 -> 22 processes wanted; 23 cores / 1,000 us per token = 23,000 tokens/s in all,
     # 23 x 400 / 1,000 = 9 processes of 2,500 tokens/s = 22,500: under twice the peak
     assert (sizing.ensemble_instances, sizing.ceiling_tokens_per_s, sizing.keeps_up) == (9, 22500, False)
     rows = dict(pipeline.table_rows(sizing))
@@ -60,3 +61,11 @@ def test_plan_json_and_table_carry_the_sizing():
     assert document["pipeline"] == pipeline.size(llama_8b_on_h100(), catalog.gpu("h100"), measured).to_dict()
     table = subprocess.run(command, capture_output=True, text=True, check=True).stdout
     assert "ensemble processes" in table and "pipeline ceiling" in table
+
+
+def test_plan_json_carries_the_estimate():
+    command = [sys.executable, str(ROOT / "build" / "compile.py"), "--gpu", "h100", "--model",
+               str(MODELS / "Llama-3.1-8B"), "--plan", "--json", "--max-batch-size", "512"]
+    document = json.loads(subprocess.run(command, capture_output=True, text=True, check=True).stdout)
+    assert document["max_batch_size"] == 512
+    assert document["estimate"]["batch"] == 512 and document["estimate"]["cost"]["machine_type"] == "a3-highgpu-1g"

@@ -151,17 +151,19 @@ def test_llama_8b_on_h100_by_hand():
     # KV/token = 32 layers x 8 KV heads x 128 x 2 x 1 byte = 65,536
     # tokens = 67,889,982,013 // 65,536 = 1,035,918 -> whole 32-token blocks: 1,035,904
     # max_seq_len = min(8192, 131072); 1,035,904 // 8192 = 126 full sequences
-    # max_batch_size = largest power of two <= 1,035,904 // 4096 (= 252) -> 128
+    # max_batch_size = 1,035,904 // 1024 mean-length sequences = 1011, no rounding; the latency bound
+    #   (100 ms x 3.35e12 x 0.6 = 201e9 B per step, less 9,081,200,640 of weights, / (1024 x 65,536))
+    #   allows 2,860; max_num_tokens = 1011 decode tokens + one 8192-token prefill chunk = 9203
     assert (p.precision, p.kv_cache_dtype, p.tp, p.pp) == ("fp8", "fp8", 1, 1)
     assert p.kv_bytes_per_token == 65_536
     assert p.kv_tokens == 1_035_904
     assert p.max_len_sequences == 126
     assert p.limits() == {
-        "max_batch_size": 128,
+        "max_batch_size": 1011,
         "max_input_len": 4096,
         "max_output_len": 4096,
         "max_seq_len": 8192,
-        "max_num_tokens": 8192,
+        "max_num_tokens": 9203,
     }
     assert p.weights_gib == pytest.approx(9_081_200_640 / GIB, abs=0.005)
     assert p.headroom_gib == pytest.approx(8_552_353_628 / GIB, abs=0.005)
@@ -170,23 +172,30 @@ def test_llama_8b_on_h100_by_hand():
     assert p.compute_capability == "9.0"
 
 
-def test_llama_70b_on_l4_needs_four_gpus_by_hand():
-    p = plan("Llama-3.1-70B", "l4")
+def test_llama_70b_on_l4_takes_eight_gpus_for_kv_by_hand():
     # fp8: linear 68,451,041,280 x 1 + lm_head 1,050,673,152 x 2 = 70,552,387,584, split over TP;
     #      embedding + norms (1,050,673,152 + 1,318,912) x 2 = 2,103,984,128 on every GPU
     # TP 2: 2,103,984,128 + 35,276,193,792 = 34.8 GiB > 22.49 GiB; TP 4: 2,103,984,128 + 17,638,096,896
     #       = 19,742,081,024 B per GPU
     # headroom = max(2 GiB, 2.25 GiB) = int(24,148,453,621 x 0.1) = 2,414,845,362
-    # KV budget = 24,148,453,621 - 19,742,081,024 - 2,414,845,362 = 1,991,527,235
-    # KV/token per GPU = 80 layers x (8 / 4) KV heads x 128 x 2 x 1 = 40,960
-    # tokens = 1,991,527,235 // 40,960 = 48,621 -> 48,608 (blocks of 32); 48,608 // 8192 = 5 sequences
-    # max_batch_size = power of two <= 48,608 // 4096 (= 11) -> 8
-    assert (p.precision, p.tp, p.machine_type) == ("fp8", 4, "g2-standard-48")
+    # TP 4 fits: KV budget = 24,148,453,621 - 19,742,081,024 - 2,414,845,362 = 1,991,527,235, a KV
+    #   share of 1,991,527,235 / 21,733,608,259 usable = 0.092 < 1/3: starved, so TP 8:
+    # TP 8: weights 2,103,984,128 + 8,819,048,448 = 10,923,032,576; KV budget 10,810,575,683 (share 0.497)
+    # KV/token per GPU = 80 layers x (8 / 8) KV heads x 128 x 2 x 1 = 20,480
+    # tokens = 10,810,575,683 // 20,480 = 527,860 -> 527,840 (blocks of 32); 527,840 // 8192 = 64 sequences
+    # max_batch_size: 527,840 // 1024 = 515 by KV; the latency bound: weights take 10,923,032,576 /
+    #   (300e9 x 0.6) = 60.68 ms of the 100; each sequence adds 1024 x 20,480 B of KV / 180e9 = 116.5 us
+    #   and its all-reduces (80 layers x 2 x 8192 x 2 B x 2 x 7/8 = 4,587,520 B over PCIe, 64e9 / 2 x 0.6
+    #   = 19.2e9 B/s) 238.9 us; the all-reduces' fixed latency 80 x 2 x 20 us = 3.2 ms:
+    #   (100 - 3.2 - 60.68) ms / 355.4 us = 101
+    assert (p := plan("Llama-3.1-70B", "l4")).tp == 8
+    assert (p.precision, p.machine_type) == ("fp8", "g2-standard-96")
     assert p.headroom_gib == pytest.approx(2_414_845_362 / GIB, abs=0.005)
-    assert p.kv_bytes_per_token == 40_960
-    assert p.kv_tokens == 48_608
-    assert p.max_len_sequences == 5
-    assert p.max_batch_size == 8
+    assert p.kv_bytes_per_token == 20_480
+    assert p.kv_tokens == 527_840
+    assert p.max_len_sequences == 64
+    assert p.max_batch_size == 101
+    assert p.kv_share == 0.497
 
 
 def test_gpt_oss_20b_on_h100_llmapi_as_shipped_by_hand():
@@ -199,7 +208,7 @@ def test_gpt_oss_20b_on_h100_llmapi_as_shipped_by_hand():
     assert (p.precision, p.kv_cache_dtype, p.tp) == ("mxfp4", "bf16", 1)
     assert p.weights_gib == pytest.approx(13_748_269_080 / GIB, abs=0.005)
     assert p.kv_tokens == 1_286_272
-    assert p.max_batch_size == 256  # 1,286,272 // 4096 = 314 -> 256, the cap
+    assert p.max_batch_size == 1256  # 1,286,272 // 1024, no cap below TensorRT-LLM's default 2048
 
 
 def test_smollm2_on_cpu_by_hand():
@@ -266,9 +275,12 @@ def test_to_dict_has_every_number_for_json():
 def test_format_table_shows_the_plan():
     table = planner.format_table(plan("Llama-3.1-8B", "h100"))
     assert "Llama-3.1-8B on h100 (engine)" in table
-    assert "│ max_batch_size" in table and "│              128 │" in table
-    assert "│ memory per GPU             │        79.65 GiB │" in table
-    assert "1,035,904" in table
+    rows = {cells[1].strip(): cells[2].strip() for line in table.splitlines()
+            if len(cells := line.split("│")) == 4}
+    assert rows["max_batch_size"] == "1011"
+    assert rows["memory per GPU"] == "79.65 GiB"
+    assert rows["KV tokens"] == "1,035,904"
+    assert rows["why this TP"] == "smallest with KV share >= 1/3: 0.88"
 
 
 # ---- refusals ---------------------------------------------------------------------------------
@@ -411,3 +423,52 @@ def test_gpu_target_refuses_the_cpu_runtime():
 
 def test_a_model_name_can_be_given_where_the_folder_name_is_not_it():
     assert hf_config.load(MODELS / "SmolLM2-135M", name="SmolLM2-135M-Instruct").name == "SmolLM2-135M-Instruct"
+
+
+# ---- the serving objective against NVIDIA's published choices ---------------------------------
+
+# (model, GPU, precision) -> the TP NVIDIA ran. Source: NVIDIA/TensorRT-LLM
+# docs/source/performance/perf-overview.md at 00f37686aa854010d68bcbd0f4ab000221541ca6 (v1.0 table:
+# 8B FP8 TP1 on H100 and H200; 70B FP8 TP2 on H100, TP1 on H200; 405B FP8 TP8 on both; B200 70B FP4
+# TP1, 405B FP4 TP4). B200 at FP8 and the L4/A100 rows are worked out by hand from the KV shares
+# (KV budget / (memory - headroom)) per TP printed beside them; the rule takes the first >= 1/3.
+REFERENCE_TP = [
+    ("Llama-3.1-8B", "h100", "fp8", 1),  # 0.88
+    ("Llama-3.1-8B", "h200", "fp8", 1),  # 0.93
+    ("Llama-3.1-70B", "h100", "fp8", 2),  # TP1 0.06 (25 sequences of 1k), TP2 0.51
+    ("Llama-3.1-70B", "h200", "fp8", 1),  # 0.46
+    ("Llama-3.1-405B", "h100", "fp8", 8),  # only TP8 fits: 0.29, the largest that fits
+    ("Llama-3.1-405B", "h200", "fp8", 8),  # TP4 0.22, TP8 0.60
+    ("Llama-3.1-70B", "b200", "nvfp4", 1),  # 0.75
+    ("Llama-3.1-405B", "b200", "nvfp4", 4),  # TP2 0.31, TP4 0.64
+    ("Llama-3.1-70B", "b200", "fp8", 1),  # by hand: 0.58
+    ("Llama-3.1-405B", "b200", "fp8", 4),  # by hand: TP2 does not fit, TP4 0.39
+    ("Llama-3.1-8B", "l4", "fp8", 1),  # by hand: 0.58
+    ("Llama-3.1-70B", "l4", "fp8", 8),  # by hand: TP4 0.09 (47 sequences), TP8 0.50
+    ("Llama-3.1-8B", "a100-40gb", "bf16", 1),  # by hand: 0.59
+    ("Llama-3.1-70B", "a100-80gb", "bf16", 4),  # by hand: TP2 0.07, TP4 0.52
+    ("Llama-3.1-70B", "a100-40gb", "bf16", 8),  # by hand: TP4 0.05, TP8 0.50
+]
+
+
+@pytest.mark.parametrize(("model", "gpu", "precision", "tp"), REFERENCE_TP)
+def test_tp_is_the_one_a_serving_engineer_chooses(model, gpu, precision, tp):
+    assert plan(model, gpu, precision=precision).tp == tp
+
+
+def test_llama_405b_shape_is_the_published_one():
+    # config.json: hidden 16384, 126 layers, 128 heads, 8 KV heads, intermediate 53248, vocab 128256
+    assert shape("Llama-3.1-405B").parameters().total == pytest.approx(405.85e9, rel=0.005)
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"max_batch_size": 0}, "--max-batch-size 0 must be at least 1"),
+    ({"max_num_tokens": -1}, "--max-num-tokens -1 must be at least 1"),
+])
+def test_limits_given_must_be_positive(kwargs, message):
+    assert refusal("Llama-3.1-8B", "h100", **kwargs) == message
+
+
+def test_limits_given_are_kept():
+    p = plan("Llama-3.1-8B", "h100", max_batch_size=64, max_num_tokens=4096)
+    assert (p.max_batch_size, p.max_num_tokens) == (64, 4096)
