@@ -227,8 +227,10 @@ configMapGenerator:
       - MODEL=meta-llama/Llama-3.1-70B-Instruct
       - PUBLISH=gs://acme-models/llm
       - EXTRA_ARGS=--runtime engine --precision fp8 --tp 1 --max-seq-len 8192
-      - SOURCE_REPO=https://github.com/acme/gke-triton-llm.git
-      - SOURCE_REVISION=0123456789abcdef0123456789abcdef01234567
+# The image built from this checkout (gitops/jobs/compile-engine/cloudbuild.yaml), by digest.
+images:
+  - name: us-docker.pkg.dev/example-project/gke-triton-llm/compile-engine
+    digest: sha256:REPLACE-ME
 patches:
   - target:
       kind: Job
@@ -268,7 +270,6 @@ def test_engine_unavailable_message_gives_the_job_to_run():
     message = engine.unavailable_message(
         plan, ["no tensorrt_llm Python module", "no trtllm-build on PATH"],
         model_source="meta-llama/Llama-3.1-70B-Instruct", publish="gs://acme-models/llm",
-        source_repo="https://github.com/acme/gke-triton-llm.git",
         source_revision="0123456789abcdef0123456789abcdef01234567",
     )
     assert message == (
@@ -282,20 +283,23 @@ def test_engine_unavailable_message_gives_the_job_to_run():
         + "EOF\n"
         "kubectl apply -k gitops/jobs/runs/compile-h100-llama-3-1-70b\n"
         "kubectl -n triton-build logs -f job/compile-h100-llama-3-1-70b\n\n"
-        "Push 0123456789ab to https://github.com/acme/gke-triton-llm.git first: the Job fetches it from there."
+        "Build the Job's image from this checkout and set its digest in `images:` (the Job installs nothing "
+        "itself): gcloud builds submit --config gitops/jobs/compile-engine/cloudbuild.yaml "
+        "--substitutions=_IMAGE=us-docker.pkg.dev/example-project/gke-triton-llm/compile-engine:0123456789ab ."
     )
 
 
 def test_engine_unavailable_message_says_what_to_fill_in_without_publish_or_remote():
     message = engine.unavailable_message(
         make_plan("SmolLM2-135M", "l4"), ["no trtllm-build on PATH"], model_source="/data/SmolLM2-135M",
-        publish=None, source_repo=None, source_revision=None,
+        publish=None, source_revision=None,
     )
     assert "      - PUBLISH=gs://REPLACE-ME/models\n" in message
     assert message.endswith(
         "Set PUBLISH to your bucket: compile.py was run without --publish.\n"
-        "Set SOURCE_REPO and SOURCE_REVISION to a git URL and commit the cluster can fetch: "
-        "this checkout has no 'origin' remote."
+        "Build the Job's image from this checkout and set its digest in `images:` (the Job installs nothing "
+        "itself): gcloud builds submit --config gitops/jobs/compile-engine/cloudbuild.yaml "
+        "--substitutions=_IMAGE=us-docker.pkg.dev/example-project/gke-triton-llm/compile-engine:TAG ."
     )
 
 
@@ -335,17 +339,18 @@ def test_compile_job_base_renders_for_its_example_gpu():
     assert pod["nodeSelector"] == {"cloud.google.com/gke-accelerator": h100.accelerator}
     assert compile_container["resources"]["requests"] == {
         "cpu": str(h100.pod_cpu), "memory": f"{h100.pod_memory_gib}Gi", "nvidia.com/gpu": "1"}
-    # the image that builds is the image that serves
-    assert {c["image"] for c in pod["containers"] + pod["initContainers"]} == {catalog.triton_image()}
+    # the image that builds is ours, built FROM the image that serves (the next test)
+    assert [c["image"] for c in pod["containers"]] == [
+        "us-docker.pkg.dev/example-project/gke-triton-llm/compile-engine:example"]
+    assert "initContainers" not in pod
     assert job["metadata"]["namespace"] == "triton-build"
     assert pod["serviceAccountName"] == by_kind(docs, "ServiceAccount")["metadata"]["name"]
 
 
-def test_compile_job_image_is_pinned_from_versions_toml():
-    kustomization = yaml.safe_load((JOB / "kustomization.yaml").read_text())
-    (image,) = kustomization["images"]
+def test_compile_job_image_is_built_from_the_image_versions_toml_pins():
+    froms = [line.split()[1] for line in (JOB / "Dockerfile").read_text().splitlines() if line.startswith("FROM ")]
     pinned = tomllib.loads((ROOT / "build" / "versions.toml").read_text())["triton"]["image"]
-    assert f"{image['newName']}:{image['newTag']}" == pinned
+    assert froms == [pinned]
 
 
 @needs_kubectl
@@ -359,13 +364,13 @@ def test_printed_job_overlay_renders_the_planned_build(tmp_path, model, gpu, kwa
     run_dir = tmp_path / "runs" / engine.job_name(plan)
     run_dir.mkdir(parents=True)
     (run_dir / "kustomization.yaml").write_text(engine.job_kustomization(
-        plan, model_source=f"org/{model}", publish="gs://b/p", source_repo="https://example.com/r.git",
-        source_revision="abc123"))
+        plan, model_source=f"org/{model}", publish="gs://b/p", image_digest="sha256:" + "ab" * 32))
     docs = kustomize(run_dir)
     job, params = by_kind(docs, "Job"), by_kind(docs, "ConfigMap")
     pod = job["spec"]["template"]["spec"]
     target = catalog.gpu(gpu)
     assert job["metadata"]["name"] == engine.job_name(plan)
+    assert pod["containers"][0]["image"] == f"{engine.job_image()}@sha256:{'ab' * 32}"
     assert pod["nodeSelector"] == {"cloud.google.com/gke-accelerator": target.accelerator}
     assert pod["containers"][0]["resources"] == {
         "requests": {"cpu": str(target.pod_cpu * plan.tp), "memory": f"{target.pod_memory_gib * plan.tp}Gi",
