@@ -9,11 +9,14 @@ problems tools/validate.py reports.
 from __future__ import annotations
 
 import shutil
+import tomllib
 from pathlib import Path
 
 import access_policy
 import pytest
+import validate
 import yaml
+from packaging.requirements import Requirement
 from test_validate import edit, problems  # CRDs found as tests/test_validate.py finds them
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -156,3 +159,29 @@ def test_the_shipped_default_project_is_argo_cds_locked_one() -> None:
     default = yaml.safe_load((ROOT / "gitops/argocd/appproject-default.yaml").read_text())
     assert default["metadata"]["name"] == "default"
     assert access_policy.check_default_project([default]) == []
+
+
+def test_compile_job_reads_the_token_from_the_mounted_secret() -> None:
+    [job] = [o for o in validate.render(ROOT / JOB) if o["kind"] == "Job"]
+    pod = job["spec"]["template"]["spec"]
+    [compile_container] = pod["containers"]
+    env = {e["name"]: e for e in compile_container["env"]}
+    assert "HF_TOKEN" not in env and all("valueFrom" not in e for e in env.values())
+    [secret] = [v for v in pod["volumes"] if "secret" in v]
+    assert secret["secret"]["secretName"] == "hf-token" and secret["secret"]["optional"] is True
+    [mount] = [m for m in compile_container["volumeMounts"] if m["name"] == secret["name"]]
+    [item] = secret["secret"]["items"]
+    assert env["HF_TOKEN_PATH"]["value"] == f"{mount['mountPath']}/{item['path']}" and mount["readOnly"] is True
+
+
+def test_compile_image_carries_what_compile_py_imports_beyond_the_triton_image() -> None:
+    dockerfile = (ROOT / JOB / "Dockerfile").read_text()
+    for source in ("build/", "model_repository/", "tools/publish.py"):
+        assert f"COPY {source} " in dockerfile
+    pins = [Requirement(line) for line in (ROOT / JOB / "requirements.txt").read_text().splitlines()
+            if line and not line.startswith("#")]
+    declared = {Requirement(d).name: Requirement(d) for d in
+                tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]}
+    for pin in pins:
+        (version,) = [s.version for s in pin.specifier]
+        assert declared[pin.name].specifier.contains(version), pin
