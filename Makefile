@@ -1,11 +1,13 @@
 # Two entry points, each installing what it needs into .venv first:
 #   make demo   build the default model for CPU, serve it with a real Triton, ask it a question
-#   make test   run the whole test suite (what CI runs)
+#   make test   run the whole test suite (what CI runs), checkov's Kubernetes checks included
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
+# checkov lives apart (tools/checkov-requirements.txt says why); tests/test_checkov.py runs it from here.
+CHECKOV_VENV := .venv-checkov
 
-.PHONY: demo test lint install
+.PHONY: demo test lint install checkov
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,10 +20,18 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
+$(CHECKOV_VENV)/.installed: tools/checkov-requirements.txt
+	$(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(CHECKOV_VENV)/bin/python -m pip install --quiet -r tools/checkov-requirements.txt
+	touch $@
+
+checkov: $(CHECKOV_VENV)/.installed
+
 demo: install
 	$(PY) tools/demo.py
 
-test: install
+test: install checkov
 	$(PY) -m ruff check .
 	$(PY) -m pytest
 

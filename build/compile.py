@@ -87,7 +87,8 @@ def recipe_for(plan: planner.Plan, source: model_source.ModelSource, options: la
 
 
 def build_repository(plan: planner.Plan, source: model_source.ModelSource, options: layout.Options,
-                     out_dir: Path, publish_uri: str | None = None, job_model: str = "") -> tuple[dict, bool]:
+                     out_dir: Path, publish_uri: str | None = None, job_model: str = "",
+                     build: build_memory.BuildNeeds | None = None) -> tuple[dict, bool]:
     """Lay out the repository (or keep the one already there); returns build.json and whether it was rebuilt."""
     recipe = recipe_for(plan, source, options)
     if manifest.up_to_date(out_dir, recipe):
@@ -98,7 +99,7 @@ def build_repository(plan: planner.Plan, source: model_source.ModelSource, optio
         log(f"* layout: tensorrt_llm ({plan.runtime} runtime)")
         if plan.runtime == "engine":
             engine_dir = engine.run(plan, source.checkpoint_dir, staging.parent / f".{out_dir.name}.engine-work",
-                                    model_source=job_model, publish=publish_uri,
+                                    build=build, model_source=job_model, publish=publish_uri,
                                     on_command=lambda command: log("> " + " ".join(command)))
             layout.engine_tensorrt_llm(staging, plan, engine_dir)
         elif plan.runtime == "llmapi":
@@ -167,9 +168,9 @@ def run(args: argparse.Namespace) -> int:
                         max_seq_len=args.max_seq_len, max_batch_size=args.max_batch_size,
                         max_num_tokens=args.max_num_tokens)
     sizing = pipeline.size(plan, gpu)
+    build = build_memory.needs(shape, gpu, plan)
     if args.plan:
         est = estimate.estimate(plan, gpu)
-        build = build_memory.needs(shape, gpu, plan)
         if args.json:
             print(json.dumps({**plan.to_dict(), "estimate": est.to_dict() if est else None,
                               "build": build.to_dict() if build else None,
@@ -185,7 +186,7 @@ def run(args: argparse.Namespace) -> int:
                              ensemble_instances=sizing.ensemble_instances if sizing else 1)
     out_dir = (args.out or DEFAULT_OUT / gpu.name).resolve()
     document, rebuilt = build_repository(plan, source, options, out_dir, args.publish,
-                                         job_model=args.model or model_source.DEFAULT_HUB_ID)
+                                         job_model=args.model or model_source.DEFAULT_HUB_ID, build=build)
     log(f"* {'built' if rebuilt else 'up to date'}: build {document['build_id']} in {time.monotonic() - started:.1f} s")
     if args.publish:
         sys.path.insert(0, str(ROOT / "tools"))

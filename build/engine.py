@@ -16,6 +16,7 @@ import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
+import build_memory
 import catalog
 import templating
 from hf_config import ARCHITECTURES
@@ -173,11 +174,21 @@ def job_name(plan: Plan) -> str:
     return slug[:63].rstrip("-")
 
 
-def job_kustomization(plan: Plan, *, model_source: str, publish: str, source_repo: str,
-                      source_revision: str) -> str:
-    """The overlay of gitops/jobs/compile-engine that builds exactly this plan on its GPU node pool."""
+def job_image() -> str:
+    """The compile Job's image name (without tag), as the base kustomization sets it."""
+    import yaml  # only where a Job overlay is printed: the Job's own image needs no pyyaml
+
+    kustomization = yaml.safe_load((REPO / JOB_DIR / "kustomization.yaml").read_text())
+    return next(i["newName"] for i in kustomization["images"] if i["name"] == "compile-engine")
+
+
+def job_kustomization(plan: Plan, *, build_gpus: int, model_source: str, publish: str, image_digest: str) -> str:
+    """The overlay of gitops/jobs/compile-engine that builds exactly this plan on its GPU node pool.
+
+    build_gpus is the build's own peak (build_memory.needs), not the serving TP: calibrating a 70B
+    model in FP8 takes four H100s though two serve it."""
     gpu = catalog.gpu(plan.gpu)
-    gpus = plan.tp * plan.pp
+    gpus = build_gpus
     extra = f"--runtime engine --precision {plan.precision} --tp {plan.tp} --max-seq-len {plan.max_seq_len}"
     return f"""\
 # Builds {plan.model} for {plan.gpu} ({plan.precision}, TP {plan.tp}) and publishes it.
@@ -193,8 +204,10 @@ configMapGenerator:
       - MODEL={model_source}
       - PUBLISH={publish}
       - EXTRA_ARGS={extra}
-      - SOURCE_REPO={source_repo}
-      - SOURCE_REVISION={source_revision}
+# The image built from this checkout (gitops/jobs/compile-engine/cloudbuild.yaml), by digest.
+images:
+  - name: {job_image()}
+    digest: {image_digest}
 patches:
   - target:
       kind: Job
@@ -239,24 +252,28 @@ def _git(*args: str) -> str | None:
 
 
 def unavailable_message(
-    plan: Plan, missing: list[str], *, model_source: str, publish: str | None,
-    source_repo: str | None, source_revision: str | None,
+    plan: Plan, missing: list[str], *, build: build_memory.BuildNeeds | None, model_source: str,
+    publish: str | None, source_revision: str | None,
 ) -> str:
+    if build is not None and build.build_gpus == 0:
+        return (f"TensorRT-LLM is not installed here ({'; '.join(missing)}), and no {plan.gpu} node can build "
+                f"this plan either: {build.problem}.")
     notes = []
     if Path(model_source).expanduser().exists():
         notes.append(f"Set MODEL to the model's Hugging Face id: {model_source} is a folder on this machine, "
                      "which the Job cannot read.")
     if publish is None:
         notes.append("Set PUBLISH to your bucket: compile.py was run without --publish.")
-    if source_repo is None or source_revision is None:
-        notes.append("Set SOURCE_REPO and SOURCE_REVISION to a git URL and commit the cluster can fetch: "
-                     "this checkout has no 'origin' remote.")
-    else:
-        notes.append(f"Push {source_revision[:12]} to {source_repo} first: the Job fetches it from there.")
+    tag = source_revision[:12] if source_revision else "TAG"
+    notes.append(
+        "Build the Job's image from this checkout and set its digest in `images:` (the Job installs nothing "
+        f"itself): gcloud builds submit --config {JOB_DIR}/cloudbuild.yaml "
+        f"--substitutions=_IMAGE={job_image()}:{tag} ."
+    )
     run_dir = f"{RUNS_DIR}/{job_name(plan)}"
     overlay = job_kustomization(
-        plan, model_source=model_source, publish=publish or "gs://REPLACE-ME/models",
-        source_repo=source_repo or "REPLACE-ME", source_revision=source_revision or "REPLACE-ME",
+        plan, build_gpus=build.build_gpus if build else plan.tp * plan.pp, model_source=model_source,
+        publish=publish or "gs://REPLACE-ME/models", image_digest="sha256:REPLACE-ME",
     )
     return (
         f"TensorRT-LLM is not installed here ({'; '.join(missing)}). Engines are built on the GPU that "
@@ -296,6 +313,7 @@ def run(
     model_dir: Path,
     work_dir: Path,
     *,
+    build: build_memory.BuildNeeds | None,
     model_source: str,
     publish: str | None = None,
     on_command: Callable[[list[str]], None] = lambda command: None,
@@ -304,8 +322,8 @@ def run(
     missing = missing_tools()
     if missing:
         raise EngineUnavailableError(unavailable_message(
-            plan, missing, model_source=model_source, publish=publish,
-            source_repo=_git("remote", "get-url", "origin"), source_revision=_git("rev-parse", "HEAD"),
+            plan, missing, build=build, model_source=model_source, publish=publish,
+            source_revision=_git("rev-parse", "HEAD"),
         ))
     local = _local_compute_capability()
     if local != plan.compute_capability:

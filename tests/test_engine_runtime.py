@@ -19,6 +19,7 @@ import tomllib
 from pathlib import Path
 from types import SimpleNamespace
 
+import build_memory
 import catalog
 import engine
 import hf_config
@@ -37,6 +38,10 @@ GPU_TARGETS = [g.name for g in catalog.gpus().values() if not g.is_cpu]
 
 def make_plan(model: str, gpu: str, runtime: str = "engine", **kwargs) -> planner.Plan:
     return planner.plan(hf_config.load(MODELS / model), catalog.gpu(gpu), runtime=runtime, **kwargs)
+
+
+def build_needs(plan: planner.Plan) -> build_memory.BuildNeeds | None:
+    return build_memory.needs(hf_config.load(MODELS / plan.model), catalog.gpu(plan.gpu), plan)
 
 
 def parse_config(text: str) -> model_config_pb2.ModelConfig:
@@ -127,7 +132,7 @@ def test_model_yaml_is_the_plan_as_llm_arguments():
         "tensor_parallel_size": 1,
         "pipeline_parallel_size": 1,
         "max_batch_size": plan.max_batch_size,
-        "max_num_tokens": 8192,
+        "max_num_tokens": plan.max_num_tokens,
         "max_input_len": 4096,
         "max_seq_len": 8192,
         "max_beam_width": 1,
@@ -165,27 +170,27 @@ def test_fp8_build_commands_for_llama_8b_on_h100():
          "--dtype", "bfloat16", "--qformat", "fp8", "--kv_cache_dtype", "fp8", "--calib_size", "512",
          "--tp_size", "1", "--pp_size", "1"],
         ["trtllm-build", "--checkpoint_dir", "/work/build/checkpoint", "--output_dir", "/work/build/engine",
-         "--max_batch_size", "128", "--max_input_len", "4096", "--max_seq_len", "8192",
-         "--max_num_tokens", "8192", "--max_beam_width", "1", "--kv_cache_type", "paged",
+         "--max_batch_size", "1011", "--max_input_len", "4096", "--max_seq_len", "8192",
+         "--max_num_tokens", "9203", "--max_beam_width", "1", "--kv_cache_type", "paged",
          "--tokens_per_block", "32", "--gemm_plugin", "disable", "--use_paged_context_fmha", "enable",
          "--use_fp8_context_fmha", "enable", "--multiple_profiles", "enable", "--workers", "1"],
     ]
 
 
-def test_bf16_build_commands_for_llama_70b_over_two_h100s():
+def test_bf16_build_commands_for_llama_70b_over_four_h100s():
     plan = make_plan("Llama-3.1-70B", "h100", precision="bf16")
-    # planner: TP 2 (131.4 GiB of bf16 weights); per GPU 85,523,536,281 B (79.65 GiB) - 71,605,698,560 weights
-    # - 8,552,353,628 headroom = 5,365,484,093 B / 163,840 B per token = 32,736 KV tokens (whole blocks of 32)
-    # -> 7 half-length (4096) sequences -> max_batch_size 4 (power of two)
+    # planner: TP 2 holds the 131.4 GiB of bf16 weights but leaves KV only 0.07 of what is free after
+    # headroom; TP 4 is the smallest with a KV share >= 1/3 (0.52): 489,696 KV tokens / 1024 average
+    # tokens per sequence -> max_batch_size 478, max_num_tokens 478 + 8192
     assert engine.build_commands(plan, Path("/src/Llama-3.1-70B"), Path("/work/build")) == [
         ["python3", "/app/examples/models/core/llama/convert_checkpoint.py",
          "--model_dir", "/src/Llama-3.1-70B", "--output_dir", "/work/build/checkpoint",
-         "--dtype", "bfloat16", "--tp_size", "2", "--pp_size", "1", "--workers", "2"],
+         "--dtype", "bfloat16", "--tp_size", "4", "--pp_size", "1", "--workers", "4"],
         ["trtllm-build", "--checkpoint_dir", "/work/build/checkpoint", "--output_dir", "/work/build/engine",
-         "--max_batch_size", "4", "--max_input_len", "4096", "--max_seq_len", "8192",
-         "--max_num_tokens", "8192", "--max_beam_width", "1", "--kv_cache_type", "paged",
+         "--max_batch_size", "478", "--max_input_len", "4096", "--max_seq_len", "8192",
+         "--max_num_tokens", "8670", "--max_beam_width", "1", "--kv_cache_type", "paged",
          "--tokens_per_block", "32", "--gemm_plugin", "auto", "--use_paged_context_fmha", "enable",
-         "--use_fp8_context_fmha", "disable", "--multiple_profiles", "enable", "--workers", "2"],
+         "--use_fp8_context_fmha", "disable", "--multiple_profiles", "enable", "--workers", "4"],
     ]
 
 
@@ -214,7 +219,7 @@ def test_build_commands_are_only_for_the_engine_runtime():
 # ---- where TensorRT-LLM is missing ------------------------------------------------------------
 
 EXPECTED_OVERLAY = """\
-# Builds Llama-3.1-70B for h100 (fp8, TP 1) and publishes it.
+# Builds Llama-3.1-70B for h100 (fp8, TP 2) and publishes it.
 apiVersion: kustomize.config.k8s.io/v1beta1
 kind: Kustomization
 resources:
@@ -226,9 +231,11 @@ configMapGenerator:
       - GPU=h100
       - MODEL=meta-llama/Llama-3.1-70B-Instruct
       - PUBLISH=gs://acme-models/llm
-      - EXTRA_ARGS=--runtime engine --precision fp8 --tp 1 --max-seq-len 8192
-      - SOURCE_REPO=https://github.com/acme/gke-triton-llm.git
-      - SOURCE_REVISION=0123456789abcdef0123456789abcdef01234567
+      - EXTRA_ARGS=--runtime engine --precision fp8 --tp 2 --max-seq-len 8192
+# The image built from this checkout (gitops/jobs/compile-engine/cloudbuild.yaml), by digest.
+images:
+  - name: us-docker.pkg.dev/example-project/gke-triton-llm/compile-engine
+    digest: sha256:REPLACE-ME
 patches:
   - target:
       kind: Job
@@ -248,12 +255,12 @@ patches:
               - name: compile
                 resources:
                   requests:
-                    cpu: "24"
-                    memory: 200Gi
-                    nvidia.com/gpu: "1"
+                    cpu: "96"
+                    memory: 800Gi
+                    nvidia.com/gpu: "4"
                   limits:
-                    memory: 200Gi
-                    nvidia.com/gpu: "1"
+                    memory: 800Gi
+                    nvidia.com/gpu: "4"
   - target:
       kind: Job
       name: compile-engine
@@ -266,10 +273,11 @@ patches:
 
 def test_engine_unavailable_message_gives_the_job_to_run():
     plan = make_plan("Llama-3.1-70B", "h100")
+    # Served over 2 H100s, but FP8 calibration holds 1.5 x the 141 GB 16-bit model: the Job takes 4.
+    assert (plan.tp, build_needs(plan).build_gpus) == (2, 4)
     message = engine.unavailable_message(
-        plan, ["no tensorrt_llm Python module", "no trtllm-build on PATH"],
+        plan, ["no tensorrt_llm Python module", "no trtllm-build on PATH"], build=build_needs(plan),
         model_source="meta-llama/Llama-3.1-70B-Instruct", publish="gs://acme-models/llm",
-        source_repo="https://github.com/acme/gke-triton-llm.git",
         source_revision="0123456789abcdef0123456789abcdef01234567",
     )
     assert message == (
@@ -283,28 +291,42 @@ def test_engine_unavailable_message_gives_the_job_to_run():
         + "EOF\n"
         "kubectl apply -k gitops/jobs/runs/compile-h100-llama-3-1-70b\n"
         "kubectl -n triton-build logs -f job/compile-h100-llama-3-1-70b\n\n"
-        "Push 0123456789ab to https://github.com/acme/gke-triton-llm.git first: the Job fetches it from there."
+        "Build the Job's image from this checkout and set its digest in `images:` (the Job installs nothing "
+        "itself): gcloud builds submit --config gitops/jobs/compile-engine/cloudbuild.yaml "
+        "--substitutions=_IMAGE=us-docker.pkg.dev/example-project/gke-triton-llm/compile-engine:0123456789ab ."
     )
 
 
 def test_engine_unavailable_message_says_what_to_fill_in_without_publish_or_remote():
+    plan = make_plan("SmolLM2-135M", "l4")
     message = engine.unavailable_message(
-        make_plan("SmolLM2-135M", "l4"), ["no trtllm-build on PATH"], model_source="/data/SmolLM2-135M",
-        publish=None, source_repo=None, source_revision=None,
+        plan, ["no trtllm-build on PATH"], build=build_needs(plan), model_source="/data/SmolLM2-135M",
+        publish=None, source_revision=None,
     )
     assert "      - PUBLISH=gs://REPLACE-ME/models\n" in message
     assert message.endswith(
         "Set PUBLISH to your bucket: compile.py was run without --publish.\n"
-        "Set SOURCE_REPO and SOURCE_REVISION to a git URL and commit the cluster can fetch: "
-        "this checkout has no 'origin' remote."
+        "Build the Job's image from this checkout and set its digest in `images:` (the Job installs nothing "
+        "itself): gcloud builds submit --config gitops/jobs/compile-engine/cloudbuild.yaml "
+        "--substitutions=_IMAGE=us-docker.pkg.dev/example-project/gke-triton-llm/compile-engine:TAG ."
     )
+
+
+def test_engine_unavailable_message_when_no_node_of_the_gpu_can_build_it():
+    plan = make_plan("Llama-3.1-70B", "l4")  # served over 8 L4s; 8 x 22.5 GiB cannot calibrate 211 GiB
+    message = engine.unavailable_message(plan, ["no trtllm-build on PATH"], build=build_needs(plan),
+                                         model_source="org/m", publish=None, source_revision=None)
+    assert message.startswith("TensorRT-LLM is not installed here (no trtllm-build on PATH), and no l4 node "
+                              "can build this plan either: calibration needs 1.5 x the 16-bit model")
+    assert "nvidia/<model>-FP8" in message and "kubectl apply" not in message
 
 
 @pytest.mark.skipif(not engine.missing_tools(), reason="TensorRT-LLM is installed here")
 def test_run_without_tensorrt_llm_fails_fast_with_the_job(tmp_path):
     plan = make_plan("SmolLM2-135M", "h100")
     with pytest.raises(engine.EngineUnavailableError) as caught:
-        engine.run(plan, MODELS / "SmolLM2-135M", tmp_path, model_source="HuggingFaceTB/SmolLM2-135M")
+        engine.run(plan, MODELS / "SmolLM2-135M", tmp_path, build=build_needs(plan),
+                   model_source="HuggingFaceTB/SmolLM2-135M")
     assert str(caught.value).startswith("TensorRT-LLM is not installed here (")
     assert "kubectl apply -k gitops/jobs/runs/compile-h100-smollm2-135m\n" in str(caught.value)
     assert list(tmp_path.iterdir()) == []
@@ -337,43 +359,45 @@ def test_compile_job_base_renders_for_its_example_gpu():
                                    "cloud.google.com/compute-class": f"triton-build-{h100.name}"}
     assert compile_container["resources"]["requests"] == {
         "cpu": str(h100.pod_cpu), "memory": f"{h100.pod_memory_gib}Gi", "nvidia.com/gpu": "1"}
-    # the image that builds is the image that serves
-    assert {c["image"] for c in pod["containers"] + pod["initContainers"]} == {catalog.triton_image()}
+    # the image that builds is ours, built FROM the image that serves (the next test)
+    assert [c["image"] for c in pod["containers"]] == [
+        "us-docker.pkg.dev/example-project/gke-triton-llm/compile-engine:example"]
+    assert "initContainers" not in pod
     assert job["metadata"]["namespace"] == "triton-build"
     assert pod["serviceAccountName"] == by_kind(docs, "ServiceAccount")["metadata"]["name"]
 
 
-def test_compile_job_image_is_pinned_from_versions_toml():
-    kustomization = yaml.safe_load((JOB / "kustomization.yaml").read_text())
-    (image,) = kustomization["images"]
+def test_compile_job_image_is_built_from_the_image_versions_toml_pins():
+    froms = [line.split()[1] for line in (JOB / "Dockerfile").read_text().splitlines() if line.startswith("FROM ")]
     pinned = tomllib.loads((ROOT / "build" / "versions.toml").read_text())["triton"]["image"]
-    assert f"{image['newName']}:{image['newTag']}" == pinned
+    assert froms == [pinned]
 
 
 @needs_kubectl
 @pytest.mark.parametrize(("model", "gpu", "kwargs"), [
-    ("Llama-3.1-70B", "l4", {}),  # fp8 over 4 L4s
+    ("Llama-3.1-70B", "h100", {}),  # served by 2, calibrated on 4
     ("Llama-3.1-8B", "h200", {"precision": "bf16"}),
 ])
 def test_printed_job_overlay_renders_the_planned_build(tmp_path, model, gpu, kwargs):
     plan = make_plan(model, gpu, **kwargs)
+    gpus = build_needs(plan).build_gpus
     shutil.copytree(JOB, tmp_path / "compile-engine")
     run_dir = tmp_path / "runs" / engine.job_name(plan)
     run_dir.mkdir(parents=True)
     (run_dir / "kustomization.yaml").write_text(engine.job_kustomization(
-        plan, model_source=f"org/{model}", publish="gs://b/p", source_repo="https://example.com/r.git",
-        source_revision="abc123"))
+        plan, build_gpus=gpus, model_source=f"org/{model}", publish="gs://b/p", image_digest="sha256:" + "ab" * 32))
     docs = kustomize(run_dir)
     job, params = by_kind(docs, "Job"), by_kind(docs, "ConfigMap")
     pod = job["spec"]["template"]["spec"]
     target = catalog.gpu(gpu)
     assert job["metadata"]["name"] == engine.job_name(plan)
+    assert pod["containers"][0]["image"] == f"{engine.job_image()}@sha256:{'ab' * 32}"
     assert pod["nodeSelector"] == {"cloud.google.com/gke-accelerator": target.accelerator,
                                    "cloud.google.com/compute-class": f"triton-build-{gpu}"}
     assert pod["containers"][0]["resources"] == {
-        "requests": {"cpu": str(target.pod_cpu * plan.tp), "memory": f"{target.pod_memory_gib * plan.tp}Gi",
-                     "nvidia.com/gpu": str(plan.tp)},
-        "limits": {"memory": f"{target.pod_memory_gib * plan.tp}Gi", "nvidia.com/gpu": str(plan.tp)},
+        "requests": {"cpu": str(target.pod_cpu * gpus), "memory": f"{target.pod_memory_gib * gpus}Gi",
+                     "nvidia.com/gpu": str(gpus)},
+        "limits": {"memory": f"{target.pod_memory_gib * gpus}Gi", "nvidia.com/gpu": str(gpus)},
     }
     assert params["data"]["GPU"] == gpu and params["data"]["MODEL"] == f"org/{model}"
     assert params["data"]["EXTRA_ARGS"] == (

@@ -193,7 +193,7 @@ def test_applicationset_makes_one_automated_application_per_overlay() -> None:
 def test_serving_project_is_least_privilege() -> None:
     project = one(rendered("gitops/argocd"), "AppProject", "triton-serving")["spec"]
     assert project["destinations"] == [{"server": "https://kubernetes.default.svc", "namespace": "triton-*"}]
-    assert project["clusterResourceWhitelist"] == [{"group": "", "kind": "Namespace"}]
+    assert project["clusterResourceWhitelist"] == [{"group": "", "kind": "Namespace", "name": "triton-*"}]
     assert all("*" not in (k["group"] + k["kind"]) for k in project["namespaceResourceWhitelist"])
 
 

@@ -356,6 +356,9 @@ def test_network_policy_removed(repo: Path) -> None:
 def test_overlay_namespace_must_be_where_the_applicationset_deploys_it(repo: Path) -> None:
     edit(repo, "overlays/l4/kustomization.yaml", "namespace: triton-l4", "namespace: llm")
     assert problems(repo, "overlays/l4") == [
+        # the serving project creates triton-* namespaces only
+        "Namespace/llm: AppProject/triton-serving does not allow this Namespace (clusterResourceWhitelist, by name); "
+        "Argo CD would refuse to sync it",
         "objects are in namespace 'llm', but the ApplicationSet deploys this overlay to 'triton-l4'; "
         "set `namespace: triton-l4` in its kustomization"
     ]

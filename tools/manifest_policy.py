@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import access_policy
 import capacity_policy
 import catalog
 import engine
@@ -176,6 +177,8 @@ def check_everywhere(objects: list[dict]) -> list[str]:
         + check_node_pools(objects)
         + capacity_policy.check_node_pools(objects)
         + capacity_policy.check_compute_classes(objects)
+        # Argo CD projects, credentials in env vars, Job network and run-time installs
+        + access_policy.check(objects)
     )
 
 
@@ -453,7 +456,6 @@ def check_project(objects: list[dict], context: ServingContext) -> list[str]:
     project = context.project or {}
     spec = project.get("spec", {})
     allowed = {(k.get("group", ""), k.get("kind")) for k in spec.get("namespaceResourceWhitelist", [])}
-    allowed_cluster = {(k.get("group", ""), k.get("kind")) for k in spec.get("clusterResourceWhitelist", [])}
     destinations = [d.get("namespace", "") for d in spec.get("destinations", [])]
     namespaces = set()
     for obj in objects:
@@ -461,8 +463,13 @@ def check_project(objects: list[dict], context: ServingContext) -> list[str]:
         namespace = obj.get("metadata", {}).get("namespace")
         if obj.get("kind") == "Namespace":
             namespace = obj.get("metadata", {}).get("name")
-            if context.project is not None and (group, "Namespace") not in allowed_cluster:
-                problems.append(f"{ref(obj)}: AppProject/{project['metadata']['name']} does not allow Namespaces")
+            if context.project is not None and not access_policy.cluster_resource_permitted(
+                project, group, "Namespace", namespace or ""
+            ):
+                problems.append(
+                    f"{ref(obj)}: AppProject/{project['metadata']['name']} does not allow this Namespace "
+                    "(clusterResourceWhitelist, by name); Argo CD would refuse to sync it"
+                )
         elif context.project is not None and (group, obj.get("kind")) not in allowed:
             problems.append(
                 f"{ref(obj)}: kind {group or 'core'}/{obj.get('kind')} is not in the namespaceResourceWhitelist of "
