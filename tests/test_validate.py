@@ -123,7 +123,9 @@ def test_a_pod_may_take_fewer_gpus_than_its_node_carries(repo: Path) -> None:
 def test_h200_serves_a_tp1_build_with_one_of_the_nodes_eight_gpus(repo: Path) -> None:
     [deployment] = [o for o in validate.render(repo / "overlays/h200") if o["kind"] == "Deployment"]
     [triton] = [c for c in deployment["spec"]["template"]["spec"]["containers"] if c["name"] == "triton"]
-    assert triton["resources"]["requests"] == {"cpu": "26", "memory": "340Gi", "nvidia.com/gpu": "1"}
+    assert triton["resources"]["requests"] == {
+        "cpu": "26", "memory": "340Gi", "nvidia.com/gpu": "1", "ephemeral-storage": "2Gi"
+    }
     [pool] = [o for o in validate.render(repo / "gitops/nodepools") if o["metadata"]["name"] == "triton-h200"]
     assert pool["spec"]["nodeConfig"]["machineType"] == "a3-ultragpu-8g"
     assert problems(repo, "overlays/h200") == []
@@ -159,8 +161,9 @@ def test_cpu_pin_must_be_tp1_pp1(repo: Path) -> None:
 def test_pin_without_tp_and_pp(repo: Path) -> None:
     edit(repo, "overlays/h100/model-pin.yaml", '  tp: "1"\n  pp: "1"\n', "")
     assert problems(repo, "overlays/h100") == [
-        "model-pin.yaml: not a ConfigMap named model-pin with data keys uri, build_id, gpu, accelerator, "
-        "compute_capability, runtime, triton_image, tp, pp (missing: tp, pp); rewrite it with tools/pin.py"
+        "model-pin.yaml: not a ConfigMap named model-pin with data keys uri, bucket, prefix, build_id, gpu, "
+        "accelerator, compute_capability, runtime, triton_image, tp, pp, size_bytes (missing: tp, pp); rewrite it "
+        "with tools/pin.py"
     ]
 
 
@@ -290,10 +293,11 @@ def test_image_that_differs_from_versions_toml_names_both_sides(repo: Path) -> N
 
 
 def test_unpinned_image(repo: Path) -> None:
-    edit(repo, "gitops/base/kustomization.yaml", "newTag: 528.0.0-slim", "newTag: latest")
+    edit(repo, "gitops/base/kustomization.yaml", "newTag: 26.07-trtllm-python-py3", "newTag: latest")
     assert problems(repo, "gitops/base") == [
-        "Deployment/triton: container fetch-model image 'gcr.io/google.com/cloudsdktool/google-cloud-cli:latest' "
-        "is not pinned; give it a version tag or a digest (kustomize `images:`), never latest"
+        f"Deployment/triton: container {name} image 'nvcr.io/nvidia/tritonserver:latest' is not pinned; give it a "
+        "version tag or a digest (kustomize `images:`), never latest"
+        for name in ("fetch-model", "triton")
     ]
 
 

@@ -32,7 +32,7 @@ from publish import BUILD_JSON, PublishError, make_client, parse_gcs_uri  # noqa
 
 PIN_FILE = "model-pin.yaml"
 PIN_NAME = "model-pin"
-ALWAYS_QUOTED = {"build_id", "accelerator", "compute_capability", "tp", "pp"}
+ALWAYS_QUOTED = {"build_id", "accelerator", "compute_capability", "tp", "pp", "size_bytes"}
 # A header whose first sentence starts with this marks a stand-in pin (the overlay's first, before
 # any real build was published); the sentence stops being true with the first real pin, which drops it.
 EXAMPLE_MARK = "# EXAMPLE PIN"
