@@ -82,19 +82,27 @@ def check_after_deployment(objects: list[dict], deployment: dict, cold_start_s: 
     ]
 
 
+def _article(word: str) -> str:
+    return "an" if word[:1].lower() in "aeiou" else "a"
+
+
 def check_slow_kinds_last(objects: list[dict]) -> list[str]:
     """A kind whose health waits on a cold start or on the outside world belongs in the last wave,
-    the one wave whose health Argo CD does not wait for (upstream_facts.toml argocd.sync_waves)."""
+    the one wave whose health Argo CD does not wait for (upstream_facts.toml argocd.sync_waves).
+    The last wave is the Deployment's (check_after_deployment keeps it so): a resource put after the
+    Deployment by mistake is reported there, once, and does not make the rest look early."""
     synced = _synced(objects)
+    deployments = [o for o in synced if o.get("kind") == "Deployment"]
     if not synced:
         return []
-    last = max(wave(o) for o in synced)
+    last = max(wave(o) for o in deployments or synced)
+    whose = f", {ref(deployments[0])}'s" if len(deployments) == 1 else ""
     # The Deployment itself is check_after_deployment's: one mistake, one message.
     slow = {s["kind"]: s["healthy_when"] for s in facts()["argocd"]["slow_health"] if s["kind"] != "Deployment"}
     return [
-        f"{ref(obj)} is in sync wave {wave(obj)}, before the last wave ({last}): {_argocd()} applies a wave only "
-        f"once every resource of the earlier waves is Healthy, and a {obj['kind']} is Healthy only when "
-        f"{slow[obj['kind']]}; put it in wave {last}"
+        f"{ref(obj)} is in sync wave {wave(obj)}, before the last wave ({last}{whose}): {_argocd()} applies a wave "
+        f"only once every resource of the earlier waves is Healthy, and {_article(obj['kind'])} {obj['kind']} is "
+        f"Healthy only when {slow[obj['kind']]}; put it in wave {last}"
         for obj in synced
         if obj.get("kind") in slow and wave(obj) < last
     ]
@@ -155,7 +163,7 @@ def _check_progress_deadline(deployment: dict, triton: dict, gpu: catalog.Gpu) -
     shown = f"{deadline}" if deadline is not None else f"unset (the Kubernetes default, {default})"
     window = max(needed - budget.before_triton_s, 0)
     return [
-        f"{ref(deployment)}: progressDeadlineSeconds {shown} is shorter than a cold start of a {gpu.name} pod: "
+        f"{ref(deployment)}: progressDeadlineSeconds {shown} is shorter than the cold start of a pod on {gpu.name}: "
         f"node provisioning {budget.node_provisioning.seconds} + image pull {budget.image_pull.seconds} + model "
         f"copy {budget.model_copy.seconds} (build/gpus.toml cold_start) + the startupProbe's {window} s = "
         f"{needed} s; {_argocd()} shows a Deployment past its deadline Degraded "
