@@ -82,6 +82,8 @@ def test_pin_rewrites_the_pin_keeps_its_header_and_prints_the_commit(
         "metadata": {"name": "model-pin", "annotations": {"config.kubernetes.io/local-config": "true"}},
         "data": {
             "uri": f"gs://{bucket.name}/builds/{MODEL}/{build['build_id']}/",
+            "bucket": bucket.name,
+            "prefix": f"builds/{MODEL}/{build['build_id']}",
             "build_id": build["build_id"],
             "gpu": "cpu",
             "accelerator": "",
@@ -90,6 +92,8 @@ def test_pin_rewrites_the_pin_keeps_its_header_and_prints_the_commit(
             "triton_image": IMAGE,
             "tp": "1",
             "pp": "1",
+            # build.json records each file's size; the pin carries their sum for the pod's local disk.
+            "size_bytes": str(sum(entry["size"] for entry in build["files"].values())),
         },
     }
     assert sorted(p.name for p in overlay.iterdir()) == ["kustomization.yaml", "model-pin.yaml"]
@@ -297,11 +301,19 @@ def test_publish_pin_commit_push_changes_only_the_model_location(
     renders = [render(clone, "overlays/cpu") for clone in (fresh_before, fresh_after)]
     rendered = difflib.unified_diff(*renders, n=0)
     diff = [line for line in rendered if line[:1] in "+-" and line[:3] not in ("---", "+++")]
-    # The URI the init container fetches, and the build id label the model-pin component derives from it.
+    # Where the build is (the URI fetch-model names, the FUSE volume's bucket and prefix) and which it is
+    # (the build id fetch-model checks, and the label): what the model-pin component derives from the pin.
+    new_prefix = f"builds/{MODEL}/{build['build_id']}"
     assert sorted(line[0] + line[1:].strip() for line in diff) == sorted([
         f"-gke-triton-llm/build-id: {old_pin['build_id']}",
         f"+gke-triton-llm/build-id: {build['build_id']}",
         f"-value: {old_pin['uri']}",
         f"+value: {uri}",
+        f"-value: {old_pin['build_id']}",
+        f"+value: {build['build_id']}",
+        f"-bucketName: {old_pin['bucket']}",
+        f"+bucketName: {bucket.name}",
+        f"-mountOptions: implicit-dirs,only-dir={old_pin['prefix']}",
+        f"+mountOptions: implicit-dirs,only-dir={new_prefix}",
     ])
 
