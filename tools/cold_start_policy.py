@@ -54,7 +54,10 @@ def _volume(pod: dict, name: str) -> dict:
 
 
 def _gib(n: float) -> str:
-    return f"{n / 2**30:.2f}Gi"
+    """A quantity of at least n bytes, in the largest binary unit it fills, up to two decimals: one a
+    manifest can take as it is."""
+    unit, suffix = next((u, s) for u, s in ((2**30, "Gi"), (2**20, "Mi"), (2**10, "Ki"), (1, "")) if n >= u or u == 1)
+    return f"{math.ceil(n / unit * 100) / 100:g}{suffix}"
 
 
 # --- sync waves --------------------------------------------------------------------------------
