@@ -352,3 +352,21 @@ def test_podmonitoring_health_check_runs_in_lua_5_1_like_argo_cd(status: dict | 
                                                recursive=True)
     result = runtime.execute(lua)
     assert (result["status"], result["message"]) == health
+
+
+def test_docs_cold_start_table_is_the_catalog_and_the_overlays() -> None:
+    doc = (ROOT / "docs/manifests.md").read_text()
+    rows = [
+        [cell.strip() for cell in line.strip().strip("|").split("|")]
+        for line in doc.splitlines()
+        if line.strip().startswith("| ") and line.strip().split("|")[1].strip() in TARGETS
+        and line.count("|") == 8 and line.split("|")[2].strip().isdigit()
+    ]
+    assert [row[0] for row in rows] == list(TARGETS)
+    for target, node, image, copy, load, probe, deadline in rows:
+        budget = catalog.gpu(target).cold_start
+        phases = [budget.node_provisioning, budget.image_pull, budget.model_copy, budget.engine_load]
+        assert [int(node), int(image), int(copy), int(load)] == [p.seconds for p in phases]
+        startup = triton(rendered(f"overlays/{target}"))["startupProbe"]
+        assert probe == f"{startup['periodSeconds']} × {startup['failureThreshold']}"
+        assert int(deadline) == one(rendered(f"overlays/{target}"), "Deployment")["spec"]["progressDeadlineSeconds"]
