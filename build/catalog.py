@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import tomllib
 from dataclasses import dataclass
 from functools import cache
@@ -14,6 +15,44 @@ VERSIONS_FILE = HERE / "versions.toml"
 
 class UnknownGpuError(ValueError):
     """A target name that is not in the catalog."""
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One phase of a cold start: its budget in seconds, and why it takes that long."""
+
+    seconds: int
+    why: str
+
+
+@dataclass(frozen=True)
+class ColdStart:
+    """How long a new pod of one target may take, from no node to Ready (gpus.toml cold_start)."""
+
+    node_provisioning: Phase
+    image_pull: Phase
+    model_copy: Phase
+    engine_load: Phase
+    startup_margin: float  # [cold_start] startup_margin: the startupProbe's slack over engine_load
+
+    @property
+    def phases(self) -> dict[str, Phase]:
+        return {
+            "node provisioning": self.node_provisioning,
+            "image pull": self.image_pull,
+            "model copy": self.model_copy,
+            "engine load": self.engine_load,
+        }
+
+    @property
+    def startup_window_s(self) -> int:
+        """The least time the startupProbe must allow: engine load and its margin."""
+        return math.ceil(self.engine_load.seconds * self.startup_margin)
+
+    @property
+    def before_triton_s(self) -> int:
+        """Node, image and model copy: what passes before tritonserver (and its probes) starts."""
+        return self.node_provisioning.seconds + self.image_pull.seconds + self.model_copy.seconds
 
 
 @dataclass(frozen=True)
@@ -32,6 +71,7 @@ class Gpu:
     runtimes: tuple[str, ...]
     dense_tflops: dict[str, float]  # "bf16", "fp8", "fp4" -> dense tensor TFLOPS per GPU (datasheet); 0 = none
     interconnect_gb_per_s: float  # GPU-to-GPU (NVLink, else PCIe), both directions, 10^9 bytes/s
+    cold_start: ColdStart
 
     @property
     def is_cpu(self) -> bool:
@@ -46,9 +86,21 @@ class Gpu:
         return max(self.machine_types)
 
 
+def _cold_start(entry: dict, shared: dict) -> ColdStart:
+    phases = {name: Phase(int(p["seconds"]), p["why"]) for name, p in entry.items()}
+    return ColdStart(**phases, startup_margin=float(shared["startup_margin"]))
+
+
+@cache
+def copy_mb_per_s() -> float:
+    """[cold_start] copy_mb_per_s: the rate model_copy budgets assume (10^6 bytes per second)."""
+    return float(tomllib.loads(GPUS_FILE.read_text())["cold_start"]["copy_mb_per_s"])
+
+
 @cache
 def gpus() -> dict[str, Gpu]:
-    raw = tomllib.loads(GPUS_FILE.read_text())["gpus"]
+    document = tomllib.loads(GPUS_FILE.read_text())
+    raw, shared = document["gpus"], document["cold_start"]
     return {
         name: Gpu(
             name=name,
@@ -65,6 +117,7 @@ def gpus() -> dict[str, Gpu]:
             runtimes=tuple(entry["runtimes"]),
             dense_tflops={kind: float(entry[f"dense_tflops_{kind}"]) for kind in ("bf16", "fp8", "fp4")},
             interconnect_gb_per_s=float(entry["interconnect_gb_per_s"]),
+            cold_start=_cold_start(entry["cold_start"], shared),
         )
         for name, entry in raw.items()
     }

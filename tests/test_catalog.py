@@ -116,3 +116,24 @@ def test_docs_catalog_table_is_the_catalog():
     doc = (Path(__file__).resolve().parent.parent / "docs" / "gpu-builds.md").read_text()
     table = doc.split("<!-- catalog:start -->\n", 1)[1].split("\n<!-- catalog:end -->", 1)[0]
     assert table == catalog_markdown(), "docs/gpu-builds.md is stale; paste catalog_markdown() there"
+
+
+@pytest.mark.parametrize("gpu", list(catalog.gpus().values()), ids=lambda g: g.name)
+def test_every_target_budgets_each_cold_start_phase_with_a_reason(gpu):
+    phases = gpu.cold_start.phases
+    assert list(phases) == ["node provisioning", "image pull", "model copy", "engine load"]
+    assert all(phase.seconds > 0 and phase.why.strip() for phase in phases.values())
+    assert gpu.cold_start.startup_window_s >= gpu.cold_start.engine_load.seconds
+    assert gpu.cold_start.before_triton_s == sum(p.seconds for name, p in phases.items() if name != "engine load")
+
+
+@pytest.mark.parametrize("gpu", GPU_TARGETS, ids=lambda g: g.name)
+def test_model_copy_budget_holds_the_largest_engine_one_gpu_holds(gpu):
+    # An engine's weights fit in its GPUs' memory: the copy of a one-GPU build is at most memory_gib.
+    seconds = gpu.memory_gib * 2**30 / (catalog.copy_mb_per_s() * 1e6)
+    assert gpu.cold_start.model_copy.seconds >= seconds
+
+
+def test_startup_window_is_the_engine_load_with_the_shared_margin():
+    h100 = catalog.gpu("h100").cold_start
+    assert (h100.engine_load.seconds, h100.startup_margin, h100.startup_window_s) == (900, 1.25, 1125)

@@ -4,6 +4,7 @@ Argo CD objects and node pools keep the promises docs/manifests.md makes about t
 from __future__ import annotations
 
 import difflib
+import math
 import re
 import shutil
 import tomllib
@@ -19,6 +20,9 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 CRDS = ROOT / "tools" / "crds"
 TARGETS = ("cpu", "l4", "a100-80gb", "h100", "h200")
+# What Argo CD and Kubernetes do, with upstream sources: the overlays are replayed against it below.
+FACTS = tomllib.loads((ROOT / "tools/upstream_facts.toml").read_text())
+WAVE = "argocd.argoproj.io/sync-wave"
 DIRECTORIES = validate.kustomization_dirs(ROOT)
 
 
@@ -84,6 +88,12 @@ def test_model_pin_is_read_by_kustomize_but_never_emitted(target: str) -> None:
     template = one(objects, "Deployment")["spec"]["template"]
     fetch = next(c for c in template["spec"]["initContainers"] if c["name"] == "fetch-model")
     assert {"name": "MODEL_URI", "value": pin["uri"]} in fetch["env"]
+    assert {"name": "BUILD_ID", "value": pin["build_id"]} in fetch["env"]
+    [build] = [v for v in template["spec"]["volumes"] if v["name"] == "build"]
+    assert build["csi"]["volumeAttributes"] == {
+        "bucketName": pin["bucket"], "mountOptions": f"implicit-dirs,only-dir={pin['prefix']}"
+    }
+    assert pin["uri"] == f"gs://{pin['bucket']}/{pin['prefix']}/"
     assert template["metadata"]["labels"]["gke-triton-llm/build-id"] == pin["build_id"]
     assert template["metadata"]["labels"]["gke-triton-llm/gpu"] == target
 
@@ -103,11 +113,16 @@ def test_a_new_pin_changes_only_the_model_location_in_the_pod_template(tmp_path:
         )
         if line[:1] in "+-" and not line.startswith(("+++", "---"))
     ]
+    # The build id label, the URI and build id fetch-model copies and checks, and the FUSE mount's prefix.
     assert changed == [
         f"-        gke-triton-llm/build-id: {old}",
         "+        gke-triton-llm/build-id: 0123456789abcdef",
         f"-          value: gs://gke-triton-llm-models/builds/SmolLM2-135M-Instruct/{old}/",
         "+          value: gs://gke-triton-llm-models/builds/SmolLM2-135M-Instruct/0123456789abcdef/",
+        f"-          value: {old}",
+        "+          value: 0123456789abcdef",
+        f"-            mountOptions: implicit-dirs,only-dir=builds/SmolLM2-135M-Instruct/{old}",
+        "+            mountOptions: implicit-dirs,only-dir=builds/SmolLM2-135M-Instruct/0123456789abcdef",
     ]
 
 
@@ -115,7 +130,9 @@ def test_cpu_overlay_runs_without_gpus_and_scales_on_tritons_queue() -> None:
     objects = rendered("overlays/cpu")
     pod = one(objects, "Deployment")["spec"]["template"]["spec"]
     assert "nodeSelector" not in pod and "tolerations" not in pod
-    assert triton(objects)["resources"] == {"requests": {"cpu": "4", "memory": "8Gi"}, "limits": {"memory": "8Gi"}}
+    assert triton(objects)["resources"] == {
+        "requests": {"cpu": "4", "memory": "8Gi", "ephemeral-storage": "2Gi"}, "limits": {"memory": "8Gi"}
+    }
     metric = one(objects, "HorizontalPodAutoscaler")["spec"]["metrics"][0]["pods"]["metric"]
     assert metric == {
         "name": "prometheus.googleapis.com|nv_inference_pending_request_count|gauge",
@@ -134,25 +151,81 @@ def test_gpu_overlays_scale_on_the_tensorrt_llm_waiting_gauge(target: str) -> No
     assert {"name": "TRTLLM_ORCHESTRATOR", "value": "1"} in triton(objects)["env"]
 
 
-def test_tritonserver_is_the_container_process_with_a_generous_startup_budget() -> None:
+def test_tritonserver_is_the_container_process() -> None:
     objects = rendered("overlays/h100")
-    container = triton(objects)
     assert "replicas" not in one(objects, "Deployment")["spec"]
-    assert container["command"] == ["tritonserver"]
-    startup = container["startupProbe"]
-    assert startup["periodSeconds"] * startup["failureThreshold"] >= 1800
+    assert triton(objects)["command"] == ["tritonserver"]
 
 
-def test_sync_waves_put_config_first_then_workload_then_scaling_and_ingress() -> None:
+@pytest.mark.parametrize("target", TARGETS)
+def test_cold_start_numbers_are_the_catalogs_budget(target: str) -> None:
+    budget = catalog.gpu(target).cold_start
+    deployment = one(rendered(f"overlays/{target}"), "Deployment")
+    pod = deployment["spec"]["template"]["spec"]
+    startup = triton(rendered(f"overlays/{target}"))["startupProbe"]
+    window = startup["periodSeconds"] * startup["failureThreshold"]
+    assert window == math.ceil(budget.startup_window_s / startup["periodSeconds"]) * startup["periodSeconds"]
+    fetch = next(c for c in pod["initContainers"] if c["name"] == "fetch-model")
+    assert {"name": "FETCH_DEADLINE_SECONDS", "value": str(budget.model_copy.seconds)} in fetch["env"]
+    # Kubernetes marks the rollout ProgressDeadlineExceeded (Argo CD: Degraded) only past the whole
+    # cold start: node, image, copy, and as long as the startupProbe lets the engine load.
+    assert FACTS["argocd"]["deployment_health"]["degraded_reason"] == "ProgressDeadlineExceeded"
+    assert deployment["spec"]["progressDeadlineSeconds"] == budget.before_triton_s + window
+    assert deployment["spec"]["progressDeadlineSeconds"] > FACTS["kubernetes"]["progress_deadline"]["default_seconds"]
+
+
+def first_sync(objects: list[dict]) -> tuple[list[str], list[str]]:
+    """Argo CD's first sync of an overlay into an empty namespace, as tools/upstream_facts.toml says it
+    goes: waves in order, each wave but the last held until every resource in it is Healthy. Returns
+    the resources applied before the first one that a cold start (or the outside world) keeps
+    unhealthy, and the resources never applied behind it."""
+    slow = {s["kind"] for s in FACTS["argocd"]["slow_health"]}
+    assert FACTS["argocd"]["sync_waves"]["waits_for_health"] == "every wave but the last"
+    waves = sorted({int(o["metadata"].get("annotations", {}).get(WAVE, "0")) for o in objects})
+    applied: list[str] = []
+    for number in waves:
+        in_wave = [o for o in objects if int(o["metadata"].get("annotations", {}).get(WAVE, "0")) == number]
+        applied += [f"{o['kind']}/{o['metadata']['name']}" for o in in_wave]
+        if number != waves[-1] and any(o["kind"] in slow for o in in_wave):
+            later = [o for o in objects if int(o["metadata"].get("annotations", {}).get(WAVE, "0")) > number]
+            return applied, [f"{o['kind']}/{o['metadata']['name']}" for o in later]
+    return applied, []
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_a_cold_start_holds_back_no_wave(target: str) -> None:
+    objects = rendered(f"overlays/{target}")
+    applied, held_back = first_sync(objects)
+    assert held_back == [] and len(applied) == len(objects)
+
+
+def test_sync_waves_put_config_first_then_service_then_everything_that_waits_on_pods() -> None:
     objects = rendered("overlays/h100")
 
     def wave(kind: str) -> int:
-        return int(one(objects, kind, None if kind != "NetworkPolicy" else "triton")["metadata"]["annotations"][
-            "argocd.argoproj.io/sync-wave"])
+        return int(one(objects, kind, None if kind != "NetworkPolicy" else "triton")["metadata"]["annotations"][WAVE])
 
     assert wave("Namespace") < wave("ServiceAccount") == wave("BackendConfig") == wave("NetworkPolicy")
-    assert wave("ServiceAccount") < wave("Deployment") == wave("Service") == wave("PodMonitoring")
-    assert wave("Deployment") < wave("HorizontalPodAutoscaler") == wave("Ingress") == wave("ManagedCertificate")
+    # The Service exists before any pod, so pods get the NEG readiness gate (upstream_facts.toml gke).
+    assert wave("ServiceAccount") < wave("Service") == wave("PodMonitoring") < wave("Deployment")
+    assert wave("Deployment") == wave("HorizontalPodAutoscaler") == wave("Ingress") == wave("ManagedCertificate")
+    assert "Ingress" in {s["kind"] for s in FACTS["argocd"]["slow_health"]}
+
+
+def test_a_deployment_in_an_early_wave_would_hold_back_the_ingress() -> None:
+    # The replay itself: what the old wave order (Deployment in wave 0, the rest in 1) did.
+    objects = [dict(o, metadata=dict(o["metadata"], annotations=dict(o["metadata"].get("annotations", {}))))
+               for o in rendered("overlays/h100")]
+    one(objects, "Deployment")["metadata"]["annotations"][WAVE] = "0"
+    _, held_back = first_sync(objects)
+    assert sorted(held_back) == ["HorizontalPodAutoscaler/triton", "Ingress/triton", "ManagedCertificate/triton"]
+
+
+def test_facts_pin_the_argo_cd_the_runbook_installs() -> None:
+    runbook = (ROOT / "docs/runbook.md").read_text()
+    assert f"export ARGOCD_VERSION={FACTS['argocd']['version']}\n" in runbook
+    assert re.fullmatch(r"[0-9a-f]{40}", FACTS["argocd"]["commit"])
+    assert all(FACTS["argocd"]["version"] in s["source"] for s in FACTS["argocd"]["slow_health"])
 
 
 def test_argocd_repository_is_named_in_one_place() -> None:
@@ -331,3 +404,21 @@ def test_build_classes_offer_every_machine_type_of_the_catalog_on_flex_start(tar
     priorities = computeclass["spec"]["priorities"]
     assert {p["gpu"]["count"]: p["machineType"] for p in priorities} == gpu.machine_types
     assert all(p["gpu"]["type"] == gpu.accelerator and p["flexStart"]["enabled"] for p in priorities)
+
+
+def test_docs_cold_start_table_is_the_catalog_and_the_overlays() -> None:
+    doc = (ROOT / "docs/manifests.md").read_text()
+    rows = [
+        [cell.strip() for cell in line.strip().strip("|").split("|")]
+        for line in doc.splitlines()
+        if line.strip().startswith("| ") and line.strip().split("|")[1].strip() in TARGETS
+        and line.count("|") == 8 and line.split("|")[2].strip().isdigit()
+    ]
+    assert [row[0] for row in rows] == list(TARGETS)
+    for target, node, image, copy, load, probe, deadline in rows:
+        budget = catalog.gpu(target).cold_start
+        phases = [budget.node_provisioning, budget.image_pull, budget.model_copy, budget.engine_load]
+        assert [int(node), int(image), int(copy), int(load)] == [p.seconds for p in phases]
+        startup = triton(rendered(f"overlays/{target}"))["startupProbe"]
+        assert probe == f"{startup['periodSeconds']} × {startup['failureThreshold']}"
+        assert int(deadline) == one(rendered(f"overlays/{target}"), "Deployment")["spec"]["progressDeadlineSeconds"]

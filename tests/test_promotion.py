@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import math
 import shlex
 import shutil
 import subprocess
@@ -82,6 +83,8 @@ def test_pin_rewrites_the_pin_keeps_its_header_and_prints_the_commit(
         "metadata": {"name": "model-pin", "annotations": {"config.kubernetes.io/local-config": "true"}},
         "data": {
             "uri": f"gs://{bucket.name}/builds/{MODEL}/{build['build_id']}/",
+            "bucket": bucket.name,
+            "prefix": f"builds/{MODEL}/{build['build_id']}",
             "build_id": build["build_id"],
             "gpu": "cpu",
             "accelerator": "",
@@ -90,6 +93,8 @@ def test_pin_rewrites_the_pin_keeps_its_header_and_prints_the_commit(
             "triton_image": IMAGE,
             "tp": "1",
             "pp": "1",
+            # build.json records each file's size; the pin carries their sum for the pod's local disk.
+            "size_bytes": str(sum(entry["size"] for entry in build["files"].values())),
         },
     }
     assert sorted(p.name for p in overlay.iterdir()) == ["kustomization.yaml", "model-pin.yaml"]
@@ -173,6 +178,31 @@ def test_a_tensor_parallel_build_is_refused_on_a_one_gpu_overlay(
         f"error: build {build['build_id']} runs on tp 2 × pp 1 = 2 GPUs but {overlay} requests 1 nvidia.com/gpu; "
         "set nvidia.com/gpu (and cpu and memory, per GPU in build/gpus.toml) to 2 in the overlay's gpu.yaml, "
         "or build with: python build/compile.py --gpu h100 --tp 1",
+    ]
+    assert (overlay / "model-pin.yaml").read_text() == before
+
+
+def test_a_build_bigger_than_the_overlays_local_disk_is_refused(
+    tmp_path: Path, bucket: storage.Bucket, capsys: pytest.CaptureFixture[str]  # noqa: F811
+) -> None:
+    uri, build = published(tmp_path, bucket, gpu="h100")
+    overlay = overlay_copy(tmp_path, "h100")
+    gpu = overlay / "gpu.yaml"
+    gpu.write_text(gpu.read_text().replace("sizeLimit: 2Gi", "sizeLimit: 4Ki").replace(
+        "ephemeral-storage: 2Gi", "ephemeral-storage: 4Ki"))
+    before = (overlay / "model-pin.yaml").read_text()
+
+    assert pin_main(["--overlay", str(overlay), uri]) == 1
+
+    size = sum(entry["size"] for entry in build["files"].values())
+    needed = f"{math.ceil(size * 1.25 / 1024 * 100) / 100:g}Ki"
+    why = f"build {build['build_id']} is {size} bytes × 1.25 = {needed}"
+    where = f"; in {overlay}/gpu.yaml, in the same commit as the pin"
+    assert capsys.readouterr().err.splitlines() == [
+        f"error: Deployment/triton: emptyDir models has sizeLimit 4Ki, but {why}; the kubelet would evict the pod "
+        f"during the copy; set sizeLimit to at least {needed}{where}",
+        f"error: Deployment/triton: container triton requests ephemeral-storage 4Ki, but {why}; the scheduler could "
+        f"place the pod on a node without room for it; request at least {needed}{where}",
     ]
     assert (overlay / "model-pin.yaml").read_text() == before
 
@@ -297,11 +327,19 @@ def test_publish_pin_commit_push_changes_only_the_model_location(
     renders = [render(clone, "overlays/cpu") for clone in (fresh_before, fresh_after)]
     rendered = difflib.unified_diff(*renders, n=0)
     diff = [line for line in rendered if line[:1] in "+-" and line[:3] not in ("---", "+++")]
-    # The URI the init container fetches, and the build id label the model-pin component derives from it.
+    # Where the build is (the URI fetch-model names, the FUSE volume's bucket and prefix) and which it is
+    # (the build id fetch-model checks, and the label): what the model-pin component derives from the pin.
+    new_prefix = f"builds/{MODEL}/{build['build_id']}"
     assert sorted(line[0] + line[1:].strip() for line in diff) == sorted([
         f"-gke-triton-llm/build-id: {old_pin['build_id']}",
         f"+gke-triton-llm/build-id: {build['build_id']}",
         f"-value: {old_pin['uri']}",
         f"+value: {uri}",
+        f"-value: {old_pin['build_id']}",
+        f"+value: {build['build_id']}",
+        f"-bucketName: {old_pin['bucket']}",
+        f"+bucketName: {bucket.name}",
+        f"-mountOptions: implicit-dirs,only-dir={old_pin['prefix']}",
+        f"+mountOptions: implicit-dirs,only-dir={new_prefix}",
     ])
 

@@ -118,7 +118,9 @@ def test_a_pod_may_take_fewer_gpus_than_its_node_carries(repo: Path) -> None:
 def test_h200_serves_a_tp1_build_with_one_of_the_nodes_eight_gpus(repo: Path) -> None:
     [deployment] = [o for o in validate.render(repo / "overlays/h200") if o["kind"] == "Deployment"]
     [triton] = [c for c in deployment["spec"]["template"]["spec"]["containers"] if c["name"] == "triton"]
-    assert triton["resources"]["requests"] == {"cpu": "26", "memory": "340Gi", "nvidia.com/gpu": "1"}
+    assert triton["resources"]["requests"] == {
+        "cpu": "26", "memory": "340Gi", "nvidia.com/gpu": "1", "ephemeral-storage": "2Gi"
+    }
     [pool] = [o for o in validate.render(repo / "gitops/nodepools") if o["metadata"]["name"] == "triton-h200"]
     assert pool["spec"]["nodeConfig"]["machineType"] == "a3-ultragpu-8g"
     assert problems(repo, "overlays/h200") == []
@@ -154,8 +156,9 @@ def test_cpu_pin_must_be_tp1_pp1(repo: Path) -> None:
 def test_pin_without_tp_and_pp(repo: Path) -> None:
     edit(repo, "overlays/h100/model-pin.yaml", '  tp: "1"\n  pp: "1"\n', "")
     assert problems(repo, "overlays/h100") == [
-        "model-pin.yaml: not a ConfigMap named model-pin with data keys uri, build_id, gpu, accelerator, "
-        "compute_capability, runtime, triton_image, tp, pp (missing: tp, pp); rewrite it with tools/pin.py"
+        "model-pin.yaml: not a ConfigMap named model-pin with data keys uri, bucket, prefix, build_id, gpu, "
+        "accelerator, compute_capability, runtime, triton_image, tp, pp, size_bytes (missing: tp, pp); rewrite it "
+        "with tools/pin.py"
     ]
 
 
@@ -285,10 +288,11 @@ def test_image_that_differs_from_versions_toml_names_both_sides(repo: Path) -> N
 
 
 def test_unpinned_image(repo: Path) -> None:
-    edit(repo, "gitops/base/kustomization.yaml", "newTag: 528.0.0-slim", "newTag: latest")
+    edit(repo, "gitops/base/kustomization.yaml", "newTag: 26.07-trtllm-python-py3", "newTag: latest")
     assert problems(repo, "gitops/base") == [
-        "Deployment/triton: container fetch-model image 'gcr.io/google.com/cloudsdktool/google-cloud-cli:latest' "
-        "is not pinned; give it a version tag or a digest (kustomize `images:`), never latest"
+        f"Deployment/triton: container {name} image 'nvcr.io/nvidia/tritonserver:latest' is not pinned; give it a "
+        "version tag or a digest (kustomize `images:`), never latest"
+        for name in ("fetch-model", "triton")
     ]
 
 
@@ -668,3 +672,182 @@ def test_multi_gpu_build_job_gets_a_node_of_its_size(repo: Path) -> None:
     job = repo / "gitops/jobs/compile-engine/job.yaml"
     job.write_text(job.read_text().replace('nvidia.com/gpu: "1"', 'nvidia.com/gpu: "4"'))
     assert problems(repo, "gitops/jobs/compile-engine") == []
+
+
+# --- cold start, sync waves, the model fetch (tools/cold_start_policy.py) -----------------------
+
+H100_COLD_START = (
+    "node provisioning 600 + image pull 900 + model copy 900 (build/gpus.toml cold_start) + the startupProbe's "
+    "1130 s = 3530 s"
+)
+
+
+def test_progress_deadline_shorter_than_the_cold_start(repo: Path) -> None:
+    edit(repo, "overlays/h100/gpu.yaml", "progressDeadlineSeconds: 3530", "progressDeadlineSeconds: 1800")
+    assert problems(repo, "overlays/h100") == [
+        f"Deployment/triton: progressDeadlineSeconds 1800 is shorter than the cold start of a pod on h100: "
+        f"{H100_COLD_START}; Argo CD v3.5.1 shows a Deployment past its deadline Degraded (ProgressDeadlineExceeded); "
+        "set it to 3530"
+    ]
+
+
+def test_progress_deadline_left_at_the_kubernetes_default(repo: Path) -> None:
+    edit(repo, "gitops/base/deployment.yaml", "  progressDeadlineSeconds: 1880\n", "")
+    assert problems(repo, "overlays/cpu") == [
+        "Deployment/triton: progressDeadlineSeconds unset (the Kubernetes default, 600) is shorter than the cold "
+        "start of a pod on cpu: node provisioning 300 + image pull 900 + model copy 300 (build/gpus.toml cold_start) "
+        "+ the startupProbe's 380 s = 1880 s; Argo CD v3.5.1 shows a Deployment past its deadline Degraded "
+        "(ProgressDeadlineExceeded); set it to 1880"
+    ]
+
+
+def test_a_longer_startup_probe_needs_a_longer_progress_deadline(repo: Path) -> None:
+    edit(repo, "overlays/h100/gpu.yaml", "failureThreshold: 113", "failureThreshold: 180")
+    assert problems(repo, "overlays/h100") == [
+        "Deployment/triton: progressDeadlineSeconds 3530 is shorter than the cold start of a pod on h100: node "
+        "provisioning 600 + image pull 900 + model copy 900 (build/gpus.toml cold_start) + the startupProbe's "
+        "1800 s = 4200 s; Argo CD v3.5.1 shows a Deployment past its deadline Degraded (ProgressDeadlineExceeded); "
+        "set it to 4200"
+    ]
+
+
+def test_startup_probe_shorter_than_the_engine_load(repo: Path) -> None:
+    edit(repo, "overlays/h100/gpu.yaml", "failureThreshold: 113", "failureThreshold: 60")
+    assert problems(repo, "overlays/h100") == [
+        "Deployment/triton: container triton's startupProbe allows 10 × 60 = 600 s, less than h100's engine load "
+        "of 900 s × 1.25 = 1125 s (build/gpus.toml cold_start); the kubelet would restart tritonserver mid-load; "
+        "set failureThreshold to 113"
+    ]
+
+
+def test_fetch_deadline_that_is_not_the_model_copy_budget(repo: Path) -> None:
+    edit(repo, "overlays/h100/gpu.yaml", 'value: "900"', 'value: "300"')
+    assert problems(repo, "overlays/h100") == [
+        "Deployment/triton: init container fetch-model has FETCH_DEADLINE_SECONDS 300, but build/gpus.toml budgets "
+        "900 s for h100's model copy; set it to \"900\" (the progress deadline counts on it)"
+    ]
+
+
+def test_a_resource_in_a_later_wave_than_the_deployment(repo: Path) -> None:
+    edit(repo, "gitops/components/autoscaling/hpa.yaml", 'sync-wave: "1"', 'sync-wave: "2"')
+    assert problems(repo, "overlays/h100") == [
+        "HorizontalPodAutoscaler/triton is in sync wave 2, after Deployment/triton in wave 1: Argo CD v3.5.1 applies "
+        "wave 2 only once Deployment/triton is Healthy, a whole cold start (3530 s) after a scale-up from zero "
+        "nodes, and never if it goes Degraded first; put it in wave 1 or earlier"
+    ]
+
+
+def test_the_deployment_back_in_wave_0_holds_back_hpa_ingress_and_certificate(repo: Path) -> None:
+    edit(repo, "gitops/base/deployment.yaml", 'argocd.argoproj.io/sync-wave: "1"', 'argocd.argoproj.io/sync-wave: "0"')
+    assert problems(repo, "overlays/h100") == [
+        f"{kind}/triton is in sync wave 1, after Deployment/triton in wave 0: Argo CD v3.5.1 applies wave 1 only "
+        "once Deployment/triton is Healthy, a whole cold start (3530 s) after a scale-up from zero nodes, and "
+        "never if it goes Degraded first; put it in wave 0 or earlier"
+        for kind in ("HorizontalPodAutoscaler", "ManagedCertificate", "Ingress")
+    ]
+
+
+def test_managed_certificate_in_a_wave_argo_cd_waits_on(repo: Path) -> None:
+    edit(repo, "gitops/components/tls-ingress/managedcertificate.yaml", 'sync-wave: "1"', 'sync-wave: "0"')
+    assert problems(repo, "overlays/h100") == [
+        "ManagedCertificate/triton is in sync wave 0, before the last wave (1, Deployment/triton's): Argo CD v3.5.1 "
+        "applies a wave only once every resource of the earlier waves is Healthy, and a ManagedCertificate is "
+        "Healthy only when status.certificateStatus is Active, which needs DNS pointing at the load balancer and "
+        "can take up to 60 minutes; a domain in FailedNotVisible is Degraded; put it in wave 1"
+    ]
+
+
+def test_an_image_outside_the_pinned_one(repo: Path) -> None:
+    edit(repo, "overlays/h100/gpu.yaml", "        - name: fetch-model\n",
+         "        - name: fetch-model\n          image: gcr.io/google.com/cloudsdktool/google-cloud-cli:528.0.0-slim\n")
+    assert problems(repo, "overlays/h100") == [
+        "Deployment/triton: container fetch-model runs 'gcr.io/google.com/cloudsdktool/google-cloud-cli:528.0.0-slim', "
+        "not the pinned Triton image 'nvcr.io/nvidia/tritonserver:26.07-trtllm-python-py3' that container triton "
+        "runs; the serving pod runs only the pinned image, so nothing in it can expire or drift (fetch-model copies "
+        "with it, gitops/base/deployment.yaml)"
+    ]
+
+
+def test_a_pinned_build_bigger_than_the_local_disk(repo: Path) -> None:
+    edit(repo, "overlays/h100/model-pin.yaml", 'size_bytes: "200000000"', 'size_bytes: "16000000000"')
+    why = "build cd6688bdcad4dd86 is 16000000000 bytes × 1.25 = 18.63Gi"
+    assert problems(repo, "overlays/h100") == [
+        f"Deployment/triton: emptyDir models has sizeLimit 2Gi, but {why}; the kubelet would evict the pod during "
+        "the copy; set sizeLimit to at least 18.63Gi",
+        f"Deployment/triton: container triton requests ephemeral-storage 2Gi, but {why}; the scheduler could place "
+        "the pod on a node without room for it; request at least 18.63Gi",
+    ]
+
+
+def test_pin_size_that_is_not_a_number(repo: Path) -> None:
+    edit(repo, "overlays/h100/model-pin.yaml", 'size_bytes: "200000000"', 'size_bytes: "200MB"')
+    assert problems(repo, "overlays/h100") == [
+        "model-pin size_bytes '200MB' is not a whole number of bytes; rewrite it with tools/pin.py"
+    ]
+
+
+TRITON_HOME = "            # TensorRT-LLM) goes to the writable /tmp instead.\n            - name: HOME\n"
+
+
+def test_triton_without_home(repo: Path) -> None:
+    edit(repo, "gitops/base/deployment.yaml", TRITON_HOME + "              value: /tmp\n",
+         "            - name: LANG\n              value: C.UTF-8\n")
+    assert problems(repo, "overlays/cpu") == [
+        "Deployment/triton: container triton sets no HOME; NGC's triton-server user has no home directory, so set "
+        "HOME to a writable emptyDir (/tmp)"
+    ]
+
+
+def test_home_on_the_read_only_root(repo: Path) -> None:
+    edit(repo, "gitops/base/deployment.yaml", TRITON_HOME + "              value: /tmp\n",
+         TRITON_HOME + "              value: /home/triton-server\n")
+    assert problems(repo, "overlays/cpu") == [
+        "Deployment/triton: container triton sets HOME /home/triton-server, which is on no writable volume"
+    ]
+
+
+def test_writable_root_filesystem(repo: Path) -> None:
+    edit(repo, "gitops/base/deployment.yaml",
+         "            # Triton writes only to /tmp (HOME, python backend, MPI) and /dev/shm: both emptyDirs.\n"
+         "            readOnlyRootFilesystem: true\n", "")
+    assert problems(repo, "overlays/cpu") == [
+        "Deployment/triton: container triton must set readOnlyRootFilesystem: true (Triton writes only to its /tmp "
+        "and /dev/shm emptyDirs)"
+    ]
+
+
+def test_fuse_volume_without_the_sidecar_annotation(repo: Path) -> None:
+    edit(repo, "gitops/base/deployment.yaml", 'gke-gcsfuse/volumes: "true"', 'gke-gcsfuse/volumes: "false"')
+    assert problems(repo, "overlays/cpu") == [
+        'Deployment/triton: the pod template needs annotation gke-gcsfuse/volumes: "true", or GKE injects no Cloud '
+        "Storage FUSE sidecar and volume build never mounts"
+    ]
+
+
+def test_fuse_volume_that_is_not_read_only(repo: Path) -> None:
+    driver = "            driver: gcsfuse.csi.storage.gke.io\n"
+    edit(repo, "gitops/base/deployment.yaml", driver + "            readOnly: true\n", driver)
+    assert problems(repo, "overlays/cpu") == [
+        "Deployment/triton: volume build must be a read-only Cloud Storage FUSE volume (csi driver "
+        "gcsfuse.csi.storage.gke.io, readOnly: true)"
+    ]
+
+
+def test_pin_whose_bucket_is_not_its_uris(repo: Path) -> None:
+    edit(repo, "overlays/h100/model-pin.yaml", "  bucket: gke-triton-llm-models\n", "  bucket: other-bucket\n")
+    assert problems(repo, "overlays/h100") == [
+        "model-pin uri 'gs://gke-triton-llm-models/builds/SmolLM2-135M-Instruct/cd6688bdcad4dd86/' is not "
+        "gs://<bucket>/<prefix>/ of its bucket 'other-bucket' and prefix 'builds/SmolLM2-135M-Instruct/"
+        "cd6688bdcad4dd86'; rewrite it with tools/pin.py"
+    ]
+
+
+def test_overlay_without_the_model_pin_component(repo: Path) -> None:
+    edit(repo, "overlays/cpu/kustomization.yaml", "  - ../../gitops/components/model-pin\n", "")
+    assert problems(repo, "overlays/cpu") == [
+        "Deployment/triton: init container fetch-model fetches 'gs://set-by-the-overlay-model-pin/', not the pinned "
+        "'gs://gke-triton-llm-models/builds/SmolLM2-135M-Instruct/2fbafdfb8e6455cc/'; include the model-pin component",
+        "Deployment/triton: volume build mounts bucket 'set-by-the-overlay-model-pin' only-dir "
+        "'set-by-the-overlay-model-pin', not the pinned 'gke-triton-llm-models' 'builds/SmolLM2-135M-Instruct/"
+        "2fbafdfb8e6455cc'; include the model-pin component",
+    ]

@@ -17,6 +17,7 @@ from pathlib import Path
 import access_policy
 import capacity_policy
 import catalog
+import cold_start_policy
 import engine
 import pin_gate
 import yaml
@@ -576,9 +577,12 @@ def check_serving(objects: list[dict], pin_path: Path, context: ServingContext) 
         problems += _check_drain(objects, deployment, pod, triton)
         problems += capacity_policy.check_disruption_budget(objects, deployment)
         problems += _check_security(deployment, pod)
+        # Cold start, the fetch step, local disk (tools/cold_start_policy.py).
+        problems += cold_start_policy.check(objects, deployment, pod, triton, gpu, pin)
         # A runtime the GPU cannot run is reported by the pin gate; do not also judge the HPA by it.
         runtime = pin["runtime"] if pin and gpu and pin["runtime"] in gpu.runtimes else None
         problems += _check_hpa_for(objects, deployment, runtime)
+    problems += cold_start_policy.check_slow_kinds_last(objects)
     problems += check_network_policy(objects)
     problems += check_ingress(objects)
     problems += check_project(objects, context)

@@ -4,7 +4,9 @@ The build's build.json is read from GCS and checked against the overlay before a
 by the same gate tools/validate.py applies (tools/pin_gate.py): its GPU, accelerator and compute
 capability must be the overlay's GPU (build/gpus.toml, found by the overlay's directory name or its
 current pin), its runtime one that GPU runs, its tp × pp the nvidia.com/gpu the overlay's Deployment
-requests (as kustomize renders it), and its Triton image the one the Deployment runs. Only
+requests (as kustomize renders it), and its Triton image the one the Deployment runs; and its size
+(the bytes build.json records) must fit the local disk the overlay gives the copy (the models
+emptyDir's sizeLimit and triton's ephemeral-storage request, tools/cold_start_policy.py). Only
 model-pin.yaml changes; its comment header is kept.
 """
 
@@ -26,13 +28,14 @@ from google.cloud import storage
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "build"))
 
 import catalog  # noqa: E402
+import cold_start_policy  # noqa: E402
 import pin_gate  # noqa: E402
 import validate  # noqa: E402
 from publish import BUILD_JSON, PublishError, make_client, parse_gcs_uri  # noqa: E402
 
 PIN_FILE = "model-pin.yaml"
 PIN_NAME = "model-pin"
-ALWAYS_QUOTED = {"build_id", "accelerator", "compute_capability", "tp", "pp"}
+ALWAYS_QUOTED = {"build_id", "accelerator", "compute_capability", "tp", "pp", "size_bytes"}
 # A header whose first sentence starts with this marks a stand-in pin (the overlay's first, before
 # any real build was published); the sentence stops being true with the first real pin, which drops it.
 EXAMPLE_MARK = "# EXAMPLE PIN"
@@ -115,8 +118,9 @@ def overlay_gpu(overlay: Path, pinned: dict) -> catalog.Gpu:
     )
 
 
-def overlay_deployment(overlay: Path) -> tuple[int, str]:
-    """The nvidia.com/gpu request and the image of the overlay's Triton container, as kustomize renders it."""
+def overlay_deployment(overlay: Path) -> tuple[int, str, dict]:
+    """The nvidia.com/gpu request and the image of the overlay's Triton container, and the Deployment,
+    as kustomize renders it."""
     try:
         objects = validate.render(overlay)
     except (validate.RenderError, validate.ToolError) as e:
@@ -127,8 +131,17 @@ def overlay_deployment(overlay: Path) -> tuple[int, str]:
             triton = next((c for c in containers if c.get("name") == "triton"), None)
             if triton is not None:
                 gpus = triton.get("resources", {}).get("requests", {}).get(pin_gate.GPU_RESOURCE, 0)
-                return int(gpus), triton.get("image", "")
+                return int(gpus), triton.get("image", ""), obj
     raise PinError(f"{overlay} renders no Deployment/triton with a container triton; restore it from git")
+
+
+def disk_problems(overlay: Path, data: dict[str, str], deployment: dict) -> list[str]:
+    """The validator's local-disk rule, before the pin is written: a build bigger than the overlay
+    gives it would be evicted mid-copy, or land on a node without room."""
+    pod = deployment["spec"]["template"]["spec"]
+    triton = next(c for c in pod["containers"] if c.get("name") == "triton")
+    found = cold_start_policy.check_local_disk(data, deployment, pod, triton)
+    return [f"{p}; in {overlay / 'gpu.yaml'}, in the same commit as the pin" for p in found]
 
 
 def _scalar(key: str, value: str) -> str:
@@ -167,10 +180,10 @@ def pin(overlay: Path, uri: str, client: storage.Client | None = None) -> tuple[
     uri = normalize_uri(uri)
     header, pinned = read_pin(overlay)
     gpu = overlay_gpu(overlay, pinned)
-    gpus, image = overlay_deployment(overlay)
+    gpus, image, deployment = overlay_deployment(overlay)
     build = read_build(uri, client or make_client())
     data = pin_gate.pin_data(uri, build)
-    problems = pin_gate.problems(data, str(overlay), gpu, gpus, image)
+    problems = pin_gate.problems(data, str(overlay), gpu, gpus, image) + disk_problems(overlay, data, deployment)
     if problems:
         raise PinError("\n".join(problems))
     text = render_pin(header, data)

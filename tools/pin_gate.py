@@ -10,15 +10,34 @@ from __future__ import annotations
 import catalog
 
 GPU_RESOURCE = "nvidia.com/gpu"
-# The order a pin's keys are written in; the model-pin component copies `uri` into the Deployment.
-PIN_KEYS = ("uri", "build_id", "gpu", "accelerator", "compute_capability", "runtime", "triton_image", "tp", "pp")
+# The order a pin's keys are written in. The model-pin component copies uri, bucket, prefix and
+# build_id into the Deployment (the Cloud Storage FUSE volume mounts bucket and prefix separately);
+# size_bytes is what tools/cold_start_policy.py sizes the pod's local disk by.
+PIN_KEYS = (
+    "uri", "bucket", "prefix", "build_id", "gpu", "accelerator", "compute_capability", "runtime", "triton_image",
+    "tp", "pp", "size_bytes",
+)
+
+
+def split_uri(uri: str) -> tuple[str, str]:
+    """gs://bucket/some/prefix/ -> ("bucket", "some/prefix")."""
+    bucket, _, prefix = uri.removeprefix("gs://").partition("/")
+    return bucket, prefix.strip("/")
+
+
+def repository_bytes(build: dict) -> int:
+    """The model repository's size: build.json records every file's size (build.json itself aside)."""
+    return sum(int(entry["size"]) for entry in build["files"].values())
 
 
 def pin_data(uri: str, build: dict) -> dict[str, str]:
     """What a pin records of the build at `uri` (ConfigMap data: strings only)."""
     target = build["target"]
+    bucket, prefix = split_uri(uri)
     return {
         "uri": uri,
+        "bucket": bucket,
+        "prefix": prefix,
         "build_id": build["build_id"],
         "gpu": target["gpu"],
         "accelerator": target["accelerator"],
@@ -27,6 +46,7 @@ def pin_data(uri: str, build: dict) -> dict[str, str]:
         "triton_image": build["versions"]["triton_image"],
         "tp": str(build["tp"]),
         "pp": str(build["pp"]),
+        "size_bytes": str(repository_bytes(build)),
     }
 
 
