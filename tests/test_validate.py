@@ -674,6 +674,19 @@ def test_multi_gpu_build_job_gets_a_node_of_its_size(repo: Path) -> None:
     assert problems(repo, "gitops/jobs/compile-engine") == []
 
 
+
+def test_build_job_that_a_node_upgrade_would_fail_or_that_retries_its_own_errors(repo: Path) -> None:
+    edit(repo, "gitops/jobs/compile-engine/job.yaml", "      - action: Ignore\n", "      - action: Count\n")
+    edit(repo, "gitops/jobs/compile-engine/job.yaml", "          values: [0]\n", "          values: [0, 1]\n")
+    assert problems(repo, "gitops/jobs/compile-engine") == [
+        "Job/compile-engine: no podFailurePolicy rule Ignore on pod condition DisruptionTarget; a node upgrade or "
+        "maintenance that takes the pod away would fail a multi-hour build instead of starting it again "
+        "(tools/upstream_facts.toml kubernetes.job_pod_failure_policy)",
+        "Job/compile-engine: no podFailurePolicy rule FailJob on exit codes NotIn [0]; a build that fails by itself "
+        "would be retried onto the same error, holding its GPUs for hours",
+    ]
+
+
 # --- cold start, sync waves, the model fetch (tools/cold_start_policy.py) -----------------------
 
 H100_COLD_START = (

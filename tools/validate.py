@@ -148,7 +148,7 @@ def check_directory(
     for obj in objects:
         problems += [f"{manifest_policy.ref(obj)}: {p}" for p in kubeschema.validate_object(obj, crds)]
     problems += manifest_policy.check_everywhere(objects)
-    problems += capacity_policy.check_jobs(objects, platform)
+    problems += capacity_policy.check_jobs(objects, platform) + capacity_policy.check_job_disruptions(objects)
     if is_serving(directory, root):
         context = serving_context(directory, root, platform)
         problems += manifest_policy.check_serving(objects, directory / manifest_policy.PIN_FILE, context)
