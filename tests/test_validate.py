@@ -584,6 +584,53 @@ def test_pods_that_select_no_class_cannot_use_a_class_pool(repo: Path) -> None:
     ]
 
 
+def test_compute_class_that_mixes_gpu_models(repo: Path) -> None:
+    edit(repo, "gitops/nodepools/computeclasses.yaml", "type: nvidia-h100-80gb", "type: nvidia-h200-141gb")
+    assert problems(repo, "gitops/nodepools") == [
+        "ComputeClass/triton-h100: priorities offer nvidia-h100-80gb, nvidia-h200-141gb; an engine runs only on the "
+        "GPU it was built for, so a class keeps to one GPU model"
+    ]
+
+
+def test_compute_class_that_mixes_gpu_counts(repo: Path) -> None:
+    edit(repo, "gitops/nodepools/computeclasses.yaml",
+         "machineType: a3-highgpu-1g\n      gpu:\n        type: nvidia-h100-80gb\n        count: 1",
+         "machineType: a3-highgpu-2g\n      gpu:\n        type: nvidia-h100-80gb\n        count: 2")
+    assert problems(repo, "gitops/nodepools") == [
+        "ComputeClass/triton-h100: serving priorities offer 1 × nvidia-h100-80gb and 2 × nvidia-h100-80gb per node; "
+        "keep one GPU count so the fallback holds the same pods as Spot"
+    ]
+
+
+def test_compute_class_priority_naming_a_pool_that_is_not_rendered(repo: Path) -> None:
+    edit(repo, "gitops/nodepools/computeclasses.yaml", "nodepools: [triton-l4-on-demand]",
+         "nodepools: [triton-l4-ondemand]")
+    assert problems(repo, "gitops/nodepools") == [
+        "ComputeClass/triton-l4: priority 2 names node pool triton-l4-ondemand, which is not rendered",
+        "ComputeClass/triton-l4: every priority is Spot (ContainerNodePool/triton-l4); add an on-demand, reservation "
+        "or flex-start priority of 1 × nvidia-l4 so a Spot stock-out does not leave pods Pending",
+    ]
+
+
+def test_compute_class_priority_naming_a_pool_that_has_not_joined_it(repo: Path) -> None:
+    edit(repo, "gitops/nodepools/l4-on-demand.yaml",
+         "    labels:\n      cloud.google.com/compute-class: triton-l4\n", "")
+    assert problems(repo, "gitops/nodepools") == [
+        "ComputeClass/triton-l4: priority 2 names ContainerNodePool/triton-l4-on-demand, whose nodes lack the label "
+        "and NoSchedule taint cloud.google.com/compute-class=triton-l4; GKE only uses a hand-made pool for a class "
+        "that way",
+        "ComputeClass/triton-l4: every priority is Spot (ContainerNodePool/triton-l4); add an on-demand, reservation "
+        "or flex-start priority of 1 × nvidia-l4 so a Spot stock-out does not leave pods Pending",
+    ]
+
+
+def test_deployment_without_a_disruption_budget(repo: Path) -> None:
+    edit(repo, "gitops/base/kustomization.yaml", "  - poddisruptionbudget.yaml\n", "")
+    assert problems(repo, "overlays/h200") == [
+        "Deployment/triton: no PodDisruptionBudget keeps a Triton pod serving during drains (gitops/base)"
+    ]
+
+
 def test_disruption_budget_that_lets_a_drain_evict_the_last_pod(repo: Path) -> None:
     edit(repo, "gitops/base/poddisruptionbudget.yaml", "  minAvailable: 1\n", "  maxUnavailable: 1\n")
     assert problems(repo, "overlays/h200") == [
@@ -633,6 +680,14 @@ def test_node_pool_on_the_default_compute_service_account(repo: Path) -> None:
         "ContainerNodePool/triton-a100-80gb: nodes run as the Compute Engine default service account (Editor on the "
         "project); set nodeConfig.serviceAccountRef to the least-privilege node service account "
         "(node-service-account.yaml)"
+    ]
+
+
+def test_node_pool_naming_a_service_account_that_is_not_rendered(repo: Path) -> None:
+    edit(repo, "gitops/nodepools/a100-80gb.yaml", "      name: triton-gpu-nodes\n", "      name: triton-gpu-node\n")
+    assert problems(repo, "gitops/nodepools") == [
+        "ContainerNodePool/triton-a100-80gb: serviceAccountRef names IAMServiceAccount/triton-gpu-node, which is "
+        "not rendered"
     ]
 
 
