@@ -1,6 +1,6 @@
 """tools/validate.py refuses broken manifests with a message that names the object and the problem.
 
-Each test copies gitops/ and overlays/ of this checkout to a scratch repository, breaks one thing
+Each test copies gitops/, overlays/ and docs/ of this checkout to a scratch repository, breaks one thing
 the way a person would, and asserts the exact problems validate.py reports for it.
 """
 
@@ -21,7 +21,7 @@ OVERLAY = "this overlay's Deployment/triton"
 
 @pytest.fixture
 def repo(tmp_path: Path) -> Path:
-    for folder in ("gitops", "overlays"):
+    for folder in ("gitops", "overlays", "docs"):
         shutil.copytree(ROOT / folder, tmp_path / folder)
     return tmp_path
 
