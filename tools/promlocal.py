@@ -42,9 +42,10 @@ def binaries() -> tuple[str, str]:
     return prometheus, promtool
 
 
-def rule_file(rules: dict) -> dict:
-    """The groups of a GMP Rules object as a Prometheus rule file (its spec.groups is the same format)."""
-    return {"groups": rules["spec"]["groups"]}
+def rule_file(rules: dict, interval: str | None = None) -> dict:
+    """The groups of a GMP Rules object as a Prometheus rule file (its spec.groups is the same format),
+    evaluated every `interval` instead of the groups' own where given."""
+    return {"groups": [{**g, "interval": interval or g.get("interval", "1m")} for g in rules["spec"]["groups"]]}
 
 
 def _target_labels(job: str) -> list[dict]:
