@@ -1,6 +1,6 @@
 """tools/validate.py refuses broken manifests with a message that names the object and the problem.
 
-Each test copies gitops/ and overlays/ of this checkout to a scratch repository, breaks one thing
+Each test copies gitops/, overlays/ and docs/ of this checkout to a scratch repository, breaks one thing
 the way a person would, and asserts the exact problems validate.py reports for it.
 """
 
@@ -17,13 +17,6 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 CRDS = ROOT / "tools" / "crds"
 OVERLAY = "this overlay's Deployment/triton"
-
-
-@pytest.fixture
-def repo(tmp_path: Path) -> Path:
-    for folder in ("gitops", "overlays"):
-        shutil.copytree(ROOT / folder, tmp_path / folder)
-    return tmp_path
 
 
 def edit(repo: Path, relative: str, old: str, new: str) -> None:
@@ -493,7 +486,7 @@ def test_cli_prints_each_directory_and_exits_1_on_a_problem(
     assert validate.main(["--repo", str(repo), "--crds", str(CRDS), "overlays/cpu", "overlays/h100"]) == 1
     assert capsys.readouterr().out == (
         f"CRD schemas from {CRDS} (13 kinds)\n"
-        "✅ overlays/cpu (13 objects)\n"
+        "✅ overlays/cpu (14 objects)\n"
         "❌ overlays/h100\n"
         "   - Deployment/triton: container triton requests cpu 16, but build/gpus.toml gives h100 pods 24 per GPU "
         "× 1 = 24\n"
