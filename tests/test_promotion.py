@@ -97,7 +97,9 @@ def test_pin_rewrites_the_pin_keeps_its_header_and_prints_the_commit(
             "size_bytes": str(sum(entry["size"] for entry in build["files"].values())),
         },
     }
-    assert sorted(p.name for p in overlay.iterdir()) == ["kustomization.yaml", "model-pin.yaml"]
+    # only model-pin.yaml was written
+    assert sorted(p.name for p in overlay.iterdir()) == [
+        "alert-thresholds.yaml", "kustomization.yaml", "model-pin.yaml"]
 
 
 def test_pinning_the_same_build_again_changes_nothing(

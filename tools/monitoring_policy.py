@@ -101,6 +101,8 @@ def check_alert(rule: dict, runbook_anchors: set[str], thresholds: dict[str, str
 
 def check_rules(objects: list[dict], runbook: Path = RUNBOOK, thresholds: dict[str, str] | None = None) -> list[str]:
     """Every alert of every rendered Rules object, against the overlay's thresholds where it has them."""
+    if not any(obj.get("kind") == "Rules" for obj in objects):
+        return []
     runbook_anchors = anchors(runbook.read_text())
     return [
         f"Rules/{obj['metadata']['name']}: {problem}"
