@@ -179,7 +179,7 @@ class Gateway:
     async def models(self, _request: Request) -> Response:
         return JSONResponse({"object": "list", "data": [self.model_card()]})
 
-    async def model(self, request: Request) -> Response:
+    async def one_model(self, request: Request) -> Response:
         if request.path_params["model"] != self.model.name:
             raise ApiError(f"The model `{request.path_params['model']}` does not exist", "model", status=404,
                            code="model_not_found")
@@ -220,7 +220,7 @@ def build(settings: Settings) -> Starlette:
         Route("/v1/chat/completions", gateway.chat_completions, methods=["POST"]),
         Route("/v1/completions", gateway.completions, methods=["POST"]),
         Route("/v1/models", gateway.models, methods=["GET"]),
-        Route("/v1/models/{model:path}", gateway.model, methods=["GET"]),
+        Route("/v1/models/{model:path}", gateway.one_model, methods=["GET"]),
         Route("/health/ready", gateway.ready, methods=["GET"]),
         Route("/health/live", gateway.live, methods=["GET"]),
     ]
