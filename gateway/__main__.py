@@ -30,6 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--path", choices=PATHS, default="auto",
                         help="direct: token ids to tensorrt_llm; ensemble: text to the ensemble (default: auto)")
     parser.add_argument("--model-name", help="the model id clients send (default: build.json's model name)")
+    parser.add_argument("--drain-seconds", type=int, default=30,
+                        help="on SIGTERM, how long open streams may finish (default 30; the pod: Triton's 570)")
     args = parser.parse_args(argv)
     settings = Settings(args.repository.resolve(), args.triton, args.path, args.model_name)
     try:  # refuse a bad repository or path here, once, not in every worker
@@ -39,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     os.environ.update(settings.environment())  # what each worker's create_app reads
     uvicorn.run("gateway.app:create_app", factory=True, host=args.host, port=args.port, workers=args.workers,
-                log_level="info", access_log=False, timeout_graceful_shutdown=30)
+                log_level="info", access_log=False, timeout_graceful_shutdown=args.drain_seconds)
     return 0
 
 
