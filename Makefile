@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 # checkov lives apart (tools/checkov-requirements.txt says why); tests/test_checkov.py runs it from here.
 CHECKOV_VENV := .venv-checkov
 
-.PHONY: demo test lint install checkov
+.PHONY: demo test lint install checkov prometheus
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,7 +18,13 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet -e ".[test]"
 	touch $@
 
-install: $(VENV)/.installed
+# The monitoring tests run Debian's prometheus (promtool too); installed where we are root with apt,
+# else tests/test_monitoring_*.py skip and say how to install it.
+prometheus:
+	@command -v promtool >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+		apt-get install -y -qq prometheus >/dev/null; } || echo "prometheus not installed: the monitoring tests will skip"
+
+install: $(VENV)/.installed prometheus
 
 $(CHECKOV_VENV)/.installed: tools/checkov-requirements.txt
 	$(PYTHON) -m venv $(CHECKOV_VENV)

@@ -152,14 +152,25 @@ def _family(machine_type: str) -> str:
     return machine_type.rsplit("-", 1)[0]
 
 
-def cost(plan: Plan, gpu: catalog.Gpu, tokens_per_s: float) -> Cost | None:
-    family = prices()["families"].get(_family(plan.machine_type))
-    if family is None or tokens_per_s <= 0:
+def _hourly(machine_type: str, gpus: int) -> tuple[float, float] | None:
+    """(on-demand, Spot) $/h of one machine: its own entry, else its family's price per GPU."""
+    machine = prices().get("machines", {}).get(machine_type)
+    if machine is not None:
+        return machine["on_demand_hour"], machine["spot_hour"]
+    family = prices()["families"].get(_family(machine_type))
+    if family is None:
         return None
+    return family["on_demand_per_gpu_hour"] * gpus, family["spot_per_gpu_hour"] * gpus
+
+
+def cost(plan: Plan, gpu: catalog.Gpu, tokens_per_s: float) -> Cost | None:
     gpus = next(n for n, machine in gpu.machine_types.items() if machine == plan.machine_type)
+    hourly = _hourly(plan.machine_type, gpus)
+    if hourly is None or tokens_per_s <= 0:
+        return None
     replicas = gpus // plan.tp
     per_million_s = 1e6 / (replicas * tokens_per_s)
-    on_demand, spot = family["on_demand_per_gpu_hour"] * gpus, family["spot_per_gpu_hour"] * gpus
+    on_demand, spot = hourly
     return Cost(plan.machine_type, replicas, round(on_demand, 2), round(spot, 2),
                 round(on_demand * per_million_s / 3600, 3), round(spot * per_million_s / 3600, 3))
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import socket
 import subprocess
 import sys
@@ -14,6 +15,14 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 CPU_REPOSITORY = ROOT / "out" / "cpu"
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    """A scratch copy of what tools/validate.py reads (gitops/, overlays/, docs/), for breaking one thing."""
+    for folder in ("gitops", "overlays", "docs"):
+        shutil.copytree(ROOT / folder, tmp_path / folder)
+    return tmp_path
 
 
 def free_port() -> int:

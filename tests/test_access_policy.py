@@ -8,7 +8,6 @@ problems tools/validate.py reports.
 
 from __future__ import annotations
 
-import shutil
 import tomllib
 from pathlib import Path
 
@@ -23,13 +22,6 @@ ROOT = Path(__file__).resolve().parent.parent
 
 SERVING = "gitops/argocd/appproject-serving.yaml"
 JOB = "gitops/jobs/compile-engine"
-
-
-@pytest.fixture
-def repo(tmp_path: Path) -> Path:
-    for folder in ("gitops", "overlays"):
-        shutil.copytree(ROOT / folder, tmp_path / folder)
-    return tmp_path
 
 
 def test_namespace_whitelisted_without_a_name(repo: Path) -> None:

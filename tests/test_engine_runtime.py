@@ -26,6 +26,7 @@ import hf_config
 import llmapi
 import planner
 import pytest
+import validate
 import yaml
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
@@ -381,8 +382,8 @@ def test_compile_job_image_is_built_from_the_image_versions_toml_pins():
 def test_printed_job_overlay_renders_the_planned_build(tmp_path, model, gpu, kwargs):
     plan = make_plan(model, gpu, **kwargs)
     gpus = build_needs(plan).build_gpus
-    shutil.copytree(JOB, tmp_path / "compile-engine")
-    run_dir = tmp_path / "runs" / engine.job_name(plan)
+    shutil.copytree(ROOT / "gitops", tmp_path / "gitops")
+    run_dir = tmp_path / engine.RUNS_DIR / engine.job_name(plan)
     run_dir.mkdir(parents=True)
     (run_dir / "kustomization.yaml").write_text(engine.job_kustomization(
         plan, build_gpus=gpus, model_source=f"org/{model}", publish="gs://b/p", image_digest="sha256:" + "ab" * 32))
@@ -405,6 +406,9 @@ def test_printed_job_overlay_renders_the_planned_build(tmp_path, model, gpu, kwa
     # the Job reads the overlay's params, not the base's example
     env_from = pod["containers"][0]["envFrom"][0]["configMapRef"]["name"]
     assert env_from == params["metadata"]["name"]
+    # and it validates where the message puts it: a build ComputeClass has a node with its GPUs
+    [result] = validate.validate(tmp_path, validate.VENDORED_CRDS, [run_dir])
+    assert result.problems == []
 
 
 # ---- the llmapi model's streamed deltas -------------------------------------------------------

@@ -1,6 +1,6 @@
 """tools/validate.py refuses broken manifests with a message that names the object and the problem.
 
-Each test copies gitops/ and overlays/ of this checkout to a scratch repository, breaks one thing
+Each test copies gitops/, overlays/ and docs/ of this checkout to a scratch repository, breaks one thing
 the way a person would, and asserts the exact problems validate.py reports for it.
 """
 
@@ -17,13 +17,6 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 CRDS = ROOT / "tools" / "crds"
 OVERLAY = "this overlay's Deployment/triton"
-
-
-@pytest.fixture
-def repo(tmp_path: Path) -> Path:
-    for folder in ("gitops", "overlays"):
-        shutil.copytree(ROOT / folder, tmp_path / folder)
-    return tmp_path
 
 
 def edit(repo: Path, relative: str, old: str, new: str) -> None:
@@ -496,7 +489,7 @@ def test_cli_prints_each_directory_and_exits_1_on_a_problem(
     assert validate.main(["--repo", str(repo), "--crds", str(CRDS), "overlays/cpu", "overlays/h100"]) == 1
     assert capsys.readouterr().out == (
         f"CRD schemas from {CRDS} (13 kinds)\n"
-        "✅ overlays/cpu (14 objects)\n"
+        "✅ overlays/cpu (15 objects)\n"
         "❌ overlays/h100\n"
         "   - Deployment/triton: container triton requests cpu 16, but build/gpus.toml gives h100 pods 24 per GPU "
         "× 1 = 24\n"
@@ -587,6 +580,53 @@ def test_pods_that_select_no_class_cannot_use_a_class_pool(repo: Path) -> None:
     ]
 
 
+def test_compute_class_that_mixes_gpu_models(repo: Path) -> None:
+    edit(repo, "gitops/nodepools/computeclasses.yaml", "type: nvidia-h100-80gb", "type: nvidia-h200-141gb")
+    assert problems(repo, "gitops/nodepools") == [
+        "ComputeClass/triton-h100: priorities offer nvidia-h100-80gb, nvidia-h200-141gb; an engine runs only on the "
+        "GPU it was built for, so a class keeps to one GPU model"
+    ]
+
+
+def test_compute_class_that_mixes_gpu_counts(repo: Path) -> None:
+    edit(repo, "gitops/nodepools/computeclasses.yaml",
+         "machineType: a3-highgpu-1g\n      gpu:\n        type: nvidia-h100-80gb\n        count: 1",
+         "machineType: a3-highgpu-2g\n      gpu:\n        type: nvidia-h100-80gb\n        count: 2")
+    assert problems(repo, "gitops/nodepools") == [
+        "ComputeClass/triton-h100: serving priorities offer 1 × nvidia-h100-80gb and 2 × nvidia-h100-80gb per node; "
+        "keep one GPU count so the fallback holds the same pods as Spot"
+    ]
+
+
+def test_compute_class_priority_naming_a_pool_that_is_not_rendered(repo: Path) -> None:
+    edit(repo, "gitops/nodepools/computeclasses.yaml", "nodepools: [triton-l4-on-demand]",
+         "nodepools: [triton-l4-ondemand]")
+    assert problems(repo, "gitops/nodepools") == [
+        "ComputeClass/triton-l4: priority 2 names node pool triton-l4-ondemand, which is not rendered",
+        "ComputeClass/triton-l4: every priority is Spot (ContainerNodePool/triton-l4); add an on-demand, reservation "
+        "or flex-start priority of 1 × nvidia-l4 so a Spot stock-out does not leave pods Pending",
+    ]
+
+
+def test_compute_class_priority_naming_a_pool_that_has_not_joined_it(repo: Path) -> None:
+    edit(repo, "gitops/nodepools/l4-on-demand.yaml",
+         "    labels:\n      cloud.google.com/compute-class: triton-l4\n", "")
+    assert problems(repo, "gitops/nodepools") == [
+        "ComputeClass/triton-l4: priority 2 names ContainerNodePool/triton-l4-on-demand, whose nodes lack the label "
+        "and NoSchedule taint cloud.google.com/compute-class=triton-l4; GKE only uses a hand-made pool for a class "
+        "that way",
+        "ComputeClass/triton-l4: every priority is Spot (ContainerNodePool/triton-l4); add an on-demand, reservation "
+        "or flex-start priority of 1 × nvidia-l4 so a Spot stock-out does not leave pods Pending",
+    ]
+
+
+def test_deployment_without_a_disruption_budget(repo: Path) -> None:
+    edit(repo, "gitops/base/kustomization.yaml", "  - poddisruptionbudget.yaml\n", "")
+    assert problems(repo, "overlays/h200") == [
+        "Deployment/triton: no PodDisruptionBudget keeps a Triton pod serving during drains (gitops/base)"
+    ]
+
+
 def test_disruption_budget_that_lets_a_drain_evict_the_last_pod(repo: Path) -> None:
     edit(repo, "gitops/base/poddisruptionbudget.yaml", "  minAvailable: 1\n", "  maxUnavailable: 1\n")
     assert problems(repo, "overlays/h200") == [
@@ -639,6 +679,14 @@ def test_node_pool_on_the_default_compute_service_account(repo: Path) -> None:
     ]
 
 
+def test_node_pool_naming_a_service_account_that_is_not_rendered(repo: Path) -> None:
+    edit(repo, "gitops/nodepools/a100-80gb.yaml", "      name: triton-gpu-nodes\n", "      name: triton-gpu-node\n")
+    assert problems(repo, "gitops/nodepools") == [
+        "ContainerNodePool/triton-a100-80gb: serviceAccountRef names IAMServiceAccount/triton-gpu-node, which is "
+        "not rendered"
+    ]
+
+
 def test_node_service_account_without_a_role_nodes_need(repo: Path) -> None:
     text = (repo / "gitops/nodepools/node-service-account.yaml").read_text()
     (repo / "gitops/nodepools/node-service-account.yaml").write_text(text[: text.rindex("---\n")])
@@ -675,6 +723,19 @@ def test_multi_gpu_build_job_gets_a_node_of_its_size(repo: Path) -> None:
     job = repo / "gitops/jobs/compile-engine/job.yaml"
     job.write_text(job.read_text().replace('nvidia.com/gpu: "1"', 'nvidia.com/gpu: "4"'))
     assert problems(repo, "gitops/jobs/compile-engine") == []
+
+
+
+def test_build_job_that_a_node_upgrade_would_fail_or_that_retries_its_own_errors(repo: Path) -> None:
+    edit(repo, "gitops/jobs/compile-engine/job.yaml", "      - action: Ignore\n", "      - action: Count\n")
+    edit(repo, "gitops/jobs/compile-engine/job.yaml", "          values: [0]\n", "          values: [0, 1]\n")
+    assert problems(repo, "gitops/jobs/compile-engine") == [
+        "Job/compile-engine: no podFailurePolicy rule Ignore on pod condition DisruptionTarget; a node upgrade or "
+        "maintenance that takes the pod away would fail a multi-hour build instead of starting it again "
+        "(tools/upstream_facts.toml kubernetes.job_pod_failure_policy)",
+        "Job/compile-engine: no podFailurePolicy rule FailJob on exit codes NotIn [0]; a build that fails by itself "
+        "would be retried onto the same error, holding its GPUs for hours",
+    ]
 
 
 # --- cold start, sync waves, the model fetch (tools/cold_start_policy.py) -----------------------

@@ -16,6 +16,7 @@ from functools import cache
 from pathlib import Path
 
 import catalog
+import cold_start_policy
 
 FACTS_FILE = Path(__file__).resolve().with_name("gke_facts.toml")
 GPU_RESOURCE = "nvidia.com/gpu"
@@ -414,6 +415,38 @@ def check_jobs(objects: list[dict], platform: list[dict]) -> list[str]:
             f"{ref(job)}: requests {count} × {accelerator} on one node, but {where} offers {offered}"
             f"{_hint(accelerator, count)}"
         )
+    return problems
+
+
+def _disruption_rules(job: dict) -> tuple[bool, bool]:
+    """Whether the Job replaces disrupted pods without counting them, and fails at once on its own errors."""
+    rules = job.get("spec", {}).get("podFailurePolicy", {}).get("rules", [])
+    condition = cold_start_policy.facts()["kubernetes"]["job_pod_failure_policy"]["disruption_condition"]
+    ignores = any(r.get("action") == "Ignore" and any(c.get("type") == condition for c in r.get("onPodConditions", []))
+                  for r in rules)
+    fails = any(r.get("action") == "FailJob" and r.get("onExitCodes", {}).get("operator") == "NotIn"
+                and r["onExitCodes"].get("values") == [0] for r in rules)
+    return ignores, fails
+
+
+def check_job_disruptions(objects: list[dict]) -> list[str]:
+    """A GPU Job survives a node taken away mid-build, and does not retry a build that failed by itself."""
+    problems = []
+    for job in _by_kind(objects, "Job"):
+        if not _job_gpus(job.get("spec", {}).get("template", {}).get("spec", {})):
+            continue
+        ignores, fails = _disruption_rules(job)
+        if not ignores:
+            problems.append(
+                f"{ref(job)}: no podFailurePolicy rule Ignore on pod condition DisruptionTarget; a node upgrade or "
+                "maintenance that takes the pod away would fail a multi-hour build instead of starting it again "
+                "(tools/upstream_facts.toml kubernetes.job_pod_failure_policy)"
+            )
+        if not fails:
+            problems.append(
+                f"{ref(job)}: no podFailurePolicy rule FailJob on exit codes NotIn [0]; a build that fails by itself "
+                "would be retried onto the same error, holding its GPUs for hours"
+            )
     return problems
 
 

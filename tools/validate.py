@@ -7,6 +7,9 @@ Renders each overlay in overlays/ and each kustomization under gitops/ with plai
   * policy: GPU selector, count and requests against build/gpus.toml, the image against
     build/versions.toml, probes, non-root, TLS-only Ingress with authentication, NetworkPolicy,
     autoscaling, node pool machine types, Argo CD project limits -- tools/manifest_policy.py;
+  * alerts: severity, summary, runbook section and a numeric threshold for every alert of the
+    Rules objects; the Cloud Monitoring dashboard's structure and namespace scoping --
+    tools/monitoring_policy.py;
   * the pin gate: the build in model-pin.yaml must be for the overlay's GPU and image, and its
     tp × pp the GPUs the overlay requests -- tools/pin_gate.py, the gate tools/pin.py applies too.
 Prints ✅ or ❌ per directory with every problem, and exits 1 if there is any.
@@ -30,6 +33,7 @@ sys.path.insert(0, str(REPO / "build"))
 import capacity_policy  # noqa: E402
 import kubeschema  # noqa: E402
 import manifest_policy  # noqa: E402
+import monitoring_policy  # noqa: E402
 import yaml  # noqa: E402
 
 CRDS_ENV = "GKE_TRITON_CRDS"
@@ -148,10 +152,13 @@ def check_directory(
     for obj in objects:
         problems += [f"{manifest_policy.ref(obj)}: {p}" for p in kubeschema.validate_object(obj, crds)]
     problems += manifest_policy.check_everywhere(objects)
-    problems += capacity_policy.check_jobs(objects, platform)
+    problems += capacity_policy.check_jobs(objects, platform) + capacity_policy.check_job_disruptions(objects)
+    thresholds = monitoring_policy.read_thresholds(directory / monitoring_policy.THRESHOLDS_FILE)
+    problems += monitoring_policy.check_rules(objects, root / "docs" / "runbook.md", thresholds)
     if is_serving(directory, root):
         context = serving_context(directory, root, platform)
         problems += manifest_policy.check_serving(objects, directory / manifest_policy.PIN_FILE, context)
+        problems += monitoring_policy.check_serving(objects)
     return problems
 
 
@@ -181,6 +188,10 @@ def validate(root: Path, crds_dir: Path | None, directories: list[Path] | None =
             results.append(Result(directory, [f"kustomize failed: {objects}"], 0))
         else:
             results.append(Result(directory, check_directory(directory, objects, root, crds, platform), len(objects)))
+    dashboard = root / monitoring_policy.DASHBOARD.relative_to(monitoring_policy.REPO)
+    if directories is None and dashboard.is_file():
+        # Not a kustomization: the runbook creates it with gcloud; checked with everything.
+        results.append(Result(dashboard, monitoring_policy.check_dashboard(dashboard), 1))
     return results
 
 

@@ -17,6 +17,7 @@ from concurrent.futures import Future
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
+from answer_metrics import Answer, AnswerMetrics
 from loopback import Loopback, ModelError, Outputs, Stream, Tensor, from_numpy
 from model_params import load_config, load_tokenizer, parameter
 from sampling_ranges import range_error
@@ -136,6 +137,7 @@ class Tracked:
         self.request = request
         self.streams: list[Stream] = []
         self.cancelled = False
+        self.answer = Answer()  # its output tokens, for the answer metrics
 
     def cancel(self) -> None:
         self.cancelled = True
@@ -151,6 +153,7 @@ class TritonPythonModel:
         self.text_in_text_out = parameter(config, "tensorrt_llm_inputs", str) == "text"
         self.check_period = parameter(config, "cancellation_check_period_ms", int) / 1000
         self.url = loopback_url(config)
+        self.metrics = AnswerMetrics(args["model_name"], args["model_version"])
         # execute() blocks while every slot is taken, so the backlog stays in Triton's queue, where
         # the pending-request metric (and so the autoscaler) can see it.
         self.slots = threading.BoundedSemaphore(parameter(config, "max_concurrent_requests", int))
@@ -208,9 +211,12 @@ class TritonPythonModel:
         sender = request.get_response_sender()
         tracked = Tracked(request)
         self.tracked.add(tracked)
+        outcome = "error"
         try:
             await self.answer(request, sender, tracked)
+            outcome = "ok"
         except (RequestError, ModelError) as error:
+            outcome = "cancelled" if tracked.cancelled else "error"
             message = "request cancelled" if tracked.cancelled else str(error)
             sender.send(error_response(message), flags=FINAL)
         except Exception as error:  # a bug must still end the request, or the client waits forever
@@ -218,6 +224,7 @@ class TritonPythonModel:
             sender.send(error_response(f"internal error: {error!r}"), flags=FINAL)
         finally:
             self.tracked.discard(tracked)
+            self.metrics.finished(outcome, tracked.answer)
 
     async def answer(self, request, sender, tracked: Tracked) -> None:
         stream_tensor = pb_utils.get_input_tensor_by_name(request, "stream")
@@ -263,6 +270,7 @@ class TritonPythonModel:
         ids: list[int] = []
         async for outputs in (await self.tensorrt_llm_stream(request, tracked, row, stream=False)).responses():
             ids += new_ids(outputs)
+        tracked.answer.count(len(ids))
         return ids
 
     def decode(self, ids: list[int]) -> str:
@@ -272,7 +280,9 @@ class TritonPythonModel:
         text = StreamedText(self.tokenizer, self.skip_special_tokens)
         outbox = Outbox(sender, asyncio.get_running_loop())
         async for outputs in (await self.tensorrt_llm_stream(request, tracked, 0, stream=True)).responses():
-            outbox.put(text.add(new_ids(outputs)))
+            ids = new_ids(outputs)
+            tracked.answer.add(len(ids))
+            outbox.put(text.add(ids))
         try:
             tail = text.tail(self.decode(text.ids))
         except ValueError as error:
