@@ -203,9 +203,12 @@ def test_sync_waves_put_config_first_then_service_then_everything_that_waits_on_
     objects = rendered("overlays/h100")
 
     def wave(kind: str) -> int:
-        return int(one(objects, kind, None if kind != "NetworkPolicy" else "triton")["metadata"]["annotations"][WAVE])
+        return int(one(objects, kind, "triton" if kind in ("NetworkPolicy", "BackendConfig") else None)
+                   ["metadata"]["annotations"][WAVE])
 
     assert wave("Namespace") < wave("ServiceAccount") == wave("BackendConfig") == wave("NetworkPolicy")
+    gateway_backend = one(objects, "BackendConfig", "triton-gateway")
+    assert int(gateway_backend["metadata"]["annotations"][WAVE]) == wave("BackendConfig")
     # The Service exists before any pod, so pods get the NEG readiness gate (upstream_facts.toml gke).
     assert wave("ServiceAccount") < wave("Service") == wave("PodMonitoring") < wave("Deployment")
     assert wave("Deployment") == wave("HorizontalPodAutoscaler") == wave("Ingress") == wave("ManagedCertificate")

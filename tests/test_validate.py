@@ -300,7 +300,9 @@ def test_model_repository_path_is_where_engines_expect_it(repo: Path) -> None:
     edit(repo, "gitops/base/deployment.yaml", "--model-repository=/models", "--model-repository=/repository")
     assert problems(repo, "overlays/h100") == [
         "Deployment/triton: container triton must serve --model-repository=/models, the path built engines are "
-        "configured for (build/engine.py POD_MODEL_REPOSITORY)"
+        "configured for (build/engine.py POD_MODEL_REPOSITORY)",
+        "Deployment/triton: container gateway must read the build Triton serves: --repository=/repository "
+        "(has /models)",
     ]
 
 
@@ -335,6 +337,7 @@ def test_grace_period_longer_than_the_cluster_autoscaler_waits(repo: Path) -> No
     edit(repo, "gitops/base/deployment.yaml", "terminationGracePeriodSeconds: 600",
          "terminationGracePeriodSeconds: 630")
     edit(repo, "gitops/base/deployment.yaml", "--exit-timeout-secs=570", "--exit-timeout-secs=600")
+    edit(repo, "gitops/base/deployment.yaml", "--drain-seconds=570", "--drain-seconds=600")
     edit(repo, "gitops/components/tls-ingress/backendconfig.yaml", "timeoutSec: 570", "timeoutSec: 600")
     assert problems(repo, "overlays/h100") == [
         "Deployment/triton: terminationGracePeriodSeconds 630 is cut to 600 by the cluster autoscaler on scale-down "
@@ -486,7 +489,7 @@ def test_cli_prints_each_directory_and_exits_1_on_a_problem(
     assert validate.main(["--repo", str(repo), "--crds", str(CRDS), "overlays/cpu", "overlays/h100"]) == 1
     assert capsys.readouterr().out == (
         f"CRD schemas from {CRDS} (13 kinds)\n"
-        "✅ overlays/cpu (14 objects)\n"
+        "✅ overlays/cpu (15 objects)\n"
         "❌ overlays/h100\n"
         "   - Deployment/triton: container triton requests cpu 16, but build/gpus.toml gives h100 pods 24 per GPU "
         "× 1 = 24\n"
@@ -911,4 +914,78 @@ def test_overlay_without_the_model_pin_component(repo: Path) -> None:
         "Deployment/triton: volume build mounts bucket 'set-by-the-overlay-model-pin' only-dir "
         "'set-by-the-overlay-model-pin', not the pinned 'gke-triton-llm-models' 'builds/SmolLM2-135M-Instruct/"
         "2fbafdfb8e6455cc'; include the model-pin component",
+    ]
+
+
+# --- the OpenAI gateway container (tools/gateway_policy.py) ---------------------------------------
+
+GATEWAY_BACKEND = "gitops/components/tls-ingress/gateway-backendconfig.yaml"
+
+
+def test_gateway_liveness_on_tritons_path(repo: Path) -> None:
+    edit(repo, "gitops/base/deployment.yaml", "{path: /health/live, port: openai}",
+         "{path: /v2/health/live, port: openai}")
+    assert problems(repo, "overlays/cpu") == [
+        "Deployment/triton: container gateway livenessProbe must be httpGet /health/live on port openai "
+        "(has /v2/health/live on openai)"
+    ]
+
+
+def test_gateway_that_calls_another_triton(repo: Path) -> None:
+    edit(repo, "gitops/base/deployment.yaml", "--triton=127.0.0.1:8001", "--triton=triton:8001")
+    assert problems(repo, "overlays/cpu") == [
+        "Deployment/triton: container gateway must call this pod's Triton: --triton=127.0.0.1:8001 (has triton:8001)"
+    ]
+
+
+def test_gateway_that_drains_shorter_than_triton(repo: Path) -> None:
+    edit(repo, "gitops/base/deployment.yaml", "--drain-seconds=570", "--drain-seconds=30")
+    assert problems(repo, "overlays/cpu") == [
+        "Deployment/triton: container gateway must drain as long as Triton: --drain-seconds=570 (Triton's "
+        "--exit-timeout-secs; has 30)"
+    ]
+
+
+def test_ingress_without_the_v1_route(repo: Path) -> None:
+    edit(repo, "gitops/components/tls-ingress/ingress.yaml", "          - path: /v1\n", "          - path: /openai\n")
+    assert problems(repo, "overlays/cpu") == [
+        "Ingress/triton: no path /v1 (pathType Prefix) to Service/triton port openai: OpenAI clients would reach "
+        "Triton instead of the gateway"
+    ]
+
+
+def test_gateway_backend_health_checked_on_tritons_path(repo: Path) -> None:
+    edit(repo, GATEWAY_BACKEND, "requestPath: /health/ready", "requestPath: /v2/health/ready")
+    assert problems(repo, "overlays/cpu") == [
+        "BackendConfig/triton-gateway: healthCheck must be /health/ready on port 9000, the gateway's "
+        "(has /v2/health/ready on 9000)"
+    ]
+
+
+def test_gateway_backend_without_iap(repo: Path) -> None:
+    edit(repo, GATEWAY_BACKEND,
+         "  iap:\n    enabled: true\n    oauthclientCredentials:\n      secretName: iap-oauth-client\n", "")
+    assert problems(repo, "overlays/cpu") == [
+        "BackendConfig/triton-gateway: iap and securityPolicy must be BackendConfig/triton's: /v1 needs the same "
+        "authentication as the rest of the endpoint"
+    ]
+
+
+def test_network_policy_that_drops_the_gateway_port(repo: Path) -> None:
+    edit(repo, "gitops/components/network-policy/networkpolicy.yaml", "        - protocol: TCP\n          port: 9000\n",
+         "")
+    assert problems(repo, "overlays/cpu") == [
+        "no NetworkPolicy lets the load balancer (35.191.0.0/16, 130.211.0.0/22) reach the gateway on TCP 9000: "
+        "every /v1 request and health check would be dropped (components/network-policy)"
+    ]
+
+
+def test_serving_pod_without_the_gateway(repo: Path) -> None:
+    edit(repo, "gitops/base/deployment.yaml", "        - name: gateway\n", "        - name: api\n")
+    assert problems(repo, "overlays/cpu") == [
+        "Deployment/triton: no container gateway: nothing serves the OpenAI API (/v1) (gitops/base/deployment.yaml)",
+        "Deployment/triton: container api runs 'us-docker.pkg.dev/example-project/gke-triton-llm/gateway:example', "
+        "not the pinned Triton image 'nvcr.io/nvidia/tritonserver:26.07-trtllm-python-py3' that container triton "
+        "runs; the serving pod runs only the pinned image, so nothing in it can expire or drift (fetch-model copies "
+        "with it, gitops/base/deployment.yaml)",
     ]

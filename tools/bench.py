@@ -12,6 +12,10 @@ Examples:
   # tensorrt_llm; tokens/s and CPU per token of every server process; every stream's text checked.
   python tools/bench.py --ceiling
   python tools/bench.py --ceiling --levels 1,8 --streams-per-level 4 --per-token-delay-us 2000
+
+  # The same through the OpenAI gateway (gateway/): SSE chat streams, the gateway's own CPU beside the
+  # server's, with the gateway calling tensorrt_llm directly (token ids) and through the ensemble (text).
+  python tools/bench.py --ceiling --gateway --levels 1,8,32
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+import gateway_load
 import loadgen
 import numpy as np
 import serve
@@ -276,6 +281,89 @@ def ceiling(args: argparse.Namespace) -> int:
     return 0
 
 
+def gateway_level(server: serve.Running, gateway_pid: int, url: str, expectation: loadgen.Expectation, path: str,
+                  concurrency: int, streams: int, tokens: int, timeout: float) -> Level:
+    pid = server.process.pid
+    before, gateway_before, client_before = loadgen.cpu_snapshot(pid), gateway_load.cpu_seconds(gateway_pid), os.times()
+    tally = loadgen.Tally()
+    wall = gateway_load.drive(url, expectation, concurrency, tokens, tally, loadgen.count(streams), timeout)
+    after, gateway_after, client_after = loadgen.cpu_snapshot(pid), gateway_load.cpu_seconds(gateway_pid), os.times()
+    cpu = loadgen.cpu_used(before, after)
+    cpu["gateway"] = gateway_after - gateway_before
+    cpu["client"] = (client_after.user + client_after.system) - (client_before.user + client_before.system)
+    return Level(path, concurrency, tally, wall, cpu, [])
+
+
+def print_gateway_ceiling(levels: list[Level], tokens: int, workers: int) -> None:
+    print(f"\n{tokens}-token SSE chat streams through the gateway ({workers} worker process(es)); "
+          "CPU in microseconds per streamed token:")
+    print("  gateway to  conc  streams ok/failed   tokens/s   server*  gateway  tritonserver  ensemble  preproc  "
+          "client")
+    for level in levels:
+        t = level.tally
+        print(f"  {level.path:<10} {level.concurrency:>5}  {t.outcomes['ok']:>8}/{t.failures:<8} "
+              f"{t.received / level.wall_s:9.0f}   {figure(level, level.server_names(), 7)}  "
+              f"{figure(level, ['gateway'], 7)}  {figure(level, ['tritonserver'], 12)}  "
+              f"{figure(level, level.model_names('ensemble'), 8)}  "
+              f"{figure(level, level.model_names('preprocessing'), 7)}  {figure(level, ['client'], 6)}")
+    print("  * server: gateway + tritonserver + every python stub except the stand-in engine's")
+    by_key = {(level.path, level.concurrency): level for level in levels}
+    for (path, concurrency), level in by_key.items():
+        direct = by_key.get(("direct", concurrency))
+        if path == "ensemble" and direct is not None and level.tally.received and direct.tally.received:
+            ratio = level.us_per_token(level.server_names()) / max(direct.us_per_token(direct.server_names()), 1e-9)
+            print(f"  concurrency {concurrency}: server CPU per token, gateway through the ensemble over direct: "
+                  f"{ratio:.2f}x")
+    failed = [level for level in levels if level.tally.failures]
+    for level in failed:
+        print(f"\n  {level.path} at concurrency {level.concurrency}: {level.tally.summary()}")
+        for kind, example in level.tally.examples.items():
+            print(f"    first {kind}: {example[:300]}")
+    if not failed:
+        print("\n  every stream ended with data: [DONE] and exactly the expected text")
+
+
+def gateway_ceiling(args: argparse.Namespace) -> int:
+    """The stand-in repository behind the gateway, once per path: direct (token ids) and ensemble (text).
+
+    The ensemble path needs a build whose ensemble applies no chat template (the gateway renders it),
+    so it runs on a --no-chat-template build of the same model; the stand-in ignores the prompt."""
+    builds = {"direct": ROOT / "out" / "cpu", "ensemble": ROOT / "out" / "cpu-no-chat-template"}
+    timed([*COMPILE, "--out", str(builds["direct"])])
+    timed([*COMPILE, "--no-chat-template", "--out", str(builds["ensemble"])])
+    scratch = Path(tempfile.mkdtemp(prefix="gateway-ceiling-"))
+    log, gateway_log = ROOT / "out" / "bench-gateway-tritonserver.log", ROOT / "out" / "bench-gateway.log"
+    for each in (log, gateway_log):
+        each.write_bytes(b"")
+    print(f"machine: {os.cpu_count()} CPUs, {os.uname().machine}; tensorrt_llm: stand-in engine; gateway "
+          f"workers: {args.gateway_workers}; logs: {log}, {gateway_log}", flush=True)
+    ports, gateway_port = serve.Ports(18120, 18121, 18122), 18129
+    url = f"http://127.0.0.1:{gateway_port}"
+    levels: list[Level] = []
+    try:
+        for path, built in builds.items():
+            repository = standin.layout(built, scratch / path, args.per_token_delay_us)
+            expectation = loadgen.Expectation.of(repository)
+            with serve.running(repository, ports, log_file=log) as server:
+                gateway = gateway_load.start(repository, f"127.0.0.1:{ports.grpc}", gateway_port, path,
+                                             args.gateway_workers, gateway_log)
+                try:
+                    gateway_load.wait_ready(gateway, url)
+                    gateway_load.drive(url, expectation, 1, 8, loadgen.Tally(), loadgen.count(2))  # warm-up
+                    for concurrency in args.levels:
+                        streams = max(args.streams_per_level, concurrency * args.streams_per_worker)
+                        level = gateway_level(server, gateway.pid, url, expectation, path, concurrency, streams,
+                                              args.tokens, args.stream_timeout)
+                        levels.append(level)
+                        print(f"  {path} x{concurrency}: {level.tally.summary()} in {level.wall_s:.1f} s", flush=True)
+                finally:
+                    gateway_load.stop(gateway)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    print_gateway_ceiling(levels, args.tokens, args.gateway_workers)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -298,7 +386,12 @@ def main(argv: list[str] | None = None) -> int:
                                  help="start no new streams in a level after this long (default 120)")
     ceiling_options.add_argument("--per-token-delay-us", type=int, default=0,
                                  help="the stand-in's pause per decode step, to mimic an engine (default 0)")
+    ceiling_options.add_argument("--gateway", action="store_true",
+                                 help="stream through the OpenAI gateway instead of gRPC (see the examples)")
+    ceiling_options.add_argument("--gateway-workers", type=int, default=1, help="gateway worker processes (default 1)")
     args = parser.parse_args(argv)
+    if args.ceiling and args.gateway:
+        return gateway_ceiling(args)
     if args.ceiling:
         return ceiling(args)
 

@@ -14,6 +14,7 @@ from functools import cache
 from pathlib import Path
 
 import catalog
+import gateway_policy
 import manifest_policy  # its quantity parser (a cycle: both only use each other at call time)
 
 FACTS_FILE = Path(__file__).resolve().with_name("upstream_facts.toml")
@@ -187,14 +188,15 @@ def check_cold_start(deployment: dict, pod: dict, triton: dict, gpu: catalog.Gpu
 
 
 def check_one_image(deployment: dict, pod: dict, triton: dict) -> list[str]:
-    """Every container runs the image triton runs (itself checked against build/versions.toml)."""
+    """Every container runs the image triton runs (itself checked against build/versions.toml), but the
+    OpenAI gateway, whose image this repository builds (gateway/Dockerfile) and overlays pin by digest."""
     image = triton.get("image")
     return [
         f"{ref(deployment)}: container {c.get('name')} runs {c.get('image')!r}, not the pinned Triton image "
         f"{image!r} that container triton runs; the serving pod runs only the pinned image, so nothing in it "
         "can expire or drift (fetch-model copies with it, gitops/base/deployment.yaml)"
         for c in [*pod.get("initContainers", []), *pod.get("containers", [])]
-        if c is not triton and c.get("image") != image
+        if c is not triton and c.get("name") != gateway_policy.CONTAINER and c.get("image") != image
     ]
 
 

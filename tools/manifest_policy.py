@@ -19,6 +19,7 @@ import capacity_policy
 import catalog
 import cold_start_policy
 import engine
+import gateway_policy
 import pin_gate
 import yaml
 
@@ -403,7 +404,9 @@ def check_ingress(objects: list[dict]) -> list[str]:
                     f"{ref(config)}: no authentication in front of Triton; enable iap or set a Cloud Armor "
                     "securityPolicy"
                 )
-            if spec.get("healthCheck", {}).get("requestPath") != READY_PATH:
+            # The gateway's port has its own health check (tools/gateway_policy.py).
+            gateway = backend.get("port", {}).get("name") == gateway_policy.PORT_NAME
+            if not gateway and spec.get("healthCheck", {}).get("requestPath") != READY_PATH:
                 problems.append(f"{ref(config)}: healthCheck.requestPath must be {READY_PATH}")
     return problems
 
@@ -577,6 +580,7 @@ def check_serving(objects: list[dict], pin_path: Path, context: ServingContext) 
         problems += _check_drain(objects, deployment, pod, triton)
         problems += capacity_policy.check_disruption_budget(objects, deployment)
         problems += _check_security(deployment, pod)
+        problems += gateway_policy.check(objects, deployment, pod, triton)
         # Cold start, the fetch step, local disk (tools/cold_start_policy.py).
         problems += cold_start_policy.check(objects, deployment, pod, triton, gpu, pin)
         # A runtime the GPU cannot run is reported by the pin gate; do not also judge the HPA by it.

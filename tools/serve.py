@@ -8,6 +8,7 @@ Examples:
   python tools/serve.py --repository out/cpu
   python tools/serve.py --repository out/cpu --http-port 8000 --grpc-port 8001 --metrics-port 8002
   python tools/serve.py --repository out/cpu --host 0.0.0.0     # listen beyond this machine
+  python tools/serve.py --repository out/cpu --openai           # and the OpenAI API on :9000 (gateway/)
 """
 
 from __future__ import annotations
@@ -172,6 +173,13 @@ def running(repository: Path, ports: Ports, log_file: Path | None = None,
         stop(process)
 
 
+def start_gateway(repository: Path, ports: Ports, host: str, port: int) -> subprocess.Popen:
+    """The OpenAI-compatible gateway (gateway/) beside this tritonserver, as the pod runs it beside Triton."""
+    grpc_host = "127.0.0.1" if host in ("0.0.0.0", "") else host
+    return subprocess.Popen([sys.executable, "-m", "gateway", "--repository", str(Path(repository).resolve()),
+                             "--triton", f"{grpc_host}:{ports.grpc}", "--host", host, "--port", str(port)], cwd=ROOT)
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -181,6 +189,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--grpc-port", type=int, default=8001)
     parser.add_argument("--metrics-port", type=int, default=8002)
     parser.add_argument("--ready-timeout", type=float, default=120.0, help="seconds to wait for READY")
+    parser.add_argument("--openai", action="store_true", help="also serve the OpenAI API (gateway/) once READY")
+    parser.add_argument("--openai-port", type=int, default=9000)
     return parser.parse_args(argv)
 
 
@@ -213,7 +223,15 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     print(f"READY in {seconds:.1f} s: http://{args.host}:{ports.http} grpc {args.host}:{ports.grpc} "
           f"metrics http://{args.host}:{ports.metrics}/metrics (Ctrl-C to stop)", file=sys.stderr, flush=True)
-    return process.wait()
+    if not args.openai:
+        return process.wait()
+    gateway = start_gateway(args.repository, ports, args.host, args.openai_port)
+    print(f"OpenAI API: http://{args.host}:{args.openai_port}/v1", file=sys.stderr, flush=True)
+    try:
+        return process.wait()
+    finally:
+        gateway.terminate()  # Ctrl-C reached it too (same process group); this covers SIGTERM
+        gateway.wait(40)
 
 
 if __name__ == "__main__":

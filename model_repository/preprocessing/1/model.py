@@ -6,11 +6,9 @@ names the ensemble input at fault (text_input, max_tokens, stop_words, ...).
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import numpy as np
 import triton_python_backend_utils as pb_utils
+from end_ids import end_ids
 from model_params import load_config, parameter
 from transformers import AutoTokenizer
 
@@ -53,20 +51,6 @@ def decode_text(raw: bytes | str, name: str) -> str:
     except UnicodeDecodeError as error:
         raise RequestError(
             f"{name} is not valid UTF-8 (byte {error.start}: {raw[error.start:error.start + 1]!r})") from None
-
-
-def end_ids(tokenizer_dir: Path, tokenizer_eos: int | None) -> list[int]:
-    """Every end-of-sequence id, the tokenizer's own first: generation_config.json may list several
-    (Llama-3.1-Instruct: 128001, 128008, 128009), and transformers' generate stops on each."""
-    ids = [] if tokenizer_eos is None else [int(tokenizer_eos)]
-    path = tokenizer_dir / "generation_config.json"
-    listed = json.loads(path.read_text()).get("eos_token_id") if path.is_file() else None
-    for token in listed if isinstance(listed, list) else [] if listed is None else [listed]:
-        if int(token) not in ids:
-            ids.append(int(token))
-    if not ids:
-        raise ValueError(f"{tokenizer_dir} names no end-of-sequence token (eos_token / eos_token_id)")
-    return ids
 
 
 class TritonPythonModel:

@@ -1,0 +1,49 @@
+"""Run the gateway: `python -m gateway --repository out/cpu --triton 127.0.0.1:8001 --port 9000`.
+
+Examples:
+  python -m gateway --repository out/cpu                          # beside `tools/serve.py --repository out/cpu`
+  python -m gateway --repository /models --host 0.0.0.0 --workers 4   # as the pod runs it
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+import uvicorn
+
+from gateway.app import PATHS, Settings, choose_path
+from gateway.repository import RepositoryError, load
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m gateway", description=__doc__.split("\n\n")[0],
+                                     epilog=__doc__.split("\n\n", 1)[1],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repository", type=Path, required=True, help="the built model repository Triton serves")
+    parser.add_argument("--triton", default="127.0.0.1:8001", help="Triton's gRPC address (default 127.0.0.1:8001)")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=9000)
+    parser.add_argument("--workers", type=int, default=1, help="worker processes (uvicorn --workers)")
+    parser.add_argument("--path", choices=PATHS, default="auto",
+                        help="direct: token ids to tensorrt_llm; ensemble: text to the ensemble (default: auto)")
+    parser.add_argument("--model-name", help="the model id clients send (default: build.json's model name)")
+    parser.add_argument("--drain-seconds", type=int, default=30,
+                        help="on SIGTERM, how long open streams may finish (default 30; the pod: Triton's 570)")
+    args = parser.parse_args(argv)
+    settings = Settings(args.repository.resolve(), args.triton, args.path, args.model_name)
+    try:  # refuse a bad repository or path here, once, not in every worker
+        choose_path(load(settings.repository, settings.served_name), settings.path)
+    except (RepositoryError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    os.environ.update(settings.environment())  # what each worker's create_app reads
+    uvicorn.run("gateway.app:create_app", factory=True, host=args.host, port=args.port, workers=args.workers,
+                log_level="info", access_log=False, timeout_graceful_shutdown=args.drain_seconds)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

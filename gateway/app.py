@@ -1,0 +1,232 @@
+"""The ASGI app: OpenAI's /v1/chat/completions, /v1/completions and /v1/models over Triton.
+
+`create_app` is a factory (uvicorn --factory) that reads its settings from the environment, so
+every worker process of `uvicorn --workers N` builds its own app and gRPC client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from gateway import prompts, repository, validation
+from gateway.errors import ApiError
+from gateway.responses import DONE, Reply, event, usage
+from gateway.stops import StopText
+from gateway.triton import Answer, Triton
+
+log = logging.getLogger("gateway")
+PATHS = ("auto", "direct", "ensemble")
+
+
+@dataclass(frozen=True)
+class Settings:
+    repository: Path
+    triton_url: str = "127.0.0.1:8001"
+    path: str = "auto"
+    served_name: str | None = None
+
+    ENV = {"repository": "GATEWAY_REPOSITORY", "triton_url": "GATEWAY_TRITON_GRPC", "path": "GATEWAY_PATH",
+           "served_name": "GATEWAY_MODEL_NAME"}
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        if not os.environ.get(cls.ENV["repository"]):
+            raise repository.RepositoryError(f"{cls.ENV['repository']} is not set: name the built model repository")
+        values = {field: os.environ[env] for field, env in cls.ENV.items() if os.environ.get(env)}
+        return cls(**{**values, "repository": Path(values["repository"])})
+
+    def environment(self) -> dict[str, str]:
+        return {env: str(getattr(self, field)) for field, env in self.ENV.items() if getattr(self, field)}
+
+
+def choose_path(model: repository.Model, wanted: str) -> str:
+    """direct when tensorrt_llm takes token ids; the ensemble when it takes text (llmapi)."""
+    if wanted not in PATHS:
+        raise repository.RepositoryError(f"path {wanted!r} is not one of {', '.join(PATHS)}")
+    if wanted == "direct" and not model.token_ids:
+        raise repository.RepositoryError("path direct needs a tensorrt_llm that takes token ids; this repository's "
+                                         "takes text (llmapi): use the ensemble path")
+    if wanted == "ensemble" and model.ensemble_templates:
+        raise repository.RepositoryError("path ensemble: this repository's ensemble applies the chat template "
+                                         "itself, so the gateway's rendered prompt would be templated twice; "
+                                         "build with --no-chat-template or use the direct path")
+    if wanted == "auto":
+        return "direct" if model.token_ids else "ensemble"
+    return wanted
+
+
+def finish_reason(job: validation.Generation, answer: Answer, stop: StopText, model: repository.Model) -> str:
+    if stop.hit:
+        return "stop"
+    ended = bool(answer.ids) and answer.ids[-1] in model.end_ids
+    return "length" if answer.completion_tokens >= job.max_tokens and not ended else "stop"
+
+
+async def answer_text(triton: Triton, job: validation.Generation, ids: list[int], answer: Answer,
+                      stop: StopText) -> AsyncIterator[str]:
+    """The answer as it may be sent: cut before a stop sequence, whose appearance cancels the Triton request."""
+    async with contextlib.aclosing(triton.pieces(job, ids, answer)) as pieces:
+        async for piece in pieces:
+            text = stop.feed(piece)
+            if text:
+                yield text
+            if stop.hit:
+                return
+    rest = stop.flush()
+    if rest:
+        yield rest
+
+
+async def until_disconnected(request: Request) -> None:
+    """Returns when the client goes away (the body has been read, so receive() waits for that alone)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+class Gateway:
+    def __init__(self, settings: Settings):
+        self.model = repository.load(settings.repository, settings.served_name)
+        self.path = choose_path(self.model, settings.path)
+        self.settings = settings
+        self.triton: Triton | None = None
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, _app: Starlette) -> AsyncIterator[None]:
+        self.triton = Triton(self.settings.triton_url, self.model, self.path)
+        log.info("gateway: model %s, path %s, Triton %s", self.model.name, self.path, self.settings.triton_url)
+        try:
+            yield
+        finally:
+            await self.triton.close()
+
+    async def job(self, request: Request, chat: bool) -> tuple[validation.Generation, list[int]]:
+        try:
+            body = json.loads(await request.body())
+        except (ValueError, UnicodeDecodeError):
+            raise ApiError("We could not parse the JSON body of your request. (HINT: This likely means you aren't "
+                           "using your HTTP library correctly. The OpenAI API expects a JSON payload.)", None,
+                           code="invalid_json") from None
+        job = validation.parse(body, chat, self.model.max_output_len)
+        if job.model != self.model.name:
+            raise ApiError(f"The model `{job.model}` does not exist; this server serves `{self.model.name}`",
+                           "model", status=404, code="model_not_found")
+        ids = prompts.chat_ids(self.model, job.messages) if chat else prompts.completion_ids(self.model, job.prompt)
+        prompts.check_length(self.model, ids, "messages" if chat else "prompt")
+        return job, ids
+
+    async def chat_completions(self, request: Request) -> Response:
+        return await self.complete(request, chat=True)
+
+    async def completions(self, request: Request) -> Response:
+        return await self.complete(request, chat=False)
+
+    async def complete(self, request: Request, chat: bool) -> Response:
+        job, ids = await self.job(request, chat)
+        reply = Reply.new(chat, self.model.name)
+        if job.stream:
+            return StreamingResponse(self.events(reply, job, ids), media_type="text/event-stream",
+                                     headers={"Cache-Control": "no-cache"})
+        answer, stop = Answer([]), StopText(job.stop)
+
+        async def collect() -> str:
+            return "".join([text async for text in answer_text(self.triton, job, ids, answer, stop)])
+
+        generating = asyncio.ensure_future(collect())
+        watching = asyncio.ensure_future(until_disconnected(request))
+        await asyncio.wait([generating, watching], return_when=asyncio.FIRST_COMPLETED)
+        watching.cancel()
+        if not generating.done():  # the client went away: cancelling closes the pieces, and so the Triton call
+            generating.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await generating
+            return Response(status_code=499)
+        text = generating.result()
+        return JSONResponse(reply.whole(text, finish_reason(job, answer, stop, self.model),
+                                        usage(len(ids), answer.completion_tokens)))
+
+    async def events(self, reply: Reply, job: validation.Generation, ids: list[int]) -> AsyncIterator[bytes]:
+        """Server-sent events in OpenAI's chunk format. A client that goes away cancels this (Starlette
+        listens for the disconnect), which closes the pieces and so cancels the Triton request."""
+        answer, stop = Answer([]), StopText(job.stop)
+        with_usage = job.include_usage
+        if reply.chat:
+            yield event(reply.chunk(None, role=True, with_usage_field=with_usage))
+        try:
+            async with contextlib.aclosing(answer_text(self.triton, job, ids, answer, stop)) as texts:
+                async for text in texts:
+                    yield event(reply.chunk(text, with_usage_field=with_usage))
+        except ApiError as error:  # the status line is sent already: the error goes as an event, with no [DONE]
+            yield event(error.body())
+            return
+        yield event(reply.chunk(None, finish_reason(job, answer, stop, self.model), with_usage_field=with_usage))
+        if with_usage:
+            yield event(reply.usage_chunk(usage(len(ids), answer.completion_tokens)))
+        yield DONE
+
+    async def models(self, _request: Request) -> Response:
+        return JSONResponse({"object": "list", "data": [self.model_card()]})
+
+    async def one_model(self, request: Request) -> Response:
+        if request.path_params["model"] != self.model.name:
+            raise ApiError(f"The model `{request.path_params['model']}` does not exist", "model", status=404,
+                           code="model_not_found")
+        return JSONResponse(self.model_card())
+
+    def model_card(self) -> dict:
+        return {"id": self.model.name, "object": "model", "created": self.model.created, "owned_by": "gke-triton-llm"}
+
+    async def ready(self, _request: Request) -> Response:
+        """Ready when Triton is and the model the gateway calls is loaded: the pod's readiness and the LB's check."""
+        if await self.triton.ready():
+            return JSONResponse({"status": "ready"})
+        return JSONResponse({"status": f"Triton or its {self.triton.target} model is not ready"}, status_code=503)
+
+    async def live(self, _request: Request) -> Response:
+        return JSONResponse({"status": "live"})
+
+
+async def api_error(_request: Request, error: ApiError) -> Response:
+    return JSONResponse(error.body(), status_code=error.status)
+
+
+async def http_error(_request: Request, error: HTTPException) -> Response:
+    # Unknown routes and methods, in OpenAI's error format too.
+    return JSONResponse(ApiError(str(error.detail), None, status=error.status_code).body(),
+                        status_code=error.status_code)
+
+
+async def internal_error(_request: Request, error: Exception) -> Response:
+    log.exception("gateway: unexpected error", exc_info=error)
+    return JSONResponse(ApiError(f"internal error: {error!r}", None, status=500, type="server_error").body(),
+                        status_code=500)
+
+
+def build(settings: Settings) -> Starlette:
+    gateway = Gateway(settings)
+    routes = [
+        Route("/v1/chat/completions", gateway.chat_completions, methods=["POST"]),
+        Route("/v1/completions", gateway.completions, methods=["POST"]),
+        Route("/v1/models", gateway.models, methods=["GET"]),
+        Route("/v1/models/{model:path}", gateway.one_model, methods=["GET"]),
+        Route("/health/ready", gateway.ready, methods=["GET"]),
+        Route("/health/live", gateway.live, methods=["GET"]),
+    ]
+    handlers = {ApiError: api_error, HTTPException: http_error, Exception: internal_error}
+    return Starlette(routes=routes, exception_handlers=handlers, lifespan=gateway.lifespan)
+
+
+def create_app() -> Starlette:
+    return build(Settings.from_env())

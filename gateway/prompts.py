@@ -1,0 +1,34 @@
+"""Prompts -> token ids: chat messages through the model's own chat template, completions as given."""
+
+from __future__ import annotations
+
+from gateway.errors import ApiError
+from gateway.repository import Model
+
+
+def chat_ids(model: Model, messages: list[dict[str, str]]) -> list[int]:
+    """System, user and assistant turns as the model's template writes them, ending with the assistant's cue."""
+    if not model.tokenizer.chat_template:
+        raise ApiError(f"model {model.name} has no chat template; use /v1/completions", "messages",
+                       code="no_chat_template")
+    try:
+        encoded = model.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
+                                                      return_dict=True)
+    except Exception as error:  # noqa: BLE001 - a template may raise anything (e.g. jinja's raise_exception)
+        raise ApiError(f"the model's chat template refused these messages: {error}", "messages",
+                       code="invalid_value") from None
+    return list(encoded["input_ids"])
+
+
+def completion_ids(model: Model, prompt: str) -> list[int]:
+    # The tokenizer's own special tokens (a BOS where it has one), as transformers' generate would see them.
+    return list(model.tokenizer.encode(prompt, add_special_tokens=True))
+
+
+def check_length(model: Model, ids: list[int], param: str) -> None:
+    if not ids:
+        raise ApiError(f"{param} is empty; send the prompt text", param, code="invalid_value")
+    if len(ids) > model.max_input_len:
+        raise ApiError(f"This model's maximum prompt length is {model.max_input_len} tokens (max_input_len). "
+                       f"However, your {param} resulted in {len(ids)} tokens. Please reduce its length.", param,
+                       code="context_length_exceeded")

@@ -1,0 +1,74 @@
+"""What the gateway needs to know about the built model repository it fronts.
+
+Read once at start from the files the build laid out (build.json, the config.pbtxt parameters, the
+tokenizer beside the ensemble), so the gateway applies the same limits, end ids and chat template
+as the Triton models themselves.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+# model_repository/common, on the path from gateway/__init__.py
+from end_ids import end_ids
+from google.protobuf import text_format
+from tokenizers import Tokenizer
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
+from tritonclient.grpc import model_config_pb2
+
+
+class RepositoryError(RuntimeError):
+    """The folder is not a built model repository the gateway can front."""
+
+
+@dataclass(frozen=True)
+class Model:
+    name: str  # the id clients send as `model` (build.json's model name)
+    created: int  # build.json's modification time, as OpenAI's `created`
+    tokenizer: PreTrainedTokenizerBase  # chat template and prompt encoding
+    fast: Tokenizer  # the tokenizers object StreamedText decodes with
+    skip_special_tokens: bool
+    max_input_len: int
+    max_output_len: int
+    end_ids: tuple[int, ...]  # the tokenizer's own first: tensorrt_llm takes one end_id
+    pad_id: int
+    token_ids: bool  # tensorrt_llm takes token ids (cpu, engine); else text (llmapi, through the ensemble)
+    ensemble_templates: bool  # the ensemble applies the chat template itself (preprocessing)
+
+
+def parameters(config: Path) -> dict[str, str]:
+    parsed = text_format.Parse(config.read_text(), model_config_pb2.ModelConfig())
+    return {key: value.string_value for key, value in parsed.parameters.items()}
+
+
+def load(repository: Path, served_name: str | None = None) -> Model:
+    repository = Path(repository)
+    manifest, ensemble = repository / "build.json", repository / "ensemble" / "config.pbtxt"
+    if not manifest.is_file() or not ensemble.is_file():
+        raise RepositoryError(f"{repository} is not a built model repository (needs build.json and ensemble/); "
+                              "run `python build/compile.py --gpu cpu` first")
+    build = json.loads(manifest.read_text())
+    ensemble_params = parameters(ensemble)
+    tokenizer_dir = repository / "ensemble" / "1" / ensemble_params["tokenizer_dir"]
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    preprocessing = repository / "preprocessing" / "config.pbtxt"
+    templates = preprocessing.is_file() and parameters(preprocessing)["apply_chat_template"] == "true"
+    try:
+        ends = tuple(end_ids(tokenizer_dir, tokenizer.eos_token_id))
+    except ValueError as error:
+        raise RepositoryError(str(error)) from None
+    return Model(
+        name=served_name or build["model"]["name"],
+        created=int(manifest.stat().st_mtime),
+        tokenizer=tokenizer,
+        fast=Tokenizer.from_file(str(tokenizer_dir / "tokenizer.json")),
+        skip_special_tokens=ensemble_params["skip_special_tokens"] == "true",
+        max_input_len=int(build["limits"]["max_input_len"]),
+        max_output_len=int(build["limits"]["max_output_len"]),
+        end_ids=ends,
+        pad_id=ends[0] if tokenizer.pad_token_id is None else int(tokenizer.pad_token_id),
+        token_ids=ensemble_params["tensorrt_llm_inputs"] == "token_ids",
+        ensemble_templates=templates,
+    )
