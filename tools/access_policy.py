@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import fnmatch
 import re
-from collections.abc import Iterator
+
+from k8s_objects import containers, pod_spec, ref
 
 DEFAULT_PROJECT = "default"
 # The only Namespaces this repository creates through Argo CD: one per overlay, triton-<folder>.
@@ -30,10 +31,6 @@ _CREDENTIAL = re.compile(r"token|password|passwd|credential|api[-_]?key", re.IGN
 _INSTALL = re.compile(
     r"(?<![\w.-])(pip3?|curl|wget|apt-get|apt|apk|yum|dnf|conda|uv)(?![\w-])|\bgit\s+(clone|fetch|pull)\b"
 )
-
-
-def _ref(obj: dict) -> str:
-    return f"{obj.get('kind')}/{obj.get('metadata', {}).get('name')}"
 
 
 def _group(obj: dict) -> str:
@@ -72,12 +69,12 @@ def _check_cluster_whitelist(project: dict) -> list[str]:
         name = entry.get("name", "")
         if name in ("", "*"):
             problems.append(
-                f"{_ref(project)}: clusterResourceWhitelist entry {what} has no name, so it allows every "
+                f"{ref(project)}: clusterResourceWhitelist entry {what} has no name, so it allows every "
                 f"{entry.get('kind')} in the cluster; name the objects it may create (`name:`, a glob, Argo CD >= 3.5)"
             )
         elif entry.get("kind") == "Namespace" and not name.startswith(NAMESPACE_GLOB[:-1]):
             problems.append(
-                f"{_ref(project)}: clusterResourceWhitelist allows Namespace {name!r}; this repository creates "
+                f"{ref(project)}: clusterResourceWhitelist allows Namespace {name!r}; this repository creates "
                 f"only {NAMESPACE_GLOB} namespaces"
             )
     return problems
@@ -124,25 +121,11 @@ def check_projects(objects: list[dict]) -> list[str]:
 # --- pods: credentials, run-time installs, Job network ---------------------------------------------
 
 
-def _pod(obj: dict) -> dict | None:
-    kind, spec = obj.get("kind"), obj.get("spec", {})
-    if kind == "CronJob":
-        return spec.get("jobTemplate", {}).get("spec", {}).get("template", {}).get("spec", {})
-    if kind in {"Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job"}:
-        return spec.get("template", {}).get("spec", {})
-    return spec if kind == "Pod" else None
-
-
-def _containers(pod: dict) -> Iterator[dict]:
-    yield from pod.get("initContainers", [])
-    yield from pod.get("containers", [])
-
-
 def check_credential_env(objects: list[dict]) -> list[str]:
     """A token never travels in an env var: mount its Secret as a file and name the file instead."""
     problems = []
     for obj in objects:
-        for container in _containers(_pod(obj) or {}):
+        for container in containers(pod_spec(obj) or {}):
             for env in container.get("env", []):
                 secret = env.get("valueFrom", {}).get("secretKeyRef")
                 if secret is None:
@@ -150,7 +133,7 @@ def check_credential_env(objects: list[dict]) -> list[str]:
                 names = (env.get("name", ""), secret.get("name", ""), secret.get("key", ""))
                 if any(_CREDENTIAL.search(n) for n in names):
                     problems.append(
-                        f"{_ref(obj)}: container {container.get('name')} reads Secret {secret.get('name')} key "
+                        f"{ref(obj)}: container {container.get('name')} reads Secret {secret.get('name')} key "
                         f"{secret.get('key')} into env var {env.get('name')}; env vars end up in logs, crash "
                         "reports and child processes, so mount the Secret as a volume and pass the file's path "
                         "(HF_TOKEN_PATH for Hugging Face)"
@@ -166,12 +149,12 @@ def check_job_installs(objects: list[dict]) -> list[str]:
     """A Job runs what its image holds: nothing fetched from the internet when it starts."""
     problems = []
     for job in _jobs(objects):
-        for container in _containers(_pod(job) or {}):
+        for container in containers(pod_spec(job) or {}):
             words = " ".join(str(w) for w in [*container.get("command", []), *container.get("args", [])])
             match = _INSTALL.search(words)
             if match:
                 problems.append(
-                    f"{_ref(job)}: container {container.get('name')} runs {match.group(0)!r}, fetching software at "
+                    f"{ref(job)}: container {container.get('name')} runs {match.group(0)!r}, fetching software at "
                     "run time; put what it needs into its image (gitops/jobs/compile-engine/Dockerfile)"
                 )
     return problems
@@ -191,7 +174,7 @@ def check_job_network(objects: list[dict]) -> list[str]:
         if p.get("kind") == "NetworkPolicy" and _isolates(p)
     }
     return [
-        f"{_ref(job)}: namespace {job.get('metadata', {}).get('namespace')!r} has no NetworkPolicy selecting every "
+        f"{ref(job)}: namespace {job.get('metadata', {}).get('namespace')!r} has no NetworkPolicy selecting every "
         "pod (podSelector: {}) with policyTypes Ingress and Egress; ship one that allows only the egress the "
         "Job needs (gitops/jobs/compile-engine/networkpolicy.yaml)"
         for job in _jobs(objects)

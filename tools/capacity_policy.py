@@ -10,16 +10,16 @@ from __future__ import annotations
 
 import math
 import tomllib
-from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
 import catalog
 import cold_start_policy
+import pin_gate
+from k8s_objects import by_kind, containers, find, pod_spec, ref
 
 FACTS_FILE = Path(__file__).resolve().with_name("gke_facts.toml")
-GPU_RESOURCE = "nvidia.com/gpu"
 ACCELERATOR_LABEL = "cloud.google.com/gke-accelerator"
 HOSTNAME = "kubernetes.io/hostname"
 # Seconds Triton needs after its last stream to unload models and exit (gitops/base/deployment.yaml).
@@ -36,18 +36,6 @@ def facts() -> dict[str, object]:
 
 def fact(name: str) -> object:
     return facts()[name]
-
-
-def ref(obj: dict) -> str:
-    return f"{obj.get('kind')}/{obj.get('metadata', {}).get('name')}"
-
-
-def _by_kind(objects: list[dict], kind: str) -> list[dict]:
-    return [obj for obj in objects if obj.get("kind") == kind]
-
-
-def _named(objects: list[dict], kind: str, name: str) -> dict | None:
-    return next((o for o in _by_kind(objects, kind) if o.get("metadata", {}).get("name") == name), None)
 
 
 # --- where GPUs come from -------------------------------------------------------------------------
@@ -114,7 +102,7 @@ def class_offers(computeclass: dict, pools: list[dict]) -> tuple[list[Offer], li
     name = computeclass["metadata"]["name"]
     for index, priority in enumerate(computeclass.get("spec", {}).get("priorities", []), start=1):
         for pool_name in priority.get("nodepools", []):
-            pool = _named(pools, "ContainerNodePool", pool_name)
+            pool = find(pools, "ContainerNodePool", pool_name)
             if pool is None:
                 problems.append(
                     f"{ref(computeclass)}: priority {index} names node pool {pool_name}, which is not rendered"
@@ -138,16 +126,16 @@ def _pod_offers(pod: dict, pools: list[dict], classes: list[dict]) -> tuple[str,
     """Where a pod can land: its ComputeClass's priorities, else the pools no class has claimed."""
     selected = pod.get("nodeSelector", {}).get(str(fact("compute_class_key")))
     if selected:
-        computeclass = _named(classes, "ComputeClass", selected)
+        computeclass = find(classes, "ComputeClass", selected)
         return f"ComputeClass/{selected}", class_offers(computeclass, pools)[0] if computeclass else []
-    free = [p for p in _by_kind(pools, "ContainerNodePool") if pool_class(p) is None]
+    free = [p for p in by_kind(pools, "ContainerNodePool") if pool_class(p) is None]
     return "gitops/nodepools", [offer for pool in free for offer in pool_offers(pool)]
 
 
-def _claimed_pools(pod: dict, pools: list[dict], accelerator: str) -> list[str]:
+def _claimed_pools(pools: list[dict], accelerator: str) -> list[str]:
     return sorted(
         f"{ref(p)} (ComputeClass/{pool_class(p)})"
-        for p in _by_kind(pools, "ContainerNodePool")
+        for p in by_kind(pools, "ContainerNodePool")
         if pool_class(p) and any(o.accelerator == accelerator for o in pool_offers(p))
     )
 
@@ -191,7 +179,7 @@ def _check_pool_identity(pool: dict, objects: list[dict]) -> list[str]:
             "nodeConfig.serviceAccountRef to the least-privilege node service account (node-service-account.yaml)"
         ]
     name = account.get("name")
-    if name and _named(objects, "IAMServiceAccount", name) is None:
+    if name and find(objects, "IAMServiceAccount", name) is None:
         return [f"{ref(pool)}: serviceAccountRef names IAMServiceAccount/{name}, which is not rendered"]
     return []
 
@@ -200,7 +188,7 @@ def check_node_pools(objects: list[dict]) -> list[str]:
     """Deletion policy, upgrade settings, obtainable capacity and the node identity of every pool."""
     deletion = fact("config_connector_deletion_policy")
     problems = []
-    for pool in _by_kind(objects, "ContainerNodePool"):
+    for pool in by_kind(objects, "ContainerNodePool"):
         if pool.get("metadata", {}).get("annotations", {}).get(deletion["annotation"]) != deletion["value"]:
             problems.append(
                 f"{ref(pool)}: needs annotation {deletion['annotation']}: {deletion['value']}; without it deleting the "
@@ -217,17 +205,17 @@ def check_node_service_accounts(objects: list[dict]) -> list[str]:
     roles = list(fact("node_service_account_roles"))
     used = {
         p["spec"]["nodeConfig"]["serviceAccountRef"].get("name")
-        for p in _by_kind(objects, "ContainerNodePool")
+        for p in by_kind(objects, "ContainerNodePool")
         if p.get("spec", {}).get("nodeConfig", {}).get("serviceAccountRef")
     }
     problems = []
-    for account in _by_kind(objects, "IAMServiceAccount"):
+    for account in by_kind(objects, "IAMServiceAccount"):
         name = account["metadata"]["name"]
         if name not in used:
             continue
         granted = {
             m.get("spec", {}).get("role")
-            for m in _by_kind(objects, "IAMPolicyMember")
+            for m in by_kind(objects, "IAMPolicyMember")
             if m.get("spec", {}).get("memberFrom", {}).get("serviceAccountRef", {}).get("name") == name
         }
         missing = [r for r in roles if r not in granted]
@@ -242,7 +230,7 @@ def check_node_service_accounts(objects: list[dict]) -> list[str]:
 def check_compute_classes(objects: list[dict]) -> list[str]:
     """Each class keeps to one GPU model; a class with Spot has a fallback of the same GPU and count."""
     problems = []
-    for computeclass in _by_kind(objects, "ComputeClass"):
+    for computeclass in by_kind(objects, "ComputeClass"):
         offers, missing = class_offers(computeclass, objects)
         problems += missing
         if not offers:
@@ -281,7 +269,7 @@ def _min_replicas(objects: list[dict], deployment: dict) -> int:
     name = deployment["metadata"]["name"]
     hpas = [
         h
-        for h in _by_kind(objects, "HorizontalPodAutoscaler")
+        for h in by_kind(objects, "HorizontalPodAutoscaler")
         if h.get("spec", {}).get("scaleTargetRef", {}).get("name") == name
     ]
     return min((h["spec"].get("minReplicas", 1) for h in hpas), default=1)
@@ -300,7 +288,7 @@ def check_spot(
     """A Deployment that may land on Spot runs >= 2 replicas on different nodes, with a fallback."""
     where, offers = _pod_offers(pod, pools, classes)
     offers = [o for o in offers if o.accelerator == accelerator]
-    claimed = _claimed_pools(pod, pools, accelerator)
+    claimed = _claimed_pools(pools, accelerator)
     if not offers and claimed and where == "gitops/nodepools":
         return [
             f"{ref(deployment)}: the {accelerator} pools serve a ComputeClass only ({', '.join(claimed)}), and its "
@@ -366,7 +354,7 @@ def _selects(pdb: dict, labels: dict) -> bool:
 def check_disruption_budget(objects: list[dict], deployment: dict) -> list[str]:
     """A drain never evicts the last serving pod at the HPA's minimum."""
     labels = deployment.get("spec", {}).get("template", {}).get("metadata", {}).get("labels", {})
-    budgets = [p for p in _by_kind(objects, "PodDisruptionBudget") if _selects(p, labels)]
+    budgets = [p for p in by_kind(objects, "PodDisruptionBudget") if _selects(p, labels)]
     if not budgets:
         return [f"{ref(deployment)}: no PodDisruptionBudget keeps a Triton pod serving during drains (gitops/base)"]
     replicas = _min_replicas(objects, deployment)
@@ -388,21 +376,19 @@ def check_disruption_budget(objects: list[dict], deployment: dict) -> list[str]:
 
 
 def _job_gpus(pod: dict) -> int:
-    containers: Iterator[dict] = iter([*pod.get("initContainers", []), *pod.get("containers", [])])
-    return max(
-        (int(str(c.get("resources", {}).get("requests", {}).get(GPU_RESOURCE, 0))) for c in containers), default=0
-    )
+    requests = (c.get("resources", {}).get("requests", {}) for c in containers(pod))
+    return max((int(str(r.get(pin_gate.GPU_RESOURCE, 0))) for r in requests), default=0)
 
 
 def check_jobs(objects: list[dict], platform: list[dict]) -> list[str]:
     """Each GPU Job requests a count that some pool or ComputeClass priority puts on one node."""
-    pools = _by_kind(platform, "ContainerNodePool")
-    classes = _by_kind(platform, "ComputeClass")
+    pools = by_kind(platform, "ContainerNodePool")
+    classes = by_kind(platform, "ComputeClass")
     if not pools and not classes:
         return []
     problems = []
-    for job in _by_kind(objects, "Job"):
-        pod = job.get("spec", {}).get("template", {}).get("spec", {})
+    for job in by_kind(objects, "Job"):
+        pod = pod_spec(job)
         count, accelerator = _job_gpus(pod), pod.get("nodeSelector", {}).get(ACCELERATOR_LABEL)
         if not count or not accelerator:
             continue
@@ -432,8 +418,8 @@ def _disruption_rules(job: dict) -> tuple[bool, bool]:
 def check_job_disruptions(objects: list[dict]) -> list[str]:
     """A GPU Job survives a node taken away mid-build, and does not retry a build that failed by itself."""
     problems = []
-    for job in _by_kind(objects, "Job"):
-        if not _job_gpus(job.get("spec", {}).get("template", {}).get("spec", {})):
+    for job in by_kind(objects, "Job"):
+        if not _job_gpus(pod_spec(job)):
             continue
         ignores, fails = _disruption_rules(job)
         if not ignores:

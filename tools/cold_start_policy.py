@@ -15,7 +15,7 @@ from pathlib import Path
 
 import catalog
 import gateway_policy
-import manifest_policy  # its quantity parser (a cycle: both only use each other at call time)
+from k8s_objects import containers, env_value, quantity, ref
 
 FACTS_FILE = Path(__file__).resolve().with_name("upstream_facts.toml")
 WAVE_ANNOTATION = "argocd.argoproj.io/sync-wave"
@@ -40,14 +40,6 @@ def facts() -> dict:
 
 def _argocd() -> str:
     return f"Argo CD {facts()['argocd']['version']}"
-
-
-def ref(obj: dict) -> str:
-    return f"{obj.get('kind')}/{obj.get('metadata', {}).get('name')}"
-
-
-def _env(container: dict, name: str) -> str | None:
-    return next((e.get("value") for e in container.get("env", []) if e.get("name") == name), None)
 
 
 def _volume(pod: dict, name: str) -> dict:
@@ -141,7 +133,7 @@ def _check_startup(deployment: dict, triton: dict, gpu: catalog.Gpu) -> list[str
 
 def _check_fetch_deadline(deployment: dict, fetch: dict, gpu: catalog.Gpu) -> list[str]:
     copy = gpu.cold_start.model_copy.seconds
-    value = _env(fetch, DEADLINE_ENV)
+    value = env_value(fetch, DEADLINE_ENV)
     if value == str(copy):
         return []
     return [
@@ -195,7 +187,7 @@ def check_one_image(deployment: dict, pod: dict, triton: dict) -> list[str]:
         f"{ref(deployment)}: container {c.get('name')} runs {c.get('image')!r}, not the pinned Triton image "
         f"{image!r} that container triton runs; the serving pod runs only the pinned image, so nothing in it "
         "can expire or drift (fetch-model copies with it, gitops/base/deployment.yaml)"
-        for c in [*pod.get("initContainers", []), *pod.get("containers", [])]
+        for c in containers(pod)
         if c is not triton and c.get("name") != gateway_policy.CONTAINER and c.get("image") != image
     ]
 
@@ -224,8 +216,8 @@ def _writable_mounts(container: dict) -> set[str]:
 def check_home_and_root(deployment: dict, pod: dict) -> list[str]:
     """Each container: HOME on a writable volume (NGC's triton-server has no home), read-only root."""
     problems = []
-    for container in [*pod.get("initContainers", []), *pod.get("containers", [])]:
-        name, home = container.get("name"), _env(container, "HOME")
+    for container in containers(pod):
+        name, home = container.get("name"), env_value(container, "HOME")
         if not home:
             problems.append(
                 f"{ref(deployment)}: container {name} sets no HOME; NGC's triton-server user has no home "
@@ -264,7 +256,7 @@ def check_pin_location(pin: dict[str, str], deployment: dict, pod: dict) -> list
 
 def _quantity(value: object) -> float | None:
     try:
-        return manifest_policy.quantity(value) if value is not None else None
+        return quantity(value) if value is not None else None
     except ValueError:
         return None
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import fnmatch
 import json
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,11 +21,12 @@ import engine
 import gateway_policy
 import pin_gate
 import yaml
+from k8s_objects import by_kind, containers, env_value, find, flag_value, pod_spec, quantity, ref
 
-ACCELERATOR_LABEL = "cloud.google.com/gke-accelerator"
+ACCELERATOR_LABEL = capacity_policy.ACCELERATOR_LABEL
 GPU_RESOURCE = pin_gate.GPU_RESOURCE
 TRITON_CONTAINER = "triton"
-FETCH_CONTAINER = "fetch-model"
+FETCH_CONTAINER = cold_start_policy.FETCH_CONTAINER
 PIN_FILE = "model-pin.yaml"
 # The queue gauge each runtime exports from model load on: the C++ TensorRT-LLM backend has its own
 # queue (custom metrics); our python model on CPU queues in Triton's scheduler. NVIDIA's llmapi model
@@ -39,13 +39,6 @@ QUEUE_METRIC = {
 READY_PATH = "/v2/health/ready"
 LIVE_PATH = "/v2/health/live"
 
-_POD_OWNERS = {"Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job"}
-_QUANTITY = re.compile(r"^([0-9.]+)([a-zA-Z]*)$")
-_SUFFIX = {
-    "": 1, "m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15, "E": 1e18,
-    "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60,
-}
-
 
 @dataclass(frozen=True)
 class ServingContext:
@@ -57,46 +50,11 @@ class ServingContext:
     compute_classes: list[dict] | None = None  # the rendered ComputeClasses (gitops/nodepools)
 
 
-def ref(obj: dict) -> str:
-    return f"{obj.get('kind')}/{obj.get('metadata', {}).get('name')}"
-
-
-def quantity(value: object) -> float:
-    """A Kubernetes resource quantity ("24", "500m", "200Gi") as a number."""
-    match = _QUANTITY.match(str(value))
-    if not match or match.group(2) not in _SUFFIX:
-        raise ValueError(f"not a quantity: {value!r}")
-    return float(match.group(1)) * _SUFFIX[match.group(2)]
-
-
 def _same_quantity(a: object, b: object) -> bool:
     try:
         return a is not None and b is not None and quantity(a) == quantity(b)
     except ValueError:
         return False
-
-
-def _pod_spec(obj: dict) -> dict | None:
-    if obj.get("kind") == "Pod":
-        return obj.get("spec", {})
-    if obj.get("kind") == "CronJob":
-        return obj.get("spec", {}).get("jobTemplate", {}).get("spec", {}).get("template", {}).get("spec", {})
-    if obj.get("kind") in _POD_OWNERS:
-        return obj.get("spec", {}).get("template", {}).get("spec", {})
-    return None
-
-
-def _containers(pod: dict) -> Iterator[dict]:
-    yield from pod.get("initContainers", [])
-    yield from pod.get("containers", [])
-
-
-def _by_kind(objects: list[dict], kind: str) -> list[dict]:
-    return [obj for obj in objects if obj.get("kind") == kind]
-
-
-def _find(objects: list[dict], kind: str, name: str) -> dict | None:
-    return next((obj for obj in _by_kind(objects, kind) if obj.get("metadata", {}).get("name") == name), None)
 
 
 # --- checks that hold in every rendered directory -------------------------------------------
@@ -106,8 +64,8 @@ def check_images(objects: list[dict]) -> list[str]:
     """Every container image pinned by tag or digest, never `latest`."""
     problems = []
     for obj in objects:
-        pod = _pod_spec(obj)
-        for container in _containers(pod or {}):
+        pod = pod_spec(obj)
+        for container in containers(pod or {}):
             image = container.get("image", "")
             # The tag is after the last ":" of the last path segment (a registry may have a port).
             last = image.rpartition("/")[2]
@@ -123,7 +81,7 @@ def check_images(objects: list[dict]) -> list[str]:
 def check_autoscaling(objects: list[dict]) -> list[str]:
     """minReplicas >= 1, and no `replicas` on what an HPA scales (Argo CD and the HPA would fight)."""
     problems = []
-    for hpa in _by_kind(objects, "HorizontalPodAutoscaler"):
+    for hpa in by_kind(objects, "HorizontalPodAutoscaler"):
         spec = hpa.get("spec", {})
         if spec.get("minReplicas", 1) < 1:
             problems.append(
@@ -131,7 +89,7 @@ def check_autoscaling(objects: list[dict]) -> list[str]:
                 "(scale to zero puts node provisioning and model load in a user's request)"
             )
         target = spec.get("scaleTargetRef", {})
-        scaled = _find(objects, target.get("kind", ""), target.get("name", ""))
+        scaled = find(objects, target.get("kind", ""), target.get("name", ""))
         if scaled is not None and "replicas" in scaled.get("spec", {}):
             problems.append(
                 f"{ref(scaled)}: sets spec.replicas, but {ref(hpa)} owns the replica count; remove replicas"
@@ -142,7 +100,7 @@ def check_autoscaling(objects: list[dict]) -> list[str]:
 def check_node_pools(objects: list[dict]) -> list[str]:
     """Each GPU node pool's machine type is the catalog's for its GPU and count, tainted for GPUs."""
     problems = []
-    for pool in _by_kind(objects, "ContainerNodePool"):
+    for pool in by_kind(objects, "ContainerNodePool"):
         node = pool.get("spec", {}).get("nodeConfig", {})
         accelerators = node.get("guestAccelerator", [])
         if not accelerators:
@@ -216,7 +174,7 @@ def _check_gpu(obj: dict, pod: dict, triton: dict) -> tuple[catalog.Gpu | None, 
     """The overlay's GPU (from its nodeSelector; none means the cpu target) and GPU count."""
     problems = []
     count = 0
-    for container in _containers(pod):
+    for container in containers(pod):
         n, errors = _gpu_count(obj, container)
         problems += errors
         if container is triton:
@@ -282,7 +240,7 @@ def _check_security(obj: dict, pod: dict) -> list[str]:
     if context.get("runAsNonRoot") is not True or context.get("runAsUser") == 0:
         problems.append(f"{ref(obj)}: pod must run as non-root (securityContext runAsNonRoot: true, runAsUser 1000)")
     pod_seccomp = context.get("seccompProfile", {}).get("type")
-    for container in _containers(pod):
+    for container in containers(pod):
         sc = container.get("securityContext", {})
         name = container.get("name")
         if sc.get("runAsUser") == 0 or sc.get("runAsNonRoot") is False or sc.get("privileged"):
@@ -313,7 +271,7 @@ def _check_repository_path(deployment: dict, pod: dict, triton: dict) -> list[st
 
 
 def _seconds_flag(args: list[str], flag: str, default: int) -> int:
-    value = next((a.split("=", 1)[1] for a in args if a.startswith(f"{flag}=")), None)
+    value = flag_value(args, flag)
     return int(value) if value and value.isdigit() else default
 
 
@@ -325,7 +283,7 @@ def _check_drain(objects: list[dict], deployment: dict, pod: dict, triton: dict)
     pre_stop = int(command[1]) if command[:1] == ["sleep"] and len(command) == 2 and command[1].isdigit() else 0
     grace = pod.get("terminationGracePeriodSeconds", 30)
     problems = capacity_policy.check_grace(deployment, grace, pre_stop, drain)
-    for config in _by_kind(objects, "BackendConfig"):
+    for config in by_kind(objects, "BackendConfig"):
         timeout = config.get("spec", {}).get("timeoutSec", 30)
         if timeout > drain:
             problems.append(
@@ -335,7 +293,7 @@ def _check_drain(objects: list[dict], deployment: dict, pod: dict, triton: dict)
     return problems
 
 
-def _backend_config(objects: list[dict], service: dict, port: dict) -> str | None:
+def _backend_config(service: dict, port: dict) -> str | None:
     annotation = service.get("metadata", {}).get("annotations", {}).get("cloud.google.com/backend-config")
     if not annotation:
         return None
@@ -361,7 +319,7 @@ def _ingress_backends(ingress: dict) -> Iterator[dict]:
 
 def check_ingress(objects: list[dict]) -> list[str]:
     """An HTTPS-only GKE Ingress with a certificate, a redirect, and authentication at the LB."""
-    ingresses = _by_kind(objects, "Ingress")
+    ingresses = by_kind(objects, "Ingress")
     if not ingresses:
         return ["no Ingress: a serving overlay is reached only through the TLS Ingress (components/tls-ingress)"]
     problems = []
@@ -377,21 +335,21 @@ def check_ingress(objects: list[dict]) -> list[str]:
         if not certificates and not ingress["spec"].get("tls"):
             problems.append(f"{name}: has no TLS certificate (annotation networking.gke.io/managed-certificates)")
         for certificate in certificates:
-            if _find(objects, "ManagedCertificate", certificate) is None:
+            if find(objects, "ManagedCertificate", certificate) is None:
                 problems.append(f"{name}: names ManagedCertificate/{certificate}, which is not rendered")
         frontend_name = annotations.get("networking.gke.io/v1beta1.FrontendConfig")
-        frontend = _find(objects, "FrontendConfig", frontend_name or "")
+        frontend = find(objects, "FrontendConfig", frontend_name or "")
         if frontend is None:
             problems.append(f"{name}: needs a FrontendConfig (annotation networking.gke.io/v1beta1.FrontendConfig)")
         elif not frontend.get("spec", {}).get("redirectToHttps", {}).get("enabled"):
             problems.append(f"{ref(frontend)}: must redirect HTTP to HTTPS (redirectToHttps.enabled: true)")
         for backend in _ingress_backends(ingress):
-            service = _find(objects, "Service", backend.get("name", ""))
+            service = find(objects, "Service", backend.get("name", ""))
             if service is None:
                 problems.append(f"{name}: routes to Service/{backend.get('name')}, which is not rendered")
                 continue
-            config_name = _backend_config(objects, service, backend.get("port", {}))
-            config = _find(objects, "BackendConfig", config_name or "")
+            config_name = _backend_config(service, backend.get("port", {}))
+            config = find(objects, "BackendConfig", config_name or "")
             if config is None:
                 problems.append(
                     f"{ref(service)}: has no BackendConfig for the port {name} uses "
@@ -399,7 +357,7 @@ def check_ingress(objects: list[dict]) -> list[str]:
                 )
                 continue
             spec = config.get("spec", {})
-            if not spec.get("iap", {}).get("enabled") and not spec.get("securityPolicy", {}).get("name"):
+            if not gateway_policy.authenticates(config):
                 problems.append(
                     f"{ref(config)}: no authentication in front of Triton; enable iap or set a Cloud Armor "
                     "securityPolicy"
@@ -412,7 +370,7 @@ def check_ingress(objects: list[dict]) -> list[str]:
 
 
 def check_network_policy(objects: list[dict]) -> list[str]:
-    for policy in _by_kind(objects, "NetworkPolicy"):
+    for policy in by_kind(objects, "NetworkPolicy"):
         spec = policy.get("spec", {})
         if spec.get("podSelector") in ({}, None) and "Ingress" in spec.get("policyTypes", []) and not spec.get(
             "ingress"
@@ -445,7 +403,7 @@ def check_pin(
     if not (pin["uri"].startswith("gs://") and pin["uri"].endswith(f"/{pin['build_id']}/")):
         problems.append(f"model-pin uri {pin['uri']!r} must be gs://…/<model>/{pin['build_id']}/ (its build_id)")
     fetch = next((c for c in pod.get("initContainers", []) if c.get("name") == FETCH_CONTAINER), {})
-    uri = next((e.get("value") for e in fetch.get("env", []) if e.get("name") == "MODEL_URI"), None)
+    uri = env_value(fetch, "MODEL_URI")
     if uri != pin["uri"]:
         problems.append(
             f"{ref(deployment)}: init container {FETCH_CONTAINER} fetches {uri!r}, not the pinned {pin['uri']!r}; "
@@ -511,7 +469,7 @@ def _check_hpa_for(objects: list[dict], deployment: dict, runtime: str | None) -
     name = deployment["metadata"]["name"]
     hpas = [
         h
-        for h in _by_kind(objects, "HorizontalPodAutoscaler")
+        for h in by_kind(objects, "HorizontalPodAutoscaler")
         if h.get("spec", {}).get("scaleTargetRef", {}).get("name") == name
     ]
     if not hpas:
@@ -522,7 +480,7 @@ def _check_hpa_for(objects: list[dict], deployment: dict, runtime: str | None) -
             family, _, scraped = metric.get("pods", {}).get("metric", {}).get("name", "").partition("|")
             if family != "prometheus.googleapis.com":
                 continue
-            if not _by_kind(objects, "PodMonitoring"):
+            if not by_kind(objects, "PodMonitoring"):
                 problems.append(
                     f"{ref(hpa)}: scales on a Managed Prometheus metric, but no PodMonitoring scrapes Triton"
                 )
@@ -547,13 +505,13 @@ def _check_hpa_for(objects: list[dict], deployment: dict, runtime: str | None) -
 def check_serving(objects: list[dict], pin_path: Path, context: ServingContext) -> list[str]:
     """Everything a serving overlay must be, including the pin gate."""
     problems = []
-    deployments = _by_kind(objects, "Deployment")
+    deployments = by_kind(objects, "Deployment")
     if not deployments:
         return ["no Deployment: a serving overlay must render the Triton Deployment (gitops/base)"]
     pin, pin_problems = read_pin(pin_path)
     problems += pin_problems
     for deployment in deployments:
-        pod = _pod_spec(deployment)
+        pod = pod_spec(deployment)
         triton = next((c for c in pod.get("containers", []) if c.get("name") == TRITON_CONTAINER), None)
         if triton is None:
             problems.append(f"{ref(deployment)}: no container named {TRITON_CONTAINER}")

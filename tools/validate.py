@@ -31,6 +31,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "build"))
 
 import capacity_policy  # noqa: E402
+import k8s_objects  # noqa: E402
 import kubeschema  # noqa: E402
 import manifest_policy  # noqa: E402
 import monitoring_policy  # noqa: E402
@@ -150,7 +151,7 @@ def check_directory(
     """Every problem of one rendered directory: schema, policy everywhere, and serving policy for overlays."""
     problems = []
     for obj in objects:
-        problems += [f"{manifest_policy.ref(obj)}: {p}" for p in kubeschema.validate_object(obj, crds)]
+        problems += [f"{k8s_objects.ref(obj)}: {p}" for p in kubeschema.validate_object(obj, crds)]
     problems += manifest_policy.check_everywhere(objects)
     problems += capacity_policy.check_jobs(objects, platform) + capacity_policy.check_job_disruptions(objects)
     thresholds = monitoring_policy.read_thresholds(directory / monitoring_policy.THRESHOLDS_FILE)
