@@ -18,6 +18,7 @@ import re
 from pathlib import Path
 
 import yaml
+from k8s_objects import by_kind, ref
 
 REPO = Path(__file__).resolve().parent.parent
 RUNBOOK = REPO / "docs" / "runbook.md"
@@ -101,20 +102,20 @@ def check_alert(rule: dict, runbook_anchors: set[str], thresholds: dict[str, str
 
 def check_rules(objects: list[dict], runbook: Path = RUNBOOK, thresholds: dict[str, str] | None = None) -> list[str]:
     """Every alert of every rendered Rules object, against the overlay's thresholds where it has them."""
-    if not any(obj.get("kind") == "Rules" for obj in objects):
+    rules = by_kind(objects, "Rules")
+    if not rules:
         return []
     runbook_anchors = anchors(runbook.read_text())
     return [
-        f"Rules/{obj['metadata']['name']}: {problem}"
-        for obj in objects
-        if obj.get("kind") == "Rules"
+        f"{ref(obj)}: {problem}"
+        for obj in rules
         for rule in alerts(obj)
         for problem in check_alert(rule, runbook_anchors, thresholds)
     ]
 
 
 def check_serving(objects: list[dict]) -> list[str]:
-    if not any(obj.get("kind") == "Rules" for obj in objects):
+    if not by_kind(objects, "Rules"):
         return ["no Rules: a serving overlay is alerted on by the monitoring component (components/monitoring)"]
     return []
 
