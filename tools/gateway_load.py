@@ -85,12 +85,8 @@ def stream(client: httpx.Client, url: str, expectation: loadgen.Expectation, see
 
 
 def check(expectation: loadgen.Expectation, seed: int, tokens: int, pieces: list[str]) -> loadgen.Outcome:
-    got, want = "".join(pieces), expectation.text(seed, tokens)
-    if got != want:
-        at = next((i for i, (a, b) in enumerate(zip(got, want, strict=False)) if a != b), min(len(got), len(want)))
-        return loadgen.Outcome("mismatch", tokens, f"text differs at char {at}: got {got[at:at + 20]!r}, "
-                                                   f"want {want[at:at + 20]!r}")
-    return loadgen.Outcome("ok", tokens)
+    difference = loadgen.text_difference("".join(pieces), expectation.text(seed, tokens))
+    return loadgen.Outcome("mismatch", tokens, difference) if difference else loadgen.Outcome("ok", tokens)
 
 
 def drive(url: str, expectation: loadgen.Expectation, concurrency: int, tokens: int, tally: loadgen.Tally,
@@ -110,10 +106,4 @@ def drive(url: str, expectation: loadgen.Expectation, concurrency: int, tokens: 
                 if outcome.kind == "hung":
                     return
 
-    began = time.monotonic()
-    workers = [threading.Thread(target=work, daemon=True) for _ in range(concurrency)]
-    for worker in workers:
-        worker.start()
-    for worker in workers:
-        worker.join()
-    return time.monotonic() - began
+    return loadgen.run_workers(concurrency, work)

@@ -68,6 +68,14 @@ def tensor(name: str, value: np.ndarray, datatype: str) -> grpcclient.InferInput
     return item
 
 
+def text_difference(got: str, want: str) -> str | None:
+    """Where a streamed text first differs from the expected one; None where they are equal."""
+    if got == want:
+        return None
+    at = next((i for i, (a, b) in enumerate(zip(got, want, strict=False)) if a != b), min(len(got), len(want)))
+    return f"text differs at char {at}: got {got[at:at + 20]!r}, want {want[at:at + 20]!r}"
+
+
 class Streamer:
     """One gRPC stream to one model; one request on it at a time (a worker of the load)."""
 
@@ -160,12 +168,9 @@ class Streamer:
 
     def check(self, seed: int, tokens: int, pieces: list[str], ids: list[int]) -> Outcome:
         if self.model == "ensemble":
-            got, want = "".join(pieces), self.expect.text(seed, tokens)
-            if got != want:
-                at = next((i for i, (a, b) in enumerate(zip(got, want, strict=False)) if a != b), min(len(got),
-                                                                                                    len(want)))
-                return Outcome("mismatch", tokens, f"text differs at char {at}: got {got[at:at + 20]!r}, "
-                                                   f"want {want[at:at + 20]!r} ({len(pieces)} pieces)")
+            difference = text_difference("".join(pieces), self.expect.text(seed, tokens))
+            if difference:
+                return Outcome("mismatch", tokens, f"{difference} ({len(pieces)} pieces)")
             return Outcome("ok", tokens)
         if ids != self.expect.ids(seed, tokens):
             return Outcome("mismatch", len(ids), f"ids differ: got {len(ids)} ids, want {tokens}")
@@ -230,6 +235,11 @@ def drive(url: str, model: str, expectation: Expectation, concurrency: int, toke
         finally:
             streamer.close()
 
+    return run_workers(concurrency, work)
+
+
+def run_workers(concurrency: int, work: Callable[[], None]) -> float:
+    """`concurrency` threads of work, started together; the wall seconds until the last returns."""
     began = time.monotonic()
     workers = [threading.Thread(target=work, daemon=True) for _ in range(concurrency)]
     for worker in workers:
