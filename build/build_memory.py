@@ -35,13 +35,18 @@ class BuildNeeds:
         return asdict(self)
 
 
+def _usable_bytes(gpu: catalog.Gpu) -> int:
+    """One GPU's memory less the headroom serving keeps: what calibration may fill."""
+    memory = int(gpu.memory_gib * planner.GIB)
+    return memory - planner.headroom_bytes(memory)
+
+
 def needs(shape: ModelShape, gpu: catalog.Gpu, plan: planner.Plan) -> BuildNeeds | None:
     """None where nothing is built (cpu target, or a pre-quantized checkpoint served as shipped)."""
     if gpu.is_cpu or plan.runtime != "engine":
         return None
     wide, _ = planner.weight_bytes(shape, "bf16")
-    memory = int(gpu.memory_gib * planner.GIB)
-    usable = memory - max(planner.HEADROOM_MIN_GIB * planner.GIB, int(memory * planner.HEADROOM_FRACTION))
+    usable = _usable_bytes(gpu)
     if plan.precision in QUANTIZED:
         step = "quantize.py (ModelOpt calibration on GPU)"
         on_gpu = next((n for n in sorted(gpu.machine_types)
@@ -54,8 +59,7 @@ def needs(shape: ModelShape, gpu: catalog.Gpu, plan: planner.Plan) -> BuildNeeds
     if on_gpu == 0:
         most = gpu.max_gpus_per_node
         bigger = [g.name for g in catalog.gpus().values() if not g.is_cpu and plan.precision in g.precisions
-                  and g.max_gpus_per_node * g.memory_gib * (1 - planner.HEADROOM_FRACTION) * planner.GIB
-                  >= CALIBRATION_FACTOR * wide]
+                  and g.max_gpus_per_node * _usable_bytes(g) >= CALIBRATION_FACTOR * wide]
         calibration = CALIBRATION_FACTOR * wide / planner.GIB
         problem = (f"calibration needs {CALIBRATION_FACTOR:g} x the 16-bit model ({calibration:.1f} GiB) on GPU; "
                    f"{most} x {gpu.name} give {most * usable / planner.GIB:.1f} GiB after headroom. "

@@ -181,6 +181,11 @@ def weight_bytes(shape: ModelShape, precision: str, tp: int = 1) -> tuple[int, i
     return replicated + split, replicated + math.ceil(split / tp)
 
 
+def headroom_bytes(memory: int) -> int:
+    """What a GPU of `memory` bytes keeps free of weights and KV cache (see the module docstring)."""
+    return max(HEADROOM_MIN_GIB * GIB, int(memory * HEADROOM_FRACTION))
+
+
 def _memory(shape: ModelShape, gpu: catalog.Gpu, precision: str, tp: int) -> _Memory:
     total, per_gpu = weight_bytes(shape, precision, tp)
     # The cpu target has no GPU: its budget is the Triton pod's memory request.
@@ -189,7 +194,7 @@ def _memory(shape: ModelShape, gpu: catalog.Gpu, precision: str, tp: int) -> _Me
     return _Memory(
         weights_total=total,
         weights_per_gpu=per_gpu,
-        headroom=max(HEADROOM_MIN_GIB * GIB, int(memory * HEADROOM_FRACTION)),
+        headroom=headroom_bytes(memory),
         memory=memory,
         kv_bytes_per_token=shape.num_layers * kv_heads * shape.head_dim * 2 * PRECISIONS[precision].kv_bytes,
     )
