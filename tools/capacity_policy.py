@@ -265,14 +265,18 @@ def _check_spot_class(computeclass: dict, offers: list[Offer]) -> list[str]:
 # --- serving: Spot survival, drains, disruption budget ----------------------------------------------
 
 
-def _min_replicas(objects: list[dict], deployment: dict) -> int:
+def hpas_for(objects: list[dict], deployment: dict) -> list[dict]:
+    """The HorizontalPodAutoscalers that scale this Deployment."""
     name = deployment["metadata"]["name"]
-    hpas = [
+    return [
         h
         for h in by_kind(objects, "HorizontalPodAutoscaler")
         if h.get("spec", {}).get("scaleTargetRef", {}).get("name") == name
     ]
-    return min((h["spec"].get("minReplicas", 1) for h in hpas), default=1)
+
+
+def _min_replicas(objects: list[dict], deployment: dict) -> int:
+    return min((h["spec"].get("minReplicas", 1) for h in hpas_for(objects, deployment)), default=1)
 
 
 def _spread_over_nodes(pod: dict) -> bool:

@@ -466,12 +466,7 @@ def _check_node_pool_exists(deployment: dict, gpu: catalog.Gpu, count: int, pool
 
 
 def _check_hpa_for(objects: list[dict], deployment: dict, runtime: str | None) -> list[str]:
-    name = deployment["metadata"]["name"]
-    hpas = [
-        h
-        for h in by_kind(objects, "HorizontalPodAutoscaler")
-        if h.get("spec", {}).get("scaleTargetRef", {}).get("name") == name
-    ]
+    hpas = capacity_policy.hpas_for(objects, deployment)
     if not hpas:
         return [f"{ref(deployment)}: no HorizontalPodAutoscaler scales it (components/autoscaling)"]
     problems = []
