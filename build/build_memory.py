@@ -37,7 +37,7 @@ class BuildNeeds:
 
 def _usable_bytes(gpu: catalog.Gpu) -> int:
     """One GPU's memory less the headroom serving keeps: what calibration may fill."""
-    memory = int(gpu.memory_gib * planner.GIB)
+    memory = int(gpu.memory_gib * catalog.GIB)
     return memory - planner.headroom_bytes(memory)
 
 
@@ -60,16 +60,16 @@ def needs(shape: ModelShape, gpu: catalog.Gpu, plan: planner.Plan) -> BuildNeeds
         most = gpu.max_gpus_per_node
         bigger = [g.name for g in catalog.gpus().values() if not g.is_cpu and plan.precision in g.precisions
                   and g.max_gpus_per_node * _usable_bytes(g) >= CALIBRATION_FACTOR * wide]
-        calibration = CALIBRATION_FACTOR * wide / planner.GIB
+        calibration = CALIBRATION_FACTOR * wide / catalog.GIB
         problem = (f"calibration needs {CALIBRATION_FACTOR:g} x the 16-bit model ({calibration:.1f} GiB) on GPU; "
-                   f"{most} x {gpu.name} give {most * usable / planner.GIB:.1f} GiB after headroom. "
+                   f"{most} x {gpu.name} give {most * usable / catalog.GIB:.1f} GiB after headroom. "
                    f"Build on a bigger node ({', '.join(bigger) or 'none in the catalog'}), or serve a "
                    f"pre-quantised checkpoint such as NVIDIA's nvidia/<model>-FP8 with --runtime llmapi")
-    elif host_available < wide / planner.GIB:
-        problem = (f"the build holds the 16-bit model ({wide / planner.GIB:.1f} GiB) in host memory; the Job's "
+    elif host_available < wide / catalog.GIB:
+        problem = (f"the build holds the 16-bit model ({wide / catalog.GIB:.1f} GiB) in host memory; the Job's "
                    f"{on_gpu} GPU(s) come with {host_available} GiB. Take more GPUs' share of the node, or "
                    f"serve a pre-quantised checkpoint (nvidia/<model>-FP8) with --runtime llmapi")
-    return BuildNeeds(step, round(wide / planner.GIB, 2), on_gpu, round(wide / planner.GIB, 2),
+    return BuildNeeds(step, round(wide / catalog.GIB, 2), on_gpu, round(wide / catalog.GIB, 2),
                       float(host_available), problem)
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 GPUS_FILE = HERE / "gpus.toml"
 VERSIONS_FILE = HERE / "versions.toml"
+GIB = 2**30  # the unit of memory_gib and pod_memory_gib
 
 
 class UnknownGpuError(ValueError):

@@ -29,12 +29,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import catalog
+from catalog import GIB
 
 if TYPE_CHECKING:
     from planner import Plan
 
 PRICES_FILE = Path(__file__).resolve().parent / "prices.toml"
-GIB = 2**30
 # Decode kernels read weights and KV at well under datasheet bandwidth (launch gaps, attention at short
 # lengths, sampling); 0.6 puts the estimates within 2x of NVIDIA's measurements (tests/test_estimate.py).
 BANDWIDTH_EFFICIENCY = 0.6

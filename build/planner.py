@@ -33,9 +33,9 @@ from dataclasses import asdict, dataclass
 
 import catalog
 import estimate
+from catalog import GIB
 from hf_config import ModelShape
 
-GIB = 2**30
 HEADROOM_MIN_GIB = 2
 HEADROOM_FRACTION = 0.10
 TOKENS_PER_BLOCK = 32  # TRT-LLM 1.x paged-KV block size (trtllm-build --tokens_per_block default in 1.x); passed to it
