@@ -147,12 +147,7 @@ class Triton:
 
     async def decode(self, call, answer: Answer) -> AsyncIterator[str]:
         text = StreamedText(self.model.fast, self.model.skip_special_tokens)
-        async for result, error in call:
-            if error is not None:
-                raise error
-            output = result.as_numpy("output_ids")
-            if output is None or not output.size:
-                continue
+        async for result, output in _outputs(call, "output_ids"):
             length = int(result.as_numpy("sequence_length").reshape(-1)[0])
             ids = output.reshape(-1)[:length].tolist()
             answer.ids += ids
@@ -168,15 +163,20 @@ class Triton:
         """The ensemble streams text pieces; tokens are counted by encoding the text (close, not exact)."""
         whole = []
         try:
-            async for result, error in call:
-                if error is not None:
-                    raise error
-                output = result.as_numpy("text_output")
-                if output is None or not output.size:
-                    continue
+            async for _, output in _outputs(call, "text_output"):
                 piece = b"".join(output.reshape(-1)).decode("utf-8")
                 whole.append(piece)
                 if piece:
                     yield piece
         finally:  # also when a stop sequence ended the answer early
             answer.completion_tokens = len(self.model.fast.encode("".join(whole), add_special_tokens=False).ids)
+
+
+async def _outputs(call, name: str) -> AsyncIterator[tuple[object, np.ndarray]]:
+    """Each response of the stream that carries `name`, with it; an error response raises."""
+    async for result, error in call:
+        if error is not None:
+            raise error
+        output = result.as_numpy(name)
+        if output is not None and output.size:
+            yield result, output
