@@ -72,10 +72,10 @@ def backend_directory() -> Path:
     return target
 
 
-def server_environment(grpc_address: str) -> dict[str, str]:
+def server_environment(http_address: str) -> dict[str, str]:
     env = dict(os.environ)
-    # The ensemble calls the other models through the server's gRPC endpoint (its loopback.py).
-    env["TRITON_LOOPBACK_GRPC"] = grpc_address
+    # The ensemble calls the other models through the server's HTTP endpoint (its loopback.py).
+    env["TRITON_LOOPBACK_HTTP"] = http_address
     dist = pytriton_dist()
     libs = [str(dist.parent.parent / "nvidia_pytriton.libs"), sysconfig.get_config_var("LIBDIR") or ""]
     env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in [*libs, env.get("LD_LIBRARY_PATH", "")] if p)
@@ -115,7 +115,7 @@ def start(repository: Path, ports: Ports, host: str = "127.0.0.1", log_file: Pat
         raise ServeError(f"{repository} is not a built model repository (no ensemble/); "
                          "run `python build/compile.py --gpu cpu` first")
     stdout = open(log_file, "ab") if log_file else None  # noqa: SIM115 - handed to the child
-    loopback = f"{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{ports.grpc}"
+    loopback = f"{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{ports.http}"
     return subprocess.Popen(server_command(repository, ports, host), env=server_environment(loopback),
                             stdout=stdout, stderr=subprocess.STDOUT if stdout else None)
 

@@ -1,4 +1,4 @@
-"""Calls to the other models of this tritonserver through its own gRPC endpoint (loopback).
+"""Calls to the other models of this tritonserver through its own HTTP endpoint (loopback).
 
 Why not BLS: in the python backend, decoupled BLS responses are read with a blocking iterator, one
 thread per stream. Under a fast engine the stub deadlocks (a thread woken in
@@ -6,150 +6,233 @@ thread per stream. Under a fast engine the stub deadlocks (a thread woken in
 BLS call holds the GIL and waits for the iterator map's mutex, which the message thread holds while
 it waits for the iterator's mutex: python_backend src/pb_response_iterator.cc and src/pb_stub.cc,
 unchanged through 2026), and a BLS request cannot be cancelled before python_backend #398
-(2025-04, after the 24.10 release this project runs locally). Over gRPC, one asyncio event loop
-carries every stream, and cancelling a call cancels the request in Triton, where the C++ backend's
-cancellation check and our CPU model see it.
+(2025-04, after the 24.10 release this project runs locally).
 
-Tensors travel as raw bytes both ways: no per-token tensor objects beyond what the protocol needs.
+Why HTTP and not gRPC: reading a stream is what this process does per token, and grpcio's asyncio
+receive path cost ~145 µs of CPU per streamed token here, against ~57 for reading Triton's
+`generate_stream` server-sent events with a plain asyncio protocol (same stand-in engine, same
+run; tools/bench.py --ceiling measures the whole ensemble). Each call is one HTTP/1.1 request on a
+connection of its own, so closing the connection is how a call is cancelled: Triton's HTTP frontend
+cancels a request whose client went away, and the C++ backend's cancellation check and our CPU
+model see it. It needs nothing beyond the standard library in the serving image.
 """
 
 from __future__ import annotations
 
 import asyncio
-import struct
+import json
+from collections import deque
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 
-import grpc
 import numpy as np
-from wire import SERVICE, ModelInferRequest, ModelInferResponse, ModelStreamInferResponse
+from utf8_text import decode_text
 
 DATATYPES = {
     np.dtype(np.bool_): "BOOL", np.dtype(np.int32): "INT32", np.dtype(np.int64): "INT64",
     np.dtype(np.uint64): "UINT64", np.dtype(np.float32): "FP32", np.dtype(np.float64): "FP64",
 }
-NUMPY_TYPES = {name: dtype for dtype, name in DATATYPES.items()}
 
 
 class ModelError(RuntimeError):
     """A model refused the request or failed; the message is the model's own."""
 
 
-@dataclass(frozen=True)
-class Tensor:
-    name: str
-    datatype: str
-    shape: tuple[int, ...]
-    raw: bytes
-
-    def renamed(self, name: str) -> Tensor:
-        return Tensor(name, self.datatype, self.shape, self.raw)
+def is_text(array: np.ndarray) -> bool:
+    return array.dtype == np.object_ or array.dtype.kind == "S"
 
 
-def serialize_bytes(array: np.ndarray) -> bytes:
-    """Triton's BYTES wire format: each element as a 4-byte little-endian length, then its bytes."""
-    parts = []
-    for item in array.reshape(-1):
-        data = item if isinstance(item, bytes) else str(item).encode("utf-8")
-        parts.append(struct.pack("<I", len(data)) + data)
-    return b"".join(parts)
+def json_values(label: str, array: np.ndarray) -> list:
+    """The array's elements, flat, as JSON takes them: BYTES as text (NotUtf8, naming `label`, if not UTF-8)."""
+    values = array.reshape(-1).tolist()
+    return [decode_text(value, label) for value in values] if is_text(array) else values
 
 
-def deserialize_bytes(raw: bytes) -> list[bytes]:
-    items, offset = [], 0
-    while offset < len(raw):
-        (length,) = struct.unpack_from("<I", raw, offset)
-        offset += 4
-        items.append(raw[offset:offset + length])
-        offset += length
-    return items
+def infer_tensor(name: str, array: np.ndarray, label: str) -> dict:
+    """One input of a KServe v2 JSON infer request; `label` is what an error calls it."""
+    datatype = "BYTES" if is_text(array) else DATATYPES[array.dtype]
+    return {"name": name, "shape": list(array.shape), "datatype": datatype, "data": json_values(label, array)}
 
 
-def from_numpy(name: str, array: np.ndarray) -> Tensor:
-    if array.dtype == np.object_ or array.dtype.kind in "SU":
-        return Tensor(name, "BYTES", array.shape, serialize_bytes(array))
-    return Tensor(name, DATATYPES[array.dtype], array.shape, np.ascontiguousarray(array).tobytes())
+def values(event: dict, name: str) -> list:
+    """An output of a generate_stream event: Triton writes a one-element tensor as a bare value."""
+    value = event[name]
+    return value if isinstance(value, list) else [value]
 
 
-class Outputs:
-    """The output tensors of one response, by name."""
+class Exchange(asyncio.Protocol):
+    """One HTTP/1.1 request and its response, read as it arrives: the status, then the body
+    (chunked or Content-Length) split into server-sent events, or whole."""
 
-    def __init__(self, response: ModelInferResponse):
-        self.response = response
-        self.index = {output.name: i for i, output in enumerate(response.outputs)}
+    def __init__(self, request: bytes, events: bool):
+        self.request = request
+        self.split_events = events
+        self.transport: asyncio.Transport | None = None
+        self.buffer = bytearray()
+        self.status = 0
+        self.chunked = False
+        self.length: int | None = None
+        self.body = bytearray()
+        self.events: deque[bytes] = deque()
+        self.complete = False
+        self.lost = False
+        self.waiter: asyncio.Future | None = None
 
-    def tensor(self, name: str) -> Tensor:
-        i = self.index[name]
-        output = self.response.outputs[i]
-        return Tensor(name, output.datatype, tuple(output.shape), self.response.raw_output_contents[i])
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        transport.write(self.request)
 
-    def ints(self, name: str) -> np.ndarray:
-        i = self.index[name]
-        return np.frombuffer(self.response.raw_output_contents[i], dtype=NUMPY_TYPES[self.response.outputs[i].datatype])
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        if not self.status and not self.read_head():
+            return
+        self.read_body()
+        if self.split_events and b"\n\n" in self.body:
+            *events, rest = bytes(self.body).split(b"\n\n")
+            self.events.extend(events)
+            self.body = bytearray(rest)
+        if self.complete and self.transport is not None:
+            self.transport.close()
+        self.wake()
 
-    def strings(self, name: str) -> list[bytes]:
-        return deserialize_bytes(self.response.raw_output_contents[self.index[name]])
+    def read_head(self) -> bool:
+        end = self.buffer.find(b"\r\n\r\n")
+        if end < 0:
+            return False
+        lines = bytes(self.buffer[:end]).decode("latin-1").split("\r\n")
+        del self.buffer[:end + 4]
+        self.status = int(lines[0].split(" ", 2)[1])
+        headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+        self.chunked = headers.get("transfer-encoding", "").lower() == "chunked"
+        self.length = int(headers["content-length"]) if "content-length" in headers else None
+        return True
+
+    def read_body(self) -> None:
+        if not self.chunked:
+            self.body += self.buffer
+            self.buffer.clear()
+            self.complete = self.length is not None and len(self.body) >= self.length
+            return
+        while True:
+            line_end = self.buffer.find(b"\r\n")
+            if line_end < 0:
+                return
+            size = int(bytes(self.buffer[:line_end]).split(b";")[0], 16)
+            if size == 0:
+                self.complete = True
+                return
+            if len(self.buffer) < line_end + 2 + size + 2:
+                return
+            self.body += self.buffer[line_end + 2:line_end + 2 + size]
+            del self.buffer[:line_end + 2 + size + 2]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        self.wake()
+
+    def wake(self) -> None:
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(None)
+
+    async def wait(self) -> None:
+        self.waiter = asyncio.get_running_loop().create_future()
+        await self.waiter
+        self.waiter = None
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
 
 
-def infer_request(model: str, inputs: list[Tensor], outputs: list[str]) -> ModelInferRequest:
-    request = ModelInferRequest(model_name=model)
-    for tensor in inputs:
-        request.inputs.add(name=tensor.name, datatype=tensor.datatype, shape=tensor.shape)
-        request.raw_input_contents.append(tensor.raw)
-    for name in outputs:
-        request.outputs.add(name=name)
-    return request
+def error_of(body: bytes) -> str:
+    """The message of Triton's error body: {"error": ...}, bare or as a server-sent event."""
+    text = body.decode("utf-8", "replace").strip()
+    if text.startswith("data:"):
+        text = text[5:].strip()
+    try:
+        return str(json.loads(text).get("error", text))
+    except (ValueError, AttributeError):
+        return text or "no message"
 
 
 class Stream:
-    """One request to a decoupled model, its responses as they come; `cancel()` cancels it in Triton."""
+    """One request to a decoupled model over generate_stream, its events as they come; `cancel()`
+    closes its connection, which cancels it in Triton."""
 
-    def __init__(self, call):
-        self.call = call
+    def __init__(self, loopback: Loopback, path: str, body: bytes):
+        self.loopback = loopback
+        self.path = path
+        self.body = body
+        self.exchange: Exchange | None = None
+        self.cancelled = False
 
     def cancel(self) -> None:
-        self.call.cancel()
+        self.cancelled = True
+        if self.exchange is not None:
+            self.exchange.close()
 
-    async def responses(self) -> AsyncIterator[Outputs]:
+    async def responses(self) -> AsyncIterator[dict]:
+        if self.cancelled:
+            raise ModelError("request cancelled")
+        exchange = self.exchange = await self.loopback.open(self.path, self.body, events=True)
         try:
-            async for message in self.call:
-                if message.error_message:
-                    raise ModelError(message.error_message)
-                response = message.infer_response
-                if response.outputs:
-                    yield Outputs(response)
-                if response.parameters["triton_final_response"].bool_param:
+            while True:
+                while exchange.events:
+                    if self.cancelled:
+                        raise ModelError("request cancelled")
+                    event = exchange.events.popleft()
+                    if exchange.status != 200:
+                        raise ModelError(error_of(event))
+                    if event.startswith(b"data: "):
+                        parsed = json.loads(event[6:])
+                        if "error" in parsed:
+                            raise ModelError(str(parsed["error"]))
+                        yield parsed
+                if self.cancelled:
+                    raise ModelError("request cancelled")
+                if exchange.complete:
+                    if exchange.status != 200:
+                        raise ModelError(error_of(bytes(exchange.body)))
                     return
-        except grpc.aio.AioRpcError as error:
-            raise ModelError(error.details() or str(error.code())) from None
-        except asyncio.CancelledError:  # what reading a call raises once cancel() was called
-            raise ModelError("request cancelled") from None
+                if exchange.lost:
+                    raise ModelError("tritonserver closed the loopback connection before the response ended")
+                await exchange.wait()
+        finally:
+            exchange.close()
 
 
 class Loopback:
-    """A gRPC channel to this server; create it on the event loop that will use it."""
+    """Requests to this server's HTTP endpoint; use it from one event loop."""
 
-    def __init__(self, url: str):
-        self.channel = grpc.aio.insecure_channel(url, options=[
-            ("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)])
-        self.model_infer = self.channel.unary_unary(
-            f"/{SERVICE}/ModelInfer", request_serializer=ModelInferRequest.SerializeToString,
-            response_deserializer=ModelInferResponse.FromString)
-        self.model_stream_infer = self.channel.stream_stream(
-            f"/{SERVICE}/ModelStreamInfer", request_serializer=ModelInferRequest.SerializeToString,
-            response_deserializer=ModelStreamInferResponse.FromString)
+    def __init__(self, host: str, port: int):
+        self.host, self.port = host, port
 
-    async def infer(self, model: str, inputs: list[Tensor], outputs: list[str]) -> Outputs:
+    def request(self, path: str, body: bytes) -> bytes:
+        return (f"POST {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+
+    async def open(self, path: str, body: bytes, events: bool) -> Exchange:
+        exchange = Exchange(self.request(path, body), events)
         try:
-            return Outputs(await self.model_infer(infer_request(model, inputs, outputs)))
-        except grpc.aio.AioRpcError as error:
-            raise ModelError(error.details() or str(error.code())) from None
+            await asyncio.get_running_loop().create_connection(lambda: exchange, self.host, self.port)
+        except OSError as error:
+            raise ModelError(f"cannot reach this server's HTTP endpoint at {self.host}:{self.port}: {error}") from None
+        return exchange
 
-    def stream(self, model: str, inputs: list[Tensor], outputs: list[str]) -> Stream:
-        request = infer_request(model, inputs, outputs)
-        # Without it Triton sends a decoupled model's final flag on no response at all.
-        request.parameters["triton_enable_empty_final_response"].bool_param = True
-        return Stream(self.model_stream_infer(iter([request])))
+    async def infer(self, model: str, inputs: list[dict], outputs: list[str]) -> dict[str, dict]:
+        """A non-decoupled model's one response, as {output name: {"shape", "datatype", "data"}}."""
+        body = json.dumps({"inputs": inputs, "outputs": [{"name": name} for name in outputs]}).encode()
+        exchange = await self.open(f"/v2/models/{model}/infer", body, events=False)
+        try:
+            while not exchange.complete:
+                if exchange.lost:
+                    raise ModelError(f"tritonserver closed the loopback connection before {model} answered")
+                await exchange.wait()
+        finally:
+            exchange.close()
+        if exchange.status != 200:
+            raise ModelError(error_of(bytes(exchange.body)))
+        return {output["name"]: output for output in json.loads(bytes(exchange.body))["outputs"]}
 
-    async def close(self) -> None:
-        await self.channel.close()
+    def stream(self, model: str, inputs: dict[str, list]) -> Stream:
+        """A decoupled model's responses; `inputs` maps each input to its elements, flat."""
+        return Stream(self, f"/v2/models/{model}/generate_stream", json.dumps(inputs).encode())

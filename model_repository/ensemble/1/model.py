@@ -1,7 +1,7 @@
 """ensemble: text in, text out, over preprocessing -> tensorrt_llm.
 
-The composing models are called through this server's own gRPC endpoint (loopback.py says why not
-BLS), from one asyncio event loop that carries every request. Streams are detokenized
+The composing models are called through this server's own HTTP endpoint (loopback.py says why not
+BLS, and why not gRPC), from one asyncio event loop that carries every request. Streams are detokenized
 incrementally (streamed_text.py); at the end of a stream the decode of the whole answer settles the
 tail, so the streamed pieces always add up to the non-streamed answer. A request whose client went
 away is noticed within cancellation_check_period_ms and its tensorrt_llm request is cancelled.
@@ -18,10 +18,11 @@ from concurrent.futures import Future
 import numpy as np
 import triton_python_backend_utils as pb_utils
 from answer_metrics import Answer, AnswerMetrics
-from loopback import Loopback, ModelError, Outputs, Stream, Tensor, from_numpy
+from loopback import Loopback, ModelError, Stream, infer_tensor, json_values, values
 from model_params import load_config, load_tokenizer, parameter
 from sampling_ranges import range_error
 from streamed_text import StreamedText
+from utf8_text import NotUtf8
 
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
 
@@ -41,7 +42,6 @@ SAMPLING_INPUTS = {
     "random_seed": "seed", "seed": "seed", "beam_width": "beam_width",
     "exclude_input_in_output": "exclude_input_in_output",
 }
-TOKEN_OUTPUTS = ["output_ids", "sequence_length"]  # the C++ backend needs both asked for
 
 # The text-in, text-out llmapi model: what each of our inputs is called there.
 LLMAPI_INPUTS = {
@@ -70,18 +70,20 @@ def text_response(texts: list[str]) -> pb_utils.InferenceResponse:
     return pb_utils.InferenceResponse([pb_utils.Tensor("text_output", array)])
 
 
-def new_ids(outputs: Outputs) -> list[int]:
+def new_ids(event: dict) -> list[int]:
     """The token ids one tensorrt_llm response carries (output_ids up to its sequence_length)."""
-    return outputs.ints("output_ids")[:int(outputs.ints("sequence_length")[0])].tolist()
+    return values(event, "output_ids")[:values(event, "sequence_length")[0]]
 
 
 def error_response(message: str) -> pb_utils.InferenceResponse:
     return pb_utils.InferenceResponse(error=pb_utils.TritonError(message))
 
 
-def loopback_url(config: dict) -> str:
+def loopback(config: dict) -> Loopback:
     """tools/serve.py names the port it started tritonserver on; in the pod it is the configured one."""
-    return os.environ.get("TRITON_LOOPBACK_GRPC") or f"127.0.0.1:{parameter(config, 'loopback_grpc_port', int)}"
+    address = os.environ.get("TRITON_LOOPBACK_HTTP") or f"127.0.0.1:{parameter(config, 'loopback_http_port', int)}"
+    host, _, port = address.rpartition(":")
+    return Loopback(host, int(port))
 
 
 def check_sampling(request) -> None:
@@ -152,7 +154,7 @@ class TritonPythonModel:
         self.skip_special_tokens = parameter(config, "skip_special_tokens", bool)
         self.text_in_text_out = parameter(config, "tensorrt_llm_inputs", str) == "text"
         self.check_period = parameter(config, "cancellation_check_period_ms", int) / 1000
-        self.url = loopback_url(config)
+        self.loopback = loopback(config)
         self.metrics = AnswerMetrics(args["model_name"], args["model_version"])
         # execute() blocks while every slot is taken, so the backlog stays in Triton's queue, where
         # the pending-request metric (and so the autoscaler) can see it.
@@ -162,11 +164,7 @@ class TritonPythonModel:
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, name="ensemble-loop", daemon=True)
         self.thread.start()
-        self.loopback: Loopback = asyncio.run_coroutine_threadsafe(self.connect(), self.loop).result()
-
-    async def connect(self) -> Loopback:
-        self.watcher = asyncio.ensure_future(self.watch_cancellations())
-        return Loopback(self.url)
+        self.watcher = asyncio.run_coroutine_threadsafe(self.watch_cancellations(), self.loop)
 
     def execute(self, requests):
         for request in requests:
@@ -181,11 +179,7 @@ class TritonPythonModel:
             pb_utils.Logger.log_error(f"ensemble: {future.exception()!r}")
 
     def finalize(self):
-        async def shut() -> None:
-            self.watcher.cancel()
-            await self.loopback.close()
-
-        asyncio.run_coroutine_threadsafe(shut(), self.loop).result(timeout=30)
+        self.watcher.cancel()
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(timeout=30)
 
@@ -215,7 +209,7 @@ class TritonPythonModel:
         try:
             await self.answer(request, sender, tracked)
             outcome = "ok"
-        except (RequestError, ModelError) as error:
+        except (RequestError, ModelError, NotUtf8) as error:
             outcome = "cancelled" if tracked.cancelled else "error"
             message = "request cancelled" if tracked.cancelled else str(error)
             sender.send(error_response(message), flags=FINAL)
@@ -243,33 +237,34 @@ class TritonPythonModel:
             sender.send(text_response([self.decode(each) for each in ids]), flags=FINAL)
 
     @staticmethod
-    def row_inputs(request, names: dict[str, str], row: int) -> list[Tensor]:
-        tensors = []
+    def present(request, names: dict[str, str], row: int):
+        """(our name, their name, this row of the input) for each of `names` the request carries."""
         for ours, theirs in names.items():
             tensor = pb_utils.get_input_tensor_by_name(request, ours)
             if tensor is not None:
-                tensors.append(from_numpy(theirs, tensor.as_numpy()[row:row + 1]))
-        return tensors
+                yield ours, theirs, tensor.as_numpy()[row:row + 1]
 
     async def tensorrt_llm_stream(self, request, tracked: Tracked, row: int, stream: bool) -> Stream:
         preprocessed = await self.loopback.infer(
-            "preprocessing", self.row_inputs(request, PREPROCESSING_INPUTS, row), list(PREPROCESSING_OUTPUTS))
-        inputs = [preprocessed.tensor(ours).renamed(theirs) for ours, theirs in PREPROCESSING_OUTPUTS.items()]
-        inputs += self.row_inputs(request, SAMPLING_INPUTS, row)
-        inputs.append(from_numpy("streaming", np.array([[stream]], dtype=bool)))
-        return self.open(tracked, "tensorrt_llm", inputs, TOKEN_OUTPUTS)
+            "preprocessing", [infer_tensor(theirs, array, ours) for ours, theirs, array in
+                              self.present(request, PREPROCESSING_INPUTS, row)], list(PREPROCESSING_OUTPUTS))
+        inputs = {theirs: preprocessed[ours]["data"] for ours, theirs in PREPROCESSING_OUTPUTS.items()}
+        inputs |= {theirs: json_values(ours, array) for ours, theirs, array in
+                   self.present(request, SAMPLING_INPUTS, row)}
+        inputs["streaming"] = [stream]
+        return self.open(tracked, "tensorrt_llm", inputs)
 
-    def open(self, tracked: Tracked, model: str, inputs: list[Tensor], outputs: list[str]) -> Stream:
+    def open(self, tracked: Tracked, model: str, inputs: dict[str, list]) -> Stream:
         if tracked.cancelled:
             raise RequestError("request cancelled")
-        opened = self.loopback.stream(model, inputs, outputs)
+        opened = self.loopback.stream(model, inputs)
         tracked.streams.append(opened)
         return opened
 
     async def generate_ids(self, request, tracked: Tracked, row: int) -> list[int]:
         ids: list[int] = []
-        async for outputs in (await self.tensorrt_llm_stream(request, tracked, row, stream=False)).responses():
-            ids += new_ids(outputs)
+        async for event in (await self.tensorrt_llm_stream(request, tracked, row, stream=False)).responses():
+            ids += new_ids(event)
         tracked.answer.count(len(ids))
         return ids
 
@@ -279,8 +274,8 @@ class TritonPythonModel:
     async def stream_row(self, request, sender, tracked: Tracked) -> None:
         text = StreamedText(self.tokenizer, self.skip_special_tokens)
         outbox = Outbox(sender, asyncio.get_running_loop())
-        async for outputs in (await self.tensorrt_llm_stream(request, tracked, 0, stream=True)).responses():
-            ids = new_ids(outputs)
+        async for event in (await self.tensorrt_llm_stream(request, tracked, 0, stream=True)).responses():
+            ids = new_ids(event)
             tracked.answer.add(len(ids))
             outbox.put(text.add(ids))
         try:
@@ -289,7 +284,7 @@ class TritonPythonModel:
             raise RequestError(f"internal error: {error}") from None
         outbox.finish(tail)
 
-    def llmapi_inputs(self, request, row: int, stream: bool) -> list[Tensor]:
+    def llmapi_inputs(self, request, row: int, stream: bool) -> dict[str, list]:
         for name in LLMAPI_UNSUPPORTED:
             if pb_utils.get_input_tensor_by_name(request, name) is not None:
                 raise RequestError(f"{name} is not supported by the llmapi runtime")
@@ -300,11 +295,9 @@ class TritonPythonModel:
         if max_tokens < 1:
             raise RequestError(f"max_tokens must be at least 1, got {max_tokens}")
         # NVIDIA's llmapi model has max_batch_size 0: its tensors carry no batch dimension.
-        inputs = [from_numpy("text_input", text), from_numpy("streaming", np.array([stream], dtype=bool))]
-        for ours, theirs in LLMAPI_INPUTS.items():
-            tensor = pb_utils.get_input_tensor_by_name(request, ours)
-            if tensor is not None:
-                inputs.append(from_numpy(theirs, tensor.as_numpy()[row]))
+        inputs = {"text_input": json_values("text_input", text), "streaming": [stream]}
+        inputs |= {theirs: json_values(ours, array)
+                   for ours, theirs, array in self.present(request, LLMAPI_INPUTS, row)}
         return inputs
 
     async def text_rows(self, request, sender, tracked: Tracked, rows: int, stream: bool) -> None:
@@ -312,9 +305,9 @@ class TritonPythonModel:
         texts = []
         for row in range(rows):
             pieces = []
-            opened = self.open(tracked, "tensorrt_llm", self.llmapi_inputs(request, row, stream), ["text_output"])
-            async for outputs in opened.responses():
-                piece = b"".join(outputs.strings("text_output")).decode("utf-8")
+            opened = self.open(tracked, "tensorrt_llm", self.llmapi_inputs(request, row, stream))
+            async for event in opened.responses():
+                piece = "".join(values(event, "text_output"))
                 if stream and piece:
                     sender.send(text_response([piece]))
                 pieces.append(piece)

@@ -11,6 +11,7 @@ import triton_python_backend_utils as pb_utils
 from end_ids import end_ids
 from model_params import load_config, parameter
 from transformers import AutoTokenizer
+from utf8_text import NotUtf8, decode_text
 
 
 class RequestError(ValueError):
@@ -41,16 +42,6 @@ def pad_word_lists(lists: list[np.ndarray]) -> np.ndarray:
     for row, item in enumerate(lists):
         padded[row, :, : item.shape[1]] = item
     return padded
-
-
-def decode_text(raw: bytes | str, name: str) -> str:
-    if isinstance(raw, str):
-        return raw
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as error:
-        raise RequestError(
-            f"{name} is not valid UTF-8 (byte {error.start}: {raw[error.start:error.start + 1]!r})") from None
 
 
 class TritonPythonModel:
@@ -134,6 +125,6 @@ class TritonPythonModel:
         for request in requests:
             try:
                 responses.append(self.process(request))
-            except RequestError as error:
+            except (RequestError, NotUtf8) as error:
                 responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(str(error))))
         return responses
