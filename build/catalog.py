@@ -67,8 +67,7 @@ class Gpu:
     machine_types: dict[int, str]
     pod_cpu: int
     pod_memory_gib: int
-    precisions: tuple[str, ...]
-    default_precision: str
+    precisions: tuple[str, ...]  # what the SM runs; the planner chooses among them (planner.PRECISIONS)
     runtimes: tuple[str, ...]
     dense_tflops: dict[str, float]  # "bf16", "fp8", "fp4" -> dense tensor TFLOPS per GPU (datasheet); 0 = none
     interconnect_gb_per_s: float  # GPU-to-GPU (NVLink, else PCIe), both directions, 10^9 bytes/s
@@ -114,7 +113,6 @@ def gpus() -> dict[str, Gpu]:
             pod_cpu=entry["pod_cpu"],
             pod_memory_gib=entry["pod_memory_gib"],
             precisions=tuple(entry["precisions"]),
-            default_precision=entry["default_precision"],
             runtimes=tuple(entry["runtimes"]),
             dense_tflops={kind: float(entry[f"dense_tflops_{kind}"]) for kind in ("bf16", "fp8", "fp4")},
             interconnect_gb_per_s=float(entry["interconnect_gb_per_s"]),

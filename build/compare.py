@@ -60,7 +60,8 @@ def format_table(shape: ModelShape, rows: list[Row]) -> str:
             refused.append(row)
             continue
         cost = row.estimate.cost
-        table.add_row(row.gpu, row.plan.machine_type, row.plan.precision, str(row.plan.tp),
+        precision = row.plan.precision + ("" if row.plan.keeps_accuracy else " (lossy)")
+        table.add_row(row.gpu, row.plan.machine_type, precision, str(row.plan.tp),
                       str(row.plan.max_batch_size), f"{row.estimate.output_tokens_per_s_per_gpu:,}",
                       f"{row.estimate.ttft_ms:g}",
                       f"{cost.on_demand_per_million_tokens:.3f}" if cost else "no price",

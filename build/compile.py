@@ -123,7 +123,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         f"(default: the embedded {model_source.DEFAULT_MODEL})")
     parser.add_argument("--runtime", choices=["engine", "llmapi", "cpu"],
                         help="what runs the model (default: engine on GPUs, cpu on cpu)")
-    parser.add_argument("--precision", help="weights precision; default: the target's default")
+    parser.add_argument("--precision", help="weights precision; default: the target's fastest "
+                        "accuracy-preserving one (docs/gpu-builds.md)")
     parser.add_argument("--tp", type=int, help="tensor parallelism (GPUs per replica); default: the smallest "
                         "whose KV cache reaches 1/3 of the decode ceiling (docs/gpu-builds.md)")
     parser.add_argument("--max-seq-len", type=int, help="prompt + answer tokens per request")

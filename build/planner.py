@@ -21,6 +21,10 @@ bound. Decode is bandwidth-bound; with the KV cache full, a GPU's output rate is
 (bandwidth / KV bytes of one mean-length sequence) times its KV share = KV budget / (memory -
 headroom). TP is the smallest that fits, whose KV share is at least MIN_KV_SHARE, and whose decode step
 at batch 1 meets estimate.MAX_TIME_PER_OUTPUT_TOKEN_S; when none has that share, the largest that fits.
+Precision, where not given, by the same objective: each precision the GPU has and the runtime serves is
+planned with that TP rule, and the accuracy-preserving one (Precision.keeps_accuracy) with the most
+estimated output tokens/s per GPU wins, ties to the less lossy; a lossy one only where none of those fits,
+and the plan says so (_choose_precision).
 max_batch_size = KV tokens / mean sequence length (estimate.MEAN_SEQUENCE_TOKENS), within the latency
 bound and TensorRT-LLM's default ceiling; max_num_tokens = that batch's decode tokens plus one
 DEFAULT_MAX_NUM_TOKENS prefill chunk. Planning raises PlanError; it never prints.
@@ -29,7 +33,7 @@ DEFAULT_MAX_NUM_TOKENS prefill chunk. Planning raises PlanError; it never prints
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import catalog
 import estimate
@@ -60,21 +64,28 @@ CPU_MAX_SEQ_LEN = 2048
 class Precision:
     linear_bytes: float  # per transformer-block weight (attention and MLP), scales included
     kv_bytes: int
+    keeps_accuracy: bool  # the planner may pick it without being asked (see PRECISIONS)
     quantized_mlp_only: bool = False
 
 
 # int4_awq: 4 bits + one fp16 scale per 128 weights (--awq_block_size 128); nvfp4: 4 bits + one fp8 scale
 # per 16; mxfp4 (gpt-oss as published): 4 bits + one 8-bit scale per 32, experts only. FP8 and NVFP4
 # engines get an FP8 KV cache (examples/quantization/quantize.py --kv_cache_dtype fp8).
+# Accuracy-preserving: the 16- and 32-bit floats, and FP8, which NVIDIA rates "very low" accuracy
+# degradation, the only quantization it puts there (TensorRT-Model-Optimizer
+# docs/source/guides/_choosing_quant_methods.rst at 7eecd11b: INT8 SmoothQuant "medium", INT4 AWQ "low").
+# Weight-only INT8/INT4 and the 4-bit floats are lossy: a per-model accuracy check is the user's call,
+# so the planner only takes one where nothing accuracy-preserving fits, and says so. Ordered least lossy
+# first.
 PRECISIONS: dict[str, Precision] = {
-    "fp32": Precision(4, 4),
-    "bf16": Precision(2, 2),
-    "fp16": Precision(2, 2),
-    "fp8": Precision(1, 1),
-    "int8_wo": Precision(1, 2),
-    "nvfp4": Precision(0.5 + 1 / 16, 1),
-    "int4_awq": Precision(0.5 + 2 / 128, 2),
-    "mxfp4": Precision(0.5 + 1 / 32, 2, quantized_mlp_only=True),
+    "fp32": Precision(4, 4, keeps_accuracy=True),
+    "bf16": Precision(2, 2, keeps_accuracy=True),
+    "fp16": Precision(2, 2, keeps_accuracy=True),
+    "fp8": Precision(1, 1, keeps_accuracy=True),
+    "int8_wo": Precision(1, 2, keeps_accuracy=False),
+    "nvfp4": Precision(0.5 + 1 / 16, 1, keeps_accuracy=False),
+    "int4_awq": Precision(0.5 + 2 / 128, 2, keeps_accuracy=False),
+    "mxfp4": Precision(0.5 + 1 / 32, 2, keeps_accuracy=False, quantized_mlp_only=True),
 }
 # Pre-quantized checkpoints are served as shipped, only by the llmapi runtime. MXFP4 MoE kernels are
 # documented for Hopper (bf16 activations) and Blackwell only
@@ -102,6 +113,8 @@ class Plan:
     machine_type: str
     runtime: str
     precision: str
+    precision_reason: str
+    keeps_accuracy: bool  # False where the plan quantizes below what keeps the checkpoint's accuracy
     kv_cache_dtype: str
     tp: int
     pp: int
@@ -260,13 +273,13 @@ def _resolve_precision(shape: ModelShape, gpu: catalog.Gpu, runtime: str, reques
             )
         return method
     if requested is None:
-        ordered = [gpu.default_precision, *(p for p in gpu.precisions if p != gpu.default_precision)]
-        for precision in ordered:
-            if _precision_problem(shape, runtime, precision) is None:
-                return precision
-        raise PlanError(
-            f"{gpu.name} supports no precision that the {runtime} runtime serves for {shape.name}"
-        )
+        # The planner chooses (_choose_precision); this is where nothing fits: the precision the refusal
+        # is worded at and other GPUs are tried at, the accuracy-preserving one with the fewest bytes.
+        usable = _precision_order(gpu, shape, runtime)
+        if not usable:
+            raise PlanError(f"{gpu.name} supports no precision that the {runtime} runtime serves for {shape.name}")
+        accurate = [p for p in usable if PRECISIONS[p].keeps_accuracy]
+        return min(accurate or usable, key=lambda p: PRECISIONS[p].linear_bytes)
     if requested not in PRECISIONS:
         raise PlanError(f"unknown precision {requested!r}; known: {', '.join(PRECISIONS)}")
     if requested not in gpu.precisions:
@@ -387,6 +400,17 @@ def plan(
             problem = _tp_problem(shape, tp)
         raise PlanError(f"--tp {tp} does not work for {shape.name} on {gpu.name}: {problem}; valid: "
                         f"{', '.join(f'--tp {t}' for t in tps)}")
+    if precision is None and not gpu.is_cpu and not shape.quant_method:
+        chosen = _choose_precision(shape, gpu, runtime, tp, tps, seq_len, max_batch_size, max_num_tokens)
+        if chosen is not None:
+            return chosen
+        # no precision fits: refused below, in numbers
+    if precision is not None:
+        precision_reason = "--precision given"
+    elif gpu.is_cpu:
+        precision_reason = "the cpu target runs fp32"
+    else:
+        precision_reason = f"the checkpoint's own ({shape.quant_method}), served as shipped"
     if tp is None:
         chosen_tp, tp_reason = _choose_tp(shape, gpu, chosen_precision, tps, seq_len)
     else:
@@ -420,6 +444,8 @@ def plan(
         machine_type=gpu.machine_types[machine_gpus],
         runtime=runtime,
         precision=chosen_precision,
+        precision_reason=precision_reason,
+        keeps_accuracy=PRECISIONS[chosen_precision].keeps_accuracy or chosen_precision == shape.quant_method,
         kv_cache_dtype=kv_dtype(chosen_precision),
         tp=chosen_tp,
         pp=1,
@@ -498,6 +524,32 @@ def _choose_tp(shape: ModelShape, gpu: catalog.Gpu, precision: str, tps: tuple[i
     return fitting[-1], f"none has KV share 1/3; largest: {share:.2f}"
 
 
+def _choose_precision(shape: ModelShape, gpu: catalog.Gpu, runtime: str, tp: int | None, tps: tuple[int, ...],
+                      seq_len: int, max_batch_size: int | None, max_num_tokens: int | None) -> Plan | None:
+    """The serving objective again: every precision this GPU has and the runtime serves, planned with the
+    TP rule; of the accuracy-preserving ones that fit, the most estimated output tokens/s per GPU (ties:
+    the less lossy, PRECISIONS order); only if none fits, the fastest lossy one, saying so. None if
+    nothing fits at all."""
+    usable = _precision_order(gpu, shape, runtime)
+    fitting = [p for p in usable if _fit(shape, gpu, p, tp or _choose_tp(shape, gpu, p, tps, seq_len)[0], seq_len)]
+    if not fitting:
+        return None
+    plans = {p: plan(shape, gpu, runtime=runtime, precision=p, tp=tp, max_seq_len=seq_len,
+                     max_batch_size=max_batch_size, max_num_tokens=max_num_tokens) for p in fitting}
+    rate = {p: estimate.estimate(plans[p], gpu).output_tokens_per_s_per_gpu for p in fitting}
+    accurate = [p for p in fitting if PRECISIONS[p].keeps_accuracy]
+    pool = accurate or fitting
+    best = max(pool, key=rate.__getitem__)  # the first of equals: the less lossy
+    rates = f"{best} {rate[best]:,} output tokens/s per GPU" + "".join(
+        f", {p} {rate[p]:,}" for p in pool if p != best)
+    if accurate:
+        reason = f"fastest accuracy-preserving: {rates}"
+    else:
+        lost = ", ".join(p for p in usable if PRECISIONS[p].keeps_accuracy)
+        reason = f"lowers quality: no accuracy-preserving precision ({lost}) fits; fastest lossy: {rates}"
+    return replace(plans[best], precision_reason=reason)
+
+
 def _too_big(
     shape: ModelShape, gpu: catalog.Gpu, runtime: str, precision: str, tp: int, seq_len: int, mem: _Memory,
     *, precision_given: bool,
@@ -533,6 +585,7 @@ def format_table(plan: Plan, extra_rows: list[tuple[str, str]] | None = None) ->
         ("compute capability", plan.compute_capability or "(none)"),
         ("machine type", plan.machine_type),
         ("precision", plan.precision),
+        ("why this precision", plan.precision_reason),
         ("KV cache dtype", plan.kv_cache_dtype),
         ("tensor parallel (GPUs)", str(plan.tp)),
         ("why this TP", plan.tp_reason),

@@ -65,11 +65,6 @@ def test_accelerator_labels_are_unique():
     assert len(labels) == len(set(labels))
 
 
-@pytest.mark.parametrize("gpu", list(catalog.gpus().values()), ids=lambda g: g.name)
-def test_default_precision_is_one_the_gpu_supports(gpu):
-    assert gpu.default_precision in gpu.precisions
-
-
 def test_gpus_default_to_the_engine_runtime_and_cpu_runs_only_cpu():
     assert all(g.runtimes == ("engine", "llmapi") for g in GPU_TARGETS)
     cpu = catalog.gpu("cpu")
@@ -96,17 +91,16 @@ def catalog_markdown() -> str:
     rows = [
         "| target | GKE accelerator label | compute capability | memory per GPU (marketed) "
         "| machine types (GPUs per node) "
-        "| pod cpu / memory per GPU | precisions (default first) | runtimes |",
+        "| pod cpu / memory per GPU | precisions | runtimes |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for g in catalog.gpus().values():
         machines = ", ".join(f"{m} ({n})" if n else m for n, m in sorted(g.machine_types.items()))
-        precisions = [g.default_precision, *(p for p in g.precisions if p != g.default_precision)]
         rows.append(
             f"| `{g.name}` | {f'`{g.accelerator}`' if g.accelerator else '(none)'} "
             f"| {g.compute_capability or '-'} "
             f"| {f'{g.memory_gib:.2f} GiB ({g.marketed_memory_gb} GB)' if g.memory_gib else '-'} "
-            f"| {machines} | {g.pod_cpu} / {g.pod_memory_gib} GiB | {', '.join(precisions)} "
+            f"| {machines} | {g.pod_cpu} / {g.pod_memory_gib} GiB | {', '.join(g.precisions)} "
             f"| {', '.join(g.runtimes)} |"
         )
     return "\n".join(rows)

@@ -44,3 +44,13 @@ def test_compile_compare_prints_the_ranking():
     assert "cheapest per 1M output tokens first" in table and "no price" in table
     document = json.loads(subprocess.run([*command, "--json"], capture_output=True, text=True, check=True).stdout)
     assert [row["gpu"] for row in document][:4] == ["h100", "l4", "a100-80gb", "a100-40gb"]
+
+
+def test_a_plan_that_lowers_quality_is_marked_lossy():
+    # 405B fits 8 x A100 only below 16 bits (tests/test_planner.py): ranked with the rest, marked
+    shape = hf_config.load(MODELS / "Llama-3.1-405B")
+    rows = compare.compare(shape)
+    assert {r.gpu: r.plan.precision for r in rows if r.plan and not r.plan.keeps_accuracy} == {
+        "a100-40gb": "int4_awq", "a100-80gb": "int8_wo"}
+    table = compare.format_table(shape, rows)
+    assert "int4_awq (lossy)" in table and "int8_wo (lossy)" in table and "fp8 (lossy)" not in table

@@ -260,9 +260,12 @@ def test_valid_tensor_parallel_sizes(model, gpu, tps):
     assert planner.valid_tps(shape(model), catalog.gpu(gpu)) == tps
 
 
-def test_llmapi_falls_back_from_fp8_default_to_bf16():
-    # H100 defaults to fp8, but the llmapi runtime serves an unquantized checkpoint as it is
-    assert plan("Llama-3.1-8B", "h100", runtime="llmapi").precision == "bf16"
+def test_llmapi_serves_an_unquantized_checkpoint_at_bf16():
+    # H100 has fp8, but the llmapi runtime serves an unquantized checkpoint as it is: bf16 and fp16 are
+    # the candidates, equally fast (same bytes), and the tie goes to bf16, first in PRECISIONS
+    p = plan("Llama-3.1-8B", "h100", runtime="llmapi")
+    assert p.precision == "bf16"
+    assert p.precision_reason.startswith("fastest accuracy-preserving: bf16 ")
 
 
 def test_to_dict_has_every_number_for_json():
@@ -281,6 +284,7 @@ def test_format_table_shows_the_plan():
     assert rows["memory per GPU"] == "79.65 GiB"
     assert rows["KV tokens"] == "1,035,904"
     assert rows["why this TP"] == "smallest with KV share >= 1/3: 0.88"
+    assert rows["why this precision"].startswith("fastest accuracy-preserving:")
 
 
 # ---- refusals ---------------------------------------------------------------------------------
@@ -454,6 +458,100 @@ REFERENCE_TP = [
 @pytest.mark.parametrize(("model", "gpu", "precision", "tp"), REFERENCE_TP)
 def test_tp_is_the_one_a_serving_engineer_chooses(model, gpu, precision, tp):
     assert plan(model, gpu, precision=precision).tp == tp
+
+
+# ---- choosing precision: the same objective, accuracy-preserving first -------------------------
+
+
+def test_fp8_is_chosen_on_h100_because_it_is_faster_than_bf16():
+    # Each candidate planned with the TP rule (TP 1 for both), rated by the estimate at its planned batch:
+    # fp8: 26,415 output tokens/s per GPU (tests/test_estimate.py, by hand)
+    # bf16: weights 16,060,522,496 B; KV budget 85,523,536,281 - 16,060,522,496 - 8,552,353,628
+    #   = 60,910,660,157 // 131,072 B per token (32 x 8 x 128 x 2 x 2) = 464,711 -> 464,704 tokens;
+    #   batch 464,704 // 1024 = 453 (the latency bound allows 1,377); step = (14.96 GiB = 16,063,177,441 B
+    #   + 453 x 1024 x 131,072 B) / (3.35e12 x 0.6) = 76,863,808,225 / 2.01e12 = 38.24 ms -> 11,846 tokens/s
+    # fp16 reads the same bytes as bf16: 11,846. fp8 wins by 2.2x (half the weight and KV bytes).
+    p = plan("Llama-3.1-8B", "h100")
+    assert (p.precision, p.tp, p.keeps_accuracy) == ("fp8", 1, True)
+    assert p.precision_reason == (
+        "fastest accuracy-preserving: fp8 26,415 output tokens/s per GPU, bf16 11,846, fp16 11,846"
+    )
+
+
+def test_a100_gets_bf16_having_no_fp8():
+    # SM80 has no fp8: bf16 and fp16 are the accuracy-preserving candidates, equally fast (4,059 tokens/s
+    # per GPU, tests/test_compare.py by hand); a tie goes to the first in PRECISIONS, bf16 (a wider
+    # exponent than fp16, so no overflow where the checkpoint was trained in bf16)
+    p = plan("Llama-3.1-8B", "a100-40gb")
+    assert (p.precision, p.kv_cache_dtype, p.keeps_accuracy) == ("bf16", "bf16", True)
+    assert p.precision_reason == "fastest accuracy-preserving: bf16 4,059 output tokens/s per GPU, fp16 4,059"
+
+
+@pytest.mark.parametrize(("model", "gpu", "precision", "tp"), [
+    ("Llama-3.1-8B", "l4", "fp8", 1),
+    ("Llama-3.1-70B", "l4", "fp8", 8),
+    ("Llama-3.1-70B", "a100-80gb", "bf16", 4),
+    ("Llama-3.1-70B", "h100", "fp8", 2),
+    ("Llama-3.1-70B", "h200", "fp8", 1),
+    # NVIDIA ran B200 at FP4 (REFERENCE_TP); FP4 is lossy, so the planner takes FP8 unless asked, at the
+    # TP NVIDIA used
+    ("Llama-3.1-70B", "b200", "fp8", 1),
+    ("Llama-3.1-405B", "b200", "fp8", 4),
+    ("Llama-3.1-405B", "h100", "fp8", 8),
+])
+def test_the_chosen_precision_is_the_fastest_accuracy_preserving(model, gpu, precision, tp):
+    p = plan(model, gpu)
+    assert (p.precision, p.tp, p.keeps_accuracy) == (precision, tp, True)
+    assert p.precision_reason.startswith(f"fastest accuracy-preserving: {precision} ")
+
+
+def test_where_only_a_lossy_precision_fits_the_plan_says_it_lowers_quality():
+    # Llama-3.1-405B on 8 x a100-40gb: bf16 (and fp16) weights are 105,147,957,248 B = 97.9 GiB per GPU
+    # at TP 8, int8_wo 54,942,138,368 B = 51.2 GiB: neither fits 40 GiB. int4_awq: 30,623,694,848 B;
+    # KV budget 42,949,672,960 - 30,623,694,848 - 4,294,967,296 = 8,031,010,816 // 64,512 B per token
+    # (126 x 1 x 128 x 2 x 2) -> 124,480 tokens: it fits, and is the only one
+    p = plan("Llama-3.1-405B", "a100-40gb")
+    assert (p.precision, p.tp, p.keeps_accuracy) == ("int4_awq", 8, False)
+    assert p.precision_reason == (
+        "lowers quality: no accuracy-preserving precision (bf16, fp16) fits; "
+        "fastest lossy: int4_awq 181 output tokens/s per GPU"
+    )
+
+
+def test_lossy_candidates_that_tie_go_to_the_less_lossy():
+    # Llama-3.1-405B on 8 x a100-80gb: bf16 97.9 GiB per GPU does not fit 80 GiB; int8_wo (51.2 GiB) and
+    # int4_awq (28.5 GiB) do, at TP 8. Weight-only quantization computes at bf16, and both are
+    # compute-bound: 2 x 405,853,388,800 / (312e12 x 0.5 x 8) = 0.6504 ms per sequence, all-reduce latency
+    # 126 x 2 x 20 us = 5.04 ms, batch (100 - 5.04) // 0.6504 = 146 for both (KV holds 338 and 706);
+    # step 5.04 + 146 x 0.6504 = 100.0 ms -> 1,460 tokens/s per replica, 183 per GPU each: int8_wo
+    p = plan("Llama-3.1-405B", "a100-80gb")
+    assert (p.precision, p.tp, p.max_batch_size, p.keeps_accuracy) == ("int8_wo", 8, 146, False)
+    assert p.precision_reason == (
+        "lowers quality: no accuracy-preserving precision (bf16, fp16) fits; "
+        "fastest lossy: int8_wo 183 output tokens/s per GPU, int4_awq 183"
+    )
+
+
+@pytest.mark.parametrize(("model", "tp"), [("Llama-3.1-70B", 1), ("Llama-3.1-405B", 4)])
+def test_an_explicit_precision_is_honoured_nvidias_b200_fp4_runs(model, tp):
+    # NVIDIA's B200 runs (REFERENCE_TP): 70B FP4 TP1, 405B FP4 TP4; asked for, nvfp4 is planned as asked
+    p = plan(model, "b200", precision="nvfp4")
+    assert (p.precision, p.tp, p.kv_cache_dtype) == ("nvfp4", tp, "fp8")
+    assert (p.precision_reason, p.keeps_accuracy) == ("--precision given", False)
+
+
+def test_forced_precisions_say_why():
+    assert plan("SmolLM2-135M", "cpu", runtime="cpu").precision_reason == "the cpu target runs fp32"
+    p = plan("gpt-oss-20b", "h100", runtime="llmapi")
+    # served as the checkpoint ships: its own accuracy, though mxfp4 is a lossy format
+    assert (p.precision_reason, p.keeps_accuracy) == ("the checkpoint's own (mxfp4), served as shipped", True)
+
+
+def test_where_nothing_fits_the_refusal_is_at_the_densest_accuracy_preserving_precision():
+    # fp8 on L4 (the fewest bytes of bf16, fp16, fp8); no precision fits 405B on 8 L4s
+    assert refusal("Llama-3.1-405B", "l4").startswith(
+        "l4 has 22.49 GiB per GPU; Llama-3.1-405B at fp8 with --tp 8 needs 51.2 GiB of weights"
+    )
 
 
 def test_llama_405b_shape_is_the_published_one():

@@ -46,7 +46,7 @@ def write_build(
                      "triton_release": catalog.versions()["triton"]["container_release"],
                      "tensorrt_llm": catalog.versions()["tensorrt_llm"]["version"],
                      "tensorrt": catalog.versions()["tensorrt_llm"]["tensorrt"]},
-        "precision": target.default_precision, "tp": tp, "pp": pp,
+        "precision": target.precisions[0], "tp": tp, "pp": pp,
         "limits": {"max_batch_size": 8, "max_input_len": 1024, "max_seq_len": 2048, "max_num_tokens": 2048,
                    "max_output_len": 1024},
     }  # fmt: skip
