@@ -16,6 +16,7 @@ import catalog
 import pytest
 import validate
 import yaml
+from k8s_objects import flag_value
 
 ROOT = Path(__file__).resolve().parent.parent
 CRDS = ROOT / "tools" / "crds"
@@ -425,3 +426,13 @@ def test_docs_cold_start_table_is_the_catalog_and_the_overlays() -> None:
         startup = triton(rendered(f"overlays/{target}"))["startupProbe"]
         assert probe == f"{startup['periodSeconds']} × {startup['failureThreshold']}"
         assert int(deadline) == one(rendered(f"overlays/{target}"), "Deployment")["spec"]["progressDeadlineSeconds"]
+
+
+@pytest.mark.parametrize("target", ["h100", "l4"])
+def test_the_ensemble_calls_back_on_the_port_the_deployment_serves_http_on(target: str) -> None:
+    """The ensemble reaches tensorrt_llm through tritonserver's own HTTP endpoint (its loopback.py): a
+    Deployment that moved --http-port would leave every request failing to connect."""
+    config = (ROOT / "model_repository/ensemble/config.pbtxt").read_text()
+    loopback_port = re.search(r'key: "loopback_http_port" value: \{ string_value: "(\d+)" \}', config).group(1)
+    args = triton(rendered(f"overlays/{target}"))["args"]
+    assert (flag_value(args, "--http-port") or "8000") == loopback_port  # 8000: tritonserver's default
