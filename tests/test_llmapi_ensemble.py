@@ -81,6 +81,10 @@ def test_llmapi_repository_has_the_ensemble_alone_and_consistent_batching(llmapi
 @pytest.fixture(scope="module")
 def standin_server(llmapi_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     (llmapi_repository / "tensorrt_llm" / "1" / "model.py").write_text(STANDIN_LLMAPI_MODEL)
+    # Two end ids, as Llama-3.1-Instruct lists three: 2 (<|im_end|>, the tokenizer's own) and 0 (<|endoftext|>)
+    generation_config = llmapi_repository / "ensemble" / "1" / "tokenizer" / "generation_config.json"
+    generation_config.unlink()  # a hard link to the cached model's file: replace it, never write through it
+    generation_config.write_text('{"eos_token_id": [2, 0]}')
     with triton_server(llmapi_repository, tmp_path_factory.mktemp("llmapi-triton")) as server:
         yield server
 
@@ -101,5 +105,9 @@ def test_llmapi_ensemble_maps_our_api_onto_a_standin_llmapi_model_mock(standin_s
         empty = client.send({"text_input": " ", "max_tokens": 4})
         assert empty.error.endswith("text_input is empty; send the prompt text")
         assert client.send({"text_input": "still here", "max_tokens": 4}).text == "echo: still here"
+        # every end id reaches the llmapi model as a stop string, beside the request's own stop words
+        assert client.send({**request, "text_input": "one <|endoftext|> three"}).text == "echo: one <|endoftext|>"
+        own_stop = {**request, "text_input": "a <|im_end|> b", "stop_words": ["zzz"]}
+        assert client.send(own_stop).text == "echo: a <|im_end|>"
     finally:
         client.close()

@@ -18,6 +18,7 @@ from concurrent.futures import Future
 import numpy as np
 import triton_python_backend_utils as pb_utils
 from answer_metrics import Answer, AnswerMetrics
+from end_ids import end_ids
 from loopback import Loopback, ModelError, Stream, infer_tensor, json_values, values
 from model_params import load_config, load_tokenizer, parameter
 from sampling_ranges import range_error
@@ -73,6 +74,17 @@ def text_response(texts: list[str]) -> pb_utils.InferenceResponse:
 def new_ids(event: dict) -> list[int]:
     """The token ids one tensorrt_llm response carries (output_ids up to its sequence_length)."""
     return values(event, "output_ids")[:values(event, "sequence_length")[0]]
+
+
+def end_stops(tokenizer, tokenizer_dir) -> list[str]:
+    """The llmapi model stops on the tokenizer's eos only (TensorRT-LLM SamplingParams._setup takes
+    tokenizer.eos_token_id), so every end id generation_config.json lists goes to it as a stop string:
+    the special token's text, which the LLM API encodes back to that one token."""
+    try:
+        ids = end_ids(tokenizer_dir, None)
+    except ValueError:  # generation_config.json names none: the tokenizer's eos is all there is
+        return []
+    return [tokenizer.id_to_token(i) for i in ids if tokenizer.id_to_token(i) is not None]
 
 
 def error_response(message: str) -> pb_utils.InferenceResponse:
@@ -151,6 +163,7 @@ class TritonPythonModel:
     def initialize(self, args):
         config, version_dir = load_config(args)
         self.tokenizer = load_tokenizer(config, version_dir)
+        self.end_stops = end_stops(self.tokenizer, version_dir / parameter(config, "tokenizer_dir", str))
         self.skip_special_tokens = parameter(config, "skip_special_tokens", bool)
         self.text_in_text_out = parameter(config, "tensorrt_llm_inputs", str) == "text"
         self.check_period = parameter(config, "cancellation_check_period_ms", int) / 1000
@@ -298,6 +311,8 @@ class TritonPythonModel:
         inputs = {"text_input": json_values("text_input", text), "streaming": [stream]}
         inputs |= {theirs: json_values(ours, array)
                    for ours, theirs, array in self.present(request, LLMAPI_INPUTS, row)}
+        if self.end_stops:
+            inputs["sampling_param_stop"] = inputs.get("sampling_param_stop", []) + self.end_stops
         return inputs
 
     async def text_rows(self, request, sender, tracked: Tracked, rows: int, stream: bool) -> None:
