@@ -1,4 +1,4 @@
-"""Run the gateway: `python -m gateway --repository out/cpu --triton 127.0.0.1:8001 --port 9000`.
+"""Run the gateway: `python -m gateway --repository out/cpu --triton 127.0.0.1:8000 --port 9000`.
 
 Examples:
   python -m gateway --repository out/cpu                          # beside `tools/serve.py --repository out/cpu`
@@ -23,7 +23,7 @@ def main(argv: list[str] | None = None) -> int:
                                      epilog=__doc__.split("\n\n", 1)[1],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repository", type=Path, required=True, help="the built model repository Triton serves")
-    parser.add_argument("--triton", default="127.0.0.1:8001", help="Triton's gRPC address (default 127.0.0.1:8001)")
+    parser.add_argument("--triton", default="127.0.0.1:8000", help="Triton's HTTP address (default 127.0.0.1:8000)")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=9000)
     parser.add_argument("--workers", type=int, default=1, help="worker processes (uvicorn --workers)")

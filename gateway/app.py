@@ -1,7 +1,7 @@
 """The ASGI app: OpenAI's /v1/chat/completions, /v1/completions and /v1/models over Triton.
 
 `create_app` is a factory (uvicorn --factory) that reads its settings from the environment, so
-every worker process of `uvicorn --workers N` builds its own app and gRPC client.
+every worker process of `uvicorn --workers N` builds its own app and Triton client.
 """
 
 from __future__ import annotations
@@ -34,11 +34,11 @@ PATHS = ("auto", "direct", "ensemble")
 @dataclass(frozen=True)
 class Settings:
     repository: Path
-    triton_url: str = "127.0.0.1:8001"
+    triton_url: str = "127.0.0.1:8000"  # Triton's HTTP address
     path: str = "auto"
     served_name: str | None = None
 
-    ENV = {"repository": "GATEWAY_REPOSITORY", "triton_url": "GATEWAY_TRITON_GRPC", "path": "GATEWAY_PATH",
+    ENV = {"repository": "GATEWAY_REPOSITORY", "triton_url": "GATEWAY_TRITON_HTTP", "path": "GATEWAY_PATH",
            "served_name": "GATEWAY_MODEL_NAME"}
 
     @classmethod
@@ -107,10 +107,7 @@ class Gateway:
     async def lifespan(self, _app: Starlette) -> AsyncIterator[None]:
         self.triton = Triton(self.settings.triton_url, self.model, self.path)
         log.info("gateway: model %s, path %s, Triton %s", self.model.name, self.path, self.settings.triton_url)
-        try:
-            yield
-        finally:
-            await self.triton.close()
+        yield
 
     async def job(self, request: Request, chat: bool) -> tuple[validation.Generation, list[int]]:
         try:

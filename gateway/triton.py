@@ -1,4 +1,4 @@
-"""The Triton side: one streamed request per answer over tritonclient's asyncio gRPC client.
+"""The Triton side: one streamed request per answer over Triton's HTTP generate_stream endpoint.
 
 Two paths, chosen per repository (`--path`, default auto):
   * direct: token ids straight to `tensorrt_llm` (the cpu and engine runtimes). The gateway
@@ -7,30 +7,24 @@ Two paths, chosen per repository (`--path`, default auto):
   * ensemble: the rendered prompt as `text_input` to `ensemble`, text back (the llmapi runtime,
     whose `tensorrt_llm` takes text; or a build whose ensemble applies no chat template).
 Either way Triton streams (`streaming`/`stream` true) also for non-streamed answers, so both are
-made of the same pieces, and a stop sequence or a client that went away cancels the gRPC call,
-which cancels the request in Triton and so in the engine.
+made of the same pieces. The stream is read with the ensemble's own loopback client
+(model_repository/common/loopback.py says why HTTP and not gRPC: it costs a reader less than half
+the CPU per token), and a stop sequence or a client that went away closes its connection, which
+cancels the request in Triton and so in the engine.
 """
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-import numpy as np
-import tritonclient.grpc as grpcclient
-import tritonclient.grpc.aio as aio
-
 # model_repository/common, on the path from gateway/__init__.py
+from loopback import Loopback, ModelError, Stream, token_ids, values
 from streamed_text import StreamedText
-from tritonclient.utils import InferenceServerException
 
 from gateway.errors import ApiError
 from gateway.repository import Model
 from gateway.validation import Generation
-
-TOKEN_OUTPUTS = [grpcclient.InferRequestedOutput("output_ids"), grpcclient.InferRequestedOutput("sequence_length")]
-TEXT_OUTPUTS = [grpcclient.InferRequestedOutput("text_output")]
 
 
 @dataclass
@@ -41,27 +35,18 @@ class Answer:
     completion_tokens: int = 0
 
 
-def tensor(name: str, array: np.ndarray) -> grpcclient.InferInput:
-    item = grpcclient.InferInput(name, list(array.shape), grpcclient.np_to_triton_dtype(array.dtype))
-    item.set_data_from_numpy(array)
-    return item
-
-
-def sampling(job: Generation, names: dict[str, str]) -> list[grpcclient.InferInput]:
+def sampling(job: Generation, names: dict[str, str]) -> dict[str, list]:
     """OpenAI's sampling in TensorRT-LLM's terms; `names` maps ours to the model's input names."""
-    values: dict[str, np.ndarray] = {
-        "presence_penalty": np.array([[job.presence_penalty]], dtype=np.float32),
-        "frequency_penalty": np.array([[job.frequency_penalty]], dtype=np.float32),
-    }
+    chosen: dict[str, list] = {"presence_penalty": [job.presence_penalty], "frequency_penalty": [job.frequency_penalty]}
     if job.greedy:
-        values["top_k"] = np.array([[1]], dtype=np.int32)
+        chosen["top_k"] = [1]
     else:
-        values["temperature"] = np.array([[job.temperature]], dtype=np.float32)
+        chosen["temperature"] = [job.temperature]
         # top_k 0 with top_p 0 is greedy on TensorRT-LLM; OpenAI's top_p 1 means the whole distribution.
-        values["top_p"] = np.array([[job.top_p]], dtype=np.float32)
+        chosen["top_p"] = [job.top_p]
     if job.seed is not None:
-        values["seed"] = np.array([[job.seed]], dtype=np.uint64)
-    return [tensor(names[key], value) for key, value in values.items()]
+        chosen["seed"] = [job.seed]
+    return {names[key]: value for key, value in chosen.items()}
 
 
 DIRECT_SAMPLING = {"presence_penalty": "presence_penalty", "frequency_penalty": "frequency_penalty",
@@ -69,87 +54,65 @@ DIRECT_SAMPLING = {"presence_penalty": "presence_penalty", "frequency_penalty": 
 ENSEMBLE_SAMPLING = {name: name for name in DIRECT_SAMPLING} | {"seed": "random_seed"}
 
 
-def end_word_list(end_ids: tuple[int, ...]) -> np.ndarray:
-    """The end ids after the first as one-token stop words ([1, 2, N] word list), as preprocessing sends
-    them: the backends take one end_id."""
+def end_word_list(end_ids: tuple[int, ...]) -> list[int]:
+    """The end ids after the first as one-token stop words, as preprocessing sends them (a [2, N] word
+    list, flat: the ids, then their end offsets): the backends take one end_id."""
     others = list(end_ids[1:]) or [0]
     offsets = list(range(1, len(end_ids))) or [-1]
-    return np.array([[others, offsets]], dtype=np.int32)
+    return others + offsets
 
 
 class Triton:
-    """The gRPC client of one gateway process; create it on the event loop that serves requests."""
+    """The client of one gateway process: Triton's HTTP endpoint at `address` (host:port)."""
 
-    def __init__(self, url: str, model: Model, path: str):
-        self.client = aio.InferenceServerClient(url)
+    def __init__(self, address: str, model: Model, path: str):
+        host, _, port = address.rpartition(":")
+        self.loopback = Loopback(host, int(port))
         self.model = model
         self.path = path
-        self.request_ids = itertools.count()
-
-    async def close(self) -> None:
-        await self.client.close()
 
     async def ready(self) -> bool:
-        try:
-            return await self.client.is_server_ready() and await self.client.is_model_ready(self.target)
-        except InferenceServerException:
-            return False
+        return (await self.loopback.status("/v2/health/ready") == 200
+                and await self.loopback.status(f"/v2/models/{self.target}/ready") == 200)
 
     @property
     def target(self) -> str:
         return "tensorrt_llm" if self.path == "direct" else "ensemble"
 
-    def request(self, job: Generation, prompt_ids: list[int]) -> dict:
-        request_id = f"gw-{next(self.request_ids)}"
+    def inputs(self, job: Generation, prompt_ids: list[int]) -> dict[str, list]:
         if self.path == "direct":
-            inputs = [tensor("input_ids", np.array([prompt_ids], dtype=np.int32)),
-                      tensor("input_lengths", np.array([[len(prompt_ids)]], dtype=np.int32)),
-                      tensor("request_output_len", np.array([[job.max_tokens]], dtype=np.int32)),
-                      tensor("end_id", np.array([[self.model.end_ids[0]]], dtype=np.int32)),
-                      tensor("pad_id", np.array([[self.model.pad_id]], dtype=np.int32)),
-                      tensor("streaming", np.array([[True]])),
-                      *sampling(job, DIRECT_SAMPLING)]
+            inputs = {"input_ids": prompt_ids, "input_lengths": [len(prompt_ids)],
+                      "request_output_len": [job.max_tokens], "end_id": [self.model.end_ids[0]],
+                      "pad_id": [self.model.pad_id], "streaming": [True], **sampling(job, DIRECT_SAMPLING)}
             if len(self.model.end_ids) > 1:
-                inputs.append(tensor("stop_words_list", end_word_list(self.model.end_ids)))
-            outputs = TOKEN_OUTPUTS
-        else:
-            # The chat template is applied here, so the ensemble gets the whole rendered prompt as text.
-            text = self.model.tokenizer.decode(prompt_ids)
-            inputs = [tensor("text_input", np.array([[text.encode("utf-8")]], dtype=object)),
-                      tensor("max_tokens", np.array([[job.max_tokens]], dtype=np.int32)),
-                      tensor("stream", np.array([[True]])),
-                      *sampling(job, ENSEMBLE_SAMPLING)]
-            outputs = TEXT_OUTPUTS
-        return {"model_name": self.target, "inputs": inputs, "outputs": outputs, "request_id": request_id}
+                inputs["stop_words_list"] = end_word_list(self.model.end_ids)
+            return inputs
+        # The chat template is applied here, so the ensemble gets the whole rendered prompt as text.
+        return {"text_input": [self.model.tokenizer.decode(prompt_ids)], "max_tokens": [job.max_tokens],
+                "stream": [True], **sampling(job, ENSEMBLE_SAMPLING)}
 
     async def pieces(self, job: Generation, prompt_ids: list[int], answer: Answer) -> AsyncIterator[str]:
         """The answer's text as it streams. Leaving early (a stop sequence, a client gone, an error)
         cancels the Triton request: the caller must close this generator (contextlib.aclosing)."""
-        request = self.request(job, prompt_ids)
-
-        async def one_request() -> AsyncIterator[dict]:
-            yield request
-
-        call = self.client.stream_infer(one_request())
+        stream = self.loopback.stream(self.target, self.inputs(job, prompt_ids))
         try:
             if self.path == "direct":
-                async for piece in self.decode(call, answer):
+                async for piece in self.decode(stream, answer):
                     yield piece
             else:
-                async for piece in self.texts(call, answer):
+                async for piece in self.texts(stream, answer):
                     yield piece
-        except InferenceServerException as error:
-            raise ApiError(f"Triton refused the request: {error.message()}", None, status=502,
+        except ModelError as error:
+            raise ApiError(f"Triton refused the request: {error}", None, status=502,
                            type="server_error", code="triton_error") from None
         finally:
-            # A no-op once the call has ended; otherwise Triton sees a cancelled request.
-            call.cancel()
+            # A no-op once the stream has ended; otherwise Triton sees a cancelled request.
+            stream.cancel()
 
-    async def decode(self, call, answer: Answer) -> AsyncIterator[str]:
+    async def decode(self, stream: Stream, answer: Answer) -> AsyncIterator[str]:
         text = StreamedText(self.model.fast, self.model.skip_special_tokens)
-        async for result, output in _outputs(call, "output_ids"):
-            length = int(result.as_numpy("sequence_length").reshape(-1)[0])
-            ids = output.reshape(-1)[:length].tolist()
+        async for event in stream.responses():
+            ids = token_ids(event)
             answer.ids += ids
             answer.completion_tokens += len(ids)
             piece = text.add(ids)
@@ -159,24 +122,14 @@ class Triton:
         if tail:
             yield tail
 
-    async def texts(self, call, answer: Answer) -> AsyncIterator[str]:
+    async def texts(self, stream: Stream, answer: Answer) -> AsyncIterator[str]:
         """The ensemble streams text pieces; tokens are counted by encoding the text (close, not exact)."""
         whole = []
         try:
-            async for _, output in _outputs(call, "text_output"):
-                piece = b"".join(output.reshape(-1)).decode("utf-8")
+            async for event in stream.responses():
+                piece = "".join(values(event, "text_output"))
                 whole.append(piece)
                 if piece:
                     yield piece
         finally:  # also when a stop sequence ended the answer early
             answer.completion_tokens = len(self.model.fast.encode("".join(whole), add_special_tokens=False).ids)
-
-
-async def _outputs(call, name: str) -> AsyncIterator[tuple[object, np.ndarray]]:
-    """Each response of the stream that carries `name`, with it; an error response raises."""
-    async for result, error in call:
-        if error is not None:
-            raise error
-        output = result.as_numpy(name)
-        if output is not None and output.size:
-            yield result, output

@@ -43,7 +43,7 @@ def gateway(triton, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gatewa
     log = tmp_path_factory.mktemp("gateway") / "gateway.log"
     with log.open("wb") as out:
         process = subprocess.Popen([sys.executable, "-m", "gateway", "--repository", str(triton.repository),
-                                    "--triton", triton.grpc, "--port", str(port)], cwd=ROOT, env=dict(os.environ),
+                                    "--triton", triton.http, "--port", str(port)], cwd=ROOT, env=dict(os.environ),
                                    stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:

@@ -932,9 +932,18 @@ def test_gateway_liveness_on_tritons_path(repo: Path) -> None:
 
 
 def test_gateway_that_calls_another_triton(repo: Path) -> None:
-    edit(repo, "gitops/base/deployment.yaml", "--triton=127.0.0.1:8001", "--triton=triton:8001")
+    edit(repo, "gitops/base/deployment.yaml", "--triton=127.0.0.1:8000", "--triton=triton:8000")
     assert problems(repo, "overlays/cpu") == [
-        "Deployment/triton: container gateway must call this pod's Triton: --triton=127.0.0.1:8001 (has triton:8001)"
+        "Deployment/triton: container gateway must call this pod's Triton's HTTP port: --triton=127.0.0.1:8000 "
+        "(has triton:8000)"
+    ]
+
+
+def test_gateway_that_calls_triton_grpc_port(repo: Path) -> None:
+    edit(repo, "gitops/base/deployment.yaml", "--triton=127.0.0.1:8000", "--triton=127.0.0.1:8001")
+    assert problems(repo, "overlays/cpu") == [
+        "Deployment/triton: container gateway must call this pod's Triton's HTTP port: --triton=127.0.0.1:8000 "
+        "(has 127.0.0.1:8001)"
     ]
 
 

@@ -345,7 +345,7 @@ def gateway_ceiling(args: argparse.Namespace) -> int:
             repository = standin.layout(built, scratch / path, args.per_token_delay_us)
             expectation = loadgen.Expectation.of(repository)
             with serve.running(repository, ports, log_file=log) as server:
-                gateway = gateway_load.start(repository, f"127.0.0.1:{ports.grpc}", gateway_port, path,
+                gateway = gateway_load.start(repository, f"127.0.0.1:{ports.http}", gateway_port, path,
                                              args.gateway_workers, gateway_log)
                 try:
                     gateway_load.wait_ready(gateway, url)

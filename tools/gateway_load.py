@@ -23,10 +23,10 @@ ROOT = Path(__file__).resolve().parent.parent
 MODEL_NAME = "standin"  # --model-name: the stand-in is not the model build.json names
 
 
-def start(repository: Path, triton_grpc: str, port: int, path: str, workers: int, log: Path) -> subprocess.Popen:
+def start(repository: Path, triton_http: str, port: int, path: str, workers: int, log: Path) -> subprocess.Popen:
     with log.open("ab") as out:
         return subprocess.Popen([sys.executable, "-m", "gateway", "--repository", str(repository), "--triton",
-                                 triton_grpc, "--port", str(port), "--path", path, "--workers", str(workers),
+                                 triton_http, "--port", str(port), "--path", path, "--workers", str(workers),
                                  "--model-name", MODEL_NAME], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
 
 

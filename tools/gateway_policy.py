@@ -35,10 +35,10 @@ def _wiring_problems(deployment: dict, gateway: dict, triton: dict) -> list[str]
     """It calls this pod's Triton and reads the build Triton serves, from the same volume, read-only."""
     problems, name = [], ref(deployment)
     args, triton_args = gateway.get("args", []), triton.get("args", [])
-    grpc = flag_value(triton_args, "--grpc-port") or "8001"
-    if flag_value(args, "--triton") != f"127.0.0.1:{grpc}":
-        problems.append(f"{name}: container {CONTAINER} must call this pod's Triton: --triton=127.0.0.1:{grpc} "
-                        f"(has {flag_value(args, '--triton')})")
+    http = flag_value(triton_args, "--http-port") or "8000"
+    if flag_value(args, "--triton") != f"127.0.0.1:{http}":
+        problems.append(f"{name}: container {CONTAINER} must call this pod's Triton's HTTP port: "
+                        f"--triton=127.0.0.1:{http} (has {flag_value(args, '--triton')})")
     served = flag_value(triton_args, "--model-repository")
     if flag_value(args, "--repository") != served:
         problems.append(f"{name}: container {CONTAINER} must read the build Triton serves: --repository={served} "

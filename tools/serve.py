@@ -175,9 +175,9 @@ def running(repository: Path, ports: Ports, log_file: Path | None = None,
 
 def start_gateway(repository: Path, ports: Ports, host: str, port: int) -> subprocess.Popen:
     """The OpenAI-compatible gateway (gateway/) beside this tritonserver, as the pod runs it beside Triton."""
-    grpc_host = "127.0.0.1" if host in ("0.0.0.0", "") else host
+    triton_host = "127.0.0.1" if host in ("0.0.0.0", "") else host
     return subprocess.Popen([sys.executable, "-m", "gateway", "--repository", str(Path(repository).resolve()),
-                             "--triton", f"{grpc_host}:{ports.grpc}", "--host", host, "--port", str(port)], cwd=ROOT)
+                             "--triton", f"{triton_host}:{ports.http}", "--host", host, "--port", str(port)], cwd=ROOT)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -19,7 +19,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 from answer_metrics import Answer, AnswerMetrics
 from end_ids import end_ids
-from loopback import Loopback, ModelError, Stream, infer_tensor, json_values, values
+from loopback import Loopback, ModelError, Stream, infer_tensor, json_values, token_ids, values
 from model_params import load_config, load_tokenizer, parameter
 from sampling_ranges import range_error
 from streamed_text import StreamedText
@@ -69,11 +69,6 @@ class RequestError(ValueError):
 def text_response(texts: list[str]) -> pb_utils.InferenceResponse:
     array = np.array([[t.encode("utf-8")] for t in texts], dtype=object)
     return pb_utils.InferenceResponse([pb_utils.Tensor("text_output", array)])
-
-
-def new_ids(event: dict) -> list[int]:
-    """The token ids one tensorrt_llm response carries (output_ids up to its sequence_length)."""
-    return values(event, "output_ids")[:values(event, "sequence_length")[0]]
 
 
 def end_stops(tokenizer, tokenizer_dir) -> list[str]:
@@ -277,7 +272,7 @@ class TritonPythonModel:
     async def generate_ids(self, request, tracked: Tracked, row: int) -> list[int]:
         ids: list[int] = []
         async for event in (await self.tensorrt_llm_stream(request, tracked, row, stream=False)).responses():
-            ids += new_ids(event)
+            ids += token_ids(event)
         tracked.answer.count(len(ids))
         return ids
 
@@ -288,7 +283,7 @@ class TritonPythonModel:
         text = StreamedText(self.tokenizer, self.skip_special_tokens)
         outbox = Outbox(sender, asyncio.get_running_loop())
         async for event in (await self.tensorrt_llm_stream(request, tracked, 0, stream=True)).responses():
-            ids = new_ids(event)
+            ids = token_ids(event)
             tracked.answer.add(len(ids))
             outbox.put(text.add(ids))
         try:

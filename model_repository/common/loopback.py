@@ -1,4 +1,5 @@
-"""Calls to the other models of this tritonserver through its own HTTP endpoint (loopback).
+"""Calls to the models of a tritonserver through its HTTP endpoint: the ensemble's loopback to its
+own server, and the OpenAI gateway's calls to the Triton of its pod.
 
 Why not BLS: in the python backend, decoupled BLS responses are read with a blocking iterator, one
 thread per stream. Under a fast engine the stub deadlocks (a thread woken in
@@ -54,9 +55,16 @@ def infer_tensor(name: str, array: np.ndarray, label: str) -> dict:
 
 
 def values(event: dict, name: str) -> list:
-    """An output of a generate_stream event: Triton writes a one-element tensor as a bare value."""
-    value = event[name]
+    """An output of a generate_stream event, [] if it has none: Triton writes a one-element tensor as a
+    bare value."""
+    value = event.get(name, [])
     return value if isinstance(value, list) else [value]
+
+
+def token_ids(event: dict) -> list[int]:
+    """The token ids one tensorrt_llm response carries (output_ids up to its sequence_length)."""
+    ids, lengths = values(event, "output_ids"), values(event, "sequence_length")
+    return ids[:lengths[0]] if lengths else ids
 
 
 class Exchange(asyncio.Protocol):
@@ -206,17 +214,30 @@ class Loopback:
     def __init__(self, host: str, port: int):
         self.host, self.port = host, port
 
-    def request(self, path: str, body: bytes) -> bytes:
-        return (f"POST {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\nContent-Type: application/json\r\n"
+    def request(self, method: str, path: str, body: bytes) -> bytes:
+        return (f"{method} {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\nContent-Type: application/json\r\n"
                 f"Content-Length: {len(body)}\r\n\r\n").encode() + body
 
-    async def open(self, path: str, body: bytes, events: bool) -> Exchange:
-        exchange = Exchange(self.request(path, body), events)
+    async def open(self, path: str, body: bytes, events: bool, method: str = "POST") -> Exchange:
+        exchange = Exchange(self.request(method, path, body), events)
         try:
             await asyncio.get_running_loop().create_connection(lambda: exchange, self.host, self.port)
         except OSError as error:
             raise ModelError(f"cannot reach this server's HTTP endpoint at {self.host}:{self.port}: {error}") from None
         return exchange
+
+    async def status(self, path: str) -> int:
+        """The HTTP status of a GET (Triton's health and readiness endpoints); 0 if nothing answers."""
+        try:
+            exchange = await self.open(path, b"", events=False, method="GET")
+        except ModelError:
+            return 0
+        try:
+            while not exchange.complete and not exchange.lost:
+                await exchange.wait()
+        finally:
+            exchange.close()
+        return exchange.status
 
     async def infer(self, model: str, inputs: list[dict], outputs: list[str]) -> dict[str, dict]:
         """A non-decoupled model's one response, as {output name: {"shape", "datatype", "data"}}."""
