@@ -66,8 +66,7 @@ class Triton:
     """The client of one gateway process: Triton's HTTP endpoint at `address` (host:port)."""
 
     def __init__(self, address: str, model: Model, path: str):
-        host, _, port = address.rpartition(":")
-        self.loopback = Loopback(host, int(port))
+        self.loopback = Loopback.at(address)
         self.model = model
         self.path = path
 

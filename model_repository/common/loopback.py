@@ -209,10 +209,16 @@ class Stream:
 
 
 class Loopback:
-    """Requests to this server's HTTP endpoint; use it from one event loop."""
+    """Requests to a tritonserver's HTTP endpoint; use it from one event loop."""
 
     def __init__(self, host: str, port: int):
         self.host, self.port = host, port
+
+    @classmethod
+    def at(cls, address: str) -> Loopback:
+        """From "host:port"."""
+        host, _, port = address.rpartition(":")
+        return cls(host, int(port))
 
     def request(self, method: str, path: str, body: bytes) -> bytes:
         return (f"{method} {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\nContent-Type: application/json\r\n"
@@ -226,30 +232,29 @@ class Loopback:
             raise ModelError(f"cannot reach this server's HTTP endpoint at {self.host}:{self.port}: {error}") from None
         return exchange
 
-    async def status(self, path: str) -> int:
-        """The HTTP status of a GET (Triton's health and readiness endpoints); 0 if nothing answers."""
-        try:
-            exchange = await self.open(path, b"", events=False, method="GET")
-        except ModelError:
-            return 0
+    async def whole(self, path: str, body: bytes, method: str = "POST") -> Exchange:
+        """One request and its whole response: the exchange once it is complete, or lost on the way."""
+        exchange = await self.open(path, body, events=False, method=method)
         try:
             while not exchange.complete and not exchange.lost:
                 await exchange.wait()
         finally:
             exchange.close()
-        return exchange.status
+        return exchange
+
+    async def status(self, path: str) -> int:
+        """The HTTP status of a GET (Triton's health and readiness endpoints); 0 if nothing answers."""
+        try:
+            return (await self.whole(path, b"", method="GET")).status
+        except ModelError:
+            return 0
 
     async def infer(self, model: str, inputs: list[dict], outputs: list[str]) -> dict[str, dict]:
         """A non-decoupled model's one response, as {output name: {"shape", "datatype", "data"}}."""
         body = json.dumps({"inputs": inputs, "outputs": [{"name": name} for name in outputs]}).encode()
-        exchange = await self.open(f"/v2/models/{model}/infer", body, events=False)
-        try:
-            while not exchange.complete:
-                if exchange.lost:
-                    raise ModelError(f"tritonserver closed the loopback connection before {model} answered")
-                await exchange.wait()
-        finally:
-            exchange.close()
+        exchange = await self.whole(f"/v2/models/{model}/infer", body)
+        if not exchange.complete:
+            raise ModelError(f"tritonserver closed the loopback connection before {model} answered")
         if exchange.status != 200:
             raise ModelError(error_of(bytes(exchange.body)))
         return {output["name"]: output for output in json.loads(bytes(exchange.body))["outputs"]}

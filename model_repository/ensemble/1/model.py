@@ -79,7 +79,7 @@ def end_stops(tokenizer, tokenizer_dir) -> list[str]:
         ids = end_ids(tokenizer_dir, None)
     except ValueError:  # generation_config.json names none: the tokenizer's eos is all there is
         return []
-    return [tokenizer.id_to_token(i) for i in ids if tokenizer.id_to_token(i) is not None]
+    return [token for token in map(tokenizer.id_to_token, ids) if token is not None]
 
 
 def error_response(message: str) -> pb_utils.InferenceResponse:
@@ -88,9 +88,8 @@ def error_response(message: str) -> pb_utils.InferenceResponse:
 
 def loopback(config: dict) -> Loopback:
     """tools/serve.py names the port it started tritonserver on; in the pod it is the configured one."""
-    address = os.environ.get("TRITON_LOOPBACK_HTTP") or f"127.0.0.1:{parameter(config, 'loopback_http_port', int)}"
-    host, _, port = address.rpartition(":")
-    return Loopback(host, int(port))
+    return Loopback.at(os.environ.get("TRITON_LOOPBACK_HTTP")
+                       or f"127.0.0.1:{parameter(config, 'loopback_http_port', int)}")
 
 
 def check_sampling(request) -> None:
