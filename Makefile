@@ -4,7 +4,7 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-# checkov lives apart (tools/checkov-requirements.txt says why); tests/test_checkov.py runs it from here.
+# checkov lives apart (tools/policy/checkov-requirements.txt says why); tests/test_checkov.py runs it from here.
 CHECKOV_VENV := .venv-checkov
 
 .PHONY: demo test lint install checkov prometheus
@@ -26,10 +26,10 @@ prometheus:
 
 install: $(VENV)/.installed prometheus
 
-$(CHECKOV_VENV)/.installed: tools/checkov-requirements.txt
+$(CHECKOV_VENV)/.installed: tools/policy/checkov-requirements.txt
 	$(PYTHON) -m venv $(CHECKOV_VENV)
 	$(CHECKOV_VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(CHECKOV_VENV)/bin/python -m pip install --quiet -r tools/checkov-requirements.txt
+	$(CHECKOV_VENV)/bin/python -m pip install --quiet -r tools/policy/checkov-requirements.txt
 	touch $@
 
 checkov: $(CHECKOV_VENV)/.installed

@@ -12,8 +12,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import catalog
-import planner
+import memory
 from hf_config import ModelShape
+from plan import Plan
 
 QUANTIZED = ("fp8", "nvfp4", "int8_wo", "int4_awq")
 # Calibration holds activations and ModelOpt's quantizer state beside the 16-bit weights. NVIDIA says
@@ -37,15 +38,13 @@ class BuildNeeds:
 
 def _usable_bytes(gpu: catalog.Gpu) -> int:
     """One GPU's memory less the headroom serving keeps: what calibration may fill."""
-    memory = int(gpu.memory_gib * catalog.GIB)
-    return memory - planner.headroom_bytes(memory)
+    gpu_bytes = int(gpu.memory_gib * catalog.GIB)
+    return gpu_bytes - memory.headroom_bytes(gpu_bytes)
 
 
-def needs(shape: ModelShape, gpu: catalog.Gpu, plan: planner.Plan) -> BuildNeeds | None:
-    """None where nothing is built (cpu target, or a pre-quantized checkpoint served as shipped)."""
-    if gpu.is_cpu or plan.runtime != "engine":
-        return None
-    wide, _ = planner.weight_bytes(shape, "bf16")
+def needs(shape: ModelShape, gpu: catalog.Gpu, plan: Plan) -> BuildNeeds:
+    """For a plan whose runtime builds an engine (build/runtimes/engine.py); compile.py asks no other."""
+    wide, _ = memory.weight_bytes(shape, "bf16")
     usable = _usable_bytes(gpu)
     if plan.precision in QUANTIZED:
         step = "quantize.py (ModelOpt calibration on GPU)"

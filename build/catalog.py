@@ -67,7 +67,7 @@ class Gpu:
     machine_types: dict[int, str]
     pod_cpu: int
     pod_memory_gib: int
-    precisions: tuple[str, ...]  # what the SM runs; the planner chooses among them (planner.PRECISIONS)
+    precisions: tuple[str, ...]  # what the SM runs; the planner chooses among them (memory.PRECISIONS)
     runtimes: tuple[str, ...]
     dense_tflops: dict[str, float]  # "bf16", "fp8", "fp4" -> dense tensor TFLOPS per GPU (datasheet); 0 = none
     interconnect_gb_per_s: float  # GPU-to-GPU (NVLink, else PCIe), both directions, 10^9 bytes/s

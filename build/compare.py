@@ -9,12 +9,13 @@ import catalog
 import estimate
 import planner
 from hf_config import ModelShape
+from plan import Plan
 
 
 @dataclass(frozen=True)
 class Row:
     gpu: str
-    plan: planner.Plan | None
+    plan: Plan | None
     estimate: estimate.Estimate | None
     refusal: str  # why it cannot serve the model; empty when it can
 

@@ -28,7 +28,6 @@ from pathlib import Path
 import build_memory
 import catalog
 import compare
-import engine
 import estimate
 import hf_config
 import layout
@@ -36,7 +35,9 @@ import manifest
 import model_source
 import pipeline
 import planner
+import runtimes
 import templating
+from plan import Plan
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CACHE = Path(os.environ.get("GKE_TRITON_CACHE", ROOT / ".cache"))
@@ -53,7 +54,8 @@ def log(message: str) -> None:
 
 def templates_sha256() -> str:
     digest = hashlib.sha256()
-    for path in [*layout.template_files(), *sorted((ROOT / "build").glob("*.py"))]:
+    build_code = sorted(p for p in (ROOT / "build").rglob("*.py") if "__pycache__" not in p.parts)
+    for path in [*layout.template_files(), *build_code]:
         digest.update(path.relative_to(ROOT).as_posix().encode())
         digest.update(path.read_bytes())
     return digest.hexdigest()
@@ -61,7 +63,7 @@ def templates_sha256() -> str:
 
 def versions_for(runtime: str) -> dict[str, str | None]:
     pins = catalog.versions()
-    uses_trtllm = runtime != "cpu"
+    uses_trtllm = runtimes.get(runtime).uses_tensorrt_llm
     return {
         "triton_image": pins["triton"]["image"],
         "triton_release": pins["triton"]["container_release"],
@@ -70,7 +72,7 @@ def versions_for(runtime: str) -> dict[str, str | None]:
     }
 
 
-def recipe_for(plan: planner.Plan, source: model_source.ModelSource, options: layout.Options) -> dict:
+def recipe_for(plan: Plan, source: model_source.ModelSource, options: layout.Options) -> dict:
     return {
         "model": {"name": source.name, "source": source.source, "weights_sha256": source.weights_sha256},
         "target": {"gpu": plan.gpu, "accelerator": plan.accelerator, "compute_capability": plan.compute_capability},
@@ -86,26 +88,22 @@ def recipe_for(plan: planner.Plan, source: model_source.ModelSource, options: la
     }
 
 
-def build_repository(plan: planner.Plan, source: model_source.ModelSource, options: layout.Options,
+def build_repository(plan: Plan, source: model_source.ModelSource, options: layout.Options,
                      out_dir: Path, publish_uri: str | None = None, job_model: str = "",
                      build: build_memory.BuildNeeds | None = None) -> tuple[dict, bool]:
     """Lay out the repository (or keep the one already there); returns build.json and whether it was rebuilt."""
     recipe = recipe_for(plan, source, options)
     if manifest.up_to_date(out_dir, recipe):
         return manifest.read(out_dir), False
+    runtime = runtimes.get(plan.runtime)
     with layout.staged(out_dir) as staging:
-        log("* layout: ensemble" if plan.runtime == "llmapi" else "* layout: preprocessing, postprocessing, ensemble")
-        layout.shared_models(staging, plan, source.checkpoint_dir, options)
+        log("* layout: preprocessing, postprocessing, ensemble" if runtime.takes_token_ids else "* layout: ensemble")
+        layout.shared_models(staging, plan, source.checkpoint_dir, options, token_ids=runtime.takes_token_ids)
         log(f"* layout: tensorrt_llm ({plan.runtime} runtime)")
-        if plan.runtime == "engine":
-            engine_dir = engine.run(plan, source.checkpoint_dir, staging.parent / f".{out_dir.name}.engine-work",
-                                    build=build, model_source=job_model, publish=publish_uri,
-                                    on_command=lambda command: log("> " + " ".join(command)))
-            layout.engine_tensorrt_llm(staging, plan, engine_dir)
-        elif plan.runtime == "llmapi":
-            layout.llmapi_tensorrt_llm(staging, plan, source.checkpoint_dir)
-        else:
-            layout.cpu_tensorrt_llm(staging, plan, source.checkpoint_dir, options)
+        runtime.lay_out(staging, plan, layout.StepSources(
+            checkpoint_dir=source.checkpoint_dir, options=options,
+            work_dir=staging.parent / f".{out_dir.name}.engine-work", build=build, job_model=job_model,
+            publish_uri=publish_uri, log=log))
         log("* manifest: hashing files")
         document = manifest.build_document(recipe, manifest.file_hashes(staging))
         manifest.write(staging, document)
@@ -121,7 +119,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help=f"target from the GPU catalog: {', '.join(catalog.gpus())}")
     parser.add_argument("--model", help="Hugging Face checkpoint folder or hub id "
                         f"(default: the embedded {model_source.DEFAULT_MODEL})")
-    parser.add_argument("--runtime", choices=["engine", "llmapi", "cpu"],
+    parser.add_argument("--runtime", choices=runtimes.names(),
                         help="what runs the model (default: engine on GPUs, cpu on cpu)")
     parser.add_argument("--precision", help="weights precision; default: the target's fastest "
                         "accuracy-preserving one (docs/gpu-builds.md)")
@@ -169,7 +167,7 @@ def run(args: argparse.Namespace) -> int:
                         max_seq_len=args.max_seq_len, max_batch_size=args.max_batch_size,
                         max_num_tokens=args.max_num_tokens)
     sizing = pipeline.size(plan, gpu)
-    build = build_memory.needs(shape, gpu, plan)
+    build = build_memory.needs(shape, gpu, plan) if runtimes.get(runtime).builds_engine else None
     if args.plan:
         est = estimate.estimate(plan, gpu)
         if args.json:
@@ -207,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return run(args)
     except (catalog.UnknownGpuError, planner.PlanError, hf_config.ModelConfigError, model_source.ModelSourceError,
-            templating.TemplateError, engine.EngineError, CompileError) as error:
+            templating.TemplateError, runtimes.StepError, CompileError) as error:
         if args.debug:
             traceback.print_exc()
         log(f"error: {error}")

@@ -26,13 +26,10 @@ import tomllib
 from dataclasses import asdict, dataclass
 from functools import cache
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import catalog
 from catalog import GIB
-
-if TYPE_CHECKING:
-    from planner import Plan
+from plan import Plan
 
 PRICES_FILE = Path(__file__).resolve().parent / "prices.toml"
 # Decode kernels read weights and KV at well under datasheet bandwidth (launch gaps, attention at short

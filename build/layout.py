@@ -1,4 +1,5 @@
-"""Lay out a Triton model repository from the templates in model_repository/, filled from the plan.
+"""Lay out a Triton model repository from the templates in model_repository/, filled from the plan:
+what every runtime shares. Each runtime lays out its own tensorrt_llm step (build/runtimes/).
 
 The repository is assembled in a staging folder beside the output and swapped in whole, so a failed
 or interrupted build never leaves a half-written repository where Triton or publish would read it.
@@ -10,19 +11,23 @@ import math
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import templating
-from planner import Plan
+from build_memory import BuildNeeds
+from plan import Plan
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATES = ROOT / "model_repository"
 COMMON_MODULES = sorted((TEMPLATES / "common").glob("*.py"))
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
                    "tokenizer.model", "vocab.json", "merges.txt", "generation_config.json")
+# Where Triton's pod has the model repository on local disk: gitops/base/deployment.yaml's init
+# container copies the published build there.
+POD_MODEL_REPOSITORY = "/models"
 
 
 @dataclass(frozen=True)
@@ -34,6 +39,19 @@ class Options:
     cpu_threads: int = 0
     # Processes of the ensemble, each with its own event loop: build/pipeline.py sizes it for GPUs.
     ensemble_instances: int = 1
+
+
+@dataclass(frozen=True)
+class StepSources:
+    """What a runtime builds its tensorrt_llm step from."""
+
+    checkpoint_dir: Path
+    options: Options
+    work_dir: Path  # scratch beside the output, for what a runtime builds before laying it out
+    build: BuildNeeds | None  # the engine build's own GPU needs, where the runtime builds one
+    job_model: str  # the model as a build Job on GKE names it (a hub id)
+    publish_uri: str | None
+    log: Callable[[str], None]
 
 
 def link_or_copy(source: Path, target: Path) -> None:
@@ -69,10 +87,9 @@ def copy_tokenizer(checkpoint_dir: Path, target: Path) -> None:
             shutil.copy2(checkpoint_dir / name, target / name)
 
 
-def shared_models(repository: Path, plan: Plan, checkpoint_dir: Path, options: Options) -> None:
+def shared_models(repository: Path, plan: Plan, checkpoint_dir: Path, options: Options, *, token_ids: bool) -> None:
     """preprocessing, postprocessing and the ensemble: the same for every runtime that takes token ids;
-    the llmapi model takes text, so there the ensemble stands alone."""
-    token_ids = plan.runtime != "llmapi"
+    a runtime that takes text (llmapi) gets the ensemble alone."""
     models = {
         "preprocessing": {
             "max_batch_size": plan.max_batch_size, "max_input_len": plan.max_input_len,
@@ -97,33 +114,6 @@ def shared_models(repository: Path, plan: Plan, checkpoint_dir: Path, options: O
         copy_tokenizer(checkpoint_dir, version_dir / "tokenizer")
 
 
-def cpu_tensorrt_llm(repository: Path, plan: Plan, checkpoint_dir: Path, options: Options) -> None:
-    version_dir = python_model(TEMPLATES / "tensorrt_llm" / "cpu", repository / "tensorrt_llm", {
-        "max_batch_size": plan.max_batch_size, "max_input_len": plan.max_input_len,
-        "max_output_len": plan.max_output_len, "cpu_threads": options.cpu_threads,
-        "max_queue_delay_microseconds": options.max_queue_delay_microseconds,
-    })
-    checkpoint = version_dir / "checkpoint"
-    checkpoint.mkdir()
-    for path in sorted(checkpoint_dir.iterdir()):
-        if path.suffix == ".safetensors" or path.name in ("config.json", "generation_config.json"):
-            link_or_copy(path, checkpoint / path.name)
-
-
-def llmapi_tensorrt_llm(repository: Path, plan: Plan, checkpoint_dir: Path) -> None:
-    """NVIDIA's llmapi model (wrapped for text deltas), its model.yaml, and the checkpoint it loads."""
-    import llmapi
-
-    version_dir = repository / "tensorrt_llm" / "1"
-    version_dir.mkdir(parents=True)
-    (repository / "tensorrt_llm" / "config.pbtxt").write_text(llmapi.render_config(plan))
-    (version_dir / "model.yaml").write_text(llmapi.render_model_yaml(plan))
-    shutil.copy2(llmapi.MODEL_PY, version_dir / "model.py")
-    for path in sorted(checkpoint_dir.iterdir()):
-        if path.is_file() and not path.name.startswith("."):
-            link_or_copy(path, repository / llmapi.CHECKPOINT_SUBDIR / path.name)
-
-
 def template_files() -> Iterator[Path]:
     """Every template file: part of the recipe, so editing one triggers a rebuild."""
     return (p for p in sorted(TEMPLATES.rglob("*")) if p.is_file() and "__pycache__" not in p.parts)
@@ -146,15 +136,3 @@ def staged(out_dir: Path) -> Iterator[Path]:
         out_dir.rename(retired)
     staging.rename(out_dir)
     shutil.rmtree(retired, ignore_errors=True)
-
-
-def engine_tensorrt_llm(repository: Path, plan: Plan, engine_dir: Path) -> None:
-    """The C++ tensorrtllm backend over the engine, which lives in the repository (local disk in the pod)."""
-    import engine
-
-    target = repository / "tensorrt_llm"
-    target.mkdir(parents=True)
-    (target / "config.pbtxt").write_text(engine.render_config(plan))
-    engine_target = repository / engine.ENGINE_SUBDIR
-    engine_target.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copytree(engine_dir, engine_target, copy_function=lambda src, dst: link_or_copy(Path(src), Path(dst)))

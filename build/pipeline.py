@@ -15,7 +15,7 @@ from pathlib import Path
 
 import catalog
 import estimate
-from planner import Plan
+from plan import Plan
 
 COSTS_FILE = Path(__file__).resolve().parent / "pipeline_costs.toml"
 HEADROOM = 2.0  # the pipeline's ceiling over the engine's expected peak

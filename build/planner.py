@@ -1,20 +1,6 @@
 """Plan a deployment of one model on one catalog target: precision, tensor parallelism, limits, KV budget.
 
-All memory is in GiB (2**30 bytes), the unit `memory_gib` in gpus.toml is given in: the memory the
-driver reports per GPU (nvidia-smi memory.total), not the marketed size. The arithmetic, per GPU of
-a TP group:
-
-    memory     = memory_gib x 2**30, rounded down to whole bytes
-    weights    = (embedding + norms) at 16-bit, replicated on every rank
-               + (attention + MLP) at the precision's bytes per weight, split over TP
-               + lm_head at 16-bit, split over TP
-    headroom   = max(2 GiB, 10% of the GPU): CUDA context, cuBLAS/NCCL workspaces and the
-                 activations of one max_num_tokens iteration
-    KV budget  = memory - weights - headroom
-    KV / token = layers x max(1, kv_heads / TP) x head_dim x 2 (K and V) x KV bytes
-    KV tokens  = KV budget / (KV / token), rounded down to whole 32-token blocks
-
-A plan fits when the KV budget holds at least one max_seq_len sequence.
+Memory arithmetic (weights, headroom, KV cache per precision) is build/memory.py's.
 
 The serving objective (docs/gpu-builds.md, "Choosing TP"): output tokens/s per GPU under a latency
 bound. Decode is bandwidth-bound; with the KV cache full, a GPU's output rate is its ceiling
@@ -32,17 +18,16 @@ DEFAULT_MAX_NUM_TOKENS prefill chunk. Planning raises PlanError; it never prints
 
 from __future__ import annotations
 
-import math
-from dataclasses import asdict, dataclass, replace
+from dataclasses import replace
 
 import catalog
 import estimate
+import runtimes
 from catalog import GIB
 from hf_config import ModelShape
+from memory import PRECISIONS, PREQUANTIZED_MIN_CC, TOKENS_PER_BLOCK, Memory, kv_dtype, memory_for
+from plan import Plan
 
-HEADROOM_MIN_GIB = 2
-HEADROOM_FRACTION = 0.10
-TOKENS_PER_BLOCK = 32  # TRT-LLM 1.x paged-KV block size (trtllm-build --tokens_per_block default in 1.x); passed to it
 DEFAULT_MAX_SEQ_LEN = 8192  # 128k-context models would otherwise reserve KV for 128k-token requests
 DEFAULT_MAX_NUM_TOKENS = 8192  # trtllm-build's own default; chunked context feeds longer prompts in pieces
 # trtllm-build enforces no upper bound on --max_batch_size; 2048 is TensorRT-LLM's own default
@@ -60,157 +45,12 @@ CPU_MAX_BATCH_SIZE = 8
 CPU_MAX_SEQ_LEN = 2048
 
 
-@dataclass(frozen=True)
-class Precision:
-    linear_bytes: float  # per transformer-block weight (attention and MLP), scales included
-    kv_bytes: int
-    keeps_accuracy: bool  # the planner may pick it without being asked (see PRECISIONS)
-    quantized_mlp_only: bool = False
-
-
-# int4_awq: 4 bits + one fp16 scale per 128 weights (--awq_block_size 128); nvfp4: 4 bits + one fp8 scale
-# per 16; mxfp4 (gpt-oss as published): 4 bits + one 8-bit scale per 32, experts only. FP8 and NVFP4
-# engines get an FP8 KV cache (examples/quantization/quantize.py --kv_cache_dtype fp8).
-# Accuracy-preserving: the 16- and 32-bit floats, and FP8, which NVIDIA rates "very low" accuracy
-# degradation, the only quantization it puts there (TensorRT-Model-Optimizer
-# docs/source/guides/_choosing_quant_methods.rst at 7eecd11b: INT8 SmoothQuant "medium", INT4 AWQ "low").
-# Weight-only INT8/INT4 and the 4-bit floats are lossy: a per-model accuracy check is the user's call,
-# so the planner only takes one where nothing accuracy-preserving fits, and says so. Ordered least lossy
-# first.
-PRECISIONS: dict[str, Precision] = {
-    "fp32": Precision(4, 4, keeps_accuracy=True),
-    "bf16": Precision(2, 2, keeps_accuracy=True),
-    "fp16": Precision(2, 2, keeps_accuracy=True),
-    "fp8": Precision(1, 1, keeps_accuracy=True),
-    "int8_wo": Precision(1, 2, keeps_accuracy=False),
-    "nvfp4": Precision(0.5 + 1 / 16, 1, keeps_accuracy=False),
-    "int4_awq": Precision(0.5 + 2 / 128, 2, keeps_accuracy=False),
-    "mxfp4": Precision(0.5 + 1 / 32, 2, keeps_accuracy=False, quantized_mlp_only=True),
-}
-# Pre-quantized checkpoints are served as shipped, only by the llmapi runtime. MXFP4 MoE kernels are
-# documented for Hopper (bf16 activations) and Blackwell only
-# (NVIDIA/TensorRT-LLM examples/models/core/gpt_oss/README.md); ModelOpt FP8 needs FP8 tensor cores
-# (compute capability 8.9+) and NVFP4 Blackwell (10.0+) (docs/source/reference/support-matrix.md).
-PREQUANTIZED_MIN_CC = {"mxfp4": 9.0, "fp8": 8.9, "nvfp4": 10.0}
-# Precisions the llmapi (PyTorch) runtime serves from an unquantized checkpoint: it loads weights as
-# they are and does not run ModelOpt itself.
-LLMAPI_UNQUANTIZED = ("bf16", "fp16")
-
-
 class PlanError(ValueError):
     """The model cannot be planned on the target as asked; the message says why and what to pass."""
 
 
-@dataclass(frozen=True)
-class Plan:
-    model: str
-    architecture: str
-    parameters: int
-    active_parameters: int  # what one token's matmuls touch: MoE experts count experts_per_token of them
-    gpu: str
-    accelerator: str
-    compute_capability: str
-    machine_type: str
-    runtime: str
-    precision: str
-    precision_reason: str
-    keeps_accuracy: bool  # False where the plan quantizes below what keeps the checkpoint's accuracy
-    kv_cache_dtype: str
-    tp: int
-    pp: int
-    max_batch_size: int
-    max_input_len: int
-    max_output_len: int
-    max_seq_len: int
-    max_num_tokens: int
-    memory_gib: float
-    weights_gib: float  # whole model
-    weights_per_gpu_gib: float
-    headroom_gib: float
-    kv_bytes_per_token: int  # per GPU
-    kv_budget_gib: float  # per GPU
-    kv_tokens: int
-    max_len_sequences: int  # how many max_seq_len sequences the KV budget holds at once
-    kv_cache_free_gpu_mem_fraction: float
-    num_layers: int
-    hidden_size: int
-    kv_share: float  # KV budget / (memory - headroom): the share of the decode ceiling a full KV reaches
-    tp_reason: str
-
-    def limits(self) -> dict[str, int]:
-        return {
-            "max_batch_size": self.max_batch_size,
-            "max_input_len": self.max_input_len,
-            "max_output_len": self.max_output_len,
-            "max_seq_len": self.max_seq_len,
-            "max_num_tokens": self.max_num_tokens,
-        }
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-@dataclass(frozen=True)
-class _Memory:
-    weights_total: int
-    weights_per_gpu: int
-    headroom: int
-    memory: int
-    kv_bytes_per_token: int
-
-    @property
-    def kv_budget(self) -> int:
-        return self.memory - self.weights_per_gpu - self.headroom
-
-    @property
-    def kv_tokens(self) -> int:
-        if self.kv_budget <= 0:
-            return 0
-        return self.kv_budget // self.kv_bytes_per_token // TOKENS_PER_BLOCK * TOKENS_PER_BLOCK
-
-    @property
-    def kv_share(self) -> float:
-        return self.kv_budget / (self.memory - self.headroom)
-
-
 def _gib(n: int) -> float:
     return round(n / GIB, 2)
-
-
-def kv_dtype(precision: str) -> str:
-    return {1: "fp8", 2: "bf16" if precision != "fp16" else "fp16", 4: "fp32"}[PRECISIONS[precision].kv_bytes]
-
-
-def weight_bytes(shape: ModelShape, precision: str, tp: int = 1) -> tuple[int, int]:
-    """(whole model, per GPU of a TP group) weight bytes."""
-    p = shape.parameters()
-    spec = PRECISIONS[precision]
-    wide = 4 if precision == "fp32" else 2
-    if spec.quantized_mlp_only:
-        split = math.ceil(p.mlp * spec.linear_bytes) + (p.attention + p.lm_head) * wide
-    else:
-        split = math.ceil(p.linear * spec.linear_bytes) + p.lm_head * wide
-    replicated = (p.embedding + p.norms) * wide
-    return replicated + split, replicated + math.ceil(split / tp)
-
-
-def headroom_bytes(memory: int) -> int:
-    """What a GPU of `memory` bytes keeps free of weights and KV cache (see the module docstring)."""
-    return max(HEADROOM_MIN_GIB * GIB, int(memory * HEADROOM_FRACTION))
-
-
-def _memory(shape: ModelShape, gpu: catalog.Gpu, precision: str, tp: int) -> _Memory:
-    total, per_gpu = weight_bytes(shape, precision, tp)
-    # The cpu target has no GPU: its budget is the Triton pod's memory request.
-    memory = int((gpu.pod_memory_gib if gpu.is_cpu else gpu.memory_gib) * GIB)
-    kv_heads = max(1, shape.num_kv_heads // tp)  # TP > kv_heads replicates KV heads
-    return _Memory(
-        weights_total=total,
-        weights_per_gpu=per_gpu,
-        headroom=headroom_bytes(memory),
-        memory=memory,
-        kv_bytes_per_token=shape.num_layers * kv_heads * shape.head_dim * 2 * PRECISIONS[precision].kv_bytes,
-    )
 
 
 def _pow2_floor(n: int) -> int:
@@ -235,13 +75,7 @@ def _tp_problem(shape: ModelShape, tp: int) -> str | None:
 
 
 def _precision_problem(shape: ModelShape, runtime: str, precision: str) -> str | None:
-    if runtime == "llmapi" and precision not in LLMAPI_UNQUANTIZED:
-        return (
-            f"the llmapi runtime serves the checkpoint's own weights and does not quantize; "
-            f"{shape.name} is unquantized, so it runs at {' or '.join(LLMAPI_UNQUANTIZED)} "
-            f"(use --runtime engine for {precision})"
-        )
-    return None
+    return runtimes.get(runtime).precision_problem(shape, precision)
 
 
 def _resolve_precision(shape: ModelShape, gpu: catalog.Gpu, runtime: str, requested: str | None) -> str:
@@ -256,11 +90,9 @@ def _resolve_precision(shape: ModelShape, gpu: catalog.Gpu, runtime: str, reques
                 f"{shape.name} ships pre-quantized as {method} and is served as shipped; "
                 f"drop --precision {requested}"
             )
-        if runtime != "llmapi":
-            raise PlanError(
-                f"{shape.name} ships pre-quantized as {method}, which only the llmapi runtime serves; "
-                "pass --runtime llmapi"
-            )
+        problem = _precision_problem(shape, runtime, method)
+        if problem:
+            raise PlanError(problem)
         needed = PREQUANTIZED_MIN_CC.get(method)
         if needed is None:
             raise PlanError(f"{shape.name} is quantized as {method}, which the planner does not know")
@@ -310,7 +142,7 @@ def _resolve_max_seq_len(shape: ModelShape, gpu: catalog.Gpu, requested: int | N
 
 
 def _fit(shape: ModelShape, gpu: catalog.Gpu, precision: str, tp: int, max_seq_len: int) -> bool:
-    return _memory(shape, gpu, precision, tp).kv_tokens >= max_seq_len
+    return memory_for(shape, gpu, precision, tp).kv_tokens >= max_seq_len
 
 
 def _precision_order(gpu: catalog.Gpu, shape: ModelShape, runtime: str) -> list[str]:
@@ -335,7 +167,7 @@ def _suggestions(
                             if _fit(shape, gpu, p, tp, max_seq_len)), None)
             if smaller is not None:
                 options.append(f"--precision {smaller}")
-    mem = _memory(shape, gpu, precision, tp)
+    mem = memory_for(shape, gpu, precision, tp)
     if mem.kv_tokens >= 2 * TOKENS_PER_BLOCK:
         options.append(f"--max-seq-len {_pow2_floor(mem.kv_tokens)}")
     fits: list[tuple[int, int, str]] = []
@@ -373,18 +205,9 @@ def plan(
         raise PlanError(
             f"{gpu.name} runs the {' or '.join(gpu.runtimes)} runtime; --runtime {runtime} is not one of them"
         )
-    if runtime == "engine" and shape.engine_family is None:
-        suggestion = "Pass --runtime llmapi"
-        needed = PREQUANTIZED_MIN_CC.get(shape.quant_method or "")
-        if needed and float(gpu.compute_capability) < needed:  # llmapi would refuse this GPU too
-            able = [g.name for g in catalog.gpus().values() if g.compute_capability and
-                    float(g.compute_capability) >= needed]
-            suggestion += (f" with --gpu {' or '.join(able)} ({gpu.name} has no {shape.quant_method} kernels, "
-                           "which its weights need)")
-        raise PlanError(
-            f"{shape.name} ({shape.architecture}) has no TensorRT engine recipe in TensorRT-LLM "
-            f"{catalog.versions()['tensorrt_llm']['version']}; only the PyTorch backend serves it. {suggestion}"
-        )
+    problem = runtimes.get(runtime).model_problem(shape, gpu)
+    if problem:
+        raise PlanError(problem)
     if gpu.is_cpu and tp not in (None, 1):
         raise PlanError(f"the cpu target runs in one process; drop --tp {tp}")
     chosen_precision = _resolve_precision(shape, gpu, runtime, precision)
@@ -416,7 +239,7 @@ def plan(
     else:
         chosen_tp, tp_reason = tp, "--tp given"
 
-    mem = _memory(shape, gpu, chosen_precision, chosen_tp)
+    mem = memory_for(shape, gpu, chosen_precision, chosen_tp)
     if mem.kv_tokens < seq_len:
         raise PlanError(_too_big(shape, gpu, runtime, chosen_precision, chosen_tp, seq_len, mem,
                                  precision_given=precision is not None))
@@ -476,7 +299,7 @@ def _positive(flag: str, value: int | None) -> int | None:
     return value
 
 
-def _per_sequence_s(shape: ModelShape, gpu: catalog.Gpu, mem: _Memory, kv_len: int, tp: int) -> float:
+def _per_sequence_s(shape: ModelShape, gpu: catalog.Gpu, mem: Memory, kv_len: int, tp: int) -> float:
     return estimate.sequence_seconds(gpu, mem.kv_bytes_per_token, kv_len,
                                      estimate.allreduce_bytes(shape.num_layers, shape.hidden_size, tp))
 
@@ -492,7 +315,7 @@ def _compute_per_sequence_s(shape: ModelShape, gpu: catalog.Gpu, precision: str,
     return estimate.prefill_seconds(gpu, active_parameters(shape), precision, tp, 1)
 
 
-def _batch(shape: ModelShape, gpu: catalog.Gpu, mem: _Memory, seq_len: int, tp: int, precision: str) -> int:
+def _batch(shape: ModelShape, gpu: catalog.Gpu, mem: Memory, seq_len: int, tp: int, precision: str) -> int:
     """As many mean-length sequences as the KV cache holds, within the latency bound: no rounding."""
     kv_len = min(estimate.MEAN_SEQUENCE_TOKENS, seq_len)
     by_kv = mem.kv_tokens // kv_len
@@ -513,14 +336,14 @@ def _choose_tp(shape: ModelShape, gpu: catalog.Gpu, precision: str, tps: tuple[i
         return 1, "one process"
     kv_len = min(estimate.MEAN_SEQUENCE_TOKENS, seq_len)
     for t in fitting:
-        mem = _memory(shape, gpu, precision, t)
+        mem = memory_for(shape, gpu, precision, t)
         per_sequence = _per_sequence_s(shape, gpu, mem, kv_len, t)
         fast = estimate.batch_for_latency(gpu, mem.weights_per_gpu, per_sequence,
                                           _compute_per_sequence_s(shape, gpu, precision, t),
                                           estimate.allreduce_latency_s(shape.num_layers, t)) >= 1
         if mem.kv_share >= MIN_KV_SHARE and fast:
             return t, f"smallest with KV share >= 1/3: {mem.kv_share:.2f}"
-    share = _memory(shape, gpu, precision, fitting[-1]).kv_share
+    share = memory_for(shape, gpu, precision, fitting[-1]).kv_share
     return fitting[-1], f"none has KV share 1/3; largest: {share:.2f}"
 
 
@@ -551,7 +374,7 @@ def _choose_precision(shape: ModelShape, gpu: catalog.Gpu, runtime: str, tp: int
 
 
 def _too_big(
-    shape: ModelShape, gpu: catalog.Gpu, runtime: str, precision: str, tp: int, seq_len: int, mem: _Memory,
+    shape: ModelShape, gpu: catalog.Gpu, runtime: str, precision: str, tp: int, seq_len: int, mem: Memory,
     *, precision_given: bool,
 ) -> str:
     has = f"{gpu.pod_memory_gib} GiB of pod memory" if gpu.is_cpu else f"{gpu.memory_gib:.2f} GiB per GPU"

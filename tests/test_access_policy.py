@@ -1,4 +1,4 @@
-"""tools/access_policy.py: least privilege that holds. Argo CD projects name the cluster-scoped objects
+"""tools/policy/access.py: least privilege that holds. Argo CD projects name the cluster-scoped objects
 they may create, Argo CD's `default` project allows nothing, and the compile Job reads its token from
 a file, runs in an isolated namespace and installs nothing when it starts.
 
@@ -11,11 +11,11 @@ from __future__ import annotations
 import tomllib
 from pathlib import Path
 
-import access_policy
 import pytest
 import validate
 import yaml
 from packaging.requirements import Requirement
+from policy import access
 from test_validate import edit, problems  # CRDs found as tests/test_validate.py finds them
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -123,7 +123,7 @@ def test_job_that_installs_at_run_time(repo: Path, command: str) -> None:
 def test_words_that_merely_contain_pip_are_fine() -> None:
     job = {"kind": "Job", "metadata": {"name": "j"}, "spec": {"template": {"spec": {"containers": [
         {"name": "c", "command": ["python3", "tools/pipeline.py", "--recipe", "/opt/pip-tools/x"]}]}}}}
-    assert access_policy.check_job_installs([job]) == []
+    assert access.check_job_installs([job]) == []
 
 
 def project(whitelist: list[dict], blacklist: list[dict] | None = None) -> dict:
@@ -138,19 +138,19 @@ def project(whitelist: list[dict], blacklist: list[dict] | None = None) -> dict:
     ([{"group": "*", "kind": "*", "name": "triton-?pu"}], "triton-cpu", True),
 ])
 def test_cluster_whitelist_matches_like_argo_cd(entries: list[dict], name: str, allowed: bool) -> None:
-    assert access_policy.cluster_resource_permitted(project(entries), "", "Namespace", name) is allowed
+    assert access.cluster_resource_permitted(project(entries), "", "Namespace", name) is allowed
 
 
 def test_blacklist_wins_over_whitelist() -> None:
     locked = project([{"group": "", "kind": "Namespace", "name": "triton-*"}],
                      [{"group": "", "kind": "Namespace", "name": "triton-build"}])
-    assert not access_policy.cluster_resource_permitted(locked, "", "Namespace", "triton-build")
+    assert not access.cluster_resource_permitted(locked, "", "Namespace", "triton-build")
 
 
 def test_the_shipped_default_project_is_argo_cds_locked_one() -> None:
     default = yaml.safe_load((ROOT / "gitops/argocd/appproject-default.yaml").read_text())
     assert default["metadata"]["name"] == "default"
-    assert access_policy.check_default_project([default]) == []
+    assert access.check_default_project([default]) == []
 
 
 def test_compile_job_reads_the_token_from_the_mounted_secret() -> None:

@@ -14,11 +14,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import catalog
-import engine
 import hf_config
 import planner
 import pytest
 from google.protobuf import text_format
+from runtimes import engine
 from tritonclient.grpc import model_config_pb2
 
 ROOT = Path(__file__).resolve().parent.parent

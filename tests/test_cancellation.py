@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import requests
 import tritonclient.grpc as grpcclient
-from llm_client import GrpcLlmClient
+from harness.llm_client import GrpcLlmClient
 
 pytestmark = pytest.mark.triton
 

@@ -2,7 +2,7 @@
 
 Each overlay and the Argo CD, compile Job and node pool kustomizations are rendered with kustomize
 (as tools/validate.py renders them) into one folder, and checkov scans that folder once, offline.
-Every failure must be named in tools/checkov-skips.yaml, with its reason; every entry there must
+Every failure must be named in tools/policy/checkov-skips.yaml, with its reason; every entry there must
 still name a failure. checkov runs from its own virtual environment (`make checkov`).
 """
 
@@ -20,7 +20,7 @@ import validate
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
-SKIPS = ROOT / "tools" / "checkov-skips.yaml"
+SKIPS = ROOT / "tools" / "policy" / "checkov-skips.yaml"
 CHECKOV = Path(os.environ.get("GKE_TRITON_CHECKOV", ROOT / ".venv-checkov" / "bin" / "checkov"))
 TARGETS = [
     *[d.relative_to(ROOT).as_posix() for d in validate.kustomization_dirs(ROOT) if d.parent == ROOT / "overlays"],
@@ -114,7 +114,7 @@ def test_checkov_ran_on_every_target_offline_without_parse_errors(report: dict) 
 def test_every_failing_check_is_listed_with_its_reason(report: dict) -> None:
     unlisted = [str(f) for f in failures(report) if not any(covers(e, f) for e in entries())]
     assert unlisted == [], (
-        "checkov checks fail that tools/checkov-skips.yaml does not list; fix the manifest, or list the check "
+        "checkov checks fail that tools/policy/checkov-skips.yaml does not list; fix the manifest, or list the check "
         "with why it is wrong here:\n  " + "\n  ".join(unlisted)
     )
 
@@ -122,6 +122,6 @@ def test_every_failing_check_is_listed_with_its_reason(report: dict) -> None:
 def test_every_listed_check_still_fails_somewhere(report: dict) -> None:
     found = failures(report)
     stale = [f"{e['kind']}: {e['check']} {e['resources']}" for e in entries() if not any(covers(e, f) for f in found)]
-    assert stale == [], "these tools/checkov-skips.yaml entries match no failure any more; remove them:\n  " + (
+    assert stale == [], "these tools/policy/checkov-skips.yaml entries match no failure any more; remove them:\n  " + (
         "\n  ".join(stale)
     )

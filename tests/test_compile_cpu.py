@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import subprocess
@@ -88,9 +89,9 @@ def test_a_failed_build_leaves_the_previous_repository_untouched(cpu_repository:
     def broken(*_args, **_kwargs):
         raise OSError("disk full")
 
-    import layout
+    from runtimes import cpu
 
-    monkeypatch.setattr(layout, "cpu_tensorrt_llm", broken)
+    monkeypatch.setattr(cpu, "RUNTIME", dataclasses.replace(cpu.RUNTIME, lay_out=broken))
     with pytest.raises(OSError, match="disk full"):
         compile_cli.main(["--gpu", "cpu", "--out", str(out), "--no-chat-template"])
     assert manifest.read(out) == before

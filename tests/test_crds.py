@@ -1,4 +1,4 @@
-"""The CRDs tools/validate.py checks against are the upstream files tools/crds/sources.toml names.
+"""The CRDs tools/validate.py checks against are the upstream files tools/policy/crds/sources.toml names.
 
 No network here: the downloads of tools/update_crds.py are not exercised; what it does with what
 it downloads is.

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from conftest import triton_server
-from llm_client import GrpcLlmClient
+from harness.llm_client import GrpcLlmClient
 from test_serving import direct_ids
 from transformers import AutoTokenizer
 

@@ -21,14 +21,14 @@ from types import SimpleNamespace
 
 import build_memory
 import catalog
-import engine
 import hf_config
-import llmapi
 import planner
 import pytest
 import validate
 import yaml
 from google.protobuf import text_format
+from plan import Plan
+from runtimes import engine, llmapi
 from tritonclient.grpc import model_config_pb2
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -37,11 +37,11 @@ JOB = ROOT / "gitops" / "jobs" / "compile-engine"
 GPU_TARGETS = [g.name for g in catalog.gpus().values() if not g.is_cpu]
 
 
-def make_plan(model: str, gpu: str, runtime: str = "engine", **kwargs) -> planner.Plan:
+def make_plan(model: str, gpu: str, runtime: str = "engine", **kwargs) -> Plan:
     return planner.plan(hf_config.load(MODELS / model), catalog.gpu(gpu), runtime=runtime, **kwargs)
 
 
-def build_needs(plan: planner.Plan) -> build_memory.BuildNeeds | None:
+def build_needs(plan: Plan) -> build_memory.BuildNeeds | None:
     return build_memory.needs(hf_config.load(MODELS / plan.model), catalog.gpu(plan.gpu), plan)
 
 

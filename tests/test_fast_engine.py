@@ -1,4 +1,4 @@
-"""The ensemble under a fast engine: the no-cost stand-in tensorrt_llm (tools/standin.py), many streams.
+"""The ensemble under a fast engine: the no-cost stand-in tensorrt_llm (tools/harness/standin.py), many streams.
 
 A GPU engine streams hundreds of tokens a second per request; the CPU model never does, so this is
 where the server around the engine meets that load before a GPU does: every stream must end with its
@@ -10,11 +10,10 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import loadgen
 import pytest
 import soak
-import standin
 from conftest import triton_server
+from harness import loadgen, standin
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.triton
@@ -27,7 +26,7 @@ def io_blocks(config: str) -> str:
 
 
 def test_standin_has_the_cpu_runtimes_tensors():
-    ours = io_blocks((ROOT / "tools" / "standin_engine" / "config.pbtxt").read_text())
+    ours = io_blocks((standin.ENGINE / "config.pbtxt").read_text())
     theirs = io_blocks((ROOT / "model_repository" / "tensorrt_llm" / "cpu" / "config.pbtxt").read_text())
     assert ours and ours == theirs
 

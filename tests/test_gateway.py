@@ -17,7 +17,7 @@ import httpx
 import openai
 import pytest
 from conftest import ROOT, free_port
-from llm_client import GrpcLlmClient
+from harness.llm_client import GrpcLlmClient
 from test_cancellation import cancelled_lines, wait_for_cancellation
 from transformers import AutoTokenizer
 

@@ -11,18 +11,18 @@ import tomllib
 from functools import cache
 from pathlib import Path
 
-import capacity_policy
 import catalog
 import pytest
 import validate
 import yaml
-from k8s_objects import flag_value
+from policy import capacity
+from policy.k8s_objects import flag_value
 
 ROOT = Path(__file__).resolve().parent.parent
-CRDS = ROOT / "tools" / "crds"
+CRDS = validate.VENDORED_CRDS
 TARGETS = ("cpu", "l4", "a100-80gb", "h100", "h200")
 # What Argo CD and Kubernetes do, with upstream sources: the overlays are replayed against it below.
-FACTS = tomllib.loads((ROOT / "tools/upstream_facts.toml").read_text())
+FACTS = tomllib.loads((ROOT / "tools/policy/upstream_facts.toml").read_text())
 WAVE = "argocd.argoproj.io/sync-wave"
 DIRECTORIES = validate.kustomization_dirs(ROOT)
 
@@ -176,7 +176,7 @@ def test_cold_start_numbers_are_the_catalogs_budget(target: str) -> None:
 
 
 def first_sync(objects: list[dict]) -> tuple[list[str], list[str]]:
-    """Argo CD's first sync of an overlay into an empty namespace, as tools/upstream_facts.toml says it
+    """Argo CD's first sync of an overlay into an empty namespace, as tools/policy/upstream_facts.toml says it
     goes: waves in order, each wave but the last held until every resource in it is Healthy. Returns
     the resources applied before the first one that a cold start (or the outside world) keeps
     unhealthy, and the resources never applied behind it."""
@@ -361,11 +361,11 @@ def test_podmonitoring_health_check_runs_in_lua_5_1_like_argo_cd(status: dict | 
     assert (result["status"], result["message"]) == health
 
 
-# --- the GKE facts the capacity policy relies on (tools/gke_facts.toml) --------------------------------
+# --- the GKE facts the capacity policy relies on (tools/policy/gke_facts.toml) --------------------------------
 
 
 def test_every_gke_fact_has_a_value_our_words_and_an_upstream_source() -> None:
-    facts = tomllib.loads((ROOT / "tools/gke_facts.toml").read_text())
+    facts = tomllib.loads((ROOT / "tools/policy/gke_facts.toml").read_text())
     for name, entry in facts.items():
         assert set(entry) == {"value", "fact", "source"}, name
         assert "shared" not in entry["source"] and ("https://" in entry["source"] or "@" in entry["source"]), name
@@ -373,30 +373,30 @@ def test_every_gke_fact_has_a_value_our_words_and_an_upstream_source() -> None:
 
 @pytest.mark.parametrize("target", TARGETS)
 def test_serving_shutdown_fits_the_cluster_autoscalers_limit(target: str) -> None:
-    limit = capacity_policy.fact("cluster_autoscaler_max_graceful_termination_seconds")
+    limit = capacity.fact("cluster_autoscaler_max_graceful_termination_seconds")
     pod = one(rendered(f"overlays/{target}"), "Deployment")["spec"]["template"]["spec"]
     drain = int(next(a for a in triton(rendered(f"overlays/{target}"))["args"] if "exit-timeout" in a).split("=")[1])
-    assert drain + 15 + capacity_policy.UNLOAD_MARGIN_SECONDS == pod["terminationGracePeriodSeconds"] <= limit
+    assert drain + 15 + capacity.UNLOAD_MARGIN_SECONDS == pod["terminationGracePeriodSeconds"] <= limit
 
 
 @pytest.mark.parametrize("target", ["l4", "h100"])
 def test_spot_overlays_run_two_replicas_on_two_nodes_with_a_fallback(target: str) -> None:
     objects = rendered(f"overlays/{target}")
-    assert one(objects, "HorizontalPodAutoscaler")["spec"]["minReplicas"] >= capacity_policy.SPOT_MIN_REPLICAS
+    assert one(objects, "HorizontalPodAutoscaler")["spec"]["minReplicas"] >= capacity.SPOT_MIN_REPLICAS
     pod = one(objects, "Deployment")["spec"]["template"]["spec"]
-    name = pod["nodeSelector"][capacity_policy.fact("compute_class_key")]
+    name = pod["nodeSelector"][capacity.fact("compute_class_key")]
     computeclass = one(rendered("gitops/nodepools"), "ComputeClass", name)
-    offers, missing = capacity_policy.class_offers(computeclass, rendered("gitops/nodepools"))
+    offers, missing = capacity.class_offers(computeclass, rendered("gitops/nodepools"))
     assert missing == [] and offers[0].spot and not offers[-1].spot
     assert {(o.accelerator, o.count) for o in offers} == {(catalog.gpu(target).accelerator, 1)}
 
 
 def test_pools_not_sold_on_demand_are_spot_or_reserved() -> None:
     for pool in (p for p in rendered("gitops/nodepools") if p["kind"] == "ContainerNodePool"):
-        if pool["spec"]["nodeConfig"]["machineType"] in capacity_policy.fact("not_sold_on_demand"):
-            assert capacity_policy.pool_capacity(pool) in {"spot", "reservation"}
+        if pool["spec"]["nodeConfig"]["machineType"] in capacity.fact("not_sold_on_demand"):
+            assert capacity.pool_capacity(pool) in {"spot", "reservation"}
     reservation = node_pool("nvidia-h200-141gb")["nodeConfig"]["reservationAffinity"]
-    assert reservation["key"] == capacity_policy.fact("reservation_name_key")
+    assert reservation["key"] == capacity.fact("reservation_name_key")
     cluster = yaml.safe_load((ROOT / "gitops/nodepools/cluster.yaml").read_text())["data"]
     assert reservation["values"] == cluster["h200-reservations"]
 

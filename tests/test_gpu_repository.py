@@ -8,12 +8,12 @@ import sys
 from pathlib import Path
 
 import catalog
-import engine
 import hf_config
 import layout
 import planner
 import pytest
 from google.protobuf import text_format
+from runtimes import engine
 from tritonclient.grpc import model_config_pb2
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -35,8 +35,8 @@ def standin_engine(tmp_path: Path) -> Path:
 def test_engine_repository_with_a_standin_engine_parses_whole(cpu_repository: Path, tmp_path: Path, gpu: str):
     plan = planner.plan(hf_config.load(CHECKPOINT), catalog.gpu(gpu), runtime="engine")
     repository = tmp_path / "repo"
-    layout.shared_models(repository, plan, CHECKPOINT, layout.Options(apply_chat_template=True))
-    layout.engine_tensorrt_llm(repository, plan, standin_engine(tmp_path))
+    layout.shared_models(repository, plan, CHECKPOINT, layout.Options(apply_chat_template=True), token_ids=True)
+    engine.place(repository, plan, standin_engine(tmp_path))
     configs = {p.parent.name: p.read_text() for p in sorted(repository.glob("*/config.pbtxt"))}
     assert sorted(configs) == ["ensemble", "postprocessing", "preprocessing", "tensorrt_llm"]
     for name, text in configs.items():

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 import tritonclient.grpc as grpcclient
-from llm_client import GrpcLlmClient
+from harness.llm_client import GrpcLlmClient
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "model_repository" / "tensorrt_llm" / "cpu" / "1"))

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import Server, triton_server
-from llm_client import GrpcLlmClient, http_generate, http_generate_stream
+from harness.llm_client import GrpcLlmClient, http_generate, http_generate_stream
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.triton

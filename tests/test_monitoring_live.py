@@ -15,13 +15,13 @@ import re
 import time
 from pathlib import Path
 
-import monitoring_policy
-import promlocal
 import pytest
 import validate
 import yaml
 from conftest import free_port
-from llm_client import http_generate, http_generate_stream
+from harness.llm_client import http_generate, http_generate_stream
+from policy import monitoring
+from support import promlocal
 
 pytestmark = pytest.mark.triton
 
@@ -74,10 +74,10 @@ def selectors(promql: str) -> list[str]:
 
 
 def dashboard_queries() -> list[tuple[str, str]]:
-    dashboard = json.loads(monitoring_policy.DASHBOARD.read_text())
+    dashboard = json.loads(monitoring.DASHBOARD.read_text())
     return [(title, query.replace("${namespace}", f'namespace="{promlocal.NAMESPACE}"')
              .replace("${__interval}", "1m"))
-            for title, query in monitoring_policy.queries(dashboard)]
+            for title, query in monitoring.queries(dashboard)]
 
 
 def cpu_objects() -> list[dict]:
@@ -150,7 +150,7 @@ def test_the_hpa_metric_exists_at_zero_load_and_rises_under_load(live: Live) -> 
 
 def test_recorded_metrics_are_absent_from_the_local_triton_and_every_other_one_comes_from_it(live: Live) -> None:
     scraped = {s["metric"]["__name__"] for s in live.prometheus.query('count by (__name__) ({job="triton"})')}
-    queries = [q for _, q in dashboard_queries()] + [r["expr"] for r in monitoring_policy.alerts(live.rules)]
+    queries = [q for _, q in dashboard_queries()] + [r["expr"] for r in monitoring.alerts(live.rules)]
     used = {re.match(r"[\w:]+", s).group(0) for q in queries for s in selectors(q)}
     assert sorted(used - scraped - set(RECORDED)) == [], "metrics used that neither Triton nor the stand-in exports"
     assert sorted(set(RECORDED) & scraped) == [], "the local Triton exports these now: take them off RECORDED"
@@ -164,7 +164,7 @@ def test_every_dashboard_query_returns_data(live: Live, title: str) -> None:
 
 
 def test_every_selector_of_every_alert_returns_data_and_each_threshold_compares_a_number(live: Live) -> None:
-    for rule in monitoring_policy.alerts(live.rules):
+    for rule in monitoring.alerts(live.rules):
         for selector in selectors(rule["expr"]):
             assert live.prometheus.query(selector), f"{rule['alert']}: {selector}"
         if "threshold" in rule["labels"]:
@@ -188,7 +188,7 @@ def test_the_load_shows_in_the_answer_metrics(live: Live) -> None:
 def test_prometheus_evaluates_every_rule_without_error(live: Live) -> None:
     groups = live.prometheus.get("/api/v1/rules")["groups"]
     evaluated = {r["name"]: r for g in groups for r in g["rules"]}
-    assert sorted(evaluated) == sorted(r["alert"] for r in monitoring_policy.alerts(live.rules))
+    assert sorted(evaluated) == sorted(r["alert"] for r in monitoring.alerts(live.rules))
     assert {name: r["health"] for name, r in evaluated.items() if r["health"] != "ok"} == {}
     # A healthy deployment under a short load: nothing fires (TritonAnswersFailing waits its 5 min `for`).
     assert [r["name"] for r in evaluated.values() if r["state"] == "firing"] == []

@@ -14,11 +14,11 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import monitoring_policy
-import promlocal
 import pytest
 import validate
 import yaml
+from policy import monitoring
+from support import promlocal
 
 ROOT = Path(__file__).resolve().parent.parent
 OVERLAYS = ("cpu", "l4", "a100-80gb", "h100", "h200")
@@ -124,7 +124,7 @@ def without_annotations(rules: dict) -> dict:
 
 
 def test_every_alert_has_a_unit_test() -> None:
-    assert sorted(CASES) == sorted(r["alert"] for r in monitoring_policy.alerts(rendered_rules("cpu")))
+    assert sorted(CASES) == sorted(r["alert"] for r in monitoring.alerts(rendered_rules("cpu")))
 
 
 def test_promtool_checks_every_overlays_rules(promtool: str, tmp_path: Path) -> None:
@@ -141,7 +141,7 @@ def test_every_alert_fires_on_its_series_and_stays_silent_on_a_healthy_deploymen
                                                                                   tmp_path: Path) -> None:
     rules = without_annotations(rendered_rules("cpu"))
     (tmp_path / "rules.yaml").write_text(yaml.safe_dump(promlocal.rule_file(rules)))
-    by_name = {r["alert"]: r for r in monitoring_policy.alerts(rules)}
+    by_name = {r["alert"]: r for r in monitoring.alerts(rules)}
     tests = []
     for alert, (firing, labels, healthy) in CASES.items():
         expected = {**by_name[alert]["labels"], **labels}
@@ -162,8 +162,8 @@ def test_every_alert_fires_on_its_series_and_stays_silent_on_a_healthy_deploymen
 
 
 def test_every_runbook_url_names_a_section_of_the_runbook() -> None:
-    sections = monitoring_policy.anchors((ROOT / "docs" / "runbook.md").read_text())
-    for rule in monitoring_policy.alerts(rendered_rules("cpu")):
+    sections = monitoring.anchors((ROOT / "docs" / "runbook.md").read_text())
+    for rule in monitoring.alerts(rendered_rules("cpu")):
         url = rule["annotations"]["runbook_url"]
         assert url.startswith("https://github.com/example-org/gke-triton-llm/blob/main/docs/runbook.md#")
         assert url.partition("#")[2] in sections, url
@@ -171,28 +171,28 @@ def test_every_runbook_url_names_a_section_of_the_runbook() -> None:
 
 def test_each_overlay_renders_its_own_thresholds() -> None:
     for target in OVERLAYS:
-        thresholds = monitoring_policy.read_thresholds(ROOT / "overlays" / target / "alert-thresholds.yaml")
-        for rule in monitoring_policy.alerts(rendered_rules(target)):
+        thresholds = monitoring.read_thresholds(ROOT / "overlays" / target / "alert-thresholds.yaml")
+        for rule in monitoring.alerts(rendered_rules(target)):
             key = rule["labels"].get("threshold")
             if key:
-                assert float(monitoring_policy.threshold(rule["expr"])) == float(thresholds[key]), (target, key)
+                assert float(monitoring.threshold(rule["expr"])) == float(thresholds[key]), (target, key)
 
 
 # --- the policy refuses broken copies, by name ------------------------------------------------------
 
 
 def one_alert(name: str) -> dict:
-    return next(r for r in monitoring_policy.alerts(rendered_rules("cpu")) if r["alert"] == name)
+    return next(r for r in monitoring.alerts(rendered_rules("cpu")) if r["alert"] == name)
 
 
 @pytest.fixture(scope="module")
 def sections() -> set[str]:
-    return monitoring_policy.anchors((ROOT / "docs" / "runbook.md").read_text())
+    return monitoring.anchors((ROOT / "docs" / "runbook.md").read_text())
 
 
 def test_the_rendered_alerts_pass(sections: set[str]) -> None:
-    thresholds = monitoring_policy.read_thresholds(ROOT / "overlays/cpu/alert-thresholds.yaml")
-    assert monitoring_policy.check_rules([rendered_rules("cpu")], ROOT / "docs/runbook.md", thresholds) == []
+    thresholds = monitoring.read_thresholds(ROOT / "overlays/cpu/alert-thresholds.yaml")
+    assert monitoring.check_rules([rendered_rules("cpu")], ROOT / "docs/runbook.md", thresholds) == []
 
 
 def test_an_alert_without_severity_summary_or_runbook_section_is_refused(sections: set[str]) -> None:
@@ -200,30 +200,30 @@ def test_an_alert_without_severity_summary_or_runbook_section_is_refused(section
     rule["labels"]["severity"] = "page"
     rule["annotations"]["summary"] = "pods restart"
     rule["annotations"]["runbook_url"] = rule["annotations"]["runbook_url"].replace("podrestarting", "pod-restart")
-    assert monitoring_policy.check_alert(rule, sections) == [
+    assert monitoring.check_alert(rule, sections) == [
         "alert TritonPodRestarting: label severity is 'page'; set one of critical, warning",
         "alert TritonPodRestarting: annotation summary must name the Deployment ('Deployment triton in …')",
         "alert TritonPodRestarting: runbook_url points to #alert-tritonpod-restart, which is no section of "
         "docs/runbook.md",
     ]
     del rule["annotations"]["runbook_url"]
-    assert monitoring_policy.check_alert(rule, sections)[-1] == (
+    assert monitoring.check_alert(rule, sections)[-1] == (
         "alert TritonPodRestarting: annotation runbook_url must be an https link to docs/runbook.md#<section>")
 
 
 def test_a_threshold_that_is_not_the_overlays_is_refused(sections: set[str]) -> None:
     rule = one_alert("TritonAnswersFailing")
     thresholds = {"answers_failing_ratio": "0.1"}
-    assert monitoring_policy.check_alert(rule, sections, thresholds) == [
+    assert monitoring.check_alert(rule, sections, thresholds) == [
         "alert TritonAnswersFailing: threshold 0.05 is not alert-thresholds.yaml's answers_failing_ratio (0.1); "
         "the monitoring component's replacements must copy that key into this alert"
     ]
-    assert monitoring_policy.check_alert(rule, sections, {}) == [
+    assert monitoring.check_alert(rule, sections, {}) == [
         "alert TritonAnswersFailing: label threshold names answers_failing_ratio, which alert-thresholds.yaml "
         "does not set"
     ]
     rule["expr"] = rule["expr"].rpartition(" > ")[0] + " > THRESHOLD"
-    assert monitoring_policy.check_alert(rule, sections) == [
+    assert monitoring.check_alert(rule, sections) == [
         "alert TritonAnswersFailing: threshold 'THRESHOLD' after the last ' > ' is not a number; "
         "set answers_failing_ratio in the overlay's alert-thresholds.yaml"
     ]
@@ -241,8 +241,8 @@ def test_an_overlay_without_alert_thresholds_does_not_render(tmp_path: Path) -> 
 
 
 def test_the_dashboard_passes_and_broken_ones_are_refused(tmp_path: Path) -> None:
-    assert monitoring_policy.check_dashboard() == []
-    dashboard = json.loads(monitoring_policy.DASHBOARD.read_text())
+    assert monitoring.check_dashboard() == []
+    dashboard = json.loads(monitoring.DASHBOARD.read_text())
     tiles = dashboard["mosaicLayout"]["tiles"]
     tiles[1]["xPos"] = 30
     tiles[2]["widget"]["xyChart"]["dataSets"][0]["timeSeriesQuery"]["prometheusQuery"] = (
@@ -252,7 +252,7 @@ def test_the_dashboard_passes_and_broken_ones_are_refused(tmp_path: Path) -> Non
     broken = tmp_path / "dashboard.json"
     broken.write_text(json.dumps(dashboard))
     title = [t["widget"]["title"] for t in tiles]
-    assert monitoring_policy.check_dashboard(broken) == [
+    assert monitoring.check_dashboard(broken) == [
         f"tile 1 ({title[1]}): does not fit in 48 columns",
         f"tile 3 ({title[3]}): needs exactly one widget kind of xyChart, scorecard, text, timeSeriesTable, "
         "pieChart, collapsibleGroup, has ['xyChart', 'text']",

@@ -12,12 +12,13 @@ import hf_config
 import pipeline
 import planner
 import pytest
+from plan import Plan
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = Path(__file__).parent / "fixtures" / "models"
 
 
-def llama_8b_on_h100() -> planner.Plan:
+def llama_8b_on_h100() -> Plan:
     shape = hf_config.load(MODELS / "Llama-3.1-8B", name="Llama-3.1-8B")
     return planner.plan(shape, catalog.gpu("h100"), runtime="engine")
 

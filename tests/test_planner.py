@@ -8,8 +8,10 @@ from pathlib import Path
 
 import catalog
 import hf_config
+import memory
 import planner
 import pytest
+from plan import Plan
 
 MODELS = Path(__file__).parent / "fixtures" / "models"
 GIB = 2**30
@@ -19,7 +21,7 @@ def shape(name: str) -> hf_config.ModelShape:
     return hf_config.load(MODELS / name)
 
 
-def plan(model: str, gpu: str, runtime: str = "engine", **kwargs) -> planner.Plan:
+def plan(model: str, gpu: str, runtime: str = "engine", **kwargs) -> Plan:
     return planner.plan(shape(model), catalog.gpu(gpu), runtime=runtime, **kwargs)
 
 
@@ -121,7 +123,7 @@ SIXTEEN_BIT_REST = 1_051_205_632 + 1_050_673_152
     ],
 )
 def test_llama_8b_weight_bytes_per_precision(precision, expected):
-    total, per_gpu = planner.weight_bytes(shape("Llama-3.1-8B"), precision)
+    total, per_gpu = memory.weight_bytes(shape("Llama-3.1-8B"), precision)
     assert total == per_gpu == expected
 
 

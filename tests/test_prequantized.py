@@ -8,9 +8,9 @@ from pathlib import Path
 
 import catalog
 import hf_config
-import llmapi
 import planner
 import pytest
+from runtimes import llmapi
 
 MODELS = Path(__file__).parent / "fixtures" / "models"
 FP8 = MODELS / "Llama-3.1-8B-Instruct-FP8"  # config.json + hf_quant_config.json {"quant_algo": "FP8"}

@@ -10,9 +10,9 @@ from pathlib import Path
 import catalog
 import manifest
 import pytest
-from gcs_emulator import running_emulator
 from google.cloud import storage
 from publish import PublishError, main, make_client, publish
+from support.gcs_emulator import running_emulator
 
 MODEL = "SmolLM2-135M-Instruct"
 FILES = {
@@ -248,7 +248,7 @@ def test_missing_credentials_say_how_to_log_in(
     assert capsys.readouterr().err.splitlines()[-1] == (
         "error: no Google Cloud credentials (File /nonexistent/key.json was not found.); "
         "run: gcloud auth application-default login "
-        "(or set STORAGE_EMULATOR_HOST to use the GCS emulator, see tools/gcs_emulator.py)"
+        "(or set STORAGE_EMULATOR_HOST to use the GCS emulator, see tests/support/gcs_emulator.py)"
     )
 
 

@@ -10,7 +10,7 @@ import pytest
 import requests
 import torch
 import tritonclient.http as httpclient
-from llm_client import GrpcLlmClient, http_generate, http_generate_stream
+from harness.llm_client import GrpcLlmClient, http_generate, http_generate_stream
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 pytestmark = pytest.mark.triton

@@ -9,13 +9,13 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-import kubeschema
 import pytest
 import validate
 import yaml
+from policy import kubeschema
 
 ROOT = Path(__file__).resolve().parent.parent
-CRDS = ROOT / "tools" / "crds"
+CRDS = validate.VENDORED_CRDS
 OVERLAY = "this overlay's Deployment/triton"
 
 
@@ -300,7 +300,7 @@ def test_model_repository_path_is_where_engines_expect_it(repo: Path) -> None:
     edit(repo, "gitops/base/deployment.yaml", "--model-repository=/models", "--model-repository=/repository")
     assert problems(repo, "overlays/h100") == [
         "Deployment/triton: container triton must serve --model-repository=/models, the path built engines are "
-        "configured for (build/engine.py POD_MODEL_REPOSITORY)",
+        "configured for (build/layout.py POD_MODEL_REPOSITORY)",
         "Deployment/triton: container gateway must read the build Triton serves: --repository=/repository "
         "(has /models)",
     ]
@@ -341,8 +341,8 @@ def test_grace_period_longer_than_the_cluster_autoscaler_waits(repo: Path) -> No
     edit(repo, "gitops/components/tls-ingress/backendconfig.yaml", "timeoutSec: 570", "timeoutSec: 600")
     assert problems(repo, "overlays/h100") == [
         "Deployment/triton: terminationGracePeriodSeconds 630 is cut to 600 by the cluster autoscaler on scale-down "
-        "(max-graceful-termination-sec, tools/gke_facts.toml); fit the preStop sleep, --exit-timeout-secs and 15 s "
-        "to unload within 600"
+        "(max-graceful-termination-sec, tools/policy/gke_facts.toml); fit the preStop sleep, --exit-timeout-secs "
+        "and 15 s to unload within 600"
     ]
 
 
@@ -527,7 +527,7 @@ def test_cli_without_kustomize_is_a_tool_error(
     )
 
 
-# --- Spot, fallbacks, disruption budgets, node pools and build Jobs (tools/capacity_policy.py) -------
+# --- Spot, fallbacks, disruption budgets, node pools and build Jobs (tools/policy/capacity.py) -------
 
 
 def test_spot_overlay_with_one_replica(repo: Path) -> None:
@@ -640,8 +640,8 @@ def test_h200_pool_on_a3_ultra_without_a_reservation(repo: Path) -> None:
          "consumeReservationType: NO_RESERVATION")
     assert problems(repo, "gitops/nodepools") == [
         "ContainerNodePool/triton-h200: a3-ultragpu-8g is not sold on demand (only Spot, flex-start or a reservation; "
-        "tools/gke_facts.toml not_sold_on_demand), so this pool would never grow; set nodeConfig.reservationAffinity "
-        "to a SPECIFIC_RESERVATION named in cluster.yaml, or spot: true"
+        "tools/policy/gke_facts.toml not_sold_on_demand), so this pool would never grow; set "
+        "nodeConfig.reservationAffinity to a SPECIFIC_RESERVATION named in cluster.yaml, or spot: true"
     ]
 
 
@@ -692,7 +692,7 @@ def test_node_service_account_without_a_role_nodes_need(repo: Path) -> None:
     (repo / "gitops/nodepools/node-service-account.yaml").write_text(text[: text.rindex("---\n")])
     assert problems(repo, "gitops/nodepools") == [
         "IAMServiceAccount/triton-gpu-nodes: GPU nodes run as it but it lacks roles/artifactregistry.reader; grant "
-        "them with IAMPolicyMember (tools/gke_facts.toml node_service_account_roles)"
+        "them with IAMPolicyMember (tools/policy/gke_facts.toml node_service_account_roles)"
     ]
 
 
@@ -732,13 +732,13 @@ def test_build_job_that_a_node_upgrade_would_fail_or_that_retries_its_own_errors
     assert problems(repo, "gitops/jobs/compile-engine") == [
         "Job/compile-engine: no podFailurePolicy rule Ignore on pod condition DisruptionTarget; a node upgrade or "
         "maintenance that takes the pod away would fail a multi-hour build instead of starting it again "
-        "(tools/upstream_facts.toml kubernetes.job_pod_failure_policy)",
+        "(tools/policy/upstream_facts.toml kubernetes.job_pod_failure_policy)",
         "Job/compile-engine: no podFailurePolicy rule FailJob on exit codes NotIn [0]; a build that fails by itself "
         "would be retried onto the same error, holding its GPUs for hours",
     ]
 
 
-# --- cold start, sync waves, the model fetch (tools/cold_start_policy.py) -----------------------
+# --- cold start, sync waves, the model fetch (tools/policy/cold_start.py) -----------------------
 
 H100_COLD_START = (
     "node provisioning 600 + image pull 900 + model copy 900 (build/gpus.toml cold_start) + the startupProbe's "
@@ -917,7 +917,7 @@ def test_overlay_without_the_model_pin_component(repo: Path) -> None:
     ]
 
 
-# --- the OpenAI gateway container (tools/gateway_policy.py) ---------------------------------------
+# --- the OpenAI gateway container (tools/policy/gateway.py) ---------------------------------------
 
 GATEWAY_BACKEND = "gitops/components/tls-ingress/gateway-backendconfig.yaml"
 

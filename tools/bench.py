@@ -7,7 +7,7 @@ Examples:
   python tools/bench.py --requests 8 --max-tokens 32
   python tools/bench.py --skip-cold-build     # reuse the model cache instead of timing a first build
 
-  # The ceiling: tensorrt_llm replaced by a stand-in that emits tokens at no cost (tools/standin.py),
+  # The ceiling: tensorrt_llm replaced by a stand-in that emits tokens at no cost (tools/harness/standin.py),
   # 256-token gRPC streams at concurrency 1, 8, 32, 64, through the ensemble and straight to
   # tensorrt_llm; tokens/s and CPU per token of every server process; every stream's text checked.
   python tools/bench.py --ceiling
@@ -34,12 +34,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-import gateway_load
-import loadgen
 import numpy as np
 import serve
-import standin
-from llm_client import GrpcLlmClient
+from harness import gateway_load, loadgen, standin
+from harness.llm_client import GrpcLlmClient
 from transformers import AutoTokenizer
 
 ROOT = Path(__file__).resolve().parent.parent

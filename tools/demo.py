@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import serve
-from llm_client import GrpcLlmClient
+from harness.llm_client import GrpcLlmClient
 
 ROOT = Path(__file__).resolve().parent.parent
 

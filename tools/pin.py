@@ -1,12 +1,12 @@
 """Pin a published build in an overlay: rewrite overlays/<target>/model-pin.yaml, then commit it.
 
 The build's build.json is read from GCS and checked against the overlay before anything is written,
-by the same gate tools/validate.py applies (tools/pin_gate.py): its GPU, accelerator and compute
+by the same gate tools/validate.py applies (tools/policy/pin_gate.py): its GPU, accelerator and compute
 capability must be the overlay's GPU (build/gpus.toml, found by the overlay's directory name or its
 current pin), its runtime one that GPU runs, its tp × pp the nvidia.com/gpu the overlay's Deployment
 requests (as kustomize renders it), and its Triton image the one the Deployment runs; and its size
 (the bytes build.json records) must fit the local disk the overlay gives the copy (the models
-emptyDir's sizeLimit and triton's ephemeral-storage request, tools/cold_start_policy.py). Only
+emptyDir's sizeLimit and triton's ephemeral-storage request, tools/policy/cold_start.py). Only
 model-pin.yaml changes; its comment header is kept.
 """
 
@@ -28,9 +28,8 @@ from google.cloud import storage
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "build"))
 
 import catalog  # noqa: E402
-import cold_start_policy  # noqa: E402
-import pin_gate  # noqa: E402
 import validate  # noqa: E402
+from policy import cold_start, pin_gate  # noqa: E402
 from publish import BUILD_JSON, PublishError, make_client, parse_gcs_uri  # noqa: E402
 
 PIN_FILE = "model-pin.yaml"
@@ -140,7 +139,7 @@ def disk_problems(overlay: Path, data: dict[str, str], deployment: dict) -> list
     gives it would be evicted mid-copy, or land on a node without room."""
     pod = deployment["spec"]["template"]["spec"]
     triton = next(c for c in pod["containers"] if c.get("name") == "triton")
-    found = cold_start_policy.check_local_disk(data, deployment, pod, triton)
+    found = cold_start.check_local_disk(data, deployment, pod, triton)
     return [f"{p}; in {overlay / 'gpu.yaml'}, in the same commit as the pin" for p in found]
 
 

@@ -6,7 +6,7 @@ is uploaded, objects are created only if absent (generation precondition 0), and
 last, so a reader who sees build.json sees a complete build. An object that is already there with the
 same content is kept as is; one with different content stops the publish.
 
-Against the GCS emulator set STORAGE_EMULATOR_HOST (see tools/gcs_emulator.py); otherwise the
+Against the GCS emulator set STORAGE_EMULATOR_HOST (see tests/support/gcs_emulator.py); otherwise the
 application default credentials are used (`gcloud auth application-default login`, or Workload Identity).
 """
 
@@ -82,7 +82,7 @@ def make_client() -> storage.Client:
     except DefaultCredentialsError as e:
         raise PublishError(
             f"no Google Cloud credentials ({e}); run: gcloud auth application-default login "
-            "(or set STORAGE_EMULATOR_HOST to use the GCS emulator, see tools/gcs_emulator.py)"
+            "(or set STORAGE_EMULATOR_HOST to use the GCS emulator, see tests/support/gcs_emulator.py)"
         ) from e
 
 

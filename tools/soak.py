@@ -1,6 +1,6 @@
 """Soak the ensemble against the no-cost stand-in engine: streams at concurrency 1, 8, 32, 64, in turn.
 
-Serves a copy of a built repository with tensorrt_llm replaced by the stand-in (tools/standin.py),
+Serves a copy of a built repository with tensorrt_llm replaced by the stand-in (tools/harness/standin.py),
 so tokens come as fast as the server around the engine can take them. Every stream must end with its
 final response and exactly the text the tokenizer decodes for the ids the stand-in emits; a stream
 with no response for --stream-timeout seconds is hung. The python stubs' pids are watched (a missing
@@ -27,9 +27,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import loadgen
 import serve
-import standin
+from harness import loadgen, standin
 
 ROOT = Path(__file__).resolve().parent.parent
 

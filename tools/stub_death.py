@@ -1,6 +1,6 @@
 """What tritonserver says when a python stub dies: readiness, open streams, restarts (an experiment).
 
-Serves the stand-in repository (tools/standin.py, with a per-token delay so streams stay open),
+Serves the stand-in repository (tools/harness/standin.py, with a per-token delay so streams stay open),
 kills a model's stub with SIGKILL once while idle and once while streams are open, and prints what
 /v2/health/ready and /v2/models/<model>/ready answer, what the open streams got, and whether the
 python backend started a new stub. Prints observations; asserts nothing.
@@ -24,9 +24,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-import loadgen
 import serve
-import standin
+from harness import loadgen, standin
 
 ROOT = Path(__file__).resolve().parent.parent
 

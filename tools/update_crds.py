@@ -1,7 +1,7 @@
-"""Download the CustomResourceDefinitions in tools/crds again from the commits tools/crds/sources.toml pins.
+"""Download the CustomResourceDefinitions in tools/policy/crds again, from the commits crds/sources.toml pins.
 
 tools/validate.py checks custom resources (Argo CD, Config Connector, GKE's own kinds) against the
-files in tools/crds. To move one to a newer release, change its `commit` (and `tag`) in
+files in tools/policy/crds. To move one to a newer release, change its `commit` (and `tag`) in
 sources.toml and run this: it fetches every file from raw.githubusercontent.com, rebuilds the
 reconstructed ones, and rewrites the files and their sha256s only once every download succeeded.
 `--check` needs no network: it tells whether the files are still the ones sources.toml lists.
@@ -21,7 +21,7 @@ from pathlib import Path
 import requests
 import yaml
 
-CRDS = Path(__file__).resolve().parent / "crds"
+CRDS = Path(__file__).resolve().parent / "policy" / "crds"
 SOURCES = CRDS / "sources.toml"
 RAW = "https://raw.githubusercontent.com/{repository}/{commit}/{path}"
 
@@ -99,7 +99,7 @@ def reconstructed_crd(source: Source, catalog_schema: dict) -> bytes:
         f"# RECONSTRUCTED by tools/update_crds.py: Google publishes no CRD YAML for {kind}.\n"
         f"# openAPIV3Schema: {source.repository} {source.path} at {source.commit}, without the\n"
         "# `additionalProperties: false` its converter adds beside `properties`; names and scope from\n"
-        "# tools/crds/sources.toml.\n"
+        "# tools/policy/crds/sources.toml.\n"
     )
     return (header + yaml.safe_dump(crd, sort_keys=False, width=120)).encode()
 
@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
             "examples:\n"
             "  python tools/update_crds.py           # download again from the pinned commits\n"
             "  python tools/update_crds.py --check   # offline: are the files the ones listed?\n"
-            "To move to a newer release: edit commit and tag in tools/crds/sources.toml, run it, then\n"
+            "To move to a newer release: edit commit and tag in tools/policy/crds/sources.toml, run it, then\n"
             "python tools/validate.py."
         ),
     )

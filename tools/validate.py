@@ -3,15 +3,15 @@
 Renders each overlay in overlays/ and each kustomization under gitops/ with plain `kustomize build`
 (or `kubectl kustomize`), then checks every object:
   * schema, strictly: built-in kinds against Kubernetes' own schemas, custom resources against
-    their CRDs (unknown fields, kinds and apiVersions fail) -- tools/kubeschema.py;
+    their CRDs (unknown fields, kinds and apiVersions fail) -- tools/policy/kubeschema.py;
   * policy: GPU selector, count and requests against build/gpus.toml, the image against
     build/versions.toml, probes, non-root, TLS-only Ingress with authentication, NetworkPolicy,
-    autoscaling, node pool machine types, Argo CD project limits -- tools/manifest_policy.py;
+    autoscaling, node pool machine types, Argo CD project limits -- tools/policy/serving.py;
   * alerts: severity, summary, runbook section and a numeric threshold for every alert of the
     Rules objects; the Cloud Monitoring dashboard's structure and namespace scoping --
-    tools/monitoring_policy.py;
+    tools/policy/monitoring.py;
   * the pin gate: the build in model-pin.yaml must be for the overlay's GPU and image, and its
-    tp × pp the GPUs the overlay requests -- tools/pin_gate.py, the gate tools/pin.py applies too.
+    tp × pp the GPUs the overlay requests -- tools/policy/pin_gate.py, the gate tools/pin.py applies too.
 Prints ✅ or ❌ per directory with every problem, and exits 1 if there is any.
 """
 
@@ -30,16 +30,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "build"))
 
-import capacity_policy  # noqa: E402
-import k8s_objects  # noqa: E402
-import kubeschema  # noqa: E402
-import manifest_policy  # noqa: E402
-import monitoring_policy  # noqa: E402
 import yaml  # noqa: E402
+from policy import capacity, k8s_objects, kubeschema, monitoring, serving  # noqa: E402
 
 CRDS_ENV = "GKE_TRITON_CRDS"
-# Upstream CRDs at pinned releases; tools/crds/sources.toml says which, tools/update_crds.py refreshes them.
-VENDORED_CRDS = Path(__file__).resolve().parent / "crds"
+# Upstream CRDs at pinned releases; tools/policy/crds/sources.toml says which, tools/update_crds.py refreshes them.
+VENDORED_CRDS = Path(__file__).resolve().parent / "policy" / "crds"
 KUSTOMIZATION_FILES = ("kustomization.yaml", "kustomization.yml", "Kustomization")
 _LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
@@ -99,13 +95,13 @@ def kustomization_dirs(root: Path) -> list[Path]:
 
 
 def crd_directory(flag: str | None) -> Path:
-    """--crds, else $GKE_TRITON_CRDS, else the upstream CRDs vendored in tools/crds."""
+    """--crds, else $GKE_TRITON_CRDS, else the upstream CRDs vendored in tools/policy/crds."""
     chosen = flag or os.environ.get(CRDS_ENV)
     return Path(chosen) if chosen else VENDORED_CRDS
 
 
 def is_serving(directory: Path, root: Path) -> bool:
-    return directory.parent == root / "overlays" or (directory / manifest_policy.PIN_FILE).is_file()
+    return directory.parent == root / "overlays" or (directory / serving.PIN_FILE).is_file()
 
 
 def _substitute(template: str, relative: str) -> str | None:
@@ -113,7 +109,7 @@ def _substitute(template: str, relative: str) -> str | None:
     return None if "{{" in value else value
 
 
-def serving_context(directory: Path, root: Path, platform: list[dict]) -> manifest_policy.ServingContext:
+def serving_context(directory: Path, root: Path, platform: list[dict]) -> serving.ServingContext:
     """Where the repository's ApplicationSet sends this overlay, under which AppProject, and the node pools."""
     # The generator matches paths relative to the repository root, like overlays/h100.
     resolved, base = directory.resolve(), root.resolve()
@@ -140,7 +136,7 @@ def serving_context(directory: Path, root: Path, platform: list[dict]) -> manife
             )
     pools = [o for o in platform if o.get("kind") == "ContainerNodePool"]
     classes = [o for o in platform if o.get("kind") == "ComputeClass"]
-    return manifest_policy.ServingContext(
+    return serving.ServingContext(
         namespace=namespace, project=project, node_pools=pools or None, compute_classes=classes
     )
 
@@ -152,14 +148,14 @@ def check_directory(
     problems = []
     for obj in objects:
         problems += [f"{k8s_objects.ref(obj)}: {p}" for p in kubeschema.validate_object(obj, crds)]
-    problems += manifest_policy.check_everywhere(objects)
-    problems += capacity_policy.check_jobs(objects, platform) + capacity_policy.check_job_disruptions(objects)
-    thresholds = monitoring_policy.read_thresholds(directory / monitoring_policy.THRESHOLDS_FILE)
-    problems += monitoring_policy.check_rules(objects, root / "docs" / "runbook.md", thresholds)
+    problems += serving.check_everywhere(objects)
+    problems += capacity.check_jobs(objects, platform) + capacity.check_job_disruptions(objects)
+    thresholds = monitoring.read_thresholds(directory / monitoring.THRESHOLDS_FILE)
+    problems += monitoring.check_rules(objects, root / "docs" / "runbook.md", thresholds)
     if is_serving(directory, root):
         context = serving_context(directory, root, platform)
-        problems += manifest_policy.check_serving(objects, directory / manifest_policy.PIN_FILE, context)
-        problems += monitoring_policy.check_serving(objects)
+        problems += serving.check_serving(objects, directory / serving.PIN_FILE, context)
+        problems += monitoring.check_serving(objects)
     return problems
 
 
@@ -189,10 +185,10 @@ def validate(root: Path, crds_dir: Path | None, directories: list[Path] | None =
             results.append(Result(directory, [f"kustomize failed: {objects}"], 0))
         else:
             results.append(Result(directory, check_directory(directory, objects, root, crds, platform), len(objects)))
-    dashboard = root / monitoring_policy.DASHBOARD.relative_to(monitoring_policy.REPO)
+    dashboard = root / monitoring.DASHBOARD.relative_to(monitoring.REPO)
     if directories is None and dashboard.is_file():
         # Not a kustomization: the runbook creates it with gcloud; checked with everything.
-        results.append(Result(dashboard, monitoring_policy.check_dashboard(dashboard), 1))
+        results.append(Result(dashboard, monitoring.check_dashboard(dashboard), 1))
     return results
 
 
@@ -213,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
             "  python tools/validate.py overlays/h100        # one overlay\n"
             "  python tools/validate.py --crds ~/my-cluster-crds   # CRDs of your cluster:\n"
             "      kubectl get crd podmonitorings.monitoring.googleapis.com -o yaml > ~/my-cluster-crds/pm.yaml\n"
-            f"CRDs come from --crds, else ${CRDS_ENV}, else tools/crds (tools/crds/sources.toml)."
+            f"CRDs come from --crds, else ${CRDS_ENV}, else tools/policy/crds (tools/policy/crds/sources.toml)."
         ),
     )
     parser.add_argument("paths", nargs="*", type=Path, help="kustomization directories (default: all)")

@@ -1,0 +1,24 @@
+"""The validator's rules: what a schema cannot say about a rendered overlay, and the facts they rest on.
+
+tools/validate.py renders every kustomization and runs these; tools/pin.py applies the pin gate and
+the local-disk rule before it writes a pin. Each check takes rendered objects (dicts, as kustomize
+printed them) and returns problems that name the object and what to change.
+
+  serving.py      a serving Deployment as a whole: GPU, requests, probes, security, Ingress, NetworkPolicy,
+                  HPA, node pools, the pin; runs the modules below for it
+  capacity.py     Spot, disruption budgets, node pools, ComputeClasses, build Jobs (gke_facts.toml)
+  cold_start.py   sync waves, the model fetch, the startup window, local disk (upstream_facts.toml)
+  access.py       Argo CD projects, credentials in env, installs and network of Jobs
+  gateway.py      the OpenAI gateway container, its port, probes and route
+  monitoring.py   alert rules and the Cloud Monitoring dashboard
+  pin_gate.py     can a published build run where an overlay pins it
+  kubeschema.py   strict schema validation: built-in kinds and the CRDs in crds/
+  k8s_objects.py  lookups on rendered objects that every module shares
+
+  gke_facts.toml, upstream_facts.toml   the GKE, Argo CD, Kubernetes and Triton behaviour the rules rely on,
+                                        each with its upstream file and line or doc URL
+  crds/                                 vendored CustomResourceDefinitions (crds/sources.toml, tools/update_crds.py)
+  checkov-requirements.txt, checkov-skips.yaml   checkov's pin and the checks it skips, with reasons
+
+The rules read the GPU catalog and runtimes from build/, which the commands put on sys.path.
+"""

@@ -1,0 +1,171 @@
+"""Rules for the OpenAI gateway container in a rendered serving overlay (gitops/base/deployment.yaml).
+
+The gateway is the pod's second container, reached through the same Ingress (`/v1`), certificate,
+IAP and Cloud Armor policy as Triton. Each check returns problems naming the object and what to
+change; tools/policy/serving.py runs them for every serving overlay. The read-only root, HOME,
+non-root and capability rules hold for every container and are checked there.
+"""
+
+from __future__ import annotations
+
+import json
+
+from .k8s_objects import by_kind, find, flag_value, ref
+
+CONTAINER = "gateway"
+PORT_NAME = "openai"
+READY_PATH = "/health/ready"
+LIVE_PATH = "/health/live"
+API_PREFIX = "/v1"
+# The external Application Load Balancer's proxies and health checkers (as in components/network-policy).
+LB_RANGES = ("35.191.0.0/16", "130.211.0.0/22")
+
+
+def _probe_problems(deployment: dict, gateway: dict, port: int) -> list[str]:
+    problems = []
+    for probe, path in (("readinessProbe", READY_PATH), ("livenessProbe", LIVE_PATH)):
+        get = gateway.get(probe, {}).get("httpGet", {})
+        if get.get("path") != path or get.get("port") not in (PORT_NAME, port):
+            problems.append(f"{ref(deployment)}: container {CONTAINER} {probe} must be httpGet {path} on port "
+                            f"{PORT_NAME} (has {get.get('path')} on {get.get('port')})")
+    return problems
+
+
+def _wiring_problems(deployment: dict, gateway: dict, triton: dict) -> list[str]:
+    """It calls this pod's Triton and reads the build Triton serves, from the same volume, read-only."""
+    problems, name = [], ref(deployment)
+    args, triton_args = gateway.get("args", []), triton.get("args", [])
+    http = flag_value(triton_args, "--http-port") or "8000"
+    if flag_value(args, "--triton") != f"127.0.0.1:{http}":
+        problems.append(f"{name}: container {CONTAINER} must call this pod's Triton's HTTP port: "
+                        f"--triton=127.0.0.1:{http} (has {flag_value(args, '--triton')})")
+    served = flag_value(triton_args, "--model-repository")
+    if flag_value(args, "--repository") != served:
+        problems.append(f"{name}: container {CONTAINER} must read the build Triton serves: --repository={served} "
+                        f"(has {flag_value(args, '--repository')})")
+    triton_volume = {m.get("mountPath"): m.get("name") for m in triton.get("volumeMounts", [])}.get(served)
+    mount = next((m for m in gateway.get("volumeMounts", []) if m.get("mountPath") == served), None)
+    # Where triton mounts nothing at its repository path, policy/serving.py says so.
+    if triton_volume and (mount is None or mount.get("name") != triton_volume or mount.get("readOnly") is not True):
+        problems.append(f"{name}: container {CONTAINER} must mount volume {triton_volume} at {served} read-only, "
+                        "as triton does")
+    return problems
+
+
+def _resource_problems(deployment: dict, gateway: dict) -> list[str]:
+    resources = gateway.get("resources", {})
+    requests, limits = resources.get("requests", {}), resources.get("limits", {})
+    if "cpu" in requests and "memory" in requests and "memory" in limits:
+        return []
+    return [f"{ref(deployment)}: container {CONTAINER} needs cpu and memory requests and a memory limit "
+            "(it shares the pod, and its node, with Triton)"]
+
+
+def _drain_problems(deployment: dict, gateway: dict, triton: dict) -> list[str]:
+    """Open streams pass through the gateway: it must drain as long as Triton and stop taking work as late."""
+    problems = []
+    drain = flag_value(triton.get("args", []), "--exit-timeout-secs") or "30"
+    if flag_value(gateway.get("args", []), "--drain-seconds") != drain:
+        problems.append(f"{ref(deployment)}: container {CONTAINER} must drain as long as Triton: "
+                        f"--drain-seconds={drain} (Triton's --exit-timeout-secs; has "
+                        f"{flag_value(gateway.get('args', []), '--drain-seconds')})")
+    pre_stop = triton.get("lifecycle", {}).get("preStop")
+    if gateway.get("lifecycle", {}).get("preStop") != pre_stop:
+        problems.append(f"{ref(deployment)}: container {CONTAINER} needs triton's preStop ({pre_stop}), so the load "
+                        "balancer stops sending it requests before it stops taking them")
+    return problems
+
+
+def _service_port(objects: list[dict], port: int) -> tuple[dict | None, dict | None]:
+    for service in by_kind(objects, "Service"):
+        for entry in service.get("spec", {}).get("ports", []):
+            if entry.get("targetPort") in (PORT_NAME, port):
+                return service, entry
+    return None, None
+
+
+def _routes_to(ingress: dict, service: dict, entry: dict) -> bool:
+    for rule in ingress.get("spec", {}).get("rules", []):
+        for path in rule.get("http", {}).get("paths", []):
+            backend = path.get("backend", {}).get("service", {})
+            if (path.get("path") == API_PREFIX and path.get("pathType") == "Prefix"
+                    and backend.get("name") == service["metadata"]["name"]
+                    and backend.get("port", {}) in ({"name": entry.get("name")}, {"number": entry.get("port")})):
+                return True
+    return False
+
+
+def _backend_config(objects: list[dict], service: dict, key: str) -> dict | None:
+    annotation = service.get("metadata", {}).get("annotations", {}).get("cloud.google.com/backend-config")
+    ports = json.loads(annotation).get("ports", {}) if annotation else {}
+    name = ports.get(key)
+    return find(objects, "BackendConfig", name or "")
+
+
+def _authentication(config: dict) -> tuple:
+    spec = config.get("spec", {})
+    return spec.get("iap"), spec.get("securityPolicy")
+
+
+def authenticates(config: dict) -> bool:
+    """IAP or a Cloud Armor policy in front of the backend."""
+    spec = config.get("spec", {})
+    return bool(spec.get("iap", {}).get("enabled") or spec.get("securityPolicy", {}).get("name"))
+
+
+def _edge_problems(objects: list[dict], port: int) -> list[str]:
+    """The Service port, the Ingress route, its BackendConfig (health check, authentication)."""
+    if not by_kind(objects, "Ingress"):
+        return []  # no Ingress at all is policy/serving.py's message
+    service, entry = _service_port(objects, port)
+    if service is None:
+        return [f"no Service has a port with targetPort {PORT_NAME}: the Ingress cannot reach the gateway "
+                "(gitops/base/service.yaml)"]
+    problems = []
+    for ingress in by_kind(objects, "Ingress"):
+        if not _routes_to(ingress, service, entry):
+            problems.append(f"{ref(ingress)}: no path {API_PREFIX} (pathType Prefix) to {ref(service)} port "
+                            f"{entry.get('name')}: OpenAI clients would reach Triton instead of the gateway")
+    config = _backend_config(objects, service, entry.get("name", ""))
+    triton_config = _backend_config(objects, service, "http")
+    if config is None:
+        return [*problems, f"{ref(service)}: no BackendConfig for port {entry.get('name')} (annotation "
+                f"cloud.google.com/backend-config); the gateway's backend would have no health check or "
+                "authentication"]
+    check = config.get("spec", {}).get("healthCheck", {})
+    if check.get("requestPath") != READY_PATH or check.get("port") != port:
+        problems.append(f"{ref(config)}: healthCheck must be {READY_PATH} on port {port}, the gateway's "
+                        f"(has {check.get('requestPath')} on {check.get('port')})")
+    # Where Triton's backend has no authentication, policy/serving.py says so.
+    if triton_config is not None and authenticates(triton_config) and (
+            _authentication(config) != _authentication(triton_config)):
+        problems.append(f"{ref(config)}: iap and securityPolicy must be {ref(triton_config)}'s: /v1 needs the "
+                        "same authentication as the rest of the endpoint")
+    return problems
+
+
+def _admits_lb(rule: dict, port: int) -> bool:
+    cidrs = {peer.get("ipBlock", {}).get("cidr") for peer in rule.get("from", [])}
+    ports = {(p.get("protocol", "TCP"), p.get("port")) for p in rule.get("ports", [])}
+    return set(LB_RANGES) <= cidrs and (("TCP", port) in ports or ("TCP", PORT_NAME) in ports)
+
+
+def _network_problems(objects: list[dict], port: int) -> list[str]:
+    policies = by_kind(objects, "NetworkPolicy")
+    if not policies or any(_admits_lb(rule, port) for p in policies for rule in p.get("spec", {}).get("ingress", [])):
+        return []  # no policy at all is policy/serving.py's message
+    return [f"no NetworkPolicy lets the load balancer ({', '.join(LB_RANGES)}) reach the gateway on TCP {port}: "
+            "every /v1 request and health check would be dropped (components/network-policy)"]
+
+
+def check(objects: list[dict], deployment: dict, pod: dict, triton: dict) -> list[str]:
+    gateway = next((c for c in pod.get("containers", []) if c.get("name") == CONTAINER), None)
+    if gateway is None:
+        return [f"{ref(deployment)}: no container {CONTAINER}: nothing serves the OpenAI API (/v1) "
+                "(gitops/base/deployment.yaml)"]
+    port = next((p.get("containerPort") for p in gateway.get("ports", []) if p.get("name") == PORT_NAME), None)
+    if port is None:
+        return [f"{ref(deployment)}: container {CONTAINER} has no port named {PORT_NAME}"]
+    return (_probe_problems(deployment, gateway, port) + _wiring_problems(deployment, gateway, triton)
+            + _resource_problems(deployment, gateway) + _drain_problems(deployment, gateway, triton)
+            + _edge_problems(objects, port) + _network_problems(objects, port))
