@@ -671,28 +671,66 @@ def test_node_pool_that_config_connector_would_delete(repo: Path) -> None:
 
 
 def test_node_pool_on_the_default_compute_service_account(repo: Path) -> None:
-    edit(repo, "gitops/nodepools/a100-80gb.yaml", "    serviceAccountRef:\n      name: triton-gpu-nodes\n", "")
+    edit(repo, "gitops/nodepools/a100-80gb.yaml", "    serviceAccountRef:\n      external: set-from-cluster.yaml\n", "")
+    edit(repo, "gitops/nodepools/kustomization.yaml",
+         "      - select:\n          kind: ContainerNodePool\n        fieldPaths:\n"
+         "          - spec.nodeConfig.serviceAccountRef.external\n",
+         "      - select:\n          kind: ContainerNodePool\n        reject:\n          - name: triton-a100-80gb\n"
+         "        fieldPaths:\n          - spec.nodeConfig.serviceAccountRef.external\n")
     assert problems(repo, "gitops/nodepools") == [
         "ContainerNodePool/triton-a100-80gb: nodes run as the Compute Engine default service account (Editor on the "
-        "project); set nodeConfig.serviceAccountRef to the least-privilege node service account "
-        "(node-service-account.yaml)"
+        "project); set nodeConfig.serviceAccountRef.external to the least-privilege node service account "
+        "(cluster.yaml node-service-account)"
     ]
 
 
-def test_node_pool_naming_a_service_account_that_is_not_rendered(repo: Path) -> None:
-    edit(repo, "gitops/nodepools/a100-80gb.yaml", "      name: triton-gpu-nodes\n", "      name: triton-gpu-node\n")
+def test_node_pools_on_two_service_accounts(repo: Path) -> None:
+    edit(repo, "gitops/nodepools/kustomization.yaml",
+         "      - select:\n          kind: ContainerNodePool\n        fieldPaths:\n"
+         "          - spec.nodeConfig.serviceAccountRef.external\n",
+         "      - select:\n          kind: ContainerNodePool\n        reject:\n          - name: triton-h200\n"
+         "        fieldPaths:\n          - spec.nodeConfig.serviceAccountRef.external\n")
+    edit(repo, "gitops/nodepools/h200.yaml", "serviceAccountRef:\n      external: set-from-cluster.yaml",
+         "serviceAccountRef:\n      external: ci@example-project.iam.gserviceaccount.com")
+    [problem] = problems(repo, "gitops/nodepools")
+    assert problem.startswith("GPU nodes run as 2 service accounts (ComputeClass/triton-build-a100-80gb: "
+                              "triton-gpu-nodes@example-project.iam.gserviceaccount.com, ")
+    assert "ContainerNodePool/triton-h200: ci@example-project.iam.gserviceaccount.com" in problem
+    assert problem.endswith("); run them all as cluster.yaml's node-service-account, the one account "
+                            "docs/runbook.md grants")
+
+
+IAM_MEMBER = """apiVersion: iam.cnrm.cloud.google.com/v1beta1
+kind: IAMPolicyMember
+metadata:
+  name: make-me-owner
+  namespace: gke-platform
+spec:
+  member: user:someone@example.com
+  role: roles/owner
+  resourceRef:
+    kind: Project
+    external: projects/example-project
+"""
+
+
+def test_an_iam_object_in_git(repo: Path) -> None:
+    (repo / "gitops/nodepools/owner.yaml").write_text(IAM_MEMBER)
+    edit(repo, "gitops/nodepools/kustomization.yaml", "  - cluster.yaml\n", "  - cluster.yaml\n  - owner.yaml\n")
     assert problems(repo, "gitops/nodepools") == [
-        "ContainerNodePool/triton-a100-80gb: serviceAccountRef names IAMServiceAccount/triton-gpu-node, which is "
-        "not rendered"
+        "IAMPolicyMember/make-me-owner: an IAM object in git lets a push grant roles: Config Connector would need "
+        "project IAM admin to apply it, which grants any role (owner included); create the account and its roles "
+        "with gcloud (docs/runbook.md step 2) and name it by email"
     ]
 
 
-def test_node_service_account_without_a_role_nodes_need(repo: Path) -> None:
-    text = (repo / "gitops/nodepools/node-service-account.yaml").read_text()
-    (repo / "gitops/nodepools/node-service-account.yaml").write_text(text[: text.rindex("---\n")])
-    assert problems(repo, "gitops/nodepools") == [
-        "IAMServiceAccount/triton-gpu-nodes: GPU nodes run as it but it lacks roles/artifactregistry.reader; grant "
-        "them with IAMPolicyMember (tools/policy/gke_facts.toml node_service_account_roles)"
+def test_a_project_that_lets_argo_cd_sync_iam(repo: Path) -> None:
+    edit(repo, "gitops/argocd/appproject-platform.yaml", "      kind: ContainerNodePool\n",
+         "      kind: ContainerNodePool\n    - group: iam.cnrm.cloud.google.com\n      kind: IAMPolicyMember\n")
+    assert problems(repo, "gitops/argocd") == [
+        "AppProject/triton-platform: namespaceResourceWhitelist allows iam.cnrm.cloud.google.com/IAMPolicyMember, so "
+        "a push could grant any role on the project through Config Connector; list the kinds it syncs without the "
+        "IAM ones"
     ]
 
 

@@ -25,6 +25,7 @@ DEFAULT_PROJECT = "default"
 # The only Namespaces this repository creates through Argo CD: one per overlay, triton-<folder>.
 NAMESPACE_GLOB = "triton-*"
 WILDCARD = {"group": "*", "kind": "*"}
+IAM_GROUP = "iam.cnrm.cloud.google.com"  # Config Connector's IAMPolicy, IAMPolicyMember, IAMServiceAccount, ...
 # Names of env vars, Secrets or keys that hold a credential.
 _CREDENTIAL = re.compile(r"token|password|passwd|credential|api[-_]?key", re.IGNORECASE)
 # A command that fetches software or code at run time. Shell words only, so "pipeline" is no match.
@@ -182,9 +183,41 @@ def check_job_network(objects: list[dict]) -> list[str]:
     ]
 
 
+# --- IAM through git ----------------------------------------------------------------------------
+
+
+def _iam_kind(group: str, kind: str) -> bool:
+    return fnmatch.fnmatchcase(IAM_GROUP, group) and (kind == "*" or kind.startswith("IAM"))
+
+
+def check_no_iam_in_git(objects: list[dict]) -> list[str]:
+    """No Config Connector IAM object is rendered, and no project lets Argo CD sync one.
+
+    To apply them, Config Connector needs roles/resourcemanager.projectIamAdmin, which may grant any
+    role on the project, owner included (tools/policy/gke_facts.toml project_iam_admin_grants_any_role):
+    a push to git would be a path to owner. Identities and their grants are made with gcloud instead."""
+    problems = [
+        f"{ref(obj)}: an IAM object in git lets a push grant roles: Config Connector would need project IAM admin "
+        "to apply it, which grants any role (owner included); create the account and its roles with gcloud "
+        "(docs/runbook.md step 2) and name it by email"
+        for obj in objects if _group(obj) == IAM_GROUP
+    ]
+    for project in _projects(objects):
+        whitelist = project.get("spec", {}).get("namespaceResourceWhitelist")
+        for entry in whitelist or []:
+            if _iam_kind(entry.get("group", ""), entry.get("kind", "")):
+                problems.append(
+                    f"{ref(project)}: namespaceResourceWhitelist allows {entry.get('group')}/{entry.get('kind')}, so "
+                    "a push could grant any role on the project through Config Connector; list the kinds it syncs "
+                    "without the IAM ones"
+                )
+    return problems
+
+
 def check(objects: list[dict]) -> list[str]:
     return (
         check_projects(objects)
+        + check_no_iam_in_git(objects)
         + check_credential_env(objects)
         + check_job_installs(objects)
         + check_job_network(objects)

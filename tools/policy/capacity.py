@@ -171,17 +171,18 @@ def _check_pool_obtainable(pool: dict) -> list[str]:
     return []
 
 
-def _check_pool_identity(pool: dict, objects: list[dict]) -> list[str]:
-    account = pool.get("spec", {}).get("nodeConfig", {}).get("serviceAccountRef")
-    if not account:
-        return [
-            f"{ref(pool)}: nodes run as the Compute Engine default service account (Editor on the project); set "
-            "nodeConfig.serviceAccountRef to the least-privilege node service account (node-service-account.yaml)"
-        ]
-    name = account.get("name")
-    if name and find(objects, "IAMServiceAccount", name) is None:
-        return [f"{ref(pool)}: serviceAccountRef names IAMServiceAccount/{name}, which is not rendered"]
-    return []
+def _node_account(pool: dict) -> str | None:
+    return pool.get("spec", {}).get("nodeConfig", {}).get("serviceAccountRef", {}).get("external")
+
+
+def _check_pool_identity(pool: dict) -> list[str]:
+    if _node_account(pool):
+        return []
+    return [
+        f"{ref(pool)}: nodes run as the Compute Engine default service account (Editor on the project); set "
+        "nodeConfig.serviceAccountRef.external to the least-privilege node service account (cluster.yaml "
+        "node-service-account)"
+    ]
 
 
 def check_node_pools(objects: list[dict]) -> list[str]:
@@ -196,35 +197,21 @@ def check_node_pools(objects: list[dict]) -> list[str]:
             )
         problems += _check_pool_upgrades(pool)
         problems += _check_pool_obtainable(pool)
-        problems += _check_pool_identity(pool, objects)
-    return problems + check_node_service_accounts(objects)
+        problems += _check_pool_identity(pool)
+    return problems + check_one_node_identity(objects)
 
 
-def check_node_service_accounts(objects: list[dict]) -> list[str]:
-    """A node service account that pools run as holds the roles nodes need."""
-    roles = list(fact("node_service_account_roles"))
-    used = {
-        p["spec"]["nodeConfig"]["serviceAccountRef"].get("name")
-        for p in by_kind(objects, "ContainerNodePool")
-        if p.get("spec", {}).get("nodeConfig", {}).get("serviceAccountRef")
-    }
-    problems = []
-    for account in by_kind(objects, "IAMServiceAccount"):
-        name = account["metadata"]["name"]
-        if name not in used:
-            continue
-        granted = {
-            m.get("spec", {}).get("role")
-            for m in by_kind(objects, "IAMPolicyMember")
-            if m.get("spec", {}).get("memberFrom", {}).get("serviceAccountRef", {}).get("name") == name
-        }
-        missing = [r for r in roles if r not in granted]
-        if missing:
-            problems.append(
-                f"{ref(account)}: GPU nodes run as it but it lacks {', '.join(missing)}; grant them with "
-                "IAMPolicyMember (tools/policy/gke_facts.toml node_service_account_roles)"
-            )
-    return problems
+def check_one_node_identity(objects: list[dict]) -> list[str]:
+    """The pools in git and the pools GKE creates for the ComputeClasses run as one node service account,
+    the one docs/runbook.md step 2 grants the roles nodes need (gke_facts.toml node_service_account_roles)."""
+    accounts = {ref(p): _node_account(p) for p in by_kind(objects, "ContainerNodePool") if _node_account(p)}
+    accounts |= {ref(c): c["spec"]["nodePoolConfig"]["serviceAccount"] for c in by_kind(objects, "ComputeClass")
+                 if c.get("spec", {}).get("nodePoolConfig", {}).get("serviceAccount")}
+    if len(set(accounts.values())) <= 1:
+        return []
+    return [f"GPU nodes run as {len(set(accounts.values()))} service accounts ("
+            + ", ".join(f"{name}: {email}" for name, email in sorted(accounts.items()))
+            + "); run them all as cluster.yaml's node-service-account, the one account docs/runbook.md grants"]
 
 
 def check_compute_classes(objects: list[dict]) -> list[str]:
