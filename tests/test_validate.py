@@ -9,10 +9,11 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import catalog
 import pytest
 import validate
 import yaml
-from policy import kubeschema
+from policy import capacity, kubeschema
 
 ROOT = Path(__file__).resolve().parent.parent
 CRDS = validate.VENDORED_CRDS
@@ -1036,3 +1037,34 @@ def test_serving_pod_without_the_gateway(repo: Path) -> None:
         "runs; the serving pod runs only the pinned image, so nothing in it can expire or drift (fetch-model copies "
         "with it, gitops/base/deployment.yaml)",
     ]
+
+
+# --- a GPU pod fits its node (tools/policy/capacity.py check_node_fit) --------------------------------
+
+
+def test_a_gpu_pod_that_its_node_cannot_hold(repo: Path) -> None:
+    # The gateway at 2 CPUs: with triton's 23 and the gcsfuse sidecar's 0.25, 25.25 CPUs, more than an
+    # a3-highgpu-1g gives pods once GKE's reservation (0.135) and its DaemonSets (~0.9) are taken off.
+    edit(repo, "gitops/base/deployment.yaml",
+         "            # Two workers at ~200-300 µs of CPU per streamed token each (README, \"Benchmarks\").\n"
+         "            requests:\n              cpu: \"1\"\n",
+         "            requests:\n              cpu: \"2\"\n")
+    assert problems(repo, "overlays/h100") == [
+        "Deployment/triton: 1 pod(s) of 25.25 CPU (triton 23, gateway 2, gke-gcsfuse-sidecar 0.25) do not fit "
+        "a3-highgpu-1g, which gives pods 24.96 after GKE's reservation and ~0.9 for its system DaemonSets "
+        "(tools/policy/gke_facts.toml); the cluster autoscaler would never add a node for it. Request at most 22 "
+        "per GPU for triton (build/gpus.toml pod_cpu)"
+    ]
+
+
+def test_gke_allocatable_matches_the_published_examples() -> None:
+    # GKE's tiers worked by hand: 26 vCPUs keep 26 - (0.06 + 0.01 + 2 x 0.005 + 22 x 0.0025) = 25.865 for pods.
+    cpu, memory = capacity.allocatable(catalog.machines()["a3-highgpu-1g"])
+    assert round(cpu, 3) == 25.865 and round(memory, 1) == 222.5
+    cpu, memory = capacity.allocatable(catalog.machines()["g2-standard-8"])
+    assert round(cpu, 2) == 7.91 and round(memory, 2) == 28.34
+
+
+def test_every_machine_the_catalog_names_has_a_shape() -> None:
+    named = {m for gpu in catalog.gpus().values() for m in gpu.machine_types.values()}
+    assert named == set(catalog.machines())

@@ -506,6 +506,7 @@ def check_serving(objects: list[dict], pin_path: Path, context: ServingContext) 
         if gpu is not None:
             if count <= max(gpu.machine_types):
                 problems += _check_requests(deployment, triton, gpu, count)
+                problems += capacity.check_node_fit(deployment, gpu, count)
                 if count and context.node_pools is not None:
                     problems += _check_node_pool_exists(deployment, gpu, count, context.node_pools)
                     problems += capacity.check_spot(
