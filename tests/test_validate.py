@@ -1068,3 +1068,13 @@ def test_gke_allocatable_matches_the_published_examples() -> None:
 def test_every_machine_the_catalog_names_has_a_shape() -> None:
     named = {m for gpu in catalog.gpus().values() for m in gpu.machine_types.values()}
     assert named == set(catalog.machines())
+
+
+def test_a_readiness_probe_shorter_than_the_ensembles_is_ready(repo: Path) -> None:
+    edit(repo, "gitops/base/deployment.yaml", "            periodSeconds: 5\n            timeoutSeconds: 6\n",
+         "            periodSeconds: 5\n")
+    assert problems(repo, "overlays/cpu") == [
+        "Deployment/triton: container triton readinessProbe gives /v2/health/ready 1 s, but Triton may take 5 s "
+        "asking the ensemble's is_ready (tools/policy/upstream_facts.toml triton.python_model_readiness); a slow, "
+        "healthy check would fail the probe; set timeoutSeconds to 6"
+    ]

@@ -221,6 +221,17 @@ def _check_probes(obj: dict, triton: dict) -> list[str]:
         actual = triton.get(probe, {}).get("httpGet", {}).get("path")
         if actual != path:
             problems.append(f"{ref(obj)}: container triton {probe} must be httpGet {path} (has {actual})")
+    readiness = cold_start.facts()["triton"]["python_model_readiness"]
+    for probe in ("startupProbe", "readinessProbe"):
+        spec = triton.get(probe, {})
+        timeout = spec.get("timeoutSeconds", readiness["kubernetes_default_timeout_seconds"])
+        if spec.get("httpGet", {}).get("path") == READY_PATH and timeout <= readiness["is_ready_timeout_seconds"]:
+            problems.append(
+                f"{ref(obj)}: container triton {probe} gives {READY_PATH} {timeout} s, but Triton may take "
+                f"{readiness['is_ready_timeout_seconds']} s asking the ensemble's is_ready (tools/policy/"
+                "upstream_facts.toml triton.python_model_readiness); a slow, healthy check would fail the probe; "
+                f"set timeoutSeconds to {readiness['is_ready_timeout_seconds'] + 1}"
+            )
     return problems
 
 
