@@ -453,3 +453,14 @@ def test_the_runbook_grants_what_the_recorded_facts_say_and_no_project_iam() -> 
     assert '"projects/${PROJECT_ID}/roles/tritonNodePools"' in project_roles
     for wide in ("projectIamAdmin", "serviceAccountAdmin", "roles/container.admin", "roles/owner"):
         assert not re.search(rf"--role=\S*{wide}", commands), wide
+
+
+def test_the_pod_loads_models_as_the_tests_do() -> None:
+    """The flags that decide how tritonserver loads and judges models are the ones tools/serve.py runs the
+    real tritonserver with in every test: a config the tests load is a config the pod loads."""
+    import serve
+
+    tested = serve.server_command(Path("/models"), serve.Ports(), "127.0.0.1")
+    pod = triton(rendered("overlays/h100"))
+    for flag in ("--disable-auto-complete-config", "--strict-readiness=true"):
+        assert flag in tested and flag in pod["args"], flag

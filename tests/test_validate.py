@@ -1078,3 +1078,12 @@ def test_a_readiness_probe_shorter_than_the_ensembles_is_ready(repo: Path) -> No
         "asking the ensemble's is_ready (tools/policy/upstream_facts.toml triton.python_model_readiness); a slow, "
         "healthy check would fail the probe; set timeoutSeconds to 6"
     ]
+
+
+def test_an_ingress_that_routes_tritons_admin_api(repo: Path) -> None:
+    edit(repo, "gitops/components/tls-ingress/ingress.yaml", "          - path: /v2/health\n", "          - path: /\n")
+    assert problems(repo, "overlays/cpu") == [
+        "Ingress/triton: routes Prefix / to Triton's HTTP port, which takes its admin API there too (/v2/repository "
+        "loads and unloads models, /v2/logging, /v2/trace, shared memory) for every user the load balancer lets in; "
+        "route only Exact /v2, Prefix /v2/health, Prefix /v2/models"
+    ]
