@@ -464,3 +464,10 @@ def test_the_pod_loads_models_as_the_tests_do() -> None:
     pod = triton(rendered("overlays/h100"))
     for flag in ("--disable-auto-complete-config", "--strict-readiness=true"):
         assert flag in tested and flag in pod["args"], flag
+
+
+def test_the_build_namespace_the_access_policy_guards_is_the_jobs() -> None:
+    from policy import access
+
+    kustomization = yaml.safe_load((ROOT / "gitops/jobs/compile-engine/kustomization.yaml").read_text())
+    assert kustomization["namespace"] == access.BUILD_NAMESPACE

@@ -1087,3 +1087,12 @@ def test_an_ingress_that_routes_tritons_admin_api(repo: Path) -> None:
         "loads and unloads models, /v2/logging, /v2/trace, shared memory) for every user the load balancer lets in; "
         "route only Exact /v2, Prefix /v2/health, Prefix /v2/models"
     ]
+
+
+def test_a_serving_project_that_reaches_the_build_namespace(repo: Path) -> None:
+    edit(repo, "gitops/argocd/appproject-serving.yaml", '      namespace: "!triton-build"\n', "      namespace: triton-h100\n")
+    assert problems(repo, "gitops/argocd") == [
+        "AppProject/triton-serving: its destinations let an Application sync into triton-build, the compile Job's "
+        "namespace (an overlays/build/ folder would take it over: labels, NetworkPolicy, prune); add a destination "
+        'with namespace "!triton-build"'
+    ]

@@ -24,6 +24,9 @@ from .k8s_objects import containers, pod_spec, ref
 DEFAULT_PROJECT = "default"
 # The only Namespaces this repository creates through Argo CD: one per overlay, triton-<folder>.
 NAMESPACE_GLOB = "triton-*"
+# The compile Job's namespace (gitops/jobs/compile-engine; tests/test_gitops.py keeps them equal): it
+# matches NAMESPACE_GLOB too, and no serving Application may sync into it.
+BUILD_NAMESPACE = "triton-build"
 WILDCARD = {"group": "*", "kind": "*"}
 IAM_GROUP = "iam.cnrm.cloud.google.com"  # Config Connector's IAMPolicy, IAMPolicyMember, IAMServiceAccount, ...
 # Names of env vars, Secrets or keys that hold a credential.
@@ -113,10 +116,36 @@ def check_default_project(objects: list[dict]) -> list[str]:
     return []
 
 
+def destination_namespace_permitted(project: dict, namespace: str) -> bool:
+    """Argo CD's namespace match over a project's destinations: a glob, or a `!glob` that denies
+    (argo-cd v3.5.1 pkg/apis/application/v1alpha1/app_project_types.go:446-532, isDestinationMatched)."""
+    permitted = False
+    for entry in project.get("spec", {}).get("destinations") or []:
+        pattern = entry.get("namespace", "")
+        if pattern.startswith("!"):
+            if fnmatch.fnmatchcase(namespace, pattern[1:]):
+                return False
+        elif pattern == "*" or fnmatch.fnmatchcase(namespace, pattern):
+            permitted = True
+    return permitted
+
+
+def _check_build_namespace(project: dict) -> list[str]:
+    """A project for serving namespaces that also lets an Application into the compile Job's namespace."""
+    serving = destination_namespace_permitted(project, f"{NAMESPACE_GLOB[:-1]}h100")
+    if serving and destination_namespace_permitted(project, BUILD_NAMESPACE):
+        return [
+            f"{ref(project)}: its destinations let an Application sync into {BUILD_NAMESPACE}, the compile Job's "
+            f"namespace (an overlays/build/ folder would take it over: labels, NetworkPolicy, prune); add a "
+            f'destination with namespace "!{BUILD_NAMESPACE}"'
+        ]
+    return []
+
+
 def check_projects(objects: list[dict]) -> list[str]:
-    return [p for project in _projects(objects) for p in _check_cluster_whitelist(project)] + check_default_project(
-        objects
-    )
+    return [
+        p for project in _projects(objects) for p in _check_cluster_whitelist(project) + _check_build_namespace(project)
+    ] + check_default_project(objects)
 
 
 # --- pods: credentials, run-time installs, Job network ---------------------------------------------
