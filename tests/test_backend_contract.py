@@ -231,3 +231,11 @@ def test_a_missing_required_output_is_found():
     del broken.output[:]
     broken.output.extend(kept)
     assert tensor_problems(broken) == ["output sequence_length: the backend throws without it"]
+
+
+def test_the_contract_says_what_builds_the_backend_it_describes():
+    """The contract names the repository that builds the image's libtriton_tensorrtllm.so (server build.py
+    clones triton-inference-server's fork), and says whether it was checked against that source."""
+    upstream = CONTRACT["upstream"]
+    assert upstream["so_built_from"] == "triton-inference-server/TensorRT-LLM"
+    assert upstream["verified_against_so_source"] is (upstream["repo"] == upstream["so_built_from"])
