@@ -1090,7 +1090,8 @@ def test_an_ingress_that_routes_tritons_admin_api(repo: Path) -> None:
 
 
 def test_a_serving_project_that_reaches_the_build_namespace(repo: Path) -> None:
-    edit(repo, "gitops/argocd/appproject-serving.yaml", '      namespace: "!triton-build"\n', "      namespace: triton-h100\n")
+    edit(repo, "gitops/argocd/appproject-serving.yaml", '      namespace: "!triton-build"\n',
+         "      namespace: triton-h100\n")
     assert problems(repo, "gitops/argocd") == [
         "AppProject/triton-serving: its destinations let an Application sync into triton-build, the compile Job's "
         "namespace (an overlays/build/ folder would take it over: labels, NetworkPolicy, prune); add a destination "
