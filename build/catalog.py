@@ -133,6 +133,20 @@ def gpu_by_accelerator(label: str) -> Gpu | None:
     return next((g for g in gpus().values() if g.accelerator and g.accelerator == label), None)
 
 
+@dataclass(frozen=True)
+class Machine:
+    name: str
+    vcpus: int
+    memory_gib: float
+
+
+@cache
+def machines() -> dict[str, Machine]:
+    """[machines]: the vCPUs and memory of every machine type the targets name."""
+    raw = tomllib.loads(GPUS_FILE.read_text())["machines"]
+    return {name: Machine(name, int(m["vcpus"]), float(m["memory_gib"])) for name, m in raw.items()}
+
+
 @cache
 def versions() -> dict:
     return tomllib.loads(VERSIONS_FILE.read_text())

@@ -5,6 +5,7 @@ the architecture page name what is in the tree."""
 from __future__ import annotations
 
 import ast
+import fnmatch
 import re
 import subprocess
 import sys
@@ -164,3 +165,24 @@ def test_the_layout_tables_match_the_tree(page: str, heading: str) -> None:
                                                      text=True, check=True).stdout.split()}
     for named in re.findall(r"`([\w-]+\.(?:py|toml|yaml|txt))`", table):
         assert named in tracked, f"{page}'s layout names {named}, which is not in the tree"
+
+
+# Paths the docs name that are not ours to have: upstream files cited by their own path, and what
+# build/runtimes/engine.py writes for a build Job.
+NOT_IN_THE_TREE = re.compile(r"docs/(source|introduction|user-guide)/|gitops/jobs/runs/")
+DOC_PATH = re.compile(
+    r"(?<![\w./-])((?:build|tools|tests|gitops|overlays|model_repository|gateway|docs)/[\w./*-]*[\w/*])"
+)
+
+
+def test_the_docs_name_only_paths_that_exist() -> None:
+    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    known = set(tracked) | {str(parent) for path in tracked for parent in Path(path).parents}
+    pages = [ROOT / "README.md", ROOT / "overlays" / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    missing = [
+        f"{page.relative_to(ROOT)}: {path}"
+        for page in pages
+        for path in (m.group(1).rstrip("/") for m in DOC_PATH.finditer(page.read_text()))
+        if path not in known and not NOT_IN_THE_TREE.match(path) and not any(fnmatch.fnmatch(k, path) for k in known)
+    ]
+    assert missing == []

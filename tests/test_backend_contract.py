@@ -33,8 +33,9 @@ OUTPUTS = {t["name"]: t for t in CONTRACT["io"]["outputs"]}
 
 Config = model_config_pb2.ModelConfig
 
-# What the backend's std::stoi / stoul / stof and its boolean parse accept, read strictly: a value
-# they would half-parse ("8x") or refuse falls back to the default silently, which is what we forbid.
+# What the backend's std::stoi / stoul / stof and its boolean parse accept, read strictly. They take a
+# numeric prefix and drop the rest without a word ("0.9" is 0, "100ms" is 100), and only text with no
+# number at the front throws and falls back to the default: either way a value we did not mean.
 _INT = re.compile(r"-?\d+")
 _CHECKS: dict[str, Callable[[str], bool]] = {
     "int": lambda v: bool(_INT.fullmatch(v)),
@@ -82,7 +83,8 @@ def parameter_problems(params: dict[str, str]) -> list[str]:
         if kind == "enum" and value not in spec["choices"]:
             problems.append(f"{name}={value!r}: the backend accepts {spec['choices']}")
         elif kind in _CHECKS and not _CHECKS[kind](value):
-            problems.append(f"{name}={value!r} does not parse as {kind}; the backend would use its default")
+            problems.append(f"{name}={value!r} is not a plain {kind}; the backend would read only a numeric prefix "
+                            "of it, or fall back to its default")
         elif kind in {"string", "path"} and value == "" and "empty_means" not in spec and spec["read"] != "default":
             problems.append(f"{name} is empty, which the backend does not treat as unset")
     return problems
@@ -229,3 +231,11 @@ def test_a_missing_required_output_is_found():
     del broken.output[:]
     broken.output.extend(kept)
     assert tensor_problems(broken) == ["output sequence_length: the backend throws without it"]
+
+
+def test_the_contract_says_what_builds_the_backend_it_describes():
+    """The contract names the repository that builds the image's libtriton_tensorrtllm.so (server build.py
+    clones triton-inference-server's fork), and says whether it was checked against that source."""
+    upstream = CONTRACT["upstream"]
+    assert upstream["so_built_from"] == "triton-inference-server/TensorRT-LLM"
+    assert upstream["verified_against_so_source"] is (upstream["repo"] == upstream["so_built_from"])

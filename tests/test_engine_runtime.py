@@ -256,7 +256,7 @@ patches:
               - name: compile
                 resources:
                   requests:
-                    cpu: "96"
+                    cpu: "92"
                     memory: 800Gi
                     nvidia.com/gpu: "4"
                   limits:

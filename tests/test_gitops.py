@@ -436,3 +436,38 @@ def test_the_ensemble_calls_back_on_the_port_the_deployment_serves_http_on(targe
     loopback_port = re.search(r'key: "loopback_http_port" value: \{ string_value: "(\d+)" \}', config).group(1)
     args = triton(rendered(f"overlays/{target}"))["args"]
     assert (flag_value(args, "--http-port") or "8000") == loopback_port  # 8000: tritonserver's default
+
+
+def test_the_runbook_grants_what_the_recorded_facts_say_and_no_project_iam() -> None:
+    """Runbook steps 2-3 make the node account and Config Connector's identity with gcloud: the node gets
+    exactly node_service_account_roles, Config Connector exactly node_pool_api_permissions, and no command
+    grants a role that may grant roles (tools/policy/access.py keeps IAM out of git for the same reason)."""
+    runbook = (ROOT / "docs/runbook.md").read_text()
+    commands = re.sub(r"\\\n\s*", " ", runbook)
+    node_roles = re.search(r'for role in ([^;]+); do\s+gcloud projects add-iam-policy-binding "\$PROJECT_ID" '
+                           r'--member="serviceAccount:\$\{NODE_SA\}" --role="\$role"', commands)
+    assert node_roles and node_roles.group(1).split() == capacity.fact("node_service_account_roles")
+    permissions = re.search(r"gcloud iam roles create tritonNodePools .*?--permissions=(\S+)", commands)
+    assert permissions and permissions.group(1).split(",") == capacity.fact("node_pool_api_permissions")
+    project_roles = re.findall(r"gcloud projects add-iam-policy-binding\s+\S+\s+--member=\S+\s+--role=(\S+)", commands)
+    assert '"projects/${PROJECT_ID}/roles/tritonNodePools"' in project_roles
+    for wide in ("projectIamAdmin", "serviceAccountAdmin", "roles/container.admin", "roles/owner"):
+        assert not re.search(rf"--role=\S*{wide}", commands), wide
+
+
+def test_the_pod_loads_models_as_the_tests_do() -> None:
+    """The flags that decide how tritonserver loads and judges models are the ones tools/serve.py runs the
+    real tritonserver with in every test: a config the tests load is a config the pod loads."""
+    import serve
+
+    tested = serve.server_command(Path("/models"), serve.Ports(), "127.0.0.1")
+    pod = triton(rendered("overlays/h100"))
+    for flag in ("--disable-auto-complete-config", "--strict-readiness=true"):
+        assert flag in tested and flag in pod["args"], flag
+
+
+def test_the_build_namespace_the_access_policy_guards_is_the_jobs() -> None:
+    from policy import access
+
+    kustomization = yaml.safe_load((ROOT / "gitops/jobs/compile-engine/kustomization.yaml").read_text())
+    assert kustomization["namespace"] == access.BUILD_NAMESPACE

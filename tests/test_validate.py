@@ -9,10 +9,11 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import catalog
 import pytest
 import validate
 import yaml
-from policy import kubeschema
+from policy import capacity, kubeschema
 
 ROOT = Path(__file__).resolve().parent.parent
 CRDS = validate.VENDORED_CRDS
@@ -671,28 +672,66 @@ def test_node_pool_that_config_connector_would_delete(repo: Path) -> None:
 
 
 def test_node_pool_on_the_default_compute_service_account(repo: Path) -> None:
-    edit(repo, "gitops/nodepools/a100-80gb.yaml", "    serviceAccountRef:\n      name: triton-gpu-nodes\n", "")
+    edit(repo, "gitops/nodepools/a100-80gb.yaml", "    serviceAccountRef:\n      external: set-from-cluster.yaml\n", "")
+    edit(repo, "gitops/nodepools/kustomization.yaml",
+         "      - select:\n          kind: ContainerNodePool\n        fieldPaths:\n"
+         "          - spec.nodeConfig.serviceAccountRef.external\n",
+         "      - select:\n          kind: ContainerNodePool\n        reject:\n          - name: triton-a100-80gb\n"
+         "        fieldPaths:\n          - spec.nodeConfig.serviceAccountRef.external\n")
     assert problems(repo, "gitops/nodepools") == [
         "ContainerNodePool/triton-a100-80gb: nodes run as the Compute Engine default service account (Editor on the "
-        "project); set nodeConfig.serviceAccountRef to the least-privilege node service account "
-        "(node-service-account.yaml)"
+        "project); set nodeConfig.serviceAccountRef.external to the least-privilege node service account "
+        "(cluster.yaml node-service-account)"
     ]
 
 
-def test_node_pool_naming_a_service_account_that_is_not_rendered(repo: Path) -> None:
-    edit(repo, "gitops/nodepools/a100-80gb.yaml", "      name: triton-gpu-nodes\n", "      name: triton-gpu-node\n")
+def test_node_pools_on_two_service_accounts(repo: Path) -> None:
+    edit(repo, "gitops/nodepools/kustomization.yaml",
+         "      - select:\n          kind: ContainerNodePool\n        fieldPaths:\n"
+         "          - spec.nodeConfig.serviceAccountRef.external\n",
+         "      - select:\n          kind: ContainerNodePool\n        reject:\n          - name: triton-h200\n"
+         "        fieldPaths:\n          - spec.nodeConfig.serviceAccountRef.external\n")
+    edit(repo, "gitops/nodepools/h200.yaml", "serviceAccountRef:\n      external: set-from-cluster.yaml",
+         "serviceAccountRef:\n      external: ci@example-project.iam.gserviceaccount.com")
+    [problem] = problems(repo, "gitops/nodepools")
+    assert problem.startswith("GPU nodes run as 2 service accounts (ComputeClass/triton-build-a100-80gb: "
+                              "triton-gpu-nodes@example-project.iam.gserviceaccount.com, ")
+    assert "ContainerNodePool/triton-h200: ci@example-project.iam.gserviceaccount.com" in problem
+    assert problem.endswith("); run them all as cluster.yaml's node-service-account, the one account "
+                            "docs/runbook.md grants")
+
+
+IAM_MEMBER = """apiVersion: iam.cnrm.cloud.google.com/v1beta1
+kind: IAMPolicyMember
+metadata:
+  name: make-me-owner
+  namespace: gke-platform
+spec:
+  member: user:someone@example.com
+  role: roles/owner
+  resourceRef:
+    kind: Project
+    external: projects/example-project
+"""
+
+
+def test_an_iam_object_in_git(repo: Path) -> None:
+    (repo / "gitops/nodepools/owner.yaml").write_text(IAM_MEMBER)
+    edit(repo, "gitops/nodepools/kustomization.yaml", "  - cluster.yaml\n", "  - cluster.yaml\n  - owner.yaml\n")
     assert problems(repo, "gitops/nodepools") == [
-        "ContainerNodePool/triton-a100-80gb: serviceAccountRef names IAMServiceAccount/triton-gpu-node, which is "
-        "not rendered"
+        "IAMPolicyMember/make-me-owner: an IAM object in git lets a push grant roles: Config Connector would need "
+        "project IAM admin to apply it, which grants any role (owner included); create the account and its roles "
+        "with gcloud (docs/runbook.md step 2) and name it by email"
     ]
 
 
-def test_node_service_account_without_a_role_nodes_need(repo: Path) -> None:
-    text = (repo / "gitops/nodepools/node-service-account.yaml").read_text()
-    (repo / "gitops/nodepools/node-service-account.yaml").write_text(text[: text.rindex("---\n")])
-    assert problems(repo, "gitops/nodepools") == [
-        "IAMServiceAccount/triton-gpu-nodes: GPU nodes run as it but it lacks roles/artifactregistry.reader; grant "
-        "them with IAMPolicyMember (tools/policy/gke_facts.toml node_service_account_roles)"
+def test_a_project_that_lets_argo_cd_sync_iam(repo: Path) -> None:
+    edit(repo, "gitops/argocd/appproject-platform.yaml", "      kind: ContainerNodePool\n",
+         "      kind: ContainerNodePool\n    - group: iam.cnrm.cloud.google.com\n      kind: IAMPolicyMember\n")
+    assert problems(repo, "gitops/argocd") == [
+        "AppProject/triton-platform: namespaceResourceWhitelist allows iam.cnrm.cloud.google.com/IAMPolicyMember, so "
+        "a push could grant any role on the project through Config Connector; list the kinds it syncs without the "
+        "IAM ones"
     ]
 
 
@@ -997,4 +1036,64 @@ def test_serving_pod_without_the_gateway(repo: Path) -> None:
         "not the pinned Triton image 'nvcr.io/nvidia/tritonserver:26.07-trtllm-python-py3' that container triton "
         "runs; the serving pod runs only the pinned image, so nothing in it can expire or drift (fetch-model copies "
         "with it, gitops/base/deployment.yaml)",
+    ]
+
+
+# --- a GPU pod fits its node (tools/policy/capacity.py check_node_fit) --------------------------------
+
+
+def test_a_gpu_pod_that_its_node_cannot_hold(repo: Path) -> None:
+    # The gateway at 2 CPUs: with triton's 23 and the gcsfuse sidecar's 0.25, 25.25 CPUs, more than an
+    # a3-highgpu-1g gives pods once GKE's reservation (0.135) and its DaemonSets (~0.9) are taken off.
+    edit(repo, "gitops/base/deployment.yaml",
+         "            # Two workers at ~200-300 µs of CPU per streamed token each (README, \"Benchmarks\").\n"
+         "            requests:\n              cpu: \"1\"\n",
+         "            requests:\n              cpu: \"2\"\n")
+    assert problems(repo, "overlays/h100") == [
+        "Deployment/triton: 1 pod(s) of 25.25 CPU (triton 23, gateway 2, gke-gcsfuse-sidecar 0.25) do not fit "
+        "a3-highgpu-1g, which gives pods 24.96 after GKE's reservation and ~0.9 for its system DaemonSets "
+        "(tools/policy/gke_facts.toml); the cluster autoscaler would never add a node for it. Request at most 22 "
+        "per GPU for triton (build/gpus.toml pod_cpu)"
+    ]
+
+
+def test_gke_allocatable_matches_the_published_examples() -> None:
+    # GKE's tiers worked by hand: 26 vCPUs keep 26 - (0.06 + 0.01 + 2 x 0.005 + 22 x 0.0025) = 25.865 for pods.
+    cpu, memory = capacity.allocatable(catalog.machines()["a3-highgpu-1g"])
+    assert round(cpu, 3) == 25.865 and round(memory, 1) == 222.5
+    cpu, memory = capacity.allocatable(catalog.machines()["g2-standard-8"])
+    assert round(cpu, 2) == 7.91 and round(memory, 2) == 28.34
+
+
+def test_every_machine_the_catalog_names_has_a_shape() -> None:
+    named = {m for gpu in catalog.gpus().values() for m in gpu.machine_types.values()}
+    assert named == set(catalog.machines())
+
+
+def test_a_readiness_probe_shorter_than_the_ensembles_is_ready(repo: Path) -> None:
+    edit(repo, "gitops/base/deployment.yaml", "            periodSeconds: 5\n            timeoutSeconds: 6\n",
+         "            periodSeconds: 5\n")
+    assert problems(repo, "overlays/cpu") == [
+        "Deployment/triton: container triton readinessProbe gives /v2/health/ready 1 s, but Triton may take 5 s "
+        "asking the ensemble's is_ready (tools/policy/upstream_facts.toml triton.python_model_readiness); a slow, "
+        "healthy check would fail the probe; set timeoutSeconds to 6"
+    ]
+
+
+def test_an_ingress_that_routes_tritons_admin_api(repo: Path) -> None:
+    edit(repo, "gitops/components/tls-ingress/ingress.yaml", "          - path: /v2/health\n", "          - path: /\n")
+    assert problems(repo, "overlays/cpu") == [
+        "Ingress/triton: routes Prefix / to Triton's HTTP port, which takes its admin API there too (/v2/repository "
+        "loads and unloads models, /v2/logging, /v2/trace, shared memory) for every user the load balancer lets in; "
+        "route only Exact /v2, Prefix /v2/health, Prefix /v2/models"
+    ]
+
+
+def test_a_serving_project_that_reaches_the_build_namespace(repo: Path) -> None:
+    edit(repo, "gitops/argocd/appproject-serving.yaml", '      namespace: "!triton-build"\n',
+         "      namespace: triton-h100\n")
+    assert problems(repo, "gitops/argocd") == [
+        "AppProject/triton-serving: its destinations let an Application sync into triton-build, the compile Job's "
+        "namespace (an overlays/build/ folder would take it over: labels, NetworkPolicy, prune); add a destination "
+        'with namespace "!triton-build"'
     ]

@@ -5,8 +5,9 @@ Why not BLS: in the python backend, decoupled BLS responses are read with a bloc
 thread per stream. Under a fast engine the stub deadlocks (a thread woken in
 `ResponseIterator::Next` re-takes the GIL while holding the iterator's mutex; a thread starting a
 BLS call holds the GIL and waits for the iterator map's mutex, which the message thread holds while
-it waits for the iterator's mutex: python_backend src/pb_response_iterator.cc and src/pb_stub.cc,
-unchanged through 2026), and a BLS request cannot be cancelled before python_backend #398
+it waits for the iterator's mutex: python_backend src/pb_response_iterator.cc:84-88 and src/pb_stub.cc,
+still so at r26.07, whose #439 fixed a different decoupled-BLS deadlock), and a BLS request cannot
+be cancelled before python_backend #398
 (2025-04, after the 24.10 release this project runs locally).
 
 Why HTTP and not gRPC: reading a stream is what this process does per token, and grpcio's asyncio

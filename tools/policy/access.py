@@ -24,7 +24,11 @@ from .k8s_objects import containers, pod_spec, ref
 DEFAULT_PROJECT = "default"
 # The only Namespaces this repository creates through Argo CD: one per overlay, triton-<folder>.
 NAMESPACE_GLOB = "triton-*"
+# The compile Job's namespace (gitops/jobs/compile-engine; tests/test_gitops.py keeps them equal): it
+# matches NAMESPACE_GLOB too, and no serving Application may sync into it.
+BUILD_NAMESPACE = "triton-build"
 WILDCARD = {"group": "*", "kind": "*"}
+IAM_GROUP = "iam.cnrm.cloud.google.com"  # Config Connector's IAMPolicy, IAMPolicyMember, IAMServiceAccount, ...
 # Names of env vars, Secrets or keys that hold a credential.
 _CREDENTIAL = re.compile(r"token|password|passwd|credential|api[-_]?key", re.IGNORECASE)
 # A command that fetches software or code at run time. Shell words only, so "pipeline" is no match.
@@ -112,10 +116,36 @@ def check_default_project(objects: list[dict]) -> list[str]:
     return []
 
 
+def destination_namespace_permitted(project: dict, namespace: str) -> bool:
+    """Argo CD's namespace match over a project's destinations: a glob, or a `!glob` that denies
+    (argo-cd v3.5.1 pkg/apis/application/v1alpha1/app_project_types.go:446-532, isDestinationMatched)."""
+    permitted = False
+    for entry in project.get("spec", {}).get("destinations") or []:
+        pattern = entry.get("namespace", "")
+        if pattern.startswith("!"):
+            if fnmatch.fnmatchcase(namespace, pattern[1:]):
+                return False
+        elif pattern == "*" or fnmatch.fnmatchcase(namespace, pattern):
+            permitted = True
+    return permitted
+
+
+def _check_build_namespace(project: dict) -> list[str]:
+    """A project for serving namespaces that also lets an Application into the compile Job's namespace."""
+    serving = destination_namespace_permitted(project, f"{NAMESPACE_GLOB[:-1]}h100")
+    if serving and destination_namespace_permitted(project, BUILD_NAMESPACE):
+        return [
+            f"{ref(project)}: its destinations let an Application sync into {BUILD_NAMESPACE}, the compile Job's "
+            f"namespace (an overlays/build/ folder would take it over: labels, NetworkPolicy, prune); add a "
+            f'destination with namespace "!{BUILD_NAMESPACE}"'
+        ]
+    return []
+
+
 def check_projects(objects: list[dict]) -> list[str]:
-    return [p for project in _projects(objects) for p in _check_cluster_whitelist(project)] + check_default_project(
-        objects
-    )
+    return [
+        p for project in _projects(objects) for p in _check_cluster_whitelist(project) + _check_build_namespace(project)
+    ] + check_default_project(objects)
 
 
 # --- pods: credentials, run-time installs, Job network ---------------------------------------------
@@ -182,9 +212,41 @@ def check_job_network(objects: list[dict]) -> list[str]:
     ]
 
 
+# --- IAM through git ----------------------------------------------------------------------------
+
+
+def _iam_kind(group: str, kind: str) -> bool:
+    return fnmatch.fnmatchcase(IAM_GROUP, group) and (kind == "*" or kind.startswith("IAM"))
+
+
+def check_no_iam_in_git(objects: list[dict]) -> list[str]:
+    """No Config Connector IAM object is rendered, and no project lets Argo CD sync one.
+
+    To apply them, Config Connector needs roles/resourcemanager.projectIamAdmin, which may grant any
+    role on the project, owner included (tools/policy/gke_facts.toml project_iam_admin_grants_any_role):
+    a push to git would be a path to owner. Identities and their grants are made with gcloud instead."""
+    problems = [
+        f"{ref(obj)}: an IAM object in git lets a push grant roles: Config Connector would need project IAM admin "
+        "to apply it, which grants any role (owner included); create the account and its roles with gcloud "
+        "(docs/runbook.md step 2) and name it by email"
+        for obj in objects if _group(obj) == IAM_GROUP
+    ]
+    for project in _projects(objects):
+        whitelist = project.get("spec", {}).get("namespaceResourceWhitelist")
+        for entry in whitelist or []:
+            if _iam_kind(entry.get("group", ""), entry.get("kind", "")):
+                problems.append(
+                    f"{ref(project)}: namespaceResourceWhitelist allows {entry.get('group')}/{entry.get('kind')}, so "
+                    "a push could grant any role on the project through Config Connector; list the kinds it syncs "
+                    "without the IAM ones"
+                )
+    return problems
+
+
 def check(objects: list[dict]) -> list[str]:
     return (
         check_projects(objects)
+        + check_no_iam_in_git(objects)
         + check_credential_env(objects)
         + check_job_installs(objects)
         + check_job_network(objects)

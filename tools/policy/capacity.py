@@ -17,7 +17,7 @@ from pathlib import Path
 import catalog
 
 from . import cold_start, pin_gate
-from .k8s_objects import by_kind, containers, find, pod_spec, ref
+from .k8s_objects import by_kind, containers, find, pod_spec, quantity, ref
 
 FACTS_FILE = Path(__file__).resolve().with_name("gke_facts.toml")
 ACCELERATOR_LABEL = "cloud.google.com/gke-accelerator"
@@ -171,17 +171,18 @@ def _check_pool_obtainable(pool: dict) -> list[str]:
     return []
 
 
-def _check_pool_identity(pool: dict, objects: list[dict]) -> list[str]:
-    account = pool.get("spec", {}).get("nodeConfig", {}).get("serviceAccountRef")
-    if not account:
-        return [
-            f"{ref(pool)}: nodes run as the Compute Engine default service account (Editor on the project); set "
-            "nodeConfig.serviceAccountRef to the least-privilege node service account (node-service-account.yaml)"
-        ]
-    name = account.get("name")
-    if name and find(objects, "IAMServiceAccount", name) is None:
-        return [f"{ref(pool)}: serviceAccountRef names IAMServiceAccount/{name}, which is not rendered"]
-    return []
+def _node_account(pool: dict) -> str | None:
+    return pool.get("spec", {}).get("nodeConfig", {}).get("serviceAccountRef", {}).get("external")
+
+
+def _check_pool_identity(pool: dict) -> list[str]:
+    if _node_account(pool):
+        return []
+    return [
+        f"{ref(pool)}: nodes run as the Compute Engine default service account (Editor on the project); set "
+        "nodeConfig.serviceAccountRef.external to the least-privilege node service account (cluster.yaml "
+        "node-service-account)"
+    ]
 
 
 def check_node_pools(objects: list[dict]) -> list[str]:
@@ -196,35 +197,21 @@ def check_node_pools(objects: list[dict]) -> list[str]:
             )
         problems += _check_pool_upgrades(pool)
         problems += _check_pool_obtainable(pool)
-        problems += _check_pool_identity(pool, objects)
-    return problems + check_node_service_accounts(objects)
+        problems += _check_pool_identity(pool)
+    return problems + check_one_node_identity(objects)
 
 
-def check_node_service_accounts(objects: list[dict]) -> list[str]:
-    """A node service account that pools run as holds the roles nodes need."""
-    roles = list(fact("node_service_account_roles"))
-    used = {
-        p["spec"]["nodeConfig"]["serviceAccountRef"].get("name")
-        for p in by_kind(objects, "ContainerNodePool")
-        if p.get("spec", {}).get("nodeConfig", {}).get("serviceAccountRef")
-    }
-    problems = []
-    for account in by_kind(objects, "IAMServiceAccount"):
-        name = account["metadata"]["name"]
-        if name not in used:
-            continue
-        granted = {
-            m.get("spec", {}).get("role")
-            for m in by_kind(objects, "IAMPolicyMember")
-            if m.get("spec", {}).get("memberFrom", {}).get("serviceAccountRef", {}).get("name") == name
-        }
-        missing = [r for r in roles if r not in granted]
-        if missing:
-            problems.append(
-                f"{ref(account)}: GPU nodes run as it but it lacks {', '.join(missing)}; grant them with "
-                "IAMPolicyMember (tools/policy/gke_facts.toml node_service_account_roles)"
-            )
-    return problems
+def check_one_node_identity(objects: list[dict]) -> list[str]:
+    """The pools in git and the pools GKE creates for the ComputeClasses run as one node service account,
+    the one docs/runbook.md step 2 grants the roles nodes need (gke_facts.toml node_service_account_roles)."""
+    accounts = {ref(p): _node_account(p) for p in by_kind(objects, "ContainerNodePool") if _node_account(p)}
+    accounts |= {ref(c): c["spec"]["nodePoolConfig"]["serviceAccount"] for c in by_kind(objects, "ComputeClass")
+                 if c.get("spec", {}).get("nodePoolConfig", {}).get("serviceAccount")}
+    if len(set(accounts.values())) <= 1:
+        return []
+    return [f"GPU nodes run as {len(set(accounts.values()))} service accounts ("
+            + ", ".join(f"{name}: {email}" for name, email in sorted(accounts.items()))
+            + "); run them all as cluster.yaml's node-service-account, the one account docs/runbook.md grants"]
 
 
 def check_compute_classes(objects: list[dict]) -> list[str]:
@@ -318,6 +305,74 @@ def check_spot(
         problems.append(
             f"{ref(deployment)}: runs on Spot ({', '.join(spot)}) with no fallback in {where}; select a ComputeClass "
             f"whose later priorities are on-demand, reservation or flex-start {accelerator} nodes"
+        )
+    return problems
+
+
+# --- does a GPU pod fit its node? --------------------------------------------------------------------
+
+
+def _system_reserved(amount: float, tiers: list[list[float]]) -> float:
+    """GKE's reservation of `amount` (cores or GiB) by its tiers: [size, share] in order."""
+    reserved, left = 0.0, amount
+    for size, share in tiers:
+        part = min(left, size)
+        reserved += part * share
+        left -= part
+    return reserved
+
+
+def allocatable(machine: catalog.Machine) -> tuple[float, float]:
+    """(CPU, GiB of memory) that pods may request on a node of this machine type (gke_facts.toml allocatable_*)."""
+    cpu = machine.vcpus - _system_reserved(machine.vcpus, fact("allocatable_cpu_reserved"))
+    memory = (machine.memory_gib - _system_reserved(machine.memory_gib, fact("allocatable_memory_reserved"))
+              - fact("allocatable_eviction_mib") / 1024)
+    return cpu, memory
+
+
+def _requests(container: dict) -> tuple[float, float]:
+    asked = container.get("resources", {}).get("requests", {})
+    return quantity(asked.get("cpu", 0)), quantity(asked.get("memory", 0)) / 2**30
+
+
+def pod_requests(pod: dict, annotations: dict) -> dict[str, tuple[float, float]]:
+    """What a running pod requests, per container: its containers, native sidecars, and the gcsfuse
+    sidecar GKE injects at admission (not in the rendered manifest). Plain init containers run before
+    the rest and each asks less than they do together, so they do not count."""
+    asked = {c["name"]: _requests(c) for c in pod.get("containers", [])}
+    asked |= {c["name"]: _requests(c) for c in pod.get("initContainers", []) if c.get("restartPolicy") == "Always"}
+    if annotations.get(cold_start.FUSE_ANNOTATION) == "true":
+        sidecar = fact("gcsfuse_sidecar_requests")
+        asked["gke-gcsfuse-sidecar"] = (sidecar["cpu"], sidecar["memory_gib"])
+    return asked
+
+
+def check_node_fit(deployment: dict, gpu: catalog.Gpu, count: int) -> list[str]:
+    """A GPU pod, as many of it as its node holds, and GKE's system pods fit the node's allocatable: if not,
+    the cluster autoscaler finds that no node of the pool's template fits and never scales up."""
+    if count < 1:
+        return []
+    gpus_per_node = min(n for n in gpu.machine_types if n >= count)
+    machine = catalog.machines()[gpu.machine_types[gpus_per_node]]
+    per_node = gpus_per_node // count
+    template = deployment["spec"]["template"]
+    asked = pod_requests(pod_spec(deployment), template.get("metadata", {}).get("annotations", {}))
+    system = fact("gpu_node_system_pods")
+    resources = (("CPU", "", system["cpu"], "pod_cpu"), ("memory", " GiB", system["memory_gib"], "pod_memory_gib"))
+    problems = []
+    for index, (resource, unit, reserve, catalog_key) in enumerate(resources):
+        pod = sum(a[index] for a in asked.values())
+        room = allocatable(machine)[index] - reserve
+        if pod * per_node <= room:
+            continue
+        parts = ", ".join(f"{name} {a[index]:g}" for name, a in asked.items())
+        others = pod - asked.get("triton", (0, 0))[index]
+        fits = math.floor((room / per_node - others) / count)
+        problems.append(
+            f"{ref(deployment)}: {per_node} pod(s) of {pod:g}{unit} {resource} ({parts}) do not fit {machine.name}, "
+            f"which gives pods {room:.2f}{unit} after GKE's reservation and ~{reserve:g}{unit} for its system "
+            "DaemonSets (tools/policy/gke_facts.toml); the cluster autoscaler would never add a node for it. "
+            f"Request at most {fits}{unit} per GPU for triton (build/gpus.toml {catalog_key})"
         )
     return problems
 

@@ -27,6 +27,10 @@ TRITON_CONTAINER = "triton"
 FETCH_CONTAINER = cold_start.FETCH_CONTAINER
 PIN_FILE = "model-pin.yaml"
 READY_PATH = "/v2/health/ready"
+# What of Triton's HTTP API the Ingress may route: inference, model metadata and health. Not its admin
+# API (/v2/repository load and unload, /v2/logging, /v2/trace, shared memory), which every user the
+# load balancer lets in would reach.
+TRITON_PUBLIC_PATHS = {("Prefix", "/v2/models"), ("Prefix", "/v2/health"), ("Exact", "/v2")}
 LIVE_PATH = "/v2/health/live"
 
 
@@ -221,6 +225,17 @@ def _check_probes(obj: dict, triton: dict) -> list[str]:
         actual = triton.get(probe, {}).get("httpGet", {}).get("path")
         if actual != path:
             problems.append(f"{ref(obj)}: container triton {probe} must be httpGet {path} (has {actual})")
+    readiness = cold_start.facts()["triton"]["python_model_readiness"]
+    for probe in ("startupProbe", "readinessProbe"):
+        spec = triton.get(probe, {})
+        timeout = spec.get("timeoutSeconds", readiness["kubernetes_default_timeout_seconds"])
+        if spec.get("httpGet", {}).get("path") == READY_PATH and timeout <= readiness["is_ready_timeout_seconds"]:
+            problems.append(
+                f"{ref(obj)}: container triton {probe} gives {READY_PATH} {timeout} s, but Triton may take "
+                f"{readiness['is_ready_timeout_seconds']} s asking the ensemble's is_ready (tools/policy/"
+                "upstream_facts.toml triton.python_model_readiness); a slow, healthy check would fail the probe; "
+                f"set timeoutSeconds to {readiness['is_ready_timeout_seconds'] + 1}"
+            )
     return problems
 
 
@@ -307,6 +322,27 @@ def _ingress_backends(ingress: dict) -> Iterator[dict]:
             yield path.get("backend", {}).get("service", {})
 
 
+def _by_path(entry: tuple[str, str]) -> str:
+    return entry[1]
+
+
+def _check_public_paths(ingress: dict) -> list[str]:
+    problems = []
+    for rule in ingress.get("spec", {}).get("rules", []):
+        for path in rule.get("http", {}).get("paths", []):
+            port = path.get("backend", {}).get("service", {}).get("port", {})
+            if port.get("name") != "http" and port.get("number") != 8000:
+                continue
+            if (path.get("pathType"), path.get("path")) not in TRITON_PUBLIC_PATHS:
+                allowed = ", ".join(f"{kind} {route}" for kind, route in sorted(TRITON_PUBLIC_PATHS, key=_by_path))
+                problems.append(
+                    f"{ref(ingress)}: routes {path.get('pathType')} {path.get('path')} to Triton's HTTP port, which "
+                    "takes its admin API there too (/v2/repository loads and unloads models, /v2/logging, "
+                    f"/v2/trace, shared memory) for every user the load balancer lets in; route only {allowed}"
+                )
+    return problems
+
+
 def check_ingress(objects: list[dict]) -> list[str]:
     """An HTTPS-only GKE Ingress with a certificate, a redirect, and authentication at the LB."""
     ingresses = by_kind(objects, "Ingress")
@@ -333,6 +369,7 @@ def check_ingress(objects: list[dict]) -> list[str]:
             problems.append(f"{name}: needs a FrontendConfig (annotation networking.gke.io/v1beta1.FrontendConfig)")
         elif not frontend.get("spec", {}).get("redirectToHttps", {}).get("enabled"):
             problems.append(f"{ref(frontend)}: must redirect HTTP to HTTPS (redirectToHttps.enabled: true)")
+        problems += _check_public_paths(ingress)
         for backend in _ingress_backends(ingress):
             service = find(objects, "Service", backend.get("name", ""))
             if service is None:
@@ -506,6 +543,7 @@ def check_serving(objects: list[dict], pin_path: Path, context: ServingContext) 
         if gpu is not None:
             if count <= max(gpu.machine_types):
                 problems += _check_requests(deployment, triton, gpu, count)
+                problems += capacity.check_node_fit(deployment, gpu, count)
                 if count and context.node_pools is not None:
                     problems += _check_node_pool_exists(deployment, gpu, count, context.node_pools)
                     problems += capacity.check_spot(
