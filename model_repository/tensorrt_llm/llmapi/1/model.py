@@ -7,6 +7,8 @@ part of the text not sent yet.
 The LLM API's incremental detokenizer withholds a trailing partial character, so the text only
 ever grows at its end and the pieces are exact.
 
+It also hands `sampling_param_stop` to NVIDIA's model as str (stop_strings below says why).
+
 Everything else (the LLM() engine from model.yaml beside this file, sampling inputs, cancellation)
 is NVIDIA's code from the image, so it always matches the TensorRT-LLM version that runs it.
 """
@@ -16,6 +18,8 @@ from __future__ import annotations
 import importlib.util
 import sys
 from pathlib import Path
+
+import numpy as np
 
 # In nvcr.io/nvidia/tritonserver:<release>-trtllm-python-py3 (tensorrtllm_backend dockerfile:
 # "COPY … triton_backend/all_models all_models" into /app).
@@ -73,6 +77,20 @@ def with_deltas(request_output, deltas: TextDeltas) -> _RequestOutput:
     return _RequestOutput(request_output, outputs)
 
 
+def stop_strings(stop) -> list[str] | None:
+    """sampling_param_stop as the LLM API takes it: a list of str.
+
+    The python backend hands a TYPE_STRING input over as a numpy array of bytes, and NVIDIA's helper
+    passes that array on as SamplingParams(stop=...) untouched (TensorRT-LLM
+    triton_backend/all_models/llmapi/tensorrt_llm/1/helpers.py, get_sampling_params_from_request).
+    SamplingParams._setup then runs each stop through the tokenizer's encode, which takes str only
+    (tokenizers raises TypeError for bytes), so every request that carried a stop failed: the ensemble
+    sends the end tokens as stops with every request when generation_config.json names any."""
+    if stop is None:
+        return None
+    return [s.decode("utf-8") if isinstance(s, bytes) else str(s) for s in np.asarray(stop, dtype=object).reshape(-1)]
+
+
 def _nvidia_model_class() -> type:
     source = Path(NVIDIA_MODEL_DIR) / "model.py"
     if not source.is_file():
@@ -88,6 +106,11 @@ def _nvidia_model_class() -> type:
         def initialize(self, args):
             self._deltas = TextDeltas()
             super().initialize(args)
+
+        def _convert_request(self, request):
+            prompt, sampling_params, streaming, output_config = super()._convert_request(request)
+            sampling_params["stop"] = stop_strings(sampling_params.get("stop"))
+            return prompt, sampling_params, streaming, output_config
 
         def _create_response(self, request_output, output_config):
             return super()._create_response(with_deltas(request_output, self._deltas), output_config)
