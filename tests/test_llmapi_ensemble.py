@@ -70,7 +70,8 @@ def get_streaming_from_request(request):
 # (tensorrt_llm/sampling_params.py), with the checkpoint's tokenizer that LLM() loads, so bytes fail
 # there as in the image (tokenizers: TypeError); _create_response gets cumulative text, and an error
 # is answered "Error generating request: ...". The "engine" answers "echo: <prompt>", one word a step,
-# up to max_tokens, and ends at a word that is one of the stop strings.
+# up to max_tokens, and ends at a word that is one of the stop strings; as the executor does, it puts
+# the prompt before a non-streamed answer unless exclude_input_from_output is true (a stream never has it).
 STANDIN_NVIDIA_MODEL = '''
 import itertools
 from pathlib import Path
@@ -132,6 +133,8 @@ class TritonPythonModel:
         outputs = []
         for step in range(1, len(words) + 1):
             text = " ".join(words[:step])
+            if not streaming and not params["exclude_input_from_output"]:
+                text = prompt + text
             outputs.append(SimpleNamespace(request_id=request_id, finished=step == len(words),
                                            outputs=[SimpleNamespace(index=0, text=text)]))
         return outputs
@@ -220,3 +223,15 @@ def test_stops_reach_nvidias_model_as_str_through_our_wrapper_and_fail_as_bytes(
     assert status == 400 and body["error"] == f"Error generating request: {refused.value}", (status, body)
     status, body = http_generate(standin_server.http, request, model="tensorrt_llm")
     assert (status, body.get("text_output")) == (200, "echo: one two"), body
+
+
+def test_non_streamed_answers_leave_the_prompt_out_unless_asked(standin_server):
+    """NVIDIA's helper defaults exclude_input_from_output to False, so NVIDIA's model alone puts the prompt
+    before a non-streamed answer; through our wrapper, and so through the ensemble, it is left out."""
+    http = standin_server.http
+    request = {"text_input": "one two", "sampling_param_max_tokens": 8}
+    assert http_generate(http, request, model="nvidia_llmapi")[1].get("text_output") == "one twoecho: one two"
+    assert http_generate(http, request, model="tensorrt_llm")[1].get("text_output") == "echo: one two"
+    asked = {**request, "sampling_param_exclude_input_from_output": False}
+    assert http_generate(http, asked, model="tensorrt_llm")[1].get("text_output") == "one twoecho: one two"
+    assert http_generate(http, {"text_input": "one two", "max_tokens": 8})[1].get("text_output") == "echo: one two"

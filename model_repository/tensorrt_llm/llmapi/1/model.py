@@ -7,7 +7,11 @@ part of the text not sent yet.
 The LLM API's incremental detokenizer withholds a trailing partial character, so the text only
 ever grows at its end and the pieces are exact.
 
-It also hands `sampling_param_stop` to NVIDIA's model as str (stop_strings below says why).
+It also hands `sampling_param_stop` to NVIDIA's model as str (stop_strings below says why), and
+leaves the prompt out of a non-streamed answer unless the request asks for it: NVIDIA's helper
+defaults `sampling_param_exclude_input_from_output` to False (helpers.py, default_values), against the
+LLM API's own default of True (SamplingParams.exclude_input_from_output), and the executor then puts
+the prompt's tokens before the answer's (LlmRequest::createResult, when not streaming).
 
 Everything else (the LLM() engine from model.yaml beside this file, sampling inputs, cancellation)
 is NVIDIA's code from the image, so it always matches the TensorRT-LLM version that runs it.
@@ -24,6 +28,7 @@ import numpy as np
 # In nvcr.io/nvidia/tritonserver:<release>-trtllm-python-py3 (tensorrtllm_backend dockerfile:
 # "COPY … triton_backend/all_models all_models" into /app).
 NVIDIA_MODEL_DIR = "/app/all_models/llmapi/tensorrt_llm/1"
+EXCLUDE_INPUT = "sampling_param_exclude_input_from_output"
 
 
 class TextDeltas:
@@ -96,6 +101,8 @@ def _nvidia_model_class() -> type:
     if not source.is_file():
         raise ImportError(f"NVIDIA's llmapi model is not at {source}: the llmapi runtime runs in the pinned "
                           "Triton TRT-LLM image (build/versions.toml)")
+    import triton_python_backend_utils as pb_utils  # only in Triton's python backend
+
     # NVIDIA's model.py imports its sibling helpers.py by name.
     sys.path.insert(0, NVIDIA_MODEL_DIR)
     spec = importlib.util.spec_from_file_location("trtllm_llmapi_model", source)
@@ -110,6 +117,8 @@ def _nvidia_model_class() -> type:
         def _convert_request(self, request):
             prompt, sampling_params, streaming, output_config = super()._convert_request(request)
             sampling_params["stop"] = stop_strings(sampling_params.get("stop"))
+            if pb_utils.get_input_tensor_by_name(request, EXCLUDE_INPUT) is None:
+                sampling_params["exclude_input_from_output"] = True
             return prompt, sampling_params, streaming, output_config
 
         def _create_response(self, request_output, output_config):
