@@ -234,4 +234,10 @@ def test_non_streamed_answers_leave_the_prompt_out_unless_asked(standin_server):
     assert http_generate(http, request, model="tensorrt_llm")[1].get("text_output") == "echo: one two"
     asked = {**request, "sampling_param_exclude_input_from_output": False}
     assert http_generate(http, asked, model="tensorrt_llm")[1].get("text_output") == "one twoecho: one two"
-    assert http_generate(http, {"text_input": "one two", "max_tokens": 8})[1].get("text_output") == "echo: one two"
+    ours = {"text_input": "one two", "max_tokens": 8}
+    assert http_generate(http, ours)[1].get("text_output") == "echo: one two"
+    # asked for, the ensemble puts the prompt first itself: it streams from tensorrt_llm, which never sends it
+    kept = http_generate(http, {**ours, "exclude_input_in_output": False})[1].get("text_output")
+    assert kept == "one twoecho: one two"
+    streamed = http_generate_stream(http, {**ours, "exclude_input_in_output": False, "stream": True})
+    assert streamed.text == "echo: one two"
