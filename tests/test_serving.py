@@ -110,6 +110,19 @@ def test_max_tokens_end_id_and_stop_words_are_honoured(triton, reference, grpc):
     assert stopped.endswith("Wednesday") and full_text.startswith(stopped) and len(stopped) < len(full_text)
 
 
+def test_exclude_input_in_output_false_puts_the_prompt_before_a_non_streamed_answer(triton, reference, grpc):
+    """As NVIDIA's ensemble answers it; ours streams from tensorrt_llm, which never sends the prompt in a
+    stream, so the ensemble puts it there."""
+    _, tokenizer = reference
+    prompt = "Name a colour."
+    answer = direct_ids(triton, tokenizer, prompt, 8)
+    request = {"text_input": prompt, "max_tokens": 8, "exclude_input_in_output": False}
+    whole = grpc.send(request)
+    assert whole.error is None
+    assert whole.text == tokenizer.decode(chat_ids(tokenizer, prompt) + answer, skip_special_tokens=True)
+    assert grpc.send({**request, "stream": True}).text == tokenizer.decode(answer, skip_special_tokens=True)
+
+
 def statistics(triton, model: str) -> dict:
     client = httpclient.InferenceServerClient(triton.http)
     stats = client.get_inference_statistics(model)["model_stats"][0]

@@ -16,7 +16,9 @@ receive path cost ~145 µs of CPU per streamed token here, against ~57 for readi
 run; tools/bench.py --ceiling measures the whole ensemble). Each call is one HTTP/1.1 request on a
 connection of its own, so closing the connection is how a call is cancelled: Triton's HTTP frontend
 cancels a request whose client went away, and the C++ backend's cancellation check and our CPU
-model see it. It needs nothing beyond the standard library in the serving image.
+model see it, but only once the call's first response has been written (the connection is paused
+until then), so the calls that must be cancellable are streamed. It needs nothing beyond the
+standard library in the serving image.
 """
 
 from __future__ import annotations

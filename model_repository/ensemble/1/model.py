@@ -5,6 +5,12 @@ BLS, and why not gRPC), from one asyncio event loop that carries every request. 
 incrementally (streamed_text.py); at the end of a stream the decode of the whole answer settles the
 tail, so the streamed pieces always add up to the non-streamed answer. A request whose client went
 away is noticed within cancellation_check_period_ms and its tensorrt_llm request is cancelled.
+
+tensorrt_llm is always asked to stream, and a non-streamed answer is put together from the pieces:
+Triton's HTTP frontend cancels a call whose connection closed only once the call's first response
+has been written (it pauses the connection until then; tools/policy/upstream_facts.toml,
+triton.http_cancel_on_disconnect), and a non-streamed call gets one response, the last, so a
+cancelled non-streamed request would decode to max_tokens.
 """
 
 from __future__ import annotations
@@ -41,7 +47,6 @@ SAMPLING_INPUTS = {
     "length_penalty": "len_penalty", "repetition_penalty": "repetition_penalty",
     "presence_penalty": "presence_penalty", "frequency_penalty": "frequency_penalty", "min_tokens": "min_tokens",
     "random_seed": "seed", "seed": "seed", "beam_width": "beam_width",
-    "exclude_input_in_output": "exclude_input_in_output",
 }
 
 # The text-in, text-out llmapi model: what each of our inputs is called there.
@@ -50,9 +55,7 @@ LLMAPI_INPUTS = {
     "top_k": "sampling_param_top_k", "top_p": "sampling_param_top_p",
     "presence_penalty": "sampling_param_presence_penalty", "frequency_penalty": "sampling_param_frequency_penalty",
     "random_seed": "sampling_param_seed", "seed": "sampling_param_seed", "stop_words": "sampling_param_stop",
-    "exclude_input_in_output": "sampling_param_exclude_input_from_output",
 }
-RANGED_INPUTS = {ours: theirs for ours, theirs in SAMPLING_INPUTS.items() if theirs != "exclude_input_in_output"}
 LLMAPI_UNSUPPORTED = ("bad_words", "end_id", "pad_id", "length_penalty", "repetition_penalty", "min_tokens",
                       "beam_width")
 
@@ -92,9 +95,17 @@ def loopback(config: dict) -> Loopback:
                        or f"127.0.0.1:{parameter(config, 'loopback_http_port', int)}")
 
 
+def keeps_prompt(request, row: int) -> bool:
+    """exclude_input_in_output false: the prompt goes before a non-streamed answer, as NVIDIA's ensemble
+    does it. tensorrt_llm is never asked for it: its streamed responses never carry the prompt (the
+    executor starts a stream after the prompt: LlmRequest's mMaxSentTokenLen), so the ensemble adds it."""
+    tensor = pb_utils.get_input_tensor_by_name(request, "exclude_input_in_output")
+    return tensor is not None and not bool(tensor.as_numpy()[row].reshape(-1)[0])
+
+
 def check_sampling(request) -> None:
     """Refuse, by name, a sampling value TensorRT-LLM would refuse (or, worse, take) whatever the runtime."""
-    for ours, theirs in RANGED_INPUTS.items():
+    for ours, theirs in SAMPLING_INPUTS.items():
         tensor = pb_utils.get_input_tensor_by_name(request, ours)
         for value in tensor.as_numpy().reshape(-1).tolist() if tensor is not None else []:
             message = range_error(ours, theirs, value)
@@ -251,15 +262,18 @@ class TritonPythonModel:
             if tensor is not None:
                 yield ours, theirs, tensor.as_numpy()[row:row + 1]
 
-    async def tensorrt_llm_stream(self, request, tracked: Tracked, row: int, stream: bool) -> Stream:
+    async def tensorrt_llm_stream(self, request, tracked: Tracked, row: int) -> tuple[Stream, list[int]]:
+        """The row's tensorrt_llm call, streamed whatever the client asked (the module docstring says
+        why), and the prompt's token ids."""
         preprocessed = await self.loopback.infer(
             "preprocessing", [infer_tensor(theirs, array, ours) for ours, theirs, array in
                               self.present(request, PREPROCESSING_INPUTS, row)], list(PREPROCESSING_OUTPUTS))
         inputs = {theirs: preprocessed[ours]["data"] for ours, theirs in PREPROCESSING_OUTPUTS.items()}
         inputs |= {theirs: json_values(ours, array) for ours, theirs, array in
                    self.present(request, SAMPLING_INPUTS, row)}
-        inputs["streaming"] = [stream]
-        return self.open(tracked, "tensorrt_llm", inputs)
+        inputs["streaming"] = [True]
+        prompt = inputs["input_ids"][:inputs["input_lengths"][0]]
+        return self.open(tracked, "tensorrt_llm", inputs), prompt
 
     def open(self, tracked: Tracked, model: str, inputs: dict[str, list]) -> Stream:
         if tracked.cancelled:
@@ -269,11 +283,13 @@ class TritonPythonModel:
         return opened
 
     async def generate_ids(self, request, tracked: Tracked, row: int) -> list[int]:
+        """A non-streamed row's ids: the streamed ones, the prompt's before them if the client asked."""
+        opened, prompt = await self.tensorrt_llm_stream(request, tracked, row)
         ids: list[int] = []
-        async for event in (await self.tensorrt_llm_stream(request, tracked, row, stream=False)).responses():
+        async for event in opened.responses():
             ids += token_ids(event)
         tracked.answer.count(len(ids))
-        return ids
+        return prompt + ids if keeps_prompt(request, row) else ids
 
     def decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=self.skip_special_tokens)
@@ -281,7 +297,8 @@ class TritonPythonModel:
     async def stream_row(self, request, sender, tracked: Tracked) -> None:
         text = StreamedText(self.tokenizer, self.skip_special_tokens)
         outbox = Outbox(sender, asyncio.get_running_loop())
-        async for event in (await self.tensorrt_llm_stream(request, tracked, 0, stream=True)).responses():
+        opened, _ = await self.tensorrt_llm_stream(request, tracked, 0)
+        async for event in opened.responses():
             ids = token_ids(event)
             tracked.answer.add(len(ids))
             outbox.put(text.add(ids))
@@ -291,7 +308,7 @@ class TritonPythonModel:
             raise RequestError(f"internal error: {error}") from None
         outbox.finish(tail)
 
-    def llmapi_inputs(self, request, row: int, stream: bool) -> dict[str, list]:
+    def llmapi_inputs(self, request, row: int) -> dict[str, list]:
         for name in LLMAPI_UNSUPPORTED:
             if pb_utils.get_input_tensor_by_name(request, name) is not None:
                 raise RequestError(f"{name} is not supported by the llmapi runtime")
@@ -301,8 +318,9 @@ class TritonPythonModel:
         max_tokens = int(pb_utils.get_input_tensor_by_name(request, "max_tokens").as_numpy()[row][0])
         if max_tokens < 1:
             raise RequestError(f"max_tokens must be at least 1, got {max_tokens}")
-        # NVIDIA's llmapi model has max_batch_size 0: its tensors carry no batch dimension.
-        inputs = {"text_input": json_values("text_input", text), "streaming": [stream]}
+        # NVIDIA's llmapi model has max_batch_size 0: its tensors carry no batch dimension. Streamed
+        # whatever the client asked, as tensorrt_llm_stream says why.
+        inputs = {"text_input": json_values("text_input", text), "streaming": [True]}
         inputs |= {theirs: json_values(ours, array)
                    for ours, theirs, array in self.present(request, LLMAPI_INPUTS, row)}
         if self.end_stops:
@@ -310,11 +328,13 @@ class TritonPythonModel:
         return inputs
 
     async def text_rows(self, request, sender, tracked: Tracked, rows: int, stream: bool) -> None:
-        """The llmapi model already streams text deltas (its model.py makes them so): pass them on."""
+        """The llmapi model already streams text deltas (its model.py makes them so): pass them on, or
+        join them for a non-streamed answer (after the prompt, if the client asked for it)."""
         texts = []
         for row in range(rows):
-            pieces = []
-            opened = self.open(tracked, "tensorrt_llm", self.llmapi_inputs(request, row, stream))
+            inputs = self.llmapi_inputs(request, row)
+            pieces = list(inputs["text_input"]) if not stream and keeps_prompt(request, row) else []
+            opened = self.open(tracked, "tensorrt_llm", inputs)
             async for event in opened.responses():
                 piece = "".join(values(event, "text_output"))
                 if stream and piece:
