@@ -471,3 +471,13 @@ def test_the_build_namespace_the_access_policy_guards_is_the_jobs() -> None:
 
     kustomization = yaml.safe_load((ROOT / "gitops/jobs/compile-engine/kustomization.yaml").read_text())
     assert kustomization["namespace"] == access.BUILD_NAMESPACE
+
+
+def test_what_the_runbook_installs_from_the_web_is_pinned() -> None:
+    """A manifest applied from a URL is pinned to a commit or a release, never a branch that moves."""
+    runbook = re.sub(r"\\\n\s*", " ", (ROOT / "docs/runbook.md").read_text())
+    urls = re.findall(r"kubectl apply[^\n]*?-f\s+\"?(https://raw\.githubusercontent\.com/[^\s\"]+)", runbook)
+    assert len(urls) >= 2, urls
+    for url in urls:
+        ref = url.split("/")[5]
+        assert re.fullmatch(r"[0-9a-f]{40}|\$\{[A-Z_]+_VERSION\}|v\d[\w.-]*", ref), url
