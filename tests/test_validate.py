@@ -738,6 +738,63 @@ def test_build_job_that_a_node_upgrade_would_fail_or_that_retries_its_own_errors
     ]
 
 
+def test_flex_start_priority_on_the_default_boot_disk(repo: Path) -> None:
+    edit(repo, "gitops/nodepools/computeclasses.yaml", "      storage:\n        bootDiskSize: 500\n", "")
+    assert problems(repo, "overlays/h100") == [
+        "ComputeClass/triton-h100 priority 2: boot disk 100 GB (no storage.bootDiskSize: GKE's default) is smaller "
+        "than what Deployment/triton needs on the node: its copy of the model 112.5 GB (build/gpus.toml: h100's model "
+        "copy of 900 s at 100 MB/s = 90 GB, × 1.25) + the Cloud Storage FUSE sidecar's ephemeral-storage request 5Gi "
+        "+ the Triton image 60 GB (build/versions.toml image_pull_gb and image_unpacked_ratio) = 177.87 GB; set "
+        "storage.bootDiskSize to at least 178"
+    ]
+
+
+def test_node_pool_boot_disk_smaller_than_the_pod_needs(repo: Path) -> None:
+    edit(repo, "gitops/nodepools/l4.yaml", "diskSizeGb: 200", "diskSizeGb: 100")
+    assert problems(repo, "overlays/l4") == [
+        "ContainerNodePool/triton-l4: boot disk 100 GB is smaller than what Deployment/triton needs on the node: its "
+        "copy of the model 37.5 GB (build/gpus.toml: l4's model copy of 300 s at 100 MB/s = 30 GB, × 1.25) + the Cloud "
+        "Storage FUSE sidecar's ephemeral-storage request 5Gi + the Triton image 60 GB (build/versions.toml "
+        "image_pull_gb and image_unpacked_ratio) = 102.87 GB; set nodeConfig.diskSizeGb to at least 103"
+    ]
+
+
+def test_a_pinned_build_bigger_than_the_copy_budget_sizes_the_boot_disk(repo: Path) -> None:
+    gpu = repo / "overlays/h200/gpu.yaml"
+    gpu.write_text(gpu.read_text().replace("ephemeral-storage: 2Gi", "ephemeral-storage: 1Ti")
+                   .replace("sizeLimit: 2Gi", "sizeLimit: 1Ti"))
+    edit(repo, "overlays/h200/model-pin.yaml", 'size_bytes: "200000000"', 'size_bytes: "800000000000"')
+    assert problems(repo, "overlays/h200") == [
+        "ContainerNodePool/triton-h200: boot disk 1000 GB is smaller than what Deployment/triton needs on the node: "
+        "its copy of the model 1000 GB (build 9905d0339a10d650: 800000000000 bytes, × 1.25) + the Cloud Storage FUSE "
+        "sidecar's ephemeral-storage request 5Gi + the Triton image 60 GB (build/versions.toml image_pull_gb and "
+        "image_unpacked_ratio) = 1065.37 GB; set nodeConfig.diskSizeGb to at least 1066"
+    ]
+
+
+def test_flex_start_nodes_replaced_too_late(repo: Path) -> None:
+    edit(repo, "gitops/nodepools/computeclasses.yaml", "leadTimeSeconds: 3600", "leadTimeSeconds: 1800")
+    assert problems(repo, "overlays/h100") == [
+        "ComputeClass/triton-h100 priority 2: flex-start nodes end after 7 days (tools/policy/gke_facts.toml "
+        "flex_start_max_run_days) and it starts a replacement only 1800 s before a node ends: Deployment/triton's pod "
+        "there is gone for a whole cold start (node provisioning 600 + image pull 900 + model copy 900 "
+        "(build/gpus.toml cold_start) + the startupProbe's 1130 s = 3530 s); set "
+        "flexStart.nodeRecycling.leadTimeSeconds to at least 3530"
+    ]
+
+
+def test_flex_start_nodes_never_replaced(repo: Path) -> None:
+    edit(repo, "gitops/nodepools/computeclasses.yaml", "        nodeRecycling:\n          leadTimeSeconds: 3600\n",
+         "")
+    assert problems(repo, "overlays/h100") == [
+        "ComputeClass/triton-h100 priority 2: flex-start nodes end after 7 days (tools/policy/gke_facts.toml "
+        "flex_start_max_run_days) and it sets no flexStart.nodeRecycling.leadTimeSeconds, so nothing replaces a node "
+        "before it ends: Deployment/triton's pod there is gone for a whole cold start (node provisioning 600 + image "
+        "pull 900 + model copy 900 (build/gpus.toml cold_start) + the startupProbe's 1130 s = 3530 s); set "
+        "flexStart.nodeRecycling.leadTimeSeconds to at least 3530"
+    ]
+
+
 # --- cold start, sync waves, the model fetch (tools/policy/cold_start.py) -----------------------
 
 H100_COLD_START = (
@@ -768,6 +825,12 @@ def test_progress_deadline_left_at_the_kubernetes_default(repo: Path) -> None:
 def test_a_longer_startup_probe_needs_a_longer_progress_deadline(repo: Path) -> None:
     edit(repo, "overlays/h100/gpu.yaml", "failureThreshold: 113", "failureThreshold: 180")
     assert problems(repo, "overlays/h100") == [
+        # and a flex-start node's replacement an earlier start
+        "ComputeClass/triton-h100 priority 2: flex-start nodes end after 7 days (tools/policy/gke_facts.toml "
+        "flex_start_max_run_days) and it starts a replacement only 3600 s before a node ends: Deployment/triton's pod "
+        "there is gone for a whole cold start (node provisioning 600 + image pull 900 + model copy 900 "
+        "(build/gpus.toml cold_start) + the startupProbe's 1800 s = 4200 s); set "
+        "flexStart.nodeRecycling.leadTimeSeconds to at least 4200",
         "Deployment/triton: progressDeadlineSeconds 3530 is shorter than the cold start of a pod on h100: node "
         "provisioning 600 + image pull 900 + model copy 900 (build/gpus.toml cold_start) + the startupProbe's "
         "1800 s = 4200 s; Argo CD v3.5.1 shows a Deployment past its deadline Degraded (ProgressDeadlineExceeded); "

@@ -17,7 +17,7 @@ from pathlib import Path
 import catalog
 
 from . import cold_start, pin_gate
-from .k8s_objects import by_kind, containers, find, pod_spec, ref
+from .k8s_objects import by_kind, containers, find, pod_spec, quantity, ref
 
 FACTS_FILE = Path(__file__).resolve().with_name("gke_facts.toml")
 ACCELERATOR_LABEL = "cloud.google.com/gke-accelerator"
@@ -49,10 +49,20 @@ class Offer:
     accelerator: str
     count: int
     capacity: str  # spot, on-demand, reservation, flex-start
+    boot_disk_gb: int | None = None  # None: GKE's default (gke_facts.toml default_boot_disk_gb)
+    recycling_lead_s: int | None = None  # flexStart.nodeRecycling.leadTimeSeconds of a class priority
 
     @property
     def spot(self) -> bool:
         return self.capacity == "spot"
+
+    @property
+    def from_pool(self) -> bool:
+        return self.source.startswith("ContainerNodePool/")
+
+    @property
+    def disk_field(self) -> str:
+        return "nodeConfig.diskSizeGb" if self.from_pool else "storage.bootDiskSize"
 
 
 def _reserved(node: dict) -> bool:
@@ -71,8 +81,11 @@ def pool_capacity(pool: dict) -> str:
 
 
 def pool_offers(pool: dict) -> list[Offer]:
-    accelerators = pool.get("spec", {}).get("nodeConfig", {}).get("guestAccelerator", [])
-    return [Offer(ref(pool), a.get("type", ""), int(a.get("count", 0)), pool_capacity(pool)) for a in accelerators]
+    node = pool.get("spec", {}).get("nodeConfig", {})
+    return [
+        Offer(ref(pool), a.get("type", ""), int(a.get("count", 0)), pool_capacity(pool), node.get("diskSizeGb"))
+        for a in node.get("guestAccelerator", [])
+    ]
 
 
 def pool_class(pool: dict) -> str | None:
@@ -118,7 +131,11 @@ def class_offers(computeclass: dict, pools: list[dict]) -> tuple[list[Offer], li
         gpu = priority.get("gpu")
         if gpu:
             source = f"{ref(computeclass)} priority {index}"
-            offers.append(Offer(source, gpu.get("type", ""), int(gpu.get("count", 0)), _priority_capacity(priority)))
+            disk = priority.get("storage", {}).get("bootDiskSize")
+            lead = priority.get("flexStart", {}).get("nodeRecycling", {}).get("leadTimeSeconds")
+            offers.append(
+                Offer(source, gpu.get("type", ""), int(gpu.get("count", 0)), _priority_capacity(priority), disk, lead)
+            )
     return offers, problems
 
 
@@ -318,6 +335,69 @@ def check_spot(
         problems.append(
             f"{ref(deployment)}: runs on Spot ({', '.join(spot)}) with no fallback in {where}; select a ComputeClass "
             f"whose later priorities are on-demand, reservation or flex-start {accelerator} nodes"
+        )
+    return problems
+
+
+def _gb(n: float) -> str:
+    return f"{math.ceil(n / 1e9 * 100) / 100:g}"
+
+
+def disk_needed(gpu: catalog.Gpu, pin: dict[str, str] | None) -> tuple[float, str]:
+    """Bytes a serving pod needs on its node's boot disk, and how they add up: its local copy of the
+    largest build the target's copy budget allows (or of the pin, if bigger), the FUSE sidecar's
+    ephemeral-storage request and the Triton image. The budget, not only today's pin: a pool's disk
+    size is set when its nodes are made, and the next pin must not need new nodes."""
+    copied = cold_start.budgeted_copy_bytes(gpu)
+    source = (
+        f"build/gpus.toml: {gpu.name}'s model copy of {gpu.cold_start.model_copy.seconds} s at "
+        f"{catalog.copy_mb_per_s():g} MB/s = {_gb(copied)} GB"
+    )
+    size = pin.get("size_bytes", "") if pin else ""
+    if size.isdigit() and int(size) > copied:
+        copied, source = int(size), f"build {pin['build_id']}: {size} bytes"
+    local = cold_start.local_copy_bytes(copied)
+    sidecar = cold_start.sidecar_ephemeral_request()
+    image = catalog.triton_image_disk_gb() * 1e9
+    total = local + quantity(sidecar) + image
+    return total, (
+        f"its copy of the model {_gb(local)} GB ({source}, × {cold_start.STORAGE_MARGIN}) + the Cloud Storage FUSE "
+        f"sidecar's ephemeral-storage request {sidecar} + the Triton image {_gb(image)} GB (build/versions.toml "
+        f"image_pull_gb and image_unpacked_ratio) = {_gb(total)} GB"
+    )
+
+
+def check_serving_nodes(
+    deployment: dict, pod: dict, gpu: catalog.Gpu, pin: dict[str, str] | None, pools: list[dict],
+    classes: list[dict], cold: tuple[int, str],
+) -> list[str]:
+    """Every node the pod may land on holds what it writes to disk, and no flex-start node ends
+    before its replacement has had a cold start's time to serve."""
+    _, offers = _pod_offers(pod, pools, classes)
+    needed, why = disk_needed(gpu, pin)
+    default = int(fact("default_boot_disk_gb"))
+    days = fact("flex_start_max_run_days")
+    cold_s, cold_why = cold
+    problems = []
+    for offer in (o for o in offers if o.accelerator == gpu.accelerator):
+        disk = offer.boot_disk_gb or default
+        if disk * 1e9 < needed:
+            shown = f"{disk} GB" if offer.boot_disk_gb else f"{disk} GB (no {offer.disk_field}: GKE's default)"
+            problems.append(
+                f"{offer.source}: boot disk {shown} is smaller than what {ref(deployment)} needs on the node: "
+                f"{why}; set {offer.disk_field} to at least {math.ceil(needed / 1e9)}"
+            )
+        if offer.capacity != "flex-start" or offer.from_pool or (offer.recycling_lead_s or 0) >= cold_s:
+            continue
+        lead = (
+            f"starts a replacement only {offer.recycling_lead_s} s before a node ends"
+            if offer.recycling_lead_s
+            else "sets no flexStart.nodeRecycling.leadTimeSeconds, so nothing replaces a node before it ends"
+        )
+        problems.append(
+            f"{offer.source}: flex-start nodes end after {days} days (tools/policy/gke_facts.toml "
+            f"flex_start_max_run_days) and it {lead}: {ref(deployment)}'s pod there is gone for a whole cold start "
+            f"({cold_why}); set flexStart.nodeRecycling.leadTimeSeconds to at least {cold_s}"
         )
     return problems
 

@@ -150,20 +150,28 @@ def progress_deadline_needed(gpu: catalog.Gpu, triton: dict) -> int:
     return gpu.cold_start.before_triton_s + max(window[2] if window else 0, gpu.cold_start.startup_window_s)
 
 
+def cold_start_sum(gpu: catalog.Gpu, triton: dict) -> tuple[int, str]:
+    """A pod's whole cold start from no node, in seconds, and how it adds up: what every rule that
+    waits on one (the progress deadline, prunes, node recycling, a single replica) counts with."""
+    budget = gpu.cold_start
+    needed = progress_deadline_needed(gpu, triton)
+    return needed, (
+        f"node provisioning {budget.node_provisioning.seconds} + image pull {budget.image_pull.seconds} + model "
+        f"copy {budget.model_copy.seconds} (build/gpus.toml cold_start) + the startupProbe's "
+        f"{needed - budget.before_triton_s} s = {needed} s"
+    )
+
+
 def _check_progress_deadline(deployment: dict, triton: dict, gpu: catalog.Gpu) -> list[str]:
     default = facts()["kubernetes"]["progress_deadline"]["default_seconds"]
     deadline = deployment.get("spec", {}).get("progressDeadlineSeconds")
-    needed = progress_deadline_needed(gpu, triton)
+    needed, why = cold_start_sum(gpu, triton)
     if (deadline or default) >= needed:
         return []
-    budget = gpu.cold_start
     shown = f"{deadline}" if deadline is not None else f"unset (the Kubernetes default, {default})"
-    window = max(needed - budget.before_triton_s, 0)
     return [
         f"{ref(deployment)}: progressDeadlineSeconds {shown} is shorter than the cold start of a pod on {gpu.name}: "
-        f"node provisioning {budget.node_provisioning.seconds} + image pull {budget.image_pull.seconds} + model "
-        f"copy {budget.model_copy.seconds} (build/gpus.toml cold_start) + the startupProbe's {window} s = "
-        f"{needed} s; {_argocd()} shows a Deployment past its deadline Degraded "
+        f"{why}; {_argocd()} shows a Deployment past its deadline Degraded "
         f"({facts()['argocd']['deployment_health']['degraded_reason']}); set it to {needed}"
     ]
 
@@ -262,6 +270,21 @@ def _quantity(value: object) -> float | None:
         return None
 
 
+def local_copy_bytes(size: float) -> float:
+    """The local disk a copy of a build of `size` bytes takes: its file system blocks, and some room."""
+    return size * STORAGE_MARGIN
+
+
+def budgeted_copy_bytes(gpu: catalog.Gpu) -> float:
+    """The largest build the target's model-copy budget copies in time (build/gpus.toml cold_start)."""
+    return gpu.cold_start.model_copy.seconds * catalog.copy_mb_per_s() * 1e6
+
+
+def sidecar_ephemeral_request() -> str:
+    """What the injected Cloud Storage FUSE sidecar requests of the node's disk (upstream_facts.toml)."""
+    return facts()["gke"]["gcsfuse_sidecar"]["ephemeral_storage_request"]
+
+
 def check_local_disk(pin: dict[str, str], deployment: dict, pod: dict, triton: dict) -> list[str]:
     """The copied build fits the models emptyDir, and the scheduler reserves room for it."""
     if not pin["size_bytes"].isdigit():
@@ -269,7 +292,7 @@ def check_local_disk(pin: dict[str, str], deployment: dict, pod: dict, triton: d
             f"model-pin size_bytes {pin['size_bytes']!r} is not a whole number of bytes; rewrite it with tools/pin.py"
         ]
     size = int(pin["size_bytes"])
-    needed = size * STORAGE_MARGIN
+    needed = local_copy_bytes(size)
     why = f"build {pin['build_id']} is {size} bytes × {STORAGE_MARGIN} = {_gib(needed)}"
     problems = []
     limit = _volume(pod, MODELS_VOLUME).get("emptyDir", {}).get("sizeLimit")
@@ -295,8 +318,7 @@ def check(
     problems += check_home_and_root(deployment, pod)
     if gpu is not None:
         problems += check_cold_start(deployment, pod, triton, gpu)
-        window = startup_window(triton)
-        cold = gpu.cold_start.before_triton_s + (window[2] if window else gpu.cold_start.startup_window_s)
+        cold, _ = cold_start_sum(gpu, triton)
         problems += check_after_deployment(objects, deployment, cold)
     if pin is not None:
         problems += check_pin_location(pin, deployment, pod) + check_local_disk(pin, deployment, pod, triton)

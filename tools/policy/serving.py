@@ -507,9 +507,13 @@ def check_serving(objects: list[dict], pin_path: Path, context: ServingContext) 
             if count <= max(gpu.machine_types):
                 problems += _check_requests(deployment, triton, gpu, count)
                 if count and context.node_pools is not None:
+                    classes = context.compute_classes or []
                     problems += _check_node_pool_exists(deployment, gpu, count, context.node_pools)
                     problems += capacity.check_spot(
-                        objects, deployment, pod, gpu.accelerator, context.node_pools, context.compute_classes or []
+                        objects, deployment, pod, gpu.accelerator, context.node_pools, classes
+                    )
+                    problems += capacity.check_serving_nodes(
+                        deployment, pod, gpu, pin, context.node_pools, classes, cold_start.cold_start_sum(gpu, triton)
                     )
             if pin is not None:
                 problems += check_pin(pin, deployment, gpu, count, triton, pod)
