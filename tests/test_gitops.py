@@ -225,6 +225,31 @@ def test_a_deployment_in_an_early_wave_would_hold_back_the_ingress() -> None:
     assert sorted(held_back) == ["HorizontalPodAutoscaler/triton", "Ingress/triton", "ManagedCertificate/triton"]
 
 
+def pruned_sync(objects: list[dict], options: list[str], pruned: dict) -> list[str]:
+    """A sync that also prunes `pruned`, as tools/policy/upstream_facts.toml says Argo CD places the prune:
+    in its own wave, or one past the last under the PruneLast option. Returns what it holds back."""
+    waves = FACTS["argocd"]["sync_waves"]
+    assert (waves["prune_wave"], waves["prune_last_wave"]) == ("its own wave", "one past the last")
+    last = max(int(o["metadata"].get("annotations", {}).get(WAVE, "0")) for o in objects)
+    prune = dict(pruned, metadata=dict(pruned["metadata"], annotations=dict(pruned["metadata"]["annotations"])))
+    if waves["prune_last_option"] in options:
+        prune["metadata"]["annotations"][WAVE] = str(last + 1)
+    return first_sync([*objects, prune])[1]
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_a_sync_that_prunes_holds_back_nothing(target: str) -> None:
+    # Removing an object from an overlay (a renamed Rules, a dropped component) prunes it in the next sync.
+    objects = rendered(f"overlays/{target}")
+    options = one(rendered("gitops/argocd"), "ApplicationSet")["spec"]["template"]["spec"]["syncPolicy"]["syncOptions"]
+    assert pruned_sync(objects, options, one(objects, "Rules")) == []
+
+
+def test_prune_last_would_make_a_pruning_sync_wait_on_the_cold_start() -> None:
+    objects = rendered("overlays/h100")
+    assert pruned_sync(objects, ["PruneLast=true"], one(objects, "Rules")) == ["Rules/triton"]
+
+
 def test_facts_pin_the_argo_cd_the_runbook_installs() -> None:
     runbook = (ROOT / "docs/runbook.md").read_text()
     assert f"export ARGOCD_VERSION={FACTS['argocd']['version']}\n" in runbook
@@ -261,7 +286,7 @@ def test_applicationset_makes_one_automated_application_per_overlay() -> None:
     policy = template["syncPolicy"]
     assert policy["automated"] == {"prune": True, "selfHeal": True}
     assert policy["retry"]["backoff"] == {"duration": "10s", "factor": 2, "maxDuration": "5m"}
-    assert {"ServerSideApply=true", "RespectIgnoreDifferences=true", "PruneLast=true"} <= set(policy["syncOptions"])
+    assert policy["syncOptions"] == ["ServerSideApply=true", "CreateNamespace=false"]
     assert template["ignoreDifferences"] == [
         {"group": "apps", "kind": "Deployment", "jsonPointers": ["/spec/replicas"]}
     ]

@@ -980,6 +980,43 @@ def test_overlay_without_the_model_pin_component(repo: Path) -> None:
     ]
 
 
+PRUNE_WAITS = (
+    "Argo CD v3.5.1 prunes in a wave after the last one (1), so a sync that removes any object waits for the health "
+    "of wave 1 (Deployment/triton: a cold start of up to 3530 s), fails if it goes Degraded, and holds back every "
+    "newer commit meanwhile, a git revert included"
+)
+APPSET = "gitops/argocd/applicationset.yaml"
+
+
+def test_prune_last_on_the_serving_applicationset(repo: Path) -> None:
+    edit(repo, APPSET, "          - ServerSideApply=true\n",
+         "          - ServerSideApply=true\n          - PruneLast=true\n")
+    assert problems(repo, "overlays/h100") == [
+        f"ApplicationSet/triton syncs this overlay with PruneLast=true: {PRUNE_WAITS}; drop PruneLast=true"
+    ]
+
+
+def test_prune_last_on_a_serving_object(repo: Path) -> None:
+    edit(repo, "gitops/components/autoscaling/hpa.yaml", '    argocd.argoproj.io/sync-wave: "1"\n',
+         '    argocd.argoproj.io/sync-wave: "1"\n    argocd.argoproj.io/sync-options: Replace=false,PruneLast=true\n')
+    assert problems(repo, "overlays/h100") == [
+        "HorizontalPodAutoscaler/triton: annotation argocd.argoproj.io/sync-options has PruneLast=true; once it leaves "
+        f"git, {PRUNE_WAITS}; drop it"
+    ]
+
+
+def test_respect_ignore_differences_takes_the_replicas_from_the_hpa(repo: Path) -> None:
+    edit(repo, APPSET, "          - ServerSideApply=true\n",
+         "          - ServerSideApply=true\n          - RespectIgnoreDifferences=true\n")
+    assert problems(repo, "overlays/cpu") == [
+        "ApplicationSet/triton syncs this overlay with RespectIgnoreDifferences=true and ignoreDifferences "
+        "/spec/replicas of Deployment: Argo CD v3.5.1 then applies the live value of each ignored field, so its "
+        "server-side apply owns it too and writes back the value it read at compare time, beside the "
+        "HorizontalPodAutoscaler that scales the Deployment; drop RespectIgnoreDifferences=true (the manifests set no "
+        "replicas)"
+    ]
+
+
 # --- the OpenAI gateway container (tools/policy/gateway.py) ---------------------------------------
 
 GATEWAY_BACKEND = "gitops/components/tls-ingress/gateway-backendconfig.yaml"

@@ -1,5 +1,5 @@
-"""Cold start, sync waves, the model fetch and the pod's local disk: the rules Argo CD, Kubernetes
-and GKE apply to a serving overlay, checked on the rendered objects.
+"""Cold start, sync waves and prunes, the model fetch and the pod's local disk: the rules Argo CD,
+Kubernetes and GKE apply to a serving overlay, checked on the rendered objects.
 
 The budgets come from the GPU catalog (build/gpus.toml cold_start); what Argo CD and Kubernetes do
 with them comes from tools/policy/upstream_facts.toml, which names the upstream source of each rule. Every
@@ -21,6 +21,7 @@ from .k8s_objects import containers, env_value, quantity, ref
 FACTS_FILE = Path(__file__).resolve().with_name("upstream_facts.toml")
 WAVE_ANNOTATION = "argocd.argoproj.io/sync-wave"
 HOOK_ANNOTATION = "argocd.argoproj.io/hook"
+SYNC_OPTIONS_ANNOTATION = "argocd.argoproj.io/sync-options"
 FUSE_ANNOTATION = "gke-gcsfuse/volumes"
 FUSE_DRIVER = "gcsfuse.csi.storage.gke.io"
 FETCH_CONTAINER = "fetch-model"
@@ -103,6 +104,57 @@ def check_slow_kinds_last(objects: list[dict]) -> list[str]:
         for obj in synced
         if obj.get("kind") in slow and wave(obj) < last
     ]
+
+
+def _template_spec(application: dict) -> dict:
+    """The spec of the Applications an Application or ApplicationSet makes."""
+    spec = application.get("spec", {})
+    return spec.get("template", {}).get("spec", {}) if application.get("kind") == "ApplicationSet" else spec
+
+
+def _options(text_or_list: object) -> list[str]:
+    if isinstance(text_or_list, str):
+        return [o.strip() for o in text_or_list.split(",") if o.strip()]
+    return [str(o) for o in text_or_list or []]
+
+
+def check_sync_options(objects: list[dict], deployment: dict, application: dict | None, cold_s: int) -> list[str]:
+    """No prune waits on the last wave, and Argo CD writes no field the manifest leaves to the HPA.
+
+    PruneLast moves a prune one wave past the last (upstream_facts.toml argocd.sync_waves): the last
+    wave, a cold start's worth of health, is then awaited after all, and the sync holds every newer
+    revision back while it waits."""
+    option = facts()["argocd"]["sync_waves"]["prune_last_option"]
+    last = wave(deployment)
+    waits = (
+        f"{_argocd()} prunes in a wave after the last one ({last}), so a sync that removes any object waits for the "
+        f"health of wave {last} ({ref(deployment)}: a cold start of up to {cold_s} s), fails if it goes Degraded, and "
+        "holds back every newer commit meanwhile, a git revert included"
+    )
+    problems = []
+    spec = _template_spec(application) if application is not None else {}
+    options = _options(spec.get("syncPolicy", {}).get("syncOptions"))
+    if option in options:
+        problems.append(f"{ref(application)} syncs this overlay with {option}: {waits}; drop {option}")
+    for obj in _synced(objects):
+        if option in _options(obj.get("metadata", {}).get("annotations", {}).get(SYNC_OPTIONS_ANNOTATION)):
+            problems.append(
+                f"{ref(obj)}: annotation {SYNC_OPTIONS_ANNOTATION} has {option}; once it leaves git, {waits}; drop it"
+            )
+    respect = facts()["argocd"]["respect_ignore_differences"]["option"]
+    ignored = [
+        f"{pointer} of {entry.get('kind')}"
+        for entry in spec.get("ignoreDifferences", [])
+        for pointer in entry.get("jsonPointers", [])
+    ]
+    if respect in options and ignored:
+        problems.append(
+            f"{ref(application)} syncs this overlay with {respect} and ignoreDifferences {', '.join(ignored)}: "
+            f"{_argocd()} then applies the live value of each ignored field, so its server-side apply owns it too and "
+            "writes back the value it read at compare time, beside the HorizontalPodAutoscaler that scales the "
+            f"Deployment; drop {respect} (the manifests set no replicas)"
+        )
+    return problems
 
 
 # --- the cold-start budget ---------------------------------------------------------------------
@@ -311,7 +363,8 @@ def check_local_disk(pin: dict[str, str], deployment: dict, pod: dict, triton: d
 
 
 def check(
-    objects: list[dict], deployment: dict, pod: dict, triton: dict, gpu: catalog.Gpu | None, pin: dict | None
+    objects: list[dict], deployment: dict, pod: dict, triton: dict, gpu: catalog.Gpu | None, pin: dict | None,
+    application: dict | None = None,
 ) -> list[str]:
     """Everything of this module for one serving Deployment (serving.check_serving calls it)."""
     problems = check_one_image(deployment, pod, triton) + check_fuse_volume(deployment, pod)
@@ -320,6 +373,7 @@ def check(
         problems += check_cold_start(deployment, pod, triton, gpu)
         cold, _ = cold_start_sum(gpu, triton)
         problems += check_after_deployment(objects, deployment, cold)
+        problems += check_sync_options(objects, deployment, application, cold)
     if pin is not None:
         problems += check_pin_location(pin, deployment, pod) + check_local_disk(pin, deployment, pod, triton)
     return problems

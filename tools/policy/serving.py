@@ -38,6 +38,7 @@ class ServingContext:
     project: dict | None  # the AppProject its Application belongs to
     node_pools: list[dict] | None  # the rendered ContainerNodePools
     compute_classes: list[dict] | None = None  # the rendered ComputeClasses (gitops/nodepools)
+    application: dict | None = None  # the ApplicationSet (or Application) that syncs this overlay
 
 
 def _same_quantity(a: object, b: object) -> bool:
@@ -528,8 +529,8 @@ def check_serving(objects: list[dict], pin_path: Path, context: ServingContext) 
         problems += capacity.check_disruption_budget(objects, deployment)
         problems += _check_security(deployment, pod)
         problems += gateway.check(objects, deployment, pod, triton)
-        # Cold start, the fetch step, local disk (tools/cold_start.py).
-        problems += cold_start.check(objects, deployment, pod, triton, gpu, pin)
+        # Cold start, prunes, the fetch step, local disk (tools/policy/cold_start.py).
+        problems += cold_start.check(objects, deployment, pod, triton, gpu, pin, context.application)
         # A runtime the GPU cannot run is reported by the pin gate; do not also judge the HPA by it.
         runtime = pin["runtime"] if pin and gpu and pin["runtime"] in gpu.runtimes else None
         problems += _check_hpa_for(objects, deployment, runtime)
