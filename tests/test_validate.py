@@ -1023,8 +1023,8 @@ GATEWAY_BACKEND = "gitops/components/tls-ingress/gateway-backendconfig.yaml"
 
 
 def test_gateway_liveness_on_tritons_path(repo: Path) -> None:
-    edit(repo, "gitops/base/deployment.yaml", "{path: /health/live, port: openai}",
-         "{path: /v2/health/live, port: openai}")
+    edit(repo, "gitops/base/deployment.yaml", "livenessProbe: {httpGet: {path: /health/live, port: openai}",
+         "livenessProbe: {httpGet: {path: /v2/health/live, port: openai}")
     assert problems(repo, "overlays/cpu") == [
         "Deployment/triton: container gateway livenessProbe must be httpGet /health/live on port openai "
         "(has /v2/health/live on openai)"
@@ -1098,3 +1098,17 @@ def test_serving_pod_without_the_gateway(repo: Path) -> None:
         "runs; the serving pod runs only the pinned image, so nothing in it can expire or drift (fetch-model copies "
         "with it, gitops/base/deployment.yaml)",
     ]
+
+
+def test_gateway_startup_probe_that_waits_on_triton_for_less_than_the_engine_load(repo: Path) -> None:
+    edit(repo, "gitops/base/deployment.yaml",
+         "startupProbe: {httpGet: {path: /health/live, port: openai}, periodSeconds: 5, failureThreshold: 24}",
+         "startupProbe: {httpGet: {path: /health/ready, port: openai}, periodSeconds: 10, failureThreshold: 38}")
+    assert problems(repo, "overlays/h100") == [
+        "Deployment/triton: container gateway's startupProbe waits on /health/ready, which answers only once Triton is "
+        "ready, for 10 × 38 = 380 s, less than container triton's startupProbe allows the engine load (10 × 113 = "
+        "1130 s); the kubelet would restart the gateway through every longer load; probe /health/live (its own "
+        "process) or allow 1130 s"
+    ]
+    # The same probe is no problem where the engine load fits in it.
+    assert problems(repo, "overlays/cpu") == []

@@ -228,6 +228,21 @@ def _check_progress_deadline(deployment: dict, triton: dict, gpu: catalog.Gpu) -
     ]
 
 
+def check_gateway_startup(deployment: dict, pod: dict, triton: dict) -> list[str]:
+    """The gateway's startupProbe outlasts the engine load it waits for, or does not wait for it."""
+    gateway_container = next((c for c in pod.get("containers", []) if c.get("name") == gateway.CONTAINER), {})
+    path = gateway_container.get("startupProbe", {}).get("httpGet", {}).get("path")
+    own, engine = startup_window(gateway_container), startup_window(triton)
+    if own is None or engine is None or path == gateway.LIVE_PATH or own[2] >= engine[2]:
+        return []
+    return [
+        f"{ref(deployment)}: container {gateway.CONTAINER}'s startupProbe waits on {path}, which answers only once "
+        f"Triton is ready, for {own[0]} × {own[1]} = {own[2]} s, less than container triton's startupProbe allows the "
+        f"engine load ({engine[0]} × {engine[1]} = {engine[2]} s); the kubelet would restart the gateway through every "
+        f"longer load; probe {gateway.LIVE_PATH} (its own process) or allow {engine[2]} s"
+    ]
+
+
 def check_cold_start(deployment: dict, pod: dict, triton: dict, gpu: catalog.Gpu) -> list[str]:
     fetch = next((c for c in pod.get("initContainers", []) if c.get("name") == FETCH_CONTAINER), {})
     return (
@@ -368,7 +383,7 @@ def check(
 ) -> list[str]:
     """Everything of this module for one serving Deployment (serving.check_serving calls it)."""
     problems = check_one_image(deployment, pod, triton) + check_fuse_volume(deployment, pod)
-    problems += check_home_and_root(deployment, pod)
+    problems += check_home_and_root(deployment, pod) + check_gateway_startup(deployment, pod, triton)
     if gpu is not None:
         problems += check_cold_start(deployment, pod, triton, gpu)
         cold, _ = cold_start_sum(gpu, triton)
