@@ -1112,3 +1112,44 @@ def test_gateway_startup_probe_that_waits_on_triton_for_less_than_the_engine_loa
     ]
     # The same probe is no problem where the engine load fits in it.
     assert problems(repo, "overlays/cpu") == []
+
+
+STAND_IN_NOTE = (
+    "# EXAMPLE PIN: stands for a build of the default model for this GPU until tools/pin.py replaces it\n"
+    "# with a published build.\n"
+)
+
+
+def test_a_real_pin_needs_a_pushed_gateway_image(repo: Path) -> None:
+    edit(repo, "overlays/h100/model-pin.yaml", STAND_IN_NOTE, "")
+    assert problems(repo, "overlays/h100") == [
+        "Deployment/triton: container gateway runs 'us-docker.pkg.dev/example-project/gke-triton-llm/gateway:example', "
+        "in the example registry of example-project and not pinned by digest, but this overlay pins a real build "
+        "(model-pin.yaml is no stand-in); build and push the gateway image and pin it by digest in the overlay's "
+        "`images:` (docs/runbook.md, step 8)"
+    ]
+
+
+def test_a_real_pin_with_the_gateway_image_by_tag(repo: Path) -> None:
+    edit(repo, "overlays/h100/model-pin.yaml", STAND_IN_NOTE, "")
+    (repo / "overlays/h100/kustomization.yaml").write_text(
+        (repo / "overlays/h100/kustomization.yaml").read_text()
+        + "images:\n  - name: us-docker.pkg.dev/example-project/gke-triton-llm/gateway\n"
+        "    newName: us-docker.pkg.dev/my-project/gke-triton-llm/gateway\n    newTag: 0123456789ab\n"
+    )
+    assert problems(repo, "overlays/h100") == [
+        "Deployment/triton: container gateway runs 'us-docker.pkg.dev/my-project/gke-triton-llm/gateway:0123456789ab', "
+        "not pinned by digest, but this overlay pins a real build (model-pin.yaml is no stand-in); build and push the "
+        "gateway image and pin it by digest in the overlay's `images:` (docs/runbook.md, step 8)"
+    ]
+
+
+def test_a_real_pin_with_the_pushed_gateway_image_by_digest(repo: Path) -> None:
+    # What docs/runbook.md, step 8, appends to the overlay.
+    edit(repo, "overlays/h100/model-pin.yaml", STAND_IN_NOTE, "")
+    (repo / "overlays/h100/kustomization.yaml").write_text(
+        (repo / "overlays/h100/kustomization.yaml").read_text()
+        + "images:\n  - name: us-docker.pkg.dev/example-project/gke-triton-llm/gateway\n"
+        f"    newName: us-docker.pkg.dev/my-project/gke-triton-llm/gateway\n    digest: sha256:{'ab' * 32}\n"
+    )
+    assert problems(repo, "overlays/h100") == []

@@ -496,6 +496,7 @@ def check_serving(objects: list[dict], pin_path: Path, context: ServingContext) 
         return ["no Deployment: a serving overlay must render the Triton Deployment (gitops/base)"]
     pin, pin_problems = read_pin(pin_path)
     problems += pin_problems
+    stand_in = pin_gate.is_stand_in(pin_path.read_text()) if pin_path.is_file() else True
     for deployment in deployments:
         pod = pod_spec(deployment)
         triton = next((c for c in pod.get("containers", []) if c.get("name") == TRITON_CONTAINER), None)
@@ -528,7 +529,7 @@ def check_serving(objects: list[dict], pin_path: Path, context: ServingContext) 
         problems += _check_drain(objects, deployment, pod, triton)
         problems += capacity.check_disruption_budget(objects, deployment)
         problems += _check_security(deployment, pod)
-        problems += gateway.check(objects, deployment, pod, triton)
+        problems += gateway.check(objects, deployment, pod, triton) + gateway.check_image(deployment, pod, stand_in)
         # Cold start, prunes, the fetch step, local disk (tools/policy/cold_start.py).
         problems += cold_start.check(objects, deployment, pod, triton, gpu, pin, context.application)
         # A runtime the GPU cannot run is reported by the pin gate; do not also judge the HPA by it.
