@@ -531,7 +531,7 @@ def test_cli_without_kustomize_is_a_tool_error(
 
 
 def test_spot_overlay_with_one_replica(repo: Path) -> None:
-    edit(repo, "gitops/components/spot/kustomization.yaml", "value: 2", "value: 1")
+    edit(repo, "gitops/components/two-nodes/kustomization.yaml", "value: 2", "value: 1")
     assert problems(repo, "overlays/l4") == [
         "Deployment/triton: runs on Spot (ContainerNodePool/triton-l4) with HPA minReplicas 1; a preemption gives a "
         "pod ~15 s, so one replica means an outage for a whole cold start: set minReplicas to at least 2 "
@@ -540,7 +540,7 @@ def test_spot_overlay_with_one_replica(repo: Path) -> None:
 
 
 def test_spot_replicas_not_spread_over_nodes(repo: Path) -> None:
-    edit(repo, "gitops/components/spot/deployment.yaml", "whenUnsatisfiable: DoNotSchedule",
+    edit(repo, "gitops/components/two-nodes/deployment.yaml", "whenUnsatisfiable: DoNotSchedule",
          "whenUnsatisfiable: ScheduleAnyway")
     assert problems(repo, "overlays/h100") == [
         "Deployment/triton: runs on Spot (ContainerNodePool/triton-h100) without topologySpreadConstraints maxSkew 1 "
@@ -576,7 +576,10 @@ def test_pods_that_select_no_class_cannot_use_a_class_pool(repo: Path) -> None:
     assert problems(repo, "overlays/h100") == [
         "Deployment/triton: the nvidia-h100-80gb pools serve a ComputeClass only (ContainerNodePool/triton-h100 "
         "(ComputeClass/triton-h100)), and its pods select none; add nodeSelector cloud.google.com/compute-class "
-        "(components/spot-<gpu>)"
+        "(components/spot-<gpu>)",
+        # without the spot components the HPA's minimum is 1 as well
+        single_replica("node provisioning 600 + image pull 900 + model copy 900 (build/gpus.toml cold_start) + the "
+                       "startupProbe's 1130 s = 3530 s"),
     ]
 
 
@@ -736,6 +739,43 @@ def test_build_job_that_a_node_upgrade_would_fail_or_that_retries_its_own_errors
         "Job/compile-engine: no podFailurePolicy rule FailJob on exit codes NotIn [0]; a build that fails by itself "
         "would be retried onto the same error, holding its GPUs for hours",
     ]
+
+
+def single_replica(cold_start: str, named: str = "") -> str:
+    return (
+        "Deployment/triton: the HPA's minReplicas 1 makes its one pod the service: a node upgrade drains it after "
+        "GKE's 3600 s (tools/policy/gke_facts.toml node_upgrade_pdb_respected_seconds), an outage of a whole cold "
+        f"start ({cold_start}); run 2 replicas on 2 nodes (components/two-nodes), or keep node upgrades to the "
+        "cluster's maintenance window, with a no_minor_or_node_upgrades exclusion for busy days, and say so with "
+        "annotation gke-triton-llm/maintenance-policy: docs/runbook.md#<its section> (components/maintenance-window)"
+        f"{named}"
+    )
+
+
+H200_COLD_START = (
+    "node provisioning 900 + image pull 900 + model copy 1600 (build/gpus.toml cold_start) + the startupProbe's "
+    "1500 s = 4900 s"
+)
+
+
+def test_a_single_replica_without_a_maintenance_policy(repo: Path) -> None:
+    edit(repo, "overlays/h200/kustomization.yaml", "  - ../../gitops/components/maintenance-window\n", "")
+    assert problems(repo, "overlays/h200") == [single_replica(H200_COLD_START)]
+
+
+def test_a_maintenance_policy_that_names_no_runbook_section(repo: Path) -> None:
+    edit(repo, "gitops/components/maintenance-window/kustomization.yaml", "#maintenance-window-and-exclusions",
+         "#maintenance-windows")
+    assert problems(repo, "overlays/h200") == [
+        single_replica(H200_COLD_START, " (it names 'docs/runbook.md#maintenance-windows', which is no section of "
+                       "docs/runbook.md)")
+    ]
+
+
+def test_two_replicas_need_no_maintenance_policy(repo: Path) -> None:
+    edit(repo, "overlays/h200/kustomization.yaml", "  - ../../gitops/components/maintenance-window\n",
+         "  - ../../gitops/components/two-nodes\n")
+    assert problems(repo, "overlays/h200") == []
 
 
 def test_flex_start_priority_on_the_default_boot_disk(repo: Path) -> None:

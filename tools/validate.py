@@ -139,7 +139,7 @@ def serving_context(directory: Path, root: Path, platform: list[dict]) -> servin
     classes = [o for o in platform if o.get("kind") == "ComputeClass"]
     return serving.ServingContext(
         namespace=namespace, project=project, node_pools=pools or None, compute_classes=classes,
-        application=application,
+        application=application, runbook=root / "docs" / "runbook.md",
     )
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import catalog
 
-from . import cold_start, pin_gate
+from . import cold_start, monitoring, pin_gate
 from .k8s_objects import by_kind, containers, find, pod_spec, quantity, ref
 
 FACTS_FILE = Path(__file__).resolve().with_name("gke_facts.toml")
@@ -26,6 +26,9 @@ HOSTNAME = "kubernetes.io/hostname"
 UNLOAD_MARGIN_SECONDS = 15
 # Replicas a Spot-backed Deployment needs so that one preemption leaves one serving.
 SPOT_MIN_REPLICAS = 2
+# Where a single-replica Deployment names the runbook section of the cluster's maintenance window.
+MAINTENANCE_ANNOTATION = "gke-triton-llm/maintenance-policy"
+RUNBOOK_PAGE = "docs/runbook.md"
 
 
 @cache
@@ -400,6 +403,34 @@ def check_serving_nodes(
             f"({cold_why}); set flexStart.nodeRecycling.leadTimeSeconds to at least {cold_s}"
         )
     return problems
+
+
+def check_single_replica(
+    objects: list[dict], deployment: dict, cold: tuple[int, str], runbook: Path | None, on_spot: bool
+) -> list[str]:
+    """A Deployment of one replica says which maintenance policy keeps node upgrades out of serving hours."""
+    if on_spot or _min_replicas(objects, deployment) >= 2:
+        return []  # Spot's own rule asks for 2 replicas (check_spot)
+    value = deployment.get("metadata", {}).get("annotations", {}).get(MAINTENANCE_ANNOTATION, "")
+    page, _, anchor = value.partition("#")
+    sections = monitoring.anchors(runbook.read_text()) if runbook is not None and runbook.is_file() else set()
+    if page == RUNBOOK_PAGE and anchor in sections:
+        return []
+    upgrade = fact("node_upgrade_pdb_respected_seconds")
+    policy = fact("maintenance_policy")
+    named = f" (it names {value!r}, which is no section of {RUNBOOK_PAGE})" if value else ""
+    return [
+        f"{ref(deployment)}: the HPA's minReplicas 1 makes its one pod the service: a node upgrade drains it after "
+        f"GKE's {upgrade} s (tools/policy/gke_facts.toml node_upgrade_pdb_respected_seconds), an outage of a whole "
+        f"cold start ({cold[1]}); run 2 replicas on 2 nodes (components/two-nodes), or keep node upgrades to the "
+        f"cluster's maintenance window, with a {policy['exclusion_scope']} exclusion for busy days, and say so with "
+        f"annotation {MAINTENANCE_ANNOTATION}: {RUNBOOK_PAGE}#<its section> (components/maintenance-window){named}"
+    ]
+
+
+def spot_offers(pod: dict, accelerator: str, pools: list[dict], classes: list[dict]) -> list[Offer]:
+    _, offers = _pod_offers(pod, pools, classes)
+    return [o for o in offers if o.accelerator == accelerator and o.spot]
 
 
 def check_grace(deployment: dict, grace: int, pre_stop: int, drain: int) -> list[str]:

@@ -39,6 +39,7 @@ class ServingContext:
     node_pools: list[dict] | None  # the rendered ContainerNodePools
     compute_classes: list[dict] | None = None  # the rendered ComputeClasses (gitops/nodepools)
     application: dict | None = None  # the ApplicationSet (or Application) that syncs this overlay
+    runbook: Path | None = None  # docs/runbook.md, whose sections annotations may name
 
 
 def _same_quantity(a: object, b: object) -> bool:
@@ -499,6 +500,7 @@ def check_serving(objects: list[dict], pin_path: Path, context: ServingContext) 
     stand_in = pin_gate.is_stand_in(pin_path.read_text()) if pin_path.is_file() else True
     for deployment in deployments:
         pod = pod_spec(deployment)
+        on_spot = False
         triton = next((c for c in pod.get("containers", []) if c.get("name") == TRITON_CONTAINER), None)
         if triton is None:
             problems.append(f"{ref(deployment)}: no container named {TRITON_CONTAINER}")
@@ -517,6 +519,7 @@ def check_serving(objects: list[dict], pin_path: Path, context: ServingContext) 
                     problems += capacity.check_serving_nodes(
                         deployment, pod, gpu, pin, context.node_pools, classes, cold_start.cold_start_sum(gpu, triton)
                     )
+                    on_spot = bool(capacity.spot_offers(pod, gpu.accelerator, context.node_pools, classes))
             if pin is not None:
                 problems += check_pin(pin, deployment, gpu, count, triton, pod)
         if triton.get("image") != catalog.triton_image():
@@ -528,6 +531,9 @@ def check_serving(objects: list[dict], pin_path: Path, context: ServingContext) 
         problems += _check_probes(deployment, triton)
         problems += _check_drain(objects, deployment, pod, triton)
         problems += capacity.check_disruption_budget(objects, deployment)
+        if gpu is not None:
+            cold = cold_start.cold_start_sum(gpu, triton)
+            problems += capacity.check_single_replica(objects, deployment, cold, context.runbook, on_spot)
         problems += _check_security(deployment, pod)
         problems += gateway.check(objects, deployment, pod, triton) + gateway.check_image(deployment, pod, stand_in)
         # Cold start, prunes, the fetch step, local disk (tools/policy/cold_start.py).
