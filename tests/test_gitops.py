@@ -211,8 +211,9 @@ def test_sync_waves_put_config_first_then_service_then_everything_that_waits_on_
     gateway_backend = one(objects, "BackendConfig", "triton-gateway")
     assert int(gateway_backend["metadata"]["annotations"][WAVE]) == wave("BackendConfig")
     # The Service exists before any pod, so pods get the NEG readiness gate (upstream_facts.toml gke).
-    assert wave("ServiceAccount") < wave("Service") == wave("PodMonitoring") < wave("Deployment")
+    assert wave("ServiceAccount") < wave("Service") == wave("Rules") < wave("Deployment")
     assert wave("Deployment") == wave("HorizontalPodAutoscaler") == wave("Ingress") == wave("ManagedCertificate")
+    assert wave("Deployment") == wave("PodMonitoring")
     assert "Ingress" in {s["kind"] for s in FACTS["argocd"]["slow_health"]}
 
 
@@ -222,7 +223,9 @@ def test_a_deployment_in_an_early_wave_would_hold_back_the_ingress() -> None:
                for o in rendered("overlays/h100")]
     one(objects, "Deployment")["metadata"]["annotations"][WAVE] = "0"
     _, held_back = first_sync(objects)
-    assert sorted(held_back) == ["HorizontalPodAutoscaler/triton", "Ingress/triton", "ManagedCertificate/triton"]
+    assert sorted(held_back) == [
+        "HorizontalPodAutoscaler/triton", "Ingress/triton", "ManagedCertificate/triton", "PodMonitoring/triton"
+    ]
 
 
 def pruned_sync(objects: list[dict], options: list[str], pruned: dict) -> list[str]:

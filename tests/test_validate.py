@@ -910,7 +910,7 @@ def test_the_deployment_back_in_wave_0_holds_back_hpa_ingress_and_certificate(re
         f"{kind}/triton is in sync wave 1, after Deployment/triton in wave 0: Argo CD v3.5.1 applies wave 1 only "
         "once Deployment/triton is Healthy, a whole cold start (3530 s) after a scale-up from zero nodes, and "
         "never if it goes Degraded first; put it in wave 0 or earlier"
-        for kind in ("HorizontalPodAutoscaler", "ManagedCertificate", "Ingress")
+        for kind in ("HorizontalPodAutoscaler", "PodMonitoring", "ManagedCertificate", "Ingress")
     ]
 
 
@@ -1054,6 +1054,27 @@ def test_respect_ignore_differences_takes_the_replicas_from_the_hpa(repo: Path) 
         "server-side apply owns it too and writes back the value it read at compare time, beside the "
         "HorizontalPodAutoscaler that scales the Deployment; drop RespectIgnoreDifferences=true (the manifests set no "
         "replicas)"
+    ]
+
+
+def test_hpa_in_the_applications_health(repo: Path) -> None:
+    edit(repo, "gitops/components/autoscaling/hpa.yaml", '    argocd.argoproj.io/ignore-healthcheck: "true"\n', "")
+    assert problems(repo, "overlays/h100") == [
+        "HorizontalPodAutoscaler/triton: Argo CD v3.5.1 shows it Degraded (ScalingActive FailedGetPodsMetric) until a "
+        "ready pod exports its metric, a whole cold start (3530 s) at every scale-up from zero pods, and the "
+        "Application takes the worst health of its resources; annotate it argocd.argoproj.io/ignore-healthcheck: "
+        '"true" (the alerts TritonNoReadyReplica and TritonMetricsAbsent watch for pods and metrics that never come)'
+    ]
+
+
+def test_podmonitoring_in_a_wave_argo_cd_waits_on(repo: Path) -> None:
+    edit(repo, "gitops/components/monitoring/podmonitoring.yaml", 'sync-wave: "1"', 'sync-wave: "0"')
+    assert problems(repo, "overlays/l4") == [
+        "PodMonitoring/triton is in sync wave 0, before the last wave (1, Deployment/triton's): Argo CD v3.5.1 applies "
+        "a wave only once every resource of the earlier waves is Healthy, and a PodMonitoring is Healthy only when the "
+        "Managed Prometheus operator sets its ConfigurationCreateSuccess condition, which never happens where managed "
+        "collection is off or the operator is down (the health check is this repository's own, "
+        "gitops/argocd/argocd-cm-health.yaml); put it in wave 1"
     ]
 
 

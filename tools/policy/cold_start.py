@@ -16,7 +16,7 @@ from pathlib import Path
 import catalog
 
 from . import gateway
-from .k8s_objects import containers, env_value, quantity, ref
+from .k8s_objects import by_kind, containers, env_value, quantity, ref
 
 FACTS_FILE = Path(__file__).resolve().with_name("upstream_facts.toml")
 WAVE_ANNOTATION = "argocd.argoproj.io/sync-wave"
@@ -155,6 +155,21 @@ def check_sync_options(objects: list[dict], deployment: dict, application: dict 
             f"Deployment; drop {respect} (the manifests set no replicas)"
         )
     return problems
+
+
+def check_hpa_health(objects: list[dict], deployment: dict, cold_s: int) -> list[str]:
+    """The Application's health is not Degraded for as long as a cold start lasts."""
+    annotation = facts()["argocd"]["ignore_healthcheck"]["annotation"]
+    name = deployment["metadata"]["name"]
+    return [
+        f"{ref(hpa)}: {_argocd()} shows it Degraded (ScalingActive FailedGetPodsMetric) until a ready pod exports "
+        f"its metric, a whole cold start ({cold_s} s) at every scale-up from zero pods, and the Application takes the "
+        f'worst health of its resources; annotate it {annotation}: "true" (the alerts TritonNoReadyReplica and '
+        "TritonMetricsAbsent watch for pods and metrics that never come)"
+        for hpa in by_kind(objects, "HorizontalPodAutoscaler")
+        if hpa.get("spec", {}).get("scaleTargetRef", {}).get("name") == name
+        and hpa.get("metadata", {}).get("annotations", {}).get(annotation) != "true"
+    ]
 
 
 # --- the cold-start budget ---------------------------------------------------------------------
@@ -389,6 +404,7 @@ def check(
         cold, _ = cold_start_sum(gpu, triton)
         problems += check_after_deployment(objects, deployment, cold)
         problems += check_sync_options(objects, deployment, application, cold)
+        problems += check_hpa_health(objects, deployment, cold)
     if pin is not None:
         problems += check_pin_location(pin, deployment, pod) + check_local_disk(pin, deployment, pod, triton)
     return problems
