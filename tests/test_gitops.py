@@ -253,6 +253,14 @@ def test_prune_last_would_make_a_pruning_sync_wait_on_the_cold_start() -> None:
     assert pruned_sync(objects, ["PruneLast=true"], one(objects, "Rules")) == ["Rules/triton"]
 
 
+def test_the_runbook_makes_the_node_pools_before_argo_cd_makes_the_serving_application() -> None:
+    # Otherwise the first pods may find the Spot pool missing and land on flex-start (docs/runbook.md, step 9).
+    runbook = (ROOT / "docs/runbook.md").read_text()
+    pools = runbook.index("kubectl apply --server-side -k gitops/nodepools\n")
+    ready = runbook.index("wait --for=condition=Ready", pools)
+    assert pools < ready < runbook.index("kubectl apply --server-side -k gitops/argocd\n")
+
+
 def test_facts_pin_the_argo_cd_the_runbook_installs() -> None:
     runbook = (ROOT / "docs/runbook.md").read_text()
     assert f"export ARGOCD_VERSION={FACTS['argocd']['version']}\n" in runbook
