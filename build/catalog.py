@@ -154,3 +154,9 @@ def versions() -> dict:
 
 def triton_image() -> str:
     return versions()["triton"]["image"]
+
+
+def triton_image_disk_gb() -> float:
+    """What the pinned image takes on a node's boot disk (GB, 10^9): the pulled layers and their unpacked copy."""
+    triton = versions()["triton"]
+    return float(triton["image_pull_gb"]) * (1 + float(triton["image_unpacked_ratio"]))

@@ -211,8 +211,9 @@ def test_sync_waves_put_config_first_then_service_then_everything_that_waits_on_
     gateway_backend = one(objects, "BackendConfig", "triton-gateway")
     assert int(gateway_backend["metadata"]["annotations"][WAVE]) == wave("BackendConfig")
     # The Service exists before any pod, so pods get the NEG readiness gate (upstream_facts.toml gke).
-    assert wave("ServiceAccount") < wave("Service") == wave("PodMonitoring") < wave("Deployment")
+    assert wave("ServiceAccount") < wave("Service") == wave("Rules") < wave("Deployment")
     assert wave("Deployment") == wave("HorizontalPodAutoscaler") == wave("Ingress") == wave("ManagedCertificate")
+    assert wave("Deployment") == wave("PodMonitoring")
     assert "Ingress" in {s["kind"] for s in FACTS["argocd"]["slow_health"]}
 
 
@@ -222,7 +223,42 @@ def test_a_deployment_in_an_early_wave_would_hold_back_the_ingress() -> None:
                for o in rendered("overlays/h100")]
     one(objects, "Deployment")["metadata"]["annotations"][WAVE] = "0"
     _, held_back = first_sync(objects)
-    assert sorted(held_back) == ["HorizontalPodAutoscaler/triton", "Ingress/triton", "ManagedCertificate/triton"]
+    assert sorted(held_back) == [
+        "HorizontalPodAutoscaler/triton", "Ingress/triton", "ManagedCertificate/triton", "PodMonitoring/triton"
+    ]
+
+
+def pruned_sync(objects: list[dict], options: list[str], pruned: dict) -> list[str]:
+    """A sync that also prunes `pruned`, as tools/policy/upstream_facts.toml says Argo CD places the prune:
+    in its own wave, or one past the last under the PruneLast option. Returns what it holds back."""
+    waves = FACTS["argocd"]["sync_waves"]
+    assert (waves["prune_wave"], waves["prune_last_wave"]) == ("its own wave", "one past the last")
+    last = max(int(o["metadata"].get("annotations", {}).get(WAVE, "0")) for o in objects)
+    prune = dict(pruned, metadata=dict(pruned["metadata"], annotations=dict(pruned["metadata"]["annotations"])))
+    if waves["prune_last_option"] in options:
+        prune["metadata"]["annotations"][WAVE] = str(last + 1)
+    return first_sync([*objects, prune])[1]
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_a_sync_that_prunes_holds_back_nothing(target: str) -> None:
+    # Removing an object from an overlay (a renamed Rules, a dropped component) prunes it in the next sync.
+    objects = rendered(f"overlays/{target}")
+    options = one(rendered("gitops/argocd"), "ApplicationSet")["spec"]["template"]["spec"]["syncPolicy"]["syncOptions"]
+    assert pruned_sync(objects, options, one(objects, "Rules")) == []
+
+
+def test_prune_last_would_make_a_pruning_sync_wait_on_the_cold_start() -> None:
+    objects = rendered("overlays/h100")
+    assert pruned_sync(objects, ["PruneLast=true"], one(objects, "Rules")) == ["Rules/triton"]
+
+
+def test_the_runbook_makes_the_node_pools_before_argo_cd_makes_the_serving_application() -> None:
+    # Otherwise the first pods may find the Spot pool missing and land on flex-start (docs/runbook.md, step 9).
+    runbook = (ROOT / "docs/runbook.md").read_text()
+    pools = runbook.index("kubectl apply --server-side -k gitops/nodepools\n")
+    ready = runbook.index("wait --for=condition=Ready", pools)
+    assert pools < ready < runbook.index("kubectl apply --server-side -k gitops/argocd\n")
 
 
 def test_facts_pin_the_argo_cd_the_runbook_installs() -> None:
@@ -261,7 +297,7 @@ def test_applicationset_makes_one_automated_application_per_overlay() -> None:
     policy = template["syncPolicy"]
     assert policy["automated"] == {"prune": True, "selfHeal": True}
     assert policy["retry"]["backoff"] == {"duration": "10s", "factor": 2, "maxDuration": "5m"}
-    assert {"ServerSideApply=true", "RespectIgnoreDifferences=true", "PruneLast=true"} <= set(policy["syncOptions"])
+    assert policy["syncOptions"] == ["ServerSideApply=true", "CreateNamespace=false"]
     assert template["ignoreDifferences"] == [
         {"group": "apps", "kind": "Deployment", "jsonPointers": ["/spec/replicas"]}
     ]
@@ -269,7 +305,8 @@ def test_applicationset_makes_one_automated_application_per_overlay() -> None:
 
 def test_serving_project_is_least_privilege() -> None:
     project = one(rendered("gitops/argocd"), "AppProject", "triton-serving")["spec"]
-    assert project["destinations"] == [{"server": "https://kubernetes.default.svc", "namespace": "triton-*"}]
+    assert project["destinations"] == [{"server": "https://kubernetes.default.svc", "namespace": "triton-*"},
+                                       {"server": "https://kubernetes.default.svc", "namespace": "!triton-build"}]
     assert project["clusterResourceWhitelist"] == [{"group": "", "kind": "Namespace", "name": "triton-*"}]
     assert all("*" not in (k["group"] + k["kind"]) for k in project["namespaceResourceWhitelist"])
 

@@ -164,10 +164,10 @@ def test_pin_with_a_tp_that_is_not_a_number(repo: Path) -> None:
 
 
 def test_cpu_and_memory_requests_come_from_the_catalog(repo: Path) -> None:
-    edit(repo, "overlays/h100/gpu.yaml", 'cpu: "24"', 'cpu: "16"')
+    edit(repo, "overlays/h100/gpu.yaml", 'cpu: "23"', 'cpu: "16"')
     assert problems(repo, "overlays/h100") == [
-        "Deployment/triton: container triton requests cpu 16, but build/gpus.toml gives h100 pods 24 per GPU "
-        "× 1 = 24"
+        "Deployment/triton: container triton requests cpu 16, but build/gpus.toml gives h100 pods 23 per GPU "
+        "× 1 = 23"
     ]
 
 
@@ -404,7 +404,7 @@ def test_gpu_overlay_needs_a_node_pool_of_its_shape(repo: Path) -> None:
 def test_a_node_pool_with_fewer_gpus_than_the_pod_needs_does_not_count(repo: Path) -> None:
     gpu = repo / "overlays/h100/gpu.yaml"
     gpu.write_text(gpu.read_text().replace('nvidia.com/gpu: "1"', 'nvidia.com/gpu: "2"')
-                   .replace('cpu: "24"', 'cpu: "48"').replace("memory: 200Gi", "memory: 400Gi"))
+                   .replace('cpu: "23"', 'cpu: "46"').replace("memory: 200Gi", "memory: 400Gi"))
     edit(repo, "overlays/h100/model-pin.yaml", 'tp: "1"', 'tp: "2"')
     assert problems(repo, "overlays/h100") == [
         "Deployment/triton: no ContainerNodePool in gitops/nodepools has nodes with 2 × nvidia-h100-80gb or more "
@@ -419,7 +419,7 @@ def test_without_crds_custom_resources_fail_and_say_how_to_fix_it(repo: Path) ->
         "v1beta1: not a built-in kind of Kubernetes 1.33, and no CRD directory was given to check custom resources "
         "(--crds DIR or GKE_TRITON_CRDS)"
     ) in found
-    assert len(found) == 14
+    assert len(found) == 11  # every object of gitops/nodepools but the ConfigMap is a custom resource
 
 
 def test_unknown_kinds_and_versions_fail() -> None:
@@ -486,14 +486,14 @@ def test_cli_prints_each_directory_and_exits_1_on_a_problem(
     repo: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(repo)
-    edit(repo, "overlays/h100/gpu.yaml", 'cpu: "24"', 'cpu: "16"')
+    edit(repo, "overlays/h100/gpu.yaml", 'cpu: "23"', 'cpu: "16"')
     assert validate.main(["--repo", str(repo), "--crds", str(CRDS), "overlays/cpu", "overlays/h100"]) == 1
     assert capsys.readouterr().out == (
         f"CRD schemas from {CRDS} (13 kinds)\n"
         "✅ overlays/cpu (15 objects)\n"
         "❌ overlays/h100\n"
-        "   - Deployment/triton: container triton requests cpu 16, but build/gpus.toml gives h100 pods 24 per GPU "
-        "× 1 = 24\n"
+        "   - Deployment/triton: container triton requests cpu 16, but build/gpus.toml gives h100 pods 23 per GPU "
+        "× 1 = 23\n"
         "2 directories, 1 failed\n"
     )
 
@@ -505,7 +505,7 @@ def test_cli_crd_directory_from_the_environment(
     monkeypatch.setenv(validate.CRDS_ENV, str(CRDS))
     assert validate.main(["--repo", str(repo), "gitops/nodepools"]) == 0
     assert capsys.readouterr().out == (
-        f"CRD schemas from {CRDS} (13 kinds)\n✅ gitops/nodepools (14 objects)\n1 directory, 0 failed\n"
+        f"CRD schemas from {CRDS} (13 kinds)\n✅ gitops/nodepools (11 objects)\n1 directory, 0 failed\n"
     )
 
 
@@ -532,7 +532,7 @@ def test_cli_without_kustomize_is_a_tool_error(
 
 
 def test_spot_overlay_with_one_replica(repo: Path) -> None:
-    edit(repo, "gitops/components/spot/kustomization.yaml", "value: 2", "value: 1")
+    edit(repo, "gitops/components/two-nodes/kustomization.yaml", "value: 2", "value: 1")
     assert problems(repo, "overlays/l4") == [
         "Deployment/triton: runs on Spot (ContainerNodePool/triton-l4) with HPA minReplicas 1; a preemption gives a "
         "pod ~15 s, so one replica means an outage for a whole cold start: set minReplicas to at least 2 "
@@ -541,7 +541,7 @@ def test_spot_overlay_with_one_replica(repo: Path) -> None:
 
 
 def test_spot_replicas_not_spread_over_nodes(repo: Path) -> None:
-    edit(repo, "gitops/components/spot/deployment.yaml", "whenUnsatisfiable: DoNotSchedule",
+    edit(repo, "gitops/components/two-nodes/deployment.yaml", "whenUnsatisfiable: DoNotSchedule",
          "whenUnsatisfiable: ScheduleAnyway")
     assert problems(repo, "overlays/h100") == [
         "Deployment/triton: runs on Spot (ContainerNodePool/triton-h100) without topologySpreadConstraints maxSkew 1 "
@@ -577,7 +577,10 @@ def test_pods_that_select_no_class_cannot_use_a_class_pool(repo: Path) -> None:
     assert problems(repo, "overlays/h100") == [
         "Deployment/triton: the nvidia-h100-80gb pools serve a ComputeClass only (ContainerNodePool/triton-h100 "
         "(ComputeClass/triton-h100)), and its pods select none; add nodeSelector cloud.google.com/compute-class "
-        "(components/spot-<gpu>)"
+        "(components/spot-<gpu>)",
+        # without the spot components the HPA's minimum is 1 as well
+        single_replica("node provisioning 600 + image pull 900 + model copy 900 (build/gpus.toml cold_start) + the "
+                       "startupProbe's 1130 s = 3530 s"),
     ]
 
 
@@ -777,6 +780,100 @@ def test_build_job_that_a_node_upgrade_would_fail_or_that_retries_its_own_errors
     ]
 
 
+def single_replica(cold_start: str, named: str = "") -> str:
+    return (
+        "Deployment/triton: the HPA's minReplicas 1 makes its one pod the service: a node upgrade drains it after "
+        "GKE's 3600 s (tools/policy/gke_facts.toml node_upgrade_pdb_respected_seconds), an outage of a whole cold "
+        f"start ({cold_start}); run 2 replicas on 2 nodes (components/two-nodes), or keep node upgrades to the "
+        "cluster's maintenance window, with a no_minor_or_node_upgrades exclusion for busy days, and say so with "
+        "annotation gke-triton-llm/maintenance-policy: docs/runbook.md#<its section> (components/maintenance-window)"
+        f"{named}"
+    )
+
+
+H200_COLD_START = (
+    "node provisioning 900 + image pull 900 + model copy 1600 (build/gpus.toml cold_start) + the startupProbe's "
+    "1500 s = 4900 s"
+)
+
+
+def test_a_single_replica_without_a_maintenance_policy(repo: Path) -> None:
+    edit(repo, "overlays/h200/kustomization.yaml", "  - ../../gitops/components/maintenance-window\n", "")
+    assert problems(repo, "overlays/h200") == [single_replica(H200_COLD_START)]
+
+
+def test_a_maintenance_policy_that_names_no_runbook_section(repo: Path) -> None:
+    edit(repo, "gitops/components/maintenance-window/kustomization.yaml", "#maintenance-window-and-exclusions",
+         "#maintenance-windows")
+    assert problems(repo, "overlays/h200") == [
+        single_replica(H200_COLD_START, " (it names 'docs/runbook.md#maintenance-windows', which is no section of "
+                       "docs/runbook.md)")
+    ]
+
+
+def test_two_replicas_need_no_maintenance_policy(repo: Path) -> None:
+    edit(repo, "overlays/h200/kustomization.yaml", "  - ../../gitops/components/maintenance-window\n",
+         "  - ../../gitops/components/two-nodes\n")
+    assert problems(repo, "overlays/h200") == []
+
+
+def test_flex_start_priority_on_the_default_boot_disk(repo: Path) -> None:
+    edit(repo, "gitops/nodepools/computeclasses.yaml", "      storage:\n        bootDiskSize: 500\n", "")
+    assert problems(repo, "overlays/h100") == [
+        "ComputeClass/triton-h100 priority 2: boot disk 100 GB (no storage.bootDiskSize: GKE's default) is smaller "
+        "than what Deployment/triton needs on the node: its copy of the model 112.5 GB (build/gpus.toml: h100's model "
+        "copy of 900 s at 100 MB/s = 90 GB, × 1.25) + the Cloud Storage FUSE sidecar's ephemeral-storage request 5Gi "
+        "+ the Triton image 60 GB (build/versions.toml image_pull_gb and image_unpacked_ratio) = 177.87 GB; set "
+        "storage.bootDiskSize to at least 178"
+    ]
+
+
+def test_node_pool_boot_disk_smaller_than_the_pod_needs(repo: Path) -> None:
+    edit(repo, "gitops/nodepools/l4.yaml", "diskSizeGb: 200", "diskSizeGb: 100")
+    assert problems(repo, "overlays/l4") == [
+        "ContainerNodePool/triton-l4: boot disk 100 GB is smaller than what Deployment/triton needs on the node: its "
+        "copy of the model 37.5 GB (build/gpus.toml: l4's model copy of 300 s at 100 MB/s = 30 GB, × 1.25) + the Cloud "
+        "Storage FUSE sidecar's ephemeral-storage request 5Gi + the Triton image 60 GB (build/versions.toml "
+        "image_pull_gb and image_unpacked_ratio) = 102.87 GB; set nodeConfig.diskSizeGb to at least 103"
+    ]
+
+
+def test_a_pinned_build_bigger_than_the_copy_budget_sizes_the_boot_disk(repo: Path) -> None:
+    gpu = repo / "overlays/h200/gpu.yaml"
+    gpu.write_text(gpu.read_text().replace("ephemeral-storage: 2Gi", "ephemeral-storage: 1Ti")
+                   .replace("sizeLimit: 2Gi", "sizeLimit: 1Ti"))
+    edit(repo, "overlays/h200/model-pin.yaml", 'size_bytes: "200000000"', 'size_bytes: "800000000000"')
+    assert problems(repo, "overlays/h200") == [
+        "ContainerNodePool/triton-h200: boot disk 1000 GB is smaller than what Deployment/triton needs on the node: "
+        "its copy of the model 1000 GB (build 9905d0339a10d650: 800000000000 bytes, × 1.25) + the Cloud Storage FUSE "
+        "sidecar's ephemeral-storage request 5Gi + the Triton image 60 GB (build/versions.toml image_pull_gb and "
+        "image_unpacked_ratio) = 1065.37 GB; set nodeConfig.diskSizeGb to at least 1066"
+    ]
+
+
+def test_flex_start_nodes_replaced_too_late(repo: Path) -> None:
+    edit(repo, "gitops/nodepools/computeclasses.yaml", "leadTimeSeconds: 3600", "leadTimeSeconds: 1800")
+    assert problems(repo, "overlays/h100") == [
+        "ComputeClass/triton-h100 priority 2: flex-start nodes end after 7 days (tools/policy/gke_facts.toml "
+        "flex_start_max_run_days) and it starts a replacement only 1800 s before a node ends: Deployment/triton's pod "
+        "there is gone for a whole cold start (node provisioning 600 + image pull 900 + model copy 900 "
+        "(build/gpus.toml cold_start) + the startupProbe's 1130 s = 3530 s); set "
+        "flexStart.nodeRecycling.leadTimeSeconds to at least 3530"
+    ]
+
+
+def test_flex_start_nodes_never_replaced(repo: Path) -> None:
+    edit(repo, "gitops/nodepools/computeclasses.yaml", "        nodeRecycling:\n          leadTimeSeconds: 3600\n",
+         "")
+    assert problems(repo, "overlays/h100") == [
+        "ComputeClass/triton-h100 priority 2: flex-start nodes end after 7 days (tools/policy/gke_facts.toml "
+        "flex_start_max_run_days) and it sets no flexStart.nodeRecycling.leadTimeSeconds, so nothing replaces a node "
+        "before it ends: Deployment/triton's pod there is gone for a whole cold start (node provisioning 600 + image "
+        "pull 900 + model copy 900 (build/gpus.toml cold_start) + the startupProbe's 1130 s = 3530 s); set "
+        "flexStart.nodeRecycling.leadTimeSeconds to at least 3530"
+    ]
+
+
 # --- cold start, sync waves, the model fetch (tools/policy/cold_start.py) -----------------------
 
 H100_COLD_START = (
@@ -807,6 +904,12 @@ def test_progress_deadline_left_at_the_kubernetes_default(repo: Path) -> None:
 def test_a_longer_startup_probe_needs_a_longer_progress_deadline(repo: Path) -> None:
     edit(repo, "overlays/h100/gpu.yaml", "failureThreshold: 113", "failureThreshold: 180")
     assert problems(repo, "overlays/h100") == [
+        # and a flex-start node's replacement an earlier start
+        "ComputeClass/triton-h100 priority 2: flex-start nodes end after 7 days (tools/policy/gke_facts.toml "
+        "flex_start_max_run_days) and it starts a replacement only 3600 s before a node ends: Deployment/triton's pod "
+        "there is gone for a whole cold start (node provisioning 600 + image pull 900 + model copy 900 "
+        "(build/gpus.toml cold_start) + the startupProbe's 1800 s = 4200 s); set "
+        "flexStart.nodeRecycling.leadTimeSeconds to at least 4200",
         "Deployment/triton: progressDeadlineSeconds 3530 is shorter than the cold start of a pod on h100: node "
         "provisioning 600 + image pull 900 + model copy 900 (build/gpus.toml cold_start) + the startupProbe's "
         "1800 s = 4200 s; Argo CD v3.5.1 shows a Deployment past its deadline Degraded (ProgressDeadlineExceeded); "
@@ -846,7 +949,7 @@ def test_the_deployment_back_in_wave_0_holds_back_hpa_ingress_and_certificate(re
         f"{kind}/triton is in sync wave 1, after Deployment/triton in wave 0: Argo CD v3.5.1 applies wave 1 only "
         "once Deployment/triton is Healthy, a whole cold start (3530 s) after a scale-up from zero nodes, and "
         "never if it goes Degraded first; put it in wave 0 or earlier"
-        for kind in ("HorizontalPodAutoscaler", "ManagedCertificate", "Ingress")
+        for kind in ("HorizontalPodAutoscaler", "PodMonitoring", "ManagedCertificate", "Ingress")
     ]
 
 
@@ -956,14 +1059,72 @@ def test_overlay_without_the_model_pin_component(repo: Path) -> None:
     ]
 
 
+PRUNE_WAITS = (
+    "Argo CD v3.5.1 prunes in a wave after the last one (1), so a sync that removes any object waits for the health "
+    "of wave 1 (Deployment/triton: a cold start of up to 3530 s), fails if it goes Degraded, and holds back every "
+    "newer commit meanwhile, a git revert included"
+)
+APPSET = "gitops/argocd/applicationset.yaml"
+
+
+def test_prune_last_on_the_serving_applicationset(repo: Path) -> None:
+    edit(repo, APPSET, "          - ServerSideApply=true\n",
+         "          - ServerSideApply=true\n          - PruneLast=true\n")
+    assert problems(repo, "overlays/h100") == [
+        f"ApplicationSet/triton syncs this overlay with PruneLast=true: {PRUNE_WAITS}; drop PruneLast=true"
+    ]
+
+
+def test_prune_last_on_a_serving_object(repo: Path) -> None:
+    edit(repo, "gitops/components/autoscaling/hpa.yaml", '    argocd.argoproj.io/sync-wave: "1"\n',
+         '    argocd.argoproj.io/sync-wave: "1"\n    argocd.argoproj.io/sync-options: Replace=false,PruneLast=true\n')
+    assert problems(repo, "overlays/h100") == [
+        "HorizontalPodAutoscaler/triton: annotation argocd.argoproj.io/sync-options has PruneLast=true; once it leaves "
+        f"git, {PRUNE_WAITS}; drop it"
+    ]
+
+
+def test_respect_ignore_differences_takes_the_replicas_from_the_hpa(repo: Path) -> None:
+    edit(repo, APPSET, "          - ServerSideApply=true\n",
+         "          - ServerSideApply=true\n          - RespectIgnoreDifferences=true\n")
+    assert problems(repo, "overlays/cpu") == [
+        "ApplicationSet/triton syncs this overlay with RespectIgnoreDifferences=true and ignoreDifferences "
+        "/spec/replicas of Deployment: Argo CD v3.5.1 then applies the live value of each ignored field, so its "
+        "server-side apply owns it too and writes back the value it read at compare time, beside the "
+        "HorizontalPodAutoscaler that scales the Deployment; drop RespectIgnoreDifferences=true (the manifests set no "
+        "replicas)"
+    ]
+
+
+def test_hpa_in_the_applications_health(repo: Path) -> None:
+    edit(repo, "gitops/components/autoscaling/hpa.yaml", '    argocd.argoproj.io/ignore-healthcheck: "true"\n', "")
+    assert problems(repo, "overlays/h100") == [
+        "HorizontalPodAutoscaler/triton: Argo CD v3.5.1 shows it Degraded (ScalingActive FailedGetPodsMetric) until a "
+        "ready pod exports its metric, a whole cold start (3530 s) at every scale-up from zero pods, and the "
+        "Application takes the worst health of its resources; annotate it argocd.argoproj.io/ignore-healthcheck: "
+        '"true" (the alerts TritonNoReadyReplica and TritonMetricsAbsent watch for pods and metrics that never come)'
+    ]
+
+
+def test_podmonitoring_in_a_wave_argo_cd_waits_on(repo: Path) -> None:
+    edit(repo, "gitops/components/monitoring/podmonitoring.yaml", 'sync-wave: "1"', 'sync-wave: "0"')
+    assert problems(repo, "overlays/l4") == [
+        "PodMonitoring/triton is in sync wave 0, before the last wave (1, Deployment/triton's): Argo CD v3.5.1 applies "
+        "a wave only once every resource of the earlier waves is Healthy, and a PodMonitoring is Healthy only when the "
+        "Managed Prometheus operator sets its ConfigurationCreateSuccess condition, which never happens where managed "
+        "collection is off or the operator is down (the health check is this repository's own, "
+        "gitops/argocd/argocd-cm-health.yaml); put it in wave 1"
+    ]
+
+
 # --- the OpenAI gateway container (tools/policy/gateway.py) ---------------------------------------
 
 GATEWAY_BACKEND = "gitops/components/tls-ingress/gateway-backendconfig.yaml"
 
 
 def test_gateway_liveness_on_tritons_path(repo: Path) -> None:
-    edit(repo, "gitops/base/deployment.yaml", "{path: /health/live, port: openai}",
-         "{path: /v2/health/live, port: openai}")
+    edit(repo, "gitops/base/deployment.yaml", "livenessProbe: {httpGet: {path: /health/live, port: openai}",
+         "livenessProbe: {httpGet: {path: /v2/health/live, port: openai}")
     assert problems(repo, "overlays/cpu") == [
         "Deployment/triton: container gateway livenessProbe must be httpGet /health/live on port openai "
         "(has /v2/health/live on openai)"
@@ -1097,3 +1258,58 @@ def test_a_serving_project_that_reaches_the_build_namespace(repo: Path) -> None:
         "namespace (an overlays/build/ folder would take it over: labels, NetworkPolicy, prune); add a destination "
         'with namespace "!triton-build"'
     ]
+
+
+def test_gateway_startup_probe_that_waits_on_triton_for_less_than_the_engine_load(repo: Path) -> None:
+    edit(repo, "gitops/base/deployment.yaml",
+         "startupProbe: {httpGet: {path: /health/live, port: openai}, periodSeconds: 5, failureThreshold: 24}",
+         "startupProbe: {httpGet: {path: /health/ready, port: openai}, periodSeconds: 10, failureThreshold: 38}")
+    assert problems(repo, "overlays/h100") == [
+        "Deployment/triton: container gateway's startupProbe waits on /health/ready, which answers only once Triton is "
+        "ready, for 10 × 38 = 380 s, less than container triton's startupProbe allows the engine load (10 × 113 = "
+        "1130 s); the kubelet would restart the gateway through every longer load; probe /health/live (its own "
+        "process) or allow 1130 s"
+    ]
+    # The same probe is no problem where the engine load fits in it.
+    assert problems(repo, "overlays/cpu") == []
+
+
+STAND_IN_NOTE = (
+    "# EXAMPLE PIN: stands for a build of the default model for this GPU until tools/pin.py replaces it\n"
+    "# with a published build.\n"
+)
+
+
+def test_a_real_pin_needs_a_pushed_gateway_image(repo: Path) -> None:
+    edit(repo, "overlays/h100/model-pin.yaml", STAND_IN_NOTE, "")
+    assert problems(repo, "overlays/h100") == [
+        "Deployment/triton: container gateway runs 'us-docker.pkg.dev/example-project/gke-triton-llm/gateway:example', "
+        "in the example registry of example-project and not pinned by digest, but this overlay pins a real build "
+        "(model-pin.yaml is no stand-in); build and push the gateway image and pin it by digest in the overlay's "
+        "`images:` (docs/runbook.md, step 8)"
+    ]
+
+
+def test_a_real_pin_with_the_gateway_image_by_tag(repo: Path) -> None:
+    edit(repo, "overlays/h100/model-pin.yaml", STAND_IN_NOTE, "")
+    (repo / "overlays/h100/kustomization.yaml").write_text(
+        (repo / "overlays/h100/kustomization.yaml").read_text()
+        + "images:\n  - name: us-docker.pkg.dev/example-project/gke-triton-llm/gateway\n"
+        "    newName: us-docker.pkg.dev/my-project/gke-triton-llm/gateway\n    newTag: 0123456789ab\n"
+    )
+    assert problems(repo, "overlays/h100") == [
+        "Deployment/triton: container gateway runs 'us-docker.pkg.dev/my-project/gke-triton-llm/gateway:0123456789ab', "
+        "not pinned by digest, but this overlay pins a real build (model-pin.yaml is no stand-in); build and push the "
+        "gateway image and pin it by digest in the overlay's `images:` (docs/runbook.md, step 8)"
+    ]
+
+
+def test_a_real_pin_with_the_pushed_gateway_image_by_digest(repo: Path) -> None:
+    # What docs/runbook.md, step 8, appends to the overlay.
+    edit(repo, "overlays/h100/model-pin.yaml", STAND_IN_NOTE, "")
+    (repo / "overlays/h100/kustomization.yaml").write_text(
+        (repo / "overlays/h100/kustomization.yaml").read_text()
+        + "images:\n  - name: us-docker.pkg.dev/example-project/gke-triton-llm/gateway\n"
+        f"    newName: us-docker.pkg.dev/my-project/gke-triton-llm/gateway\n    digest: sha256:{'ab' * 32}\n"
+    )
+    assert problems(repo, "overlays/h100") == []

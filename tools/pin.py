@@ -35,9 +35,6 @@ from publish import BUILD_JSON, PublishError, make_client, parse_gcs_uri  # noqa
 PIN_FILE = "model-pin.yaml"
 PIN_NAME = "model-pin"
 ALWAYS_QUOTED = {"build_id", "accelerator", "compute_capability", "tp", "pp", "size_bytes"}
-# A header whose first sentence starts with this marks a stand-in pin (the overlay's first, before
-# any real build was published); the sentence stops being true with the first real pin, which drops it.
-EXAMPLE_MARK = "# EXAMPLE PIN"
 
 
 class PinError(Exception):
@@ -94,8 +91,9 @@ def read_pin(overlay: Path) -> tuple[str, dict]:
 
 
 def _drop_example_note(header: str) -> str:
-    """The header without its stand-in note: the first sentence, when the header starts with the mark."""
-    if not header.startswith(EXAMPLE_MARK):
+    """The header without its stand-in note (pin_gate.EXAMPLE_MARK): its first sentence, which stops being
+    true with the first real pin."""
+    if not pin_gate.is_stand_in(header):
         return header
     lines = header.splitlines(keepends=True)
     end = next((i for i, line in enumerate(lines) if line.rstrip().endswith(".")), len(lines) - 1)

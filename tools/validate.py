@@ -114,7 +114,7 @@ def serving_context(directory: Path, root: Path, platform: list[dict]) -> servin
     # The generator matches paths relative to the repository root, like overlays/h100.
     resolved, base = directory.resolve(), root.resolve()
     relative = resolved.relative_to(base).as_posix() if resolved.is_relative_to(base) else directory.as_posix()
-    namespace = project = None
+    namespace = project = application = None
     for appset in (o for o in platform if o.get("kind") == "ApplicationSet"):
         spec = appset.get("spec", {})
         patterns = [
@@ -124,6 +124,7 @@ def serving_context(directory: Path, root: Path, platform: list[dict]) -> servin
             if not d.get("exclude")
         ]
         if any(fnmatch.fnmatch(relative, p) for p in patterns):
+            application = appset
             template = spec.get("template", {}).get("spec", {})
             namespace = _substitute(template.get("destination", {}).get("namespace", ""), relative)
             project = next(
@@ -137,7 +138,8 @@ def serving_context(directory: Path, root: Path, platform: list[dict]) -> servin
     pools = [o for o in platform if o.get("kind") == "ContainerNodePool"]
     classes = [o for o in platform if o.get("kind") == "ComputeClass"]
     return serving.ServingContext(
-        namespace=namespace, project=project, node_pools=pools or None, compute_classes=classes
+        namespace=namespace, project=project, node_pools=pools or None, compute_classes=classes,
+        application=application, runbook=root / "docs" / "runbook.md",
     )
 
 

@@ -6,10 +6,12 @@ printed them) and returns problems that name the object and what to change.
 
   serving.py      a serving Deployment as a whole: GPU, requests, probes, security, Ingress, NetworkPolicy,
                   HPA, node pools, the pin; runs the modules below for it
-  capacity.py     Spot, disruption budgets, node pools, ComputeClasses, build Jobs (gke_facts.toml)
-  cold_start.py   sync waves, the model fetch, the startup window, local disk (upstream_facts.toml)
+  capacity.py     Spot, disruption budgets, single replicas, node pools and their disks, ComputeClasses
+                  and flex-start recycling, build Jobs (gke_facts.toml)
+  cold_start.py   sync waves and prunes, Argo CD health, the model fetch, the startup windows, local disk
+                  (upstream_facts.toml)
   access.py       Argo CD projects, credentials in env, installs and network of Jobs
-  gateway.py      the OpenAI gateway container, its port, probes and route
+  gateway.py      the OpenAI gateway container, its image, port, probes and route
   monitoring.py   alert rules and the Cloud Monitoring dashboard
   pin_gate.py     can a published build run where an overlay pins it
   kubeschema.py   strict schema validation: built-in kinds and the CRDs in crds/

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import catalog
 
-from . import cold_start, pin_gate
+from . import cold_start, monitoring, pin_gate
 from .k8s_objects import by_kind, containers, find, pod_spec, quantity, ref
 
 FACTS_FILE = Path(__file__).resolve().with_name("gke_facts.toml")
@@ -26,6 +26,9 @@ HOSTNAME = "kubernetes.io/hostname"
 UNLOAD_MARGIN_SECONDS = 15
 # Replicas a Spot-backed Deployment needs so that one preemption leaves one serving.
 SPOT_MIN_REPLICAS = 2
+# Where a single-replica Deployment names the runbook section of the cluster's maintenance window.
+MAINTENANCE_ANNOTATION = "gke-triton-llm/maintenance-policy"
+RUNBOOK_PAGE = "docs/runbook.md"
 
 
 @cache
@@ -49,10 +52,20 @@ class Offer:
     accelerator: str
     count: int
     capacity: str  # spot, on-demand, reservation, flex-start
+    boot_disk_gb: int | None = None  # None: GKE's default (gke_facts.toml default_boot_disk_gb)
+    recycling_lead_s: int | None = None  # flexStart.nodeRecycling.leadTimeSeconds of a class priority
 
     @property
     def spot(self) -> bool:
         return self.capacity == "spot"
+
+    @property
+    def from_pool(self) -> bool:
+        return self.source.startswith("ContainerNodePool/")
+
+    @property
+    def disk_field(self) -> str:
+        return "nodeConfig.diskSizeGb" if self.from_pool else "storage.bootDiskSize"
 
 
 def _reserved(node: dict) -> bool:
@@ -71,8 +84,11 @@ def pool_capacity(pool: dict) -> str:
 
 
 def pool_offers(pool: dict) -> list[Offer]:
-    accelerators = pool.get("spec", {}).get("nodeConfig", {}).get("guestAccelerator", [])
-    return [Offer(ref(pool), a.get("type", ""), int(a.get("count", 0)), pool_capacity(pool)) for a in accelerators]
+    node = pool.get("spec", {}).get("nodeConfig", {})
+    return [
+        Offer(ref(pool), a.get("type", ""), int(a.get("count", 0)), pool_capacity(pool), node.get("diskSizeGb"))
+        for a in node.get("guestAccelerator", [])
+    ]
 
 
 def pool_class(pool: dict) -> str | None:
@@ -118,7 +134,11 @@ def class_offers(computeclass: dict, pools: list[dict]) -> tuple[list[Offer], li
         gpu = priority.get("gpu")
         if gpu:
             source = f"{ref(computeclass)} priority {index}"
-            offers.append(Offer(source, gpu.get("type", ""), int(gpu.get("count", 0)), _priority_capacity(priority)))
+            disk = priority.get("storage", {}).get("bootDiskSize")
+            lead = priority.get("flexStart", {}).get("nodeRecycling", {}).get("leadTimeSeconds")
+            offers.append(
+                Offer(source, gpu.get("type", ""), int(gpu.get("count", 0)), _priority_capacity(priority), disk, lead)
+            )
     return offers, problems
 
 
@@ -342,8 +362,8 @@ def pod_requests(pod: dict, annotations: dict) -> dict[str, tuple[float, float]]
     asked = {c["name"]: _requests(c) for c in pod.get("containers", [])}
     asked |= {c["name"]: _requests(c) for c in pod.get("initContainers", []) if c.get("restartPolicy") == "Always"}
     if annotations.get(cold_start.FUSE_ANNOTATION) == "true":
-        sidecar = fact("gcsfuse_sidecar_requests")
-        asked["gke-gcsfuse-sidecar"] = (sidecar["cpu"], sidecar["memory_gib"])
+        sidecar = cold_start.facts()["gke"]["gcsfuse_sidecar"]
+        asked["gke-gcsfuse-sidecar"] = (quantity(sidecar["cpu_request"]), quantity(sidecar["memory_request"]) / 2**30)
     return asked
 
 
@@ -375,6 +395,97 @@ def check_node_fit(deployment: dict, gpu: catalog.Gpu, count: int) -> list[str]:
             f"Request at most {fits}{unit} per GPU for triton (build/gpus.toml {catalog_key})"
         )
     return problems
+
+
+def _gb(n: float) -> str:
+    return f"{math.ceil(n / 1e9 * 100) / 100:g}"
+
+
+def disk_needed(gpu: catalog.Gpu, pin: dict[str, str] | None) -> tuple[float, str]:
+    """Bytes a serving pod needs on its node's boot disk, and how they add up: its local copy of the
+    largest build the target's copy budget allows (or of the pin, if bigger), the FUSE sidecar's
+    ephemeral-storage request and the Triton image. The budget, not only today's pin: a pool's disk
+    size is set when its nodes are made, and the next pin must not need new nodes."""
+    copied = cold_start.budgeted_copy_bytes(gpu)
+    source = (
+        f"build/gpus.toml: {gpu.name}'s model copy of {gpu.cold_start.model_copy.seconds} s at "
+        f"{catalog.copy_mb_per_s():g} MB/s = {_gb(copied)} GB"
+    )
+    size = pin.get("size_bytes", "") if pin else ""
+    if size.isdigit() and int(size) > copied:
+        copied, source = int(size), f"build {pin['build_id']}: {size} bytes"
+    local = cold_start.local_copy_bytes(copied)
+    sidecar = cold_start.sidecar_ephemeral_request()
+    image = catalog.triton_image_disk_gb() * 1e9
+    total = local + quantity(sidecar) + image
+    return total, (
+        f"its copy of the model {_gb(local)} GB ({source}, × {cold_start.STORAGE_MARGIN}) + the Cloud Storage FUSE "
+        f"sidecar's ephemeral-storage request {sidecar} + the Triton image {_gb(image)} GB (build/versions.toml "
+        f"image_pull_gb and image_unpacked_ratio) = {_gb(total)} GB"
+    )
+
+
+def check_serving_nodes(
+    deployment: dict, pod: dict, gpu: catalog.Gpu, pin: dict[str, str] | None, pools: list[dict],
+    classes: list[dict], cold: tuple[int, str],
+) -> list[str]:
+    """Every node the pod may land on holds what it writes to disk, and no flex-start node ends
+    before its replacement has had a cold start's time to serve."""
+    _, offers = _pod_offers(pod, pools, classes)
+    needed, why = disk_needed(gpu, pin)
+    default = int(fact("default_boot_disk_gb"))
+    days = fact("flex_start_max_run_days")
+    cold_s, cold_why = cold
+    problems = []
+    for offer in (o for o in offers if o.accelerator == gpu.accelerator):
+        disk = offer.boot_disk_gb or default
+        if disk * 1e9 < needed:
+            shown = f"{disk} GB" if offer.boot_disk_gb else f"{disk} GB (no {offer.disk_field}: GKE's default)"
+            problems.append(
+                f"{offer.source}: boot disk {shown} is smaller than what {ref(deployment)} needs on the node: "
+                f"{why}; set {offer.disk_field} to at least {math.ceil(needed / 1e9)}"
+            )
+        if offer.capacity != "flex-start" or offer.from_pool or (offer.recycling_lead_s or 0) >= cold_s:
+            continue
+        lead = (
+            f"starts a replacement only {offer.recycling_lead_s} s before a node ends"
+            if offer.recycling_lead_s
+            else "sets no flexStart.nodeRecycling.leadTimeSeconds, so nothing replaces a node before it ends"
+        )
+        problems.append(
+            f"{offer.source}: flex-start nodes end after {days} days (tools/policy/gke_facts.toml "
+            f"flex_start_max_run_days) and it {lead}: {ref(deployment)}'s pod there is gone for a whole cold start "
+            f"({cold_why}); set flexStart.nodeRecycling.leadTimeSeconds to at least {cold_s}"
+        )
+    return problems
+
+
+def check_single_replica(
+    objects: list[dict], deployment: dict, cold: tuple[int, str], runbook: Path | None, on_spot: bool
+) -> list[str]:
+    """A Deployment of one replica says which maintenance policy keeps node upgrades out of serving hours."""
+    if on_spot or _min_replicas(objects, deployment) >= 2:
+        return []  # Spot's own rule asks for 2 replicas (check_spot)
+    value = deployment.get("metadata", {}).get("annotations", {}).get(MAINTENANCE_ANNOTATION, "")
+    page, _, anchor = value.partition("#")
+    sections = monitoring.anchors(runbook.read_text()) if runbook is not None and runbook.is_file() else set()
+    if page == RUNBOOK_PAGE and anchor in sections:
+        return []
+    upgrade = fact("node_upgrade_pdb_respected_seconds")
+    policy = fact("maintenance_policy")
+    named = f" (it names {value!r}, which is no section of {RUNBOOK_PAGE})" if value else ""
+    return [
+        f"{ref(deployment)}: the HPA's minReplicas 1 makes its one pod the service: a node upgrade drains it after "
+        f"GKE's {upgrade} s (tools/policy/gke_facts.toml node_upgrade_pdb_respected_seconds), an outage of a whole "
+        f"cold start ({cold[1]}); run 2 replicas on 2 nodes (components/two-nodes), or keep node upgrades to the "
+        f"cluster's maintenance window, with a {policy['exclusion_scope']} exclusion for busy days, and say so with "
+        f"annotation {MAINTENANCE_ANNOTATION}: {RUNBOOK_PAGE}#<its section> (components/maintenance-window){named}"
+    ]
+
+
+def spot_offers(pod: dict, accelerator: str, pools: list[dict], classes: list[dict]) -> list[Offer]:
+    _, offers = _pod_offers(pod, pools, classes)
+    return [o for o in offers if o.accelerator == accelerator and o.spot]
 
 
 def check_grace(deployment: dict, grace: int, pre_stop: int, drain: int) -> list[str]:

@@ -1,5 +1,5 @@
-"""Cold start, sync waves, the model fetch and the pod's local disk: the rules Argo CD, Kubernetes
-and GKE apply to a serving overlay, checked on the rendered objects.
+"""Cold start, sync waves and prunes, the model fetch and the pod's local disk: the rules Argo CD,
+Kubernetes and GKE apply to a serving overlay, checked on the rendered objects.
 
 The budgets come from the GPU catalog (build/gpus.toml cold_start); what Argo CD and Kubernetes do
 with them comes from tools/policy/upstream_facts.toml, which names the upstream source of each rule. Every
@@ -16,11 +16,12 @@ from pathlib import Path
 import catalog
 
 from . import gateway
-from .k8s_objects import containers, env_value, quantity, ref
+from .k8s_objects import by_kind, containers, env_value, quantity, ref
 
 FACTS_FILE = Path(__file__).resolve().with_name("upstream_facts.toml")
 WAVE_ANNOTATION = "argocd.argoproj.io/sync-wave"
 HOOK_ANNOTATION = "argocd.argoproj.io/hook"
+SYNC_OPTIONS_ANNOTATION = "argocd.argoproj.io/sync-options"
 FUSE_ANNOTATION = "gke-gcsfuse/volumes"
 FUSE_DRIVER = "gcsfuse.csi.storage.gke.io"
 FETCH_CONTAINER = "fetch-model"
@@ -105,6 +106,72 @@ def check_slow_kinds_last(objects: list[dict]) -> list[str]:
     ]
 
 
+def _template_spec(application: dict) -> dict:
+    """The spec of the Applications an Application or ApplicationSet makes."""
+    spec = application.get("spec", {})
+    return spec.get("template", {}).get("spec", {}) if application.get("kind") == "ApplicationSet" else spec
+
+
+def _options(text_or_list: object) -> list[str]:
+    if isinstance(text_or_list, str):
+        return [o.strip() for o in text_or_list.split(",") if o.strip()]
+    return [str(o) for o in text_or_list or []]
+
+
+def check_sync_options(objects: list[dict], deployment: dict, application: dict | None, cold_s: int) -> list[str]:
+    """No prune waits on the last wave, and Argo CD writes no field the manifest leaves to the HPA.
+
+    PruneLast moves a prune one wave past the last (upstream_facts.toml argocd.sync_waves): the last
+    wave, a cold start's worth of health, is then awaited after all, and the sync holds every newer
+    revision back while it waits."""
+    option = facts()["argocd"]["sync_waves"]["prune_last_option"]
+    last = wave(deployment)
+    waits = (
+        f"{_argocd()} prunes in a wave after the last one ({last}), so a sync that removes any object waits for the "
+        f"health of wave {last} ({ref(deployment)}: a cold start of up to {cold_s} s), fails if it goes Degraded, and "
+        "holds back every newer commit meanwhile, a git revert included"
+    )
+    problems = []
+    spec = _template_spec(application) if application is not None else {}
+    options = _options(spec.get("syncPolicy", {}).get("syncOptions"))
+    if option in options:
+        problems.append(f"{ref(application)} syncs this overlay with {option}: {waits}; drop {option}")
+    for obj in _synced(objects):
+        if option in _options(obj.get("metadata", {}).get("annotations", {}).get(SYNC_OPTIONS_ANNOTATION)):
+            problems.append(
+                f"{ref(obj)}: annotation {SYNC_OPTIONS_ANNOTATION} has {option}; once it leaves git, {waits}; drop it"
+            )
+    respect = facts()["argocd"]["respect_ignore_differences"]["option"]
+    ignored = [
+        f"{pointer} of {entry.get('kind')}"
+        for entry in spec.get("ignoreDifferences", [])
+        for pointer in entry.get("jsonPointers", [])
+    ]
+    if respect in options and ignored:
+        problems.append(
+            f"{ref(application)} syncs this overlay with {respect} and ignoreDifferences {', '.join(ignored)}: "
+            f"{_argocd()} then applies the live value of each ignored field, so its server-side apply owns it too and "
+            "writes back the value it read at compare time, beside the HorizontalPodAutoscaler that scales the "
+            f"Deployment; drop {respect} (the manifests set no replicas)"
+        )
+    return problems
+
+
+def check_hpa_health(objects: list[dict], deployment: dict, cold_s: int) -> list[str]:
+    """The Application's health is not Degraded for as long as a cold start lasts."""
+    annotation = facts()["argocd"]["ignore_healthcheck"]["annotation"]
+    name = deployment["metadata"]["name"]
+    return [
+        f"{ref(hpa)}: {_argocd()} shows it Degraded (ScalingActive FailedGetPodsMetric) until a ready pod exports "
+        f"its metric, a whole cold start ({cold_s} s) at every scale-up from zero pods, and the Application takes the "
+        f'worst health of its resources; annotate it {annotation}: "true" (the alerts TritonNoReadyReplica and '
+        "TritonMetricsAbsent watch for pods and metrics that never come)"
+        for hpa in by_kind(objects, "HorizontalPodAutoscaler")
+        if hpa.get("spec", {}).get("scaleTargetRef", {}).get("name") == name
+        and hpa.get("metadata", {}).get("annotations", {}).get(annotation) != "true"
+    ]
+
+
 # --- the cold-start budget ---------------------------------------------------------------------
 
 
@@ -150,21 +217,44 @@ def progress_deadline_needed(gpu: catalog.Gpu, triton: dict) -> int:
     return gpu.cold_start.before_triton_s + max(window[2] if window else 0, gpu.cold_start.startup_window_s)
 
 
+def cold_start_sum(gpu: catalog.Gpu, triton: dict) -> tuple[int, str]:
+    """A pod's whole cold start from no node, in seconds, and how it adds up: what every rule that
+    waits on one (the progress deadline, prunes, node recycling, a single replica) counts with."""
+    budget = gpu.cold_start
+    needed = progress_deadline_needed(gpu, triton)
+    return needed, (
+        f"node provisioning {budget.node_provisioning.seconds} + image pull {budget.image_pull.seconds} + model "
+        f"copy {budget.model_copy.seconds} (build/gpus.toml cold_start) + the startupProbe's "
+        f"{needed - budget.before_triton_s} s = {needed} s"
+    )
+
+
 def _check_progress_deadline(deployment: dict, triton: dict, gpu: catalog.Gpu) -> list[str]:
     default = facts()["kubernetes"]["progress_deadline"]["default_seconds"]
     deadline = deployment.get("spec", {}).get("progressDeadlineSeconds")
-    needed = progress_deadline_needed(gpu, triton)
+    needed, why = cold_start_sum(gpu, triton)
     if (deadline or default) >= needed:
         return []
-    budget = gpu.cold_start
     shown = f"{deadline}" if deadline is not None else f"unset (the Kubernetes default, {default})"
-    window = max(needed - budget.before_triton_s, 0)
     return [
         f"{ref(deployment)}: progressDeadlineSeconds {shown} is shorter than the cold start of a pod on {gpu.name}: "
-        f"node provisioning {budget.node_provisioning.seconds} + image pull {budget.image_pull.seconds} + model "
-        f"copy {budget.model_copy.seconds} (build/gpus.toml cold_start) + the startupProbe's {window} s = "
-        f"{needed} s; {_argocd()} shows a Deployment past its deadline Degraded "
+        f"{why}; {_argocd()} shows a Deployment past its deadline Degraded "
         f"({facts()['argocd']['deployment_health']['degraded_reason']}); set it to {needed}"
+    ]
+
+
+def check_gateway_startup(deployment: dict, pod: dict, triton: dict) -> list[str]:
+    """The gateway's startupProbe outlasts the engine load it waits for, or does not wait for it."""
+    gateway_container = next((c for c in pod.get("containers", []) if c.get("name") == gateway.CONTAINER), {})
+    path = gateway_container.get("startupProbe", {}).get("httpGet", {}).get("path")
+    own, engine = startup_window(gateway_container), startup_window(triton)
+    if own is None or engine is None or path == gateway.LIVE_PATH or own[2] >= engine[2]:
+        return []
+    return [
+        f"{ref(deployment)}: container {gateway.CONTAINER}'s startupProbe waits on {path}, which answers only once "
+        f"Triton is ready, for {own[0]} × {own[1]} = {own[2]} s, less than container triton's startupProbe allows the "
+        f"engine load ({engine[0]} × {engine[1]} = {engine[2]} s); the kubelet would restart the gateway through every "
+        f"longer load; probe {gateway.LIVE_PATH} (its own process) or allow {engine[2]} s"
     ]
 
 
@@ -262,6 +352,21 @@ def _quantity(value: object) -> float | None:
         return None
 
 
+def local_copy_bytes(size: float) -> float:
+    """The local disk a copy of a build of `size` bytes takes: its file system blocks, and some room."""
+    return size * STORAGE_MARGIN
+
+
+def budgeted_copy_bytes(gpu: catalog.Gpu) -> float:
+    """The largest build the target's model-copy budget copies in time (build/gpus.toml cold_start)."""
+    return gpu.cold_start.model_copy.seconds * catalog.copy_mb_per_s() * 1e6
+
+
+def sidecar_ephemeral_request() -> str:
+    """What the injected Cloud Storage FUSE sidecar requests of the node's disk (upstream_facts.toml)."""
+    return facts()["gke"]["gcsfuse_sidecar"]["ephemeral_storage_request"]
+
+
 def check_local_disk(pin: dict[str, str], deployment: dict, pod: dict, triton: dict) -> list[str]:
     """The copied build fits the models emptyDir, and the scheduler reserves room for it."""
     if not pin["size_bytes"].isdigit():
@@ -269,7 +374,7 @@ def check_local_disk(pin: dict[str, str], deployment: dict, pod: dict, triton: d
             f"model-pin size_bytes {pin['size_bytes']!r} is not a whole number of bytes; rewrite it with tools/pin.py"
         ]
     size = int(pin["size_bytes"])
-    needed = size * STORAGE_MARGIN
+    needed = local_copy_bytes(size)
     why = f"build {pin['build_id']} is {size} bytes × {STORAGE_MARGIN} = {_gib(needed)}"
     problems = []
     limit = _volume(pod, MODELS_VOLUME).get("emptyDir", {}).get("sizeLimit")
@@ -288,16 +393,18 @@ def check_local_disk(pin: dict[str, str], deployment: dict, pod: dict, triton: d
 
 
 def check(
-    objects: list[dict], deployment: dict, pod: dict, triton: dict, gpu: catalog.Gpu | None, pin: dict | None
+    objects: list[dict], deployment: dict, pod: dict, triton: dict, gpu: catalog.Gpu | None, pin: dict | None,
+    application: dict | None = None,
 ) -> list[str]:
     """Everything of this module for one serving Deployment (serving.check_serving calls it)."""
     problems = check_one_image(deployment, pod, triton) + check_fuse_volume(deployment, pod)
-    problems += check_home_and_root(deployment, pod)
+    problems += check_home_and_root(deployment, pod) + check_gateway_startup(deployment, pod, triton)
     if gpu is not None:
         problems += check_cold_start(deployment, pod, triton, gpu)
-        window = startup_window(triton)
-        cold = gpu.cold_start.before_triton_s + (window[2] if window else gpu.cold_start.startup_window_s)
+        cold, _ = cold_start_sum(gpu, triton)
         problems += check_after_deployment(objects, deployment, cold)
+        problems += check_sync_options(objects, deployment, application, cold)
+        problems += check_hpa_health(objects, deployment, cold)
     if pin is not None:
         problems += check_pin_location(pin, deployment, pod) + check_local_disk(pin, deployment, pod, triton)
     return problems

@@ -19,6 +19,10 @@ LIVE_PATH = "/health/live"
 API_PREFIX = "/v1"
 # The external Application Load Balancer's proxies and health checkers (as in components/network-policy).
 LB_RANGES = ("35.191.0.0/16", "130.211.0.0/22")
+# The stand-in project of this repository's examples (gitops/base `images:`, gitops/nodepools/cluster.yaml):
+# an image in its registry was never pushed by anyone.
+EXAMPLE_PROJECT = "example-project"
+DIGEST = "@sha256:"
 
 
 def _probe_problems(deployment: dict, gateway: dict, port: int) -> list[str]:
@@ -156,6 +160,25 @@ def _network_problems(objects: list[dict], port: int) -> list[str]:
         return []  # no policy at all is policy/serving.py's message
     return [f"no NetworkPolicy lets the load balancer ({', '.join(LB_RANGES)}) reach the gateway on TCP {port}: "
             "every /v1 request and health check would be dropped (components/network-policy)"]
+
+
+def check_image(deployment: dict, pod: dict, stand_in_pin: bool) -> list[str]:
+    """Once an overlay pins a real build, its gateway is an image someone pushed, pinned by digest.
+
+    The repository's overlays pin stand-in builds (pin_gate.EXAMPLE_MARK) and the base's example
+    gateway image, which renders but was never pushed; the first real pin is where both must be real,
+    so the repository's own checks pass and a user's first deployable commit is held to it."""
+    gateway = next((c for c in pod.get("containers", []) if c.get("name") == CONTAINER), None)
+    if gateway is None or stand_in_pin:
+        return []
+    image = gateway.get("image", "")
+    wrong = [w for w, bad in ((f"in the example registry of {EXAMPLE_PROJECT}", f"/{EXAMPLE_PROJECT}/" in image),
+                              ("not pinned by digest", DIGEST not in image)) if bad]
+    if not wrong:
+        return []
+    return [f"{ref(deployment)}: container {CONTAINER} runs {image!r}, {' and '.join(wrong)}, but this overlay pins a "
+            "real build (model-pin.yaml is no stand-in); build and push the gateway image and pin it by digest in "
+            "the overlay's `images:` (docs/runbook.md, step 8)"]
 
 
 def check(objects: list[dict], deployment: dict, pod: dict, triton: dict) -> list[str]:

@@ -10,6 +10,10 @@ from __future__ import annotations
 import catalog
 
 GPU_RESOURCE = "nvidia.com/gpu"
+# A pin whose header's first sentence starts with this stands in for a build (the repository's
+# examples): tools/pin.py drops the sentence with the first real pin, and the validator holds an
+# overlay with a real pin to a real gateway image (policy/gateway.py check_image).
+EXAMPLE_MARK = "# EXAMPLE PIN"
 # The order a pin's keys are written in. The model-pin component copies uri, bucket, prefix and
 # build_id into the Deployment (the Cloud Storage FUSE volume mounts bucket and prefix separately);
 # size_bytes is what tools/policy/cold_start.py sizes the pod's local disk by.
@@ -105,3 +109,8 @@ def problems(pin: dict[str, str], where: str, gpu: catalog.Gpu, gpus: int, image
             "rebuild it with the versions pinned in build/versions.toml, or change both together"
         )
     return found
+
+
+def is_stand_in(pin_text: str) -> bool:
+    """Whether a model-pin.yaml's text is a stand-in pin (its header starts with EXAMPLE_MARK)."""
+    return pin_text.startswith(EXAMPLE_MARK)

@@ -42,6 +42,8 @@ class ServingContext:
     project: dict | None  # the AppProject its Application belongs to
     node_pools: list[dict] | None  # the rendered ContainerNodePools
     compute_classes: list[dict] | None = None  # the rendered ComputeClasses (gitops/nodepools)
+    application: dict | None = None  # the ApplicationSet (or Application) that syncs this overlay
+    runbook: Path | None = None  # docs/runbook.md, whose sections annotations may name
 
 
 def _same_quantity(a: object, b: object) -> bool:
@@ -370,7 +372,9 @@ def check_ingress(objects: list[dict]) -> list[str]:
         elif not frontend.get("spec", {}).get("redirectToHttps", {}).get("enabled"):
             problems.append(f"{ref(frontend)}: must redirect HTTP to HTTPS (redirectToHttps.enabled: true)")
         problems += _check_public_paths(ingress)
-        for backend in _ingress_backends(ingress):
+        # one verdict per backend, however many paths route to it
+        backends = {json.dumps(b, sort_keys=True): b for b in _ingress_backends(ingress)}.values()
+        for backend in backends:
             service = find(objects, "Service", backend.get("name", ""))
             if service is None:
                 problems.append(f"{name}: routes to Service/{backend.get('name')}, which is not rendered")
@@ -532,8 +536,10 @@ def check_serving(objects: list[dict], pin_path: Path, context: ServingContext) 
         return ["no Deployment: a serving overlay must render the Triton Deployment (gitops/base)"]
     pin, pin_problems = read_pin(pin_path)
     problems += pin_problems
+    stand_in = pin_gate.is_stand_in(pin_path.read_text()) if pin_path.is_file() else True
     for deployment in deployments:
         pod = pod_spec(deployment)
+        on_spot = False
         triton = next((c for c in pod.get("containers", []) if c.get("name") == TRITON_CONTAINER), None)
         if triton is None:
             problems.append(f"{ref(deployment)}: no container named {TRITON_CONTAINER}")
@@ -545,10 +551,15 @@ def check_serving(objects: list[dict], pin_path: Path, context: ServingContext) 
                 problems += _check_requests(deployment, triton, gpu, count)
                 problems += capacity.check_node_fit(deployment, gpu, count)
                 if count and context.node_pools is not None:
+                    classes = context.compute_classes or []
                     problems += _check_node_pool_exists(deployment, gpu, count, context.node_pools)
                     problems += capacity.check_spot(
-                        objects, deployment, pod, gpu.accelerator, context.node_pools, context.compute_classes or []
+                        objects, deployment, pod, gpu.accelerator, context.node_pools, classes
                     )
+                    problems += capacity.check_serving_nodes(
+                        deployment, pod, gpu, pin, context.node_pools, classes, cold_start.cold_start_sum(gpu, triton)
+                    )
+                    on_spot = bool(capacity.spot_offers(pod, gpu.accelerator, context.node_pools, classes))
             if pin is not None:
                 problems += check_pin(pin, deployment, gpu, count, triton, pod)
         if triton.get("image") != catalog.triton_image():
@@ -560,10 +571,13 @@ def check_serving(objects: list[dict], pin_path: Path, context: ServingContext) 
         problems += _check_probes(deployment, triton)
         problems += _check_drain(objects, deployment, pod, triton)
         problems += capacity.check_disruption_budget(objects, deployment)
+        if gpu is not None:
+            cold = cold_start.cold_start_sum(gpu, triton)
+            problems += capacity.check_single_replica(objects, deployment, cold, context.runbook, on_spot)
         problems += _check_security(deployment, pod)
-        problems += gateway.check(objects, deployment, pod, triton)
-        # Cold start, the fetch step, local disk (tools/cold_start.py).
-        problems += cold_start.check(objects, deployment, pod, triton, gpu, pin)
+        problems += gateway.check(objects, deployment, pod, triton) + gateway.check_image(deployment, pod, stand_in)
+        # Cold start, prunes, the fetch step, local disk (tools/policy/cold_start.py).
+        problems += cold_start.check(objects, deployment, pod, triton, gpu, pin, context.application)
         # A runtime the GPU cannot run is reported by the pin gate; do not also judge the HPA by it.
         runtime = pin["runtime"] if pin and gpu and pin["runtime"] in gpu.runtimes else None
         problems += _check_hpa_for(objects, deployment, runtime)
