@@ -384,7 +384,7 @@ def test_missing_pin_fails_the_render(repo: Path) -> None:
 
 
 def test_node_pool_machine_type_must_match_the_catalog(repo: Path) -> None:
-    edit(repo, "gitops/nodepools/h100.yaml", "machineType: a3-highgpu-1g", "machineType: a3-highgpu-2g")
+    edit(repo, "gitops/nodepools/h100.yaml", "    machineType: a3-highgpu-1g", "    machineType: a3-highgpu-2g")
     assert problems(repo, "gitops/nodepools") == [
         "ContainerNodePool/triton-h100: machineType 'a3-highgpu-2g' does not carry 1 × nvidia-h100-80gb; "
         "build/gpus.toml says a3-highgpu-1g"
@@ -550,7 +550,7 @@ def test_spot_replicas_not_spread_over_nodes(repo: Path) -> None:
 
 
 def test_spot_compute_class_without_a_fallback(repo: Path) -> None:
-    edit(repo, "gitops/nodepools/computeclasses.yaml", "    - nodepools: [triton-l4-on-demand]\n", "")
+    edit(repo, "gitops/nodepools/l4.yaml", "    - nodepools: [triton-l4-on-demand]\n", "")
     assert problems(repo, "gitops/nodepools") == [
         "ComputeClass/triton-l4: every priority is Spot (ContainerNodePool/triton-l4); add an on-demand, reservation "
         "or flex-start priority of 1 × nvidia-l4 so a Spot stock-out does not leave pods Pending"
@@ -585,7 +585,8 @@ def test_pods_that_select_no_class_cannot_use_a_class_pool(repo: Path) -> None:
 
 
 def test_compute_class_that_mixes_gpu_models(repo: Path) -> None:
-    edit(repo, "gitops/nodepools/computeclasses.yaml", "type: nvidia-h100-80gb", "type: nvidia-h200-141gb")
+    edit(repo, "gitops/nodepools/h100.yaml", "        type: nvidia-h100-80gb\n        count: 1\n        driverVersion",
+         "        type: nvidia-h200-141gb\n        count: 1\n        driverVersion")
     assert problems(repo, "gitops/nodepools") == [
         "ComputeClass/triton-h100: priorities offer nvidia-h100-80gb, nvidia-h200-141gb; an engine runs only on the "
         "GPU it was built for, so a class keeps to one GPU model"
@@ -593,7 +594,7 @@ def test_compute_class_that_mixes_gpu_models(repo: Path) -> None:
 
 
 def test_compute_class_that_mixes_gpu_counts(repo: Path) -> None:
-    edit(repo, "gitops/nodepools/computeclasses.yaml",
+    edit(repo, "gitops/nodepools/h100.yaml",
          "machineType: a3-highgpu-1g\n      gpu:\n        type: nvidia-h100-80gb\n        count: 1",
          "machineType: a3-highgpu-2g\n      gpu:\n        type: nvidia-h100-80gb\n        count: 2")
     assert problems(repo, "gitops/nodepools") == [
@@ -603,7 +604,7 @@ def test_compute_class_that_mixes_gpu_counts(repo: Path) -> None:
 
 
 def test_compute_class_priority_naming_a_pool_that_is_not_rendered(repo: Path) -> None:
-    edit(repo, "gitops/nodepools/computeclasses.yaml", "nodepools: [triton-l4-on-demand]",
+    edit(repo, "gitops/nodepools/l4.yaml", "nodepools: [triton-l4-on-demand]",
          "nodepools: [triton-l4-ondemand]")
     assert problems(repo, "gitops/nodepools") == [
         "ComputeClass/triton-l4: priority 2 names node pool triton-l4-ondemand, which is not rendered",
@@ -818,7 +819,7 @@ def test_two_replicas_need_no_maintenance_policy(repo: Path) -> None:
 
 
 def test_flex_start_priority_on_the_default_boot_disk(repo: Path) -> None:
-    edit(repo, "gitops/nodepools/computeclasses.yaml", "      storage:\n        bootDiskSize: 500\n", "")
+    edit(repo, "gitops/nodepools/h100.yaml", "      storage:\n        bootDiskSize: 500\n", "")
     assert problems(repo, "overlays/h100") == [
         "ComputeClass/triton-h100 priority 2: boot disk 100 GB (no storage.bootDiskSize: GKE's default) is smaller "
         "than what Deployment/triton needs on the node: its copy of the model 112.5 GB (build/gpus.toml: h100's model "
@@ -852,7 +853,7 @@ def test_a_pinned_build_bigger_than_the_copy_budget_sizes_the_boot_disk(repo: Pa
 
 
 def test_flex_start_nodes_replaced_too_late(repo: Path) -> None:
-    edit(repo, "gitops/nodepools/computeclasses.yaml", "leadTimeSeconds: 3600", "leadTimeSeconds: 1800")
+    edit(repo, "gitops/nodepools/h100.yaml", "leadTimeSeconds: 3600", "leadTimeSeconds: 1800")
     assert problems(repo, "overlays/h100") == [
         "ComputeClass/triton-h100 priority 2: flex-start nodes end after 7 days (tools/policy/gke_facts.toml "
         "flex_start_max_run_days) and it starts a replacement only 1800 s before a node ends: Deployment/triton's pod "
@@ -863,7 +864,7 @@ def test_flex_start_nodes_replaced_too_late(repo: Path) -> None:
 
 
 def test_flex_start_nodes_never_replaced(repo: Path) -> None:
-    edit(repo, "gitops/nodepools/computeclasses.yaml", "        nodeRecycling:\n          leadTimeSeconds: 3600\n",
+    edit(repo, "gitops/nodepools/h100.yaml", "        nodeRecycling:\n          leadTimeSeconds: 3600\n",
          "")
     assert problems(repo, "overlays/h100") == [
         "ComputeClass/triton-h100 priority 2: flex-start nodes end after 7 days (tools/policy/gke_facts.toml "
