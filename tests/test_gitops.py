@@ -262,7 +262,7 @@ def test_the_runbook_makes_the_node_pools_before_argo_cd_makes_the_serving_appli
     runbook = (ROOT / "docs/runbook.md").read_text()
     pools = runbook.index("kubectl apply --server-side -k gitops/nodepools\n")
     ready = runbook.index("wait --for=condition=Ready", pools)
-    assert pools < ready < runbook.index("kubectl apply --server-side -k gitops/argocd\n")
+    assert pools < ready < runbook.index("kubectl apply --server-side --force-conflicts -k gitops/argocd\n")
 
 
 def test_facts_pin_the_argo_cd_the_runbook_installs() -> None:
