@@ -281,7 +281,9 @@ class TritonPythonModel:
             outcome = "ok"
         except (RequestError, ModelError, NotUtf8) as error:
             if isinstance(error, Refused):
-                self.refused = (True, time.monotonic())
+                # seen long ago: execute() checks it before it turns anyone away, so one refusal
+                # with another cause fails this request only
+                self.refused = (True, 0.0)
             outcome = "cancelled" if tracked.cancelled else "error"
             message = "request cancelled" if tracked.cancelled else str(error)
             sender.send(error_response(message, unavailable=outcome == "error" and isinstance(error, Refused)),
