@@ -546,7 +546,7 @@ def test_cli_prints_each_directory_and_exits_1_on_a_problem(
     assert validate.main(["--repo", str(repo), "--crds", str(CRDS), "overlays/cpu", "overlays/h100"]) == 1
     assert capsys.readouterr().out == (
         f"CRD schemas from {CRDS} (13 kinds)\n"
-        "✅ overlays/cpu (15 objects)\n"
+        "✅ overlays/cpu (16 objects)\n"
         "❌ overlays/h100\n"
         "   - Deployment/triton: container triton requests cpu 16, but build/gpus.toml gives h100 pods 24 per GPU "
         "× 1 = 24\n"
