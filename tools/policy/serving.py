@@ -309,6 +309,7 @@ def _check_drain_wiring(deployment: dict, pod: dict, triton: dict, drain: DrainP
     """drain.py reads this Triton's ports, and every container that runs it has it mounted."""
     problems = []
     args = triton.get("args", [])
+    # 8002 and 8000: tritonserver's own defaults for the two flags
     for flag, read, default in (("--metrics-port", drain.metrics_port, 8002), ("--http-port", drain.http_port, 8000)):
         served = _int_flag(args, flag, default)
         if read != served:

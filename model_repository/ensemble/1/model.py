@@ -194,7 +194,7 @@ class TritonPythonModel:
         # execute() blocks while every slot is taken, so the backlog stays in Triton's queue, where
         # the pending-request metric (and so the autoscaler) can see it.
         self.slots = threading.BoundedSemaphore(parameter(config, "max_concurrent_requests", int))
-        # (whether tritonserver refused the latest new loopback connection, when that was seen)
+        # (whether tritonserver refused the latest new connection asked of it, and when)
         self.refused = (False, 0.0)
         self.tracked: set[Tracked] = set()
         self.loop_turned_at = time.monotonic()
