@@ -31,7 +31,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="direct: token ids to tensorrt_llm; ensemble: text to the ensemble (default: auto)")
     parser.add_argument("--model-name", help="the model id clients send (default: build.json's model name)")
     parser.add_argument("--drain-seconds", type=int, default=30,
-                        help="on SIGTERM, how long open streams may finish (default 30; the pod: Triton's 570)")
+                        help="on SIGTERM, how long open streams may finish (default 30; the pod: Triton's "
+                             "--exit-timeout-secs)")
     args = parser.parse_args(argv)
     settings = Settings(args.repository.resolve(), args.triton, args.path, args.model_name)
     try:  # refuse a bad repository or path here, once, not in every worker

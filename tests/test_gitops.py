@@ -15,7 +15,7 @@ import catalog
 import pytest
 import validate
 import yaml
-from policy import capacity
+from policy import capacity, serving
 from policy.k8s_objects import flag_value
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -89,7 +89,8 @@ def test_overlays_readme_table_matches_the_overlays_and_the_catalog() -> None:
 def test_model_pin_is_read_by_kustomize_but_never_emitted(target: str) -> None:
     objects = rendered(f"overlays/{target}")
     pin = yaml.safe_load((ROOT / "overlays" / target / "model-pin.yaml").read_text())["data"]
-    assert [o["metadata"]["name"] for o in objects if o["kind"] == "ConfigMap"] == []
+    # the one ConfigMap that reaches the cluster is the preStop's script (gitops/base/drain.py)
+    assert [set(o["data"]) for o in objects if o["kind"] == "ConfigMap"] == [{"drain.py"}]
     template = one(objects, "Deployment")["spec"]["template"]
     fetch = next(c for c in template["spec"]["initContainers"] if c["name"] == "fetch-model")
     assert {"name": "MODEL_URI", "value": pin["uri"]} in fetch["env"]
@@ -417,7 +418,9 @@ def test_serving_shutdown_fits_the_cluster_autoscalers_limit(target: str) -> Non
     limit = capacity.fact("cluster_autoscaler_max_graceful_termination_seconds")
     pod = one(rendered(f"overlays/{target}"), "Deployment")["spec"]["template"]["spec"]
     drain = int(next(a for a in triton(rendered(f"overlays/{target}"))["args"] if "exit-timeout" in a).split("=")[1])
-    assert drain + 15 + capacity.UNLOAD_MARGIN_SECONDS == pod["terminationGracePeriodSeconds"] <= limit
+    pre_stop = serving.drain_prestop(triton(rendered(f"overlays/{target}")))
+    assert pre_stop.settle + pre_stop.quiet_timeout + drain + capacity.UNLOAD_MARGIN_SECONDS \
+        == pod["terminationGracePeriodSeconds"] <= limit
 
 
 @pytest.mark.parametrize("target", ["l4", "h100"])

@@ -27,6 +27,14 @@ def edit(repo: Path, relative: str, old: str, new: str) -> None:
     path.write_text(text.replace(old, new))
 
 
+def edit_each(repo: Path, relative: str, old: str, new: str, count: int) -> None:
+    """Like edit, for text that occurs `count` times (the preStop both containers of the pod run)."""
+    path = repo / relative
+    text = path.read_text()
+    assert text.count(old) == count, f"{old!r} must occur {count} times in {relative}"
+    path.write_text(text.replace(old, new))
+
+
 def problems(repo: Path, directory: str, crds: Path | None = CRDS) -> list[str]:
     [result] = validate.validate(repo, crds, [repo / directory])
     return result.problems
@@ -320,8 +328,9 @@ def test_missing_probe(repo: Path) -> None:
 def test_load_balancer_timeout_longer_than_the_drain(repo: Path) -> None:
     edit(repo, "gitops/components/tls-ingress/backendconfig.yaml", "timeoutSec: 570", "timeoutSec: 3600")
     assert problems(repo, "overlays/h100") == [
-        "BackendConfig/triton: timeoutSec 3600 lets a stream run longer than Triton drains on shutdown "
-        "(--exit-timeout-secs 570 in Deployment/triton); raise the drain or lower the timeout"
+        "BackendConfig/triton: timeoutSec 3600 lets a stream run longer than the pod drains on shutdown (the "
+        "preStop's --quiet-timeout-seconds 540 + Triton's --exit-timeout-secs 30 in Deployment/triton = 570); raise "
+        "the drain or lower the timeout"
     ]
 
 
@@ -329,21 +338,68 @@ def test_grace_period_shorter_than_the_drain(repo: Path) -> None:
     edit(repo, "gitops/base/deployment.yaml", "terminationGracePeriodSeconds: 600",
          "terminationGracePeriodSeconds: 590")
     assert problems(repo, "overlays/cpu") == [
-        "Deployment/triton: terminationGracePeriodSeconds 590 is shorter than the preStop sleep (15) + Triton's "
-        "--exit-timeout-secs (570) + 15 s to unload = 600; the kubelet would kill in-flight streams"
+        "Deployment/triton: terminationGracePeriodSeconds 590 is shorter than the preStop's --settle-seconds (15) + "
+        "--quiet-timeout-seconds (540) + Triton's --exit-timeout-secs (30) + 15 s to unload = 600; the kubelet "
+        "would kill in-flight streams"
+    ]
+
+
+def test_quiet_wait_that_overruns_the_grace_period(repo: Path) -> None:
+    edit_each(repo, "gitops/base/deployment.yaml", "--quiet-timeout-seconds=540", "--quiet-timeout-seconds=570", 2)
+    assert problems(repo, "overlays/cpu") == [
+        "Deployment/triton: terminationGracePeriodSeconds 600 is shorter than the preStop's --settle-seconds (15) + "
+        "--quiet-timeout-seconds (570) + Triton's --exit-timeout-secs (30) + 15 s to unload = 630; the kubelet "
+        "would kill in-flight streams"
     ]
 
 
 def test_grace_period_longer_than_the_cluster_autoscaler_waits(repo: Path) -> None:
     edit(repo, "gitops/base/deployment.yaml", "terminationGracePeriodSeconds: 600",
          "terminationGracePeriodSeconds: 630")
-    edit(repo, "gitops/base/deployment.yaml", "--exit-timeout-secs=570", "--exit-timeout-secs=600")
-    edit(repo, "gitops/base/deployment.yaml", "--drain-seconds=570", "--drain-seconds=600")
-    edit(repo, "gitops/components/tls-ingress/backendconfig.yaml", "timeoutSec: 570", "timeoutSec: 600")
+    edit(repo, "gitops/base/deployment.yaml", "--exit-timeout-secs=30", "--exit-timeout-secs=60")
+    edit(repo, "gitops/base/deployment.yaml", "--drain-seconds=30", "--drain-seconds=60")
     assert problems(repo, "overlays/h100") == [
         "Deployment/triton: terminationGracePeriodSeconds 630 is cut to 600 by the cluster autoscaler on scale-down "
-        "(max-graceful-termination-sec, tools/policy/gke_facts.toml); fit the preStop sleep, --exit-timeout-secs "
-        "and 15 s to unload within 600"
+        "(max-graceful-termination-sec, tools/policy/gke_facts.toml); fit the preStop's settle and quiet wait, "
+        "--exit-timeout-secs and 15 s to unload within 600"
+    ]
+
+
+def test_prestop_that_only_sleeps(repo: Path) -> None:
+    edit_each(repo, "gitops/base/deployment.yaml",
+              "[python3, /etc/triton-drain/drain.py, --settle-seconds=15, --quiet-timeout-seconds=540,\n"
+              "                          --metrics-port=8002, --http-port=8000]", "[sleep, \"15\"]", 2)
+    assert problems(repo, "overlays/cpu") == [
+        "Deployment/triton: container triton's preStop must run drain.py (gitops/base/drain.py) with "
+        "--settle-seconds=N, --quiet-timeout-seconds=N, --metrics-port=N, --http-port=N (has ['sleep', '15']): on "
+        "SIGTERM Triton refuses the new connections each ensemble request still needs, so the pod must wait for "
+        "nothing in flight first",
+        "BackendConfig/triton: timeoutSec 570 lets a stream run longer than the pod drains on shutdown (the "
+        "preStop's --quiet-timeout-seconds 0 + Triton's --exit-timeout-secs 30 in Deployment/triton = 30); raise "
+        "the drain or lower the timeout",
+        "BackendConfig/triton-gateway: timeoutSec 570 lets a stream run longer than the pod drains on shutdown (the "
+        "preStop's --quiet-timeout-seconds 0 + Triton's --exit-timeout-secs 30 in Deployment/triton = 30); raise "
+        "the drain or lower the timeout",
+    ]
+
+
+def test_prestop_that_reads_another_port_than_triton_serves(repo: Path) -> None:
+    edit_each(repo, "gitops/base/deployment.yaml", "--http-port=8000]", "--http-port=8001]", 2)
+    assert problems(repo, "overlays/cpu") == [
+        "Deployment/triton: the preStop's drain.py reads --http-port=8001, but Triton serves on 8000 (--http-port); "
+        "it would never see what is in flight"
+    ]
+
+
+def test_prestop_script_not_mounted_in_the_gateway(repo: Path) -> None:
+    mount = "            - name: drain\n              mountPath: /etc/triton-drain\n              readOnly: true\n"
+    text = (repo / "gitops/base/deployment.yaml").read_text()
+    assert text.count(mount) == 2
+    at = text.rindex(mount)  # the gateway's, the second container
+    (repo / "gitops/base/deployment.yaml").write_text(text[:at] + text[at + len(mount):])
+    assert problems(repo, "overlays/cpu") == [
+        "Deployment/triton: container gateway runs /etc/triton-drain/drain.py in its preStop but mounts no "
+        "ConfigMap at /etc/triton-drain: the hook would fail at once and SIGTERM come without the drain"
     ]
 
 
@@ -367,11 +423,11 @@ def test_overlay_namespace_must_be_where_the_applicationset_deploys_it(repo: Pat
 
 def test_kind_outside_the_appproject_whitelist(repo: Path) -> None:
     edit(repo, "overlays/cpu/kustomization.yaml", "configMapGenerator:\n",
-         "configMapGenerator:\n  - name: extra\n    literals: [a=b]\n")
+         "secretGenerator:\n  - name: extra\n    literals: [a=b]\nconfigMapGenerator:\n")
     [problem] = problems(repo, "overlays/cpu")
-    assert problem.startswith("ConfigMap/extra-")
+    assert problem.startswith("Secret/extra-")
     assert problem.endswith(
-        ": kind core/ConfigMap is not in the namespaceResourceWhitelist of AppProject/triton-serving; "
+        ": kind core/Secret is not in the namespaceResourceWhitelist of AppProject/triton-serving; "
         "Argo CD would refuse to sync it"
     )
 
@@ -490,7 +546,7 @@ def test_cli_prints_each_directory_and_exits_1_on_a_problem(
     assert validate.main(["--repo", str(repo), "--crds", str(CRDS), "overlays/cpu", "overlays/h100"]) == 1
     assert capsys.readouterr().out == (
         f"CRD schemas from {CRDS} (13 kinds)\n"
-        "✅ overlays/cpu (15 objects)\n"
+        "✅ overlays/cpu (16 objects)\n"
         "❌ overlays/h100\n"
         "   - Deployment/triton: container triton requests cpu 16, but build/gpus.toml gives h100 pods 23 per GPU "
         "× 1 = 23\n"
@@ -1149,10 +1205,22 @@ def test_gateway_that_calls_triton_grpc_port(repo: Path) -> None:
 
 
 def test_gateway_that_drains_shorter_than_triton(repo: Path) -> None:
-    edit(repo, "gitops/base/deployment.yaml", "--drain-seconds=570", "--drain-seconds=30")
+    edit(repo, "gitops/base/deployment.yaml", "--drain-seconds=30", "--drain-seconds=10")
     assert problems(repo, "overlays/cpu") == [
-        "Deployment/triton: container gateway must drain as long as Triton: --drain-seconds=570 (Triton's "
-        "--exit-timeout-secs; has 30)"
+        "Deployment/triton: container gateway must drain as long as Triton: --drain-seconds=30 (Triton's "
+        "--exit-timeout-secs; has 10)"
+    ]
+
+
+def test_gateway_whose_prestop_settles_shorter_than_tritons(repo: Path) -> None:
+    text = (repo / "gitops/base/deployment.yaml").read_text()
+    at = text.rindex("--settle-seconds=15")  # the gateway's, the second container
+    (repo / "gitops/base/deployment.yaml").write_text(text[:at] + "--settle-seconds=5" + text[at + 19:])
+    assert problems(repo, "overlays/cpu") == [
+        "Deployment/triton: container gateway needs triton's preStop ({'exec': {'command': ['python3', "
+        "'/etc/triton-drain/drain.py', '--settle-seconds=15', '--quiet-timeout-seconds=540', '--metrics-port=8002', "
+        "'--http-port=8000']}}), so the load balancer stops sending it requests, and its streams to Triton end, "
+        "before it stops taking them"
     ]
 
 

@@ -41,6 +41,16 @@ class ModelError(RuntimeError):
     """A model refused the request or failed; the message is the model's own."""
 
 
+class Refused(ModelError):
+    """tritonserver took no new connection: it refuses them from the moment it starts shutting down
+    (its HTTP frontend closes each one unanswered, then stops listening), so this call can never run
+    here, and one made on another replica can."""
+
+    def __init__(self, what: str):
+        super().__init__(f"tritonserver is shutting down: it refused the loopback connection for {what}; "
+                         "retry on another replica")
+
+
 def is_text(array: np.ndarray) -> bool:
     return array.dtype == np.object_ or array.dtype.kind == "S"
 
@@ -86,6 +96,7 @@ class Exchange(asyncio.Protocol):
         self.events: deque[bytes] = deque()
         self.complete = False
         self.lost = False
+        self.answered = False  # any byte of a response came
         self.waiter: asyncio.Future | None = None
 
     def connection_made(self, transport) -> None:
@@ -93,6 +104,7 @@ class Exchange(asyncio.Protocol):
         transport.write(self.request)
 
     def data_received(self, data: bytes) -> None:
+        self.answered = True
         self.buffer += data
         if not self.status and not self.read_head():
             return
@@ -205,6 +217,8 @@ class Stream:
                         raise ModelError(error_of(bytes(exchange.body)))
                     return
                 if exchange.lost:
+                    if not exchange.answered:
+                        raise Refused(self.path)
                     raise ModelError("tritonserver closed the loopback connection before the response ended")
                 await exchange.wait()
         finally:
@@ -231,18 +245,23 @@ class Loopback:
         exchange = Exchange(self.request(method, path, body), events)
         try:
             await asyncio.get_running_loop().create_connection(lambda: exchange, self.host, self.port)
+        except ConnectionRefusedError:
+            raise Refused(path) from None
         except OSError as error:
             raise ModelError(f"cannot reach this server's HTTP endpoint at {self.host}:{self.port}: {error}") from None
         return exchange
 
     async def whole(self, path: str, body: bytes, method: str = "POST") -> Exchange:
-        """One request and its whole response: the exchange once it is complete, or lost on the way."""
+        """One request and its whole response: the exchange once it is complete, or lost on the way
+        (Refused where nothing of a response came)."""
         exchange = await self.open(path, body, events=False, method=method)
         try:
             while not exchange.complete and not exchange.lost:
                 await exchange.wait()
         finally:
             exchange.close()
+        if not exchange.answered:
+            raise Refused(path)
         return exchange
 
     async def status(self, path: str) -> int:
@@ -251,6 +270,16 @@ class Loopback:
             return (await self.whole(path, b"", method="GET")).status
         except ModelError:
             return 0
+
+    async def refuses(self) -> bool:
+        """Whether tritonserver refuses new connections now, which it does once it is shutting down."""
+        try:
+            await self.whole("/v2/health/live", b"", method="GET")
+        except Refused:
+            return True
+        except ModelError:
+            return False
+        return False
 
     async def infer(self, model: str, inputs: list[dict], outputs: list[str]) -> dict[str, dict]:
         """A non-decoupled model's one response, as {output name: {"shape", "datatype", "data"}}."""

@@ -488,22 +488,23 @@ def spot_offers(pod: dict, accelerator: str, pools: list[dict], classes: list[di
     return [o for o in offers if o.accelerator == accelerator and o.spot]
 
 
-def check_grace(deployment: dict, grace: int, pre_stop: int, drain: int) -> list[str]:
-    """The shutdown fits the autoscaler's limit and still lets Triton drain and exit."""
+def check_grace(deployment: dict, grace: int, settle: int, quiet_timeout: int, exit_timeout: int) -> list[str]:
+    """The shutdown fits the autoscaler's limit and still lets the preStop wait, then Triton drain and exit."""
     limit = int(fact("cluster_autoscaler_max_graceful_termination_seconds"))
-    needed = pre_stop + drain + UNLOAD_MARGIN_SECONDS
+    needed = settle + quiet_timeout + exit_timeout + UNLOAD_MARGIN_SECONDS
     problems = []
     if grace > limit:
         problems.append(
             f"{ref(deployment)}: terminationGracePeriodSeconds {grace} is cut to {limit} by the cluster autoscaler on "
-            f"scale-down (max-graceful-termination-sec, tools/policy/gke_facts.toml); fit the preStop sleep, "
-            f"--exit-timeout-secs and {UNLOAD_MARGIN_SECONDS} s to unload within {limit}"
+            f"scale-down (max-graceful-termination-sec, tools/policy/gke_facts.toml); fit the preStop's settle and "
+            f"quiet wait, --exit-timeout-secs and {UNLOAD_MARGIN_SECONDS} s to unload within {limit}"
         )
     if grace < needed:
         problems.append(
-            f"{ref(deployment)}: terminationGracePeriodSeconds {grace} is shorter than the preStop sleep "
-            f"({pre_stop}) + Triton's --exit-timeout-secs ({drain}) + {UNLOAD_MARGIN_SECONDS} s to unload = "
-            f"{needed}; the kubelet would kill in-flight streams"
+            f"{ref(deployment)}: terminationGracePeriodSeconds {grace} is shorter than the preStop's "
+            f"--settle-seconds ({settle}) + --quiet-timeout-seconds ({quiet_timeout}) + Triton's --exit-timeout-secs "
+            f"({exit_timeout}) + {UNLOAD_MARGIN_SECONDS} s to unload = {needed}; the kubelet would kill in-flight "
+            "streams"
         )
     return problems
 

@@ -76,7 +76,8 @@ def _drain_problems(deployment: dict, gateway: dict, triton: dict) -> list[str]:
     pre_stop = triton.get("lifecycle", {}).get("preStop")
     if gateway.get("lifecycle", {}).get("preStop") != pre_stop:
         problems.append(f"{ref(deployment)}: container {CONTAINER} needs triton's preStop ({pre_stop}), so the load "
-                        "balancer stops sending it requests before it stops taking them")
+                        "balancer stops sending it requests, and its streams to Triton end, before it stops taking "
+                        "them")
     return problems
 
 

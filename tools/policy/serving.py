@@ -277,25 +277,85 @@ def _check_repository_path(deployment: dict, pod: dict, triton: dict) -> list[st
     return []
 
 
-def _seconds_flag(args: list[str], flag: str, default: int) -> int:
+def _int_flag(args: list[str], flag: str, default: int) -> int:
     value = flag_value(args, flag)
     return int(value) if value and value.isdigit() else default
+
+
+@dataclass(frozen=True)
+class DrainPreStop:
+    """The serving pod's preStop, gitops/base/drain.py, as a container's lifecycle runs it."""
+
+    script: str
+    settle: int  # --settle-seconds
+    quiet_timeout: int  # --quiet-timeout-seconds
+    metrics_port: int
+    http_port: int
+
+
+DRAIN_FLAGS = ("--settle-seconds", "--quiet-timeout-seconds", "--metrics-port", "--http-port")
+
+
+def drain_prestop(container: dict) -> DrainPreStop | None:
+    """The container's preStop if it runs drain.py with every flag a number; None otherwise."""
+    command = container.get("lifecycle", {}).get("preStop", {}).get("exec", {}).get("command", [])
+    if len(command) < 2 or command[0] != "python3" or not str(command[1]).endswith("/drain.py"):
+        return None
+    values = [flag_value(command[2:], flag) for flag in DRAIN_FLAGS]
+    if not all(value and value.isdigit() for value in values):
+        return None
+    return DrainPreStop(command[1], *(int(value) for value in values))
+
+
+def _check_drain_wiring(deployment: dict, pod: dict, triton: dict, drain: DrainPreStop) -> list[str]:
+    """drain.py reads this Triton's ports, and every container that runs it has it mounted."""
+    problems = []
+    args = triton.get("args", [])
+    # 8002 and 8000: tritonserver's own defaults for the two flags
+    for flag, read, default in (("--metrics-port", drain.metrics_port, 8002), ("--http-port", drain.http_port, 8000)):
+        served = _int_flag(args, flag, default)
+        if read != served:
+            problems.append(f"{ref(deployment)}: the preStop's drain.py reads {flag}={read}, but Triton serves on "
+                            f"{served} ({flag}); it would never see what is in flight")
+    folder = drain.script.rpartition("/")[0]
+    config_maps = {v.get("name") for v in pod.get("volumes", []) if "configMap" in v}
+    for container in pod.get("containers", []):
+        if drain_prestop(container) is None:
+            continue
+        mounts = {m.get("mountPath"): m.get("name") for m in container.get("volumeMounts", [])}
+        if mounts.get(folder) not in config_maps:
+            problems.append(f"{ref(deployment)}: container {container.get('name')} runs {drain.script} in its preStop "
+                            f"but mounts no ConfigMap at {folder}: the hook would fail at once and SIGTERM come "
+                            "without the drain")
+    return problems
 
 
 def _check_drain(objects: list[dict], deployment: dict, pod: dict, triton: dict) -> list[str]:
     """Shutdown numbers that constrain each other (gitops/base/deployment.yaml explains them)."""
     # tritonserver's own default for --exit-timeout-secs is 30.
-    drain = _seconds_flag(triton.get("args", []), "--exit-timeout-secs", 30)
-    command = triton.get("lifecycle", {}).get("preStop", {}).get("exec", {}).get("command", [])
-    pre_stop = int(command[1]) if command[:1] == ["sleep"] and len(command) == 2 and command[1].isdigit() else 0
+    exit_timeout = _int_flag(triton.get("args", []), "--exit-timeout-secs", 30)
+    drain = drain_prestop(triton)
+    problems = []
+    if drain is None:
+        command = triton.get("lifecycle", {}).get("preStop", {}).get("exec", {}).get("command")
+        problems.append(
+            f"{ref(deployment)}: container triton's preStop must run drain.py (gitops/base/drain.py) with "
+            f"{', '.join(f'{flag}=N' for flag in DRAIN_FLAGS)} (has {command}): on SIGTERM Triton refuses the new "
+            "connections each ensemble request still needs, so the pod must wait for nothing in flight first"
+        )
+        drain = DrainPreStop("", 0, 0, 0, 0)
+    else:
+        problems += _check_drain_wiring(deployment, pod, triton, drain)
     grace = pod.get("terminationGracePeriodSeconds", 30)
-    problems = capacity.check_grace(deployment, grace, pre_stop, drain)
+    problems += capacity.check_grace(deployment, grace, drain.settle, drain.quiet_timeout, exit_timeout)
+    served = drain.quiet_timeout + exit_timeout
     for config in by_kind(objects, "BackendConfig"):
         timeout = config.get("spec", {}).get("timeoutSec", 30)
-        if timeout > drain:
+        if timeout > served:
             problems.append(
-                f"{ref(config)}: timeoutSec {timeout} lets a stream run longer than Triton drains on shutdown "
-                f"(--exit-timeout-secs {drain} in {ref(deployment)}); raise the drain or lower the timeout"
+                f"{ref(config)}: timeoutSec {timeout} lets a stream run longer than the pod drains on shutdown "
+                f"(the preStop's --quiet-timeout-seconds {drain.quiet_timeout} + Triton's --exit-timeout-secs "
+                f"{exit_timeout} in {ref(deployment)} = {served}); raise the drain or lower the timeout"
             )
     return problems
 

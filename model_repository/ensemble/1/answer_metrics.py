@@ -8,10 +8,15 @@ runtime, so it exports them through the python backend's custom metrics (pb_util
 which Triton serves beside its own nv_* metrics, labelled like them with model and version.
 
 One observation per answer, never per token: each update is a message to the backend process.
+
+The in-flight gauge counts the requests the ensemble holds, from execute() until their last response:
+Triton's pending count sees a request only until execute() takes it. The pod's preStop
+(gitops/base/drain.py) waits for both to be 0 before Triton gets SIGTERM.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 
 import triton_python_backend_utils as pb_utils
@@ -19,6 +24,7 @@ import triton_python_backend_utils as pb_utils
 ANSWERS = "llm_answers_total"
 OUTPUT_TOKENS = "llm_output_tokens_total"
 INTER_TOKEN = "llm_inter_token_latency_seconds"
+IN_FLIGHT = "llm_requests_in_flight"
 OUTCOMES = ("ok", "error", "cancelled")
 # A GPU engine's decode step is 10-30 ms, the CPU runtime's 100-300 ms: buckets cover both.
 INTER_TOKEN_BUCKETS = [0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.0]
@@ -69,12 +75,25 @@ class AnswerMetrics:
             INTER_TOKEN: pb_utils.MetricFamily(
                 INTER_TOKEN, "Mean gap between the tokens of each streamed answer, in seconds",
                 pb_utils.MetricFamily.HISTOGRAM),
+            IN_FLIGHT: pb_utils.MetricFamily(
+                IN_FLIGHT, "Requests the ensemble accepted and has not answered yet",
+                pb_utils.MetricFamily.GAUGE),
         }
         self.answers = {o: self.families[ANSWERS].Metric(labels={**labels, "outcome": o}) for o in OUTCOMES}
         self.tokens = self.families[OUTPUT_TOKENS].Metric(labels=labels)
         self.inter_token = self.families[INTER_TOKEN].Metric(labels=labels, buckets=INTER_TOKEN_BUCKETS)
+        self.in_flight = self.families[IN_FLIGHT].Metric(labels=labels)
+        # execute()'s thread counts a request in, the event loop's counts it out: python_backend's
+        # Metric keeps the value of an update in the object while it sends it, with the GIL released.
+        self.in_flight_lock = threading.Lock()
+
+    def accepted(self) -> None:
+        with self.in_flight_lock:
+            self.in_flight.increment(1)
 
     def finished(self, outcome: str, answer: Answer) -> None:
+        with self.in_flight_lock:
+            self.in_flight.increment(-1)
         self.answers[outcome].increment(1)
         if answer.tokens:
             self.tokens.increment(answer.tokens)

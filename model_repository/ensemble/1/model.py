@@ -11,6 +11,13 @@ Triton's HTTP frontend cancels a call whose connection closed only once the call
 has been written (it pauses the connection until then; tools/policy/upstream_facts.toml,
 triton.http_cancel_on_disconnect), and a non-streamed call gets one response, the last, so a
 cancelled non-streamed request would decode to max_tokens.
+
+A request that still needs a loopback connection when tritonserver starts shutting down can never
+get one (its HTTP frontend refuses new connections at once; tools/policy/upstream_facts.toml,
+triton.sigterm_drain): it fails at once with UNAVAILABLE and says to retry on another replica, as
+does every request execute() takes from then on, rather than wait for a slot only to fail then. The
+pod's preStop (gitops/base/drain.py) waits for the in-flight gauge to reach 0 before the SIGTERM, so
+there this is for the requests left when its wait runs out.
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 from answer_metrics import Answer, AnswerMetrics
 from end_ids import end_ids
-from loopback import Loopback, ModelError, Stream, infer_tensor, json_values, token_ids, values
+from loopback import Loopback, ModelError, Refused, Stream, infer_tensor, json_values, token_ids, values
 from model_params import load_config, load_tokenizer, parameter
 from sampling_ranges import range_error
 from streamed_text import StreamedText
@@ -63,6 +70,13 @@ LLMAPI_UNSUPPORTED = ("bad_words", "end_id", "pad_id", "length_penalty", "repeti
 OUTBOX_WINDOW_SECONDS = 0.001
 # The loop turns every cancellation_check_period_ms; this long without a turn means it is stuck.
 LOOP_STALL_SECONDS = 5.0
+# How long execute() waits for a slot before it asks whether tritonserver refuses new connections, and
+# how long a refusal is believed before it is asked again.
+SHUTDOWN_CHECK_SECONDS = 1.0
+# A server too busy to answer its liveness endpoint in this long is busy, not shutting down.
+SHUTDOWN_CHECK_TIMEOUT_SECONDS = 5.0
+SHUTTING_DOWN = ("tritonserver is shutting down and takes no new work: this request had not started; "
+                 "retry on another replica")
 
 
 class RequestError(ValueError):
@@ -85,8 +99,11 @@ def end_stops(tokenizer, tokenizer_dir) -> list[str]:
     return [token for token in map(tokenizer.id_to_token, ids) if token is not None]
 
 
-def error_response(message: str) -> pb_utils.InferenceResponse:
-    return pb_utils.InferenceResponse(error=pb_utils.TritonError(message))
+def error_response(message: str, unavailable: bool = False) -> pb_utils.InferenceResponse:
+    """UNAVAILABLE where another replica can answer; otherwise the python backend's default, INTERNAL.
+    (pb_utils.TritonError is set on the module only after this file is imported.)"""
+    error = pb_utils.TritonError
+    return pb_utils.InferenceResponse(error=error(message, error.UNAVAILABLE if unavailable else error.INTERNAL))
 
 
 def loopback(config: dict) -> Loopback:
@@ -177,6 +194,8 @@ class TritonPythonModel:
         # execute() blocks while every slot is taken, so the backlog stays in Triton's queue, where
         # the pending-request metric (and so the autoscaler) can see it.
         self.slots = threading.BoundedSemaphore(parameter(config, "max_concurrent_requests", int))
+        # (whether tritonserver refused the latest new connection asked of it, and when)
+        self.refused = (False, 0.0)
         self.tracked: set[Tracked] = set()
         self.loop_turned_at = time.monotonic()
         self.loop = asyncio.new_event_loop()
@@ -186,10 +205,43 @@ class TritonPythonModel:
 
     def execute(self, requests):
         for request in requests:
-            self.slots.acquire()
+            self.metrics.accepted()
+            if not self.place():
+                request.get_response_sender().send(
+                    error_response(SHUTTING_DOWN, unavailable=True), flags=FINAL)
+                self.metrics.finished("error", Answer())
+                continue
             future = asyncio.run_coroutine_threadsafe(self.serve(request), self.loop)
             future.add_done_callback(self.release)
         return None
+
+    def place(self) -> bool:
+        """Wait for a slot; False, at once, once tritonserver refuses new connections: a request that has
+        none yet could never run here. Requests wait in Triton's queue meanwhile, and every slot may be
+        held by a stream that goes on for minutes, so while it waits it asks every SHUTDOWN_CHECK_SECONDS."""
+        while True:
+            if self.refusing():
+                return False
+            if self.slots.acquire(timeout=SHUTDOWN_CHECK_SECONDS):
+                return True
+            self.check_refusing()
+
+    def refusing(self) -> bool:
+        """The latest word on whether tritonserver refuses new connections. A server that started shutting
+        down never takes one again, but a refusal older than SHUTDOWN_CHECK_SECONDS is checked before it
+        turns more requests away, so that one with another cause does not stick."""
+        refused, seen = self.refused
+        if refused and time.monotonic() - seen > SHUTDOWN_CHECK_SECONDS:
+            self.check_refusing()
+            refused, _ = self.refused
+        return refused
+
+    def check_refusing(self) -> None:
+        future = asyncio.run_coroutine_threadsafe(self.loopback.refuses(), self.loop)
+        try:
+            self.refused = (future.result(timeout=SHUTDOWN_CHECK_TIMEOUT_SECONDS), time.monotonic())
+        except TimeoutError:
+            future.cancel()
 
     def release(self, future: Future) -> None:
         self.slots.release()
@@ -228,9 +280,14 @@ class TritonPythonModel:
             await self.answer(request, sender, tracked)
             outcome = "ok"
         except (RequestError, ModelError, NotUtf8) as error:
+            if isinstance(error, Refused):
+                # seen long ago: execute() checks it before it turns anyone away, so one refusal
+                # with another cause fails this request only
+                self.refused = (True, 0.0)
             outcome = "cancelled" if tracked.cancelled else "error"
             message = "request cancelled" if tracked.cancelled else str(error)
-            sender.send(error_response(message), flags=FINAL)
+            sender.send(error_response(message, unavailable=outcome == "error" and isinstance(error, Refused)),
+                        flags=FINAL)
         except Exception as error:  # a bug must still end the request, or the client waits forever
             pb_utils.Logger.log_error(f"ensemble: {error!r}")
             sender.send(error_response(f"internal error: {error!r}"), flags=FINAL)
