@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import requests
 import tritonclient.grpc as grpcclient
+from conftest import wait_until
 from harness.llm_client import GrpcLlmClient
 
 pytestmark = pytest.mark.triton
@@ -63,14 +64,6 @@ def admitted(triton) -> int:
     text = requests.get(triton.metrics_url, timeout=10).text
     return int(float(re.search(r'^nv_inference_request_success\{model="tensorrt_llm",version="1"\} (\S+)$', text,
                                re.MULTILINE)[1]))
-
-
-def wait_until(condition, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} did not happen within {timeout} s")
-        time.sleep(0.05)
 
 
 def wait_for_cancellation(triton, before: int, timeout: float = 10.0) -> int:

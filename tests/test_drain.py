@@ -33,7 +33,7 @@ from pathlib import Path
 import pytest
 import requests
 import validate
-from conftest import free_port, triton_server
+from conftest import free_port, triton_server, wait_until
 from harness import loadgen, standin
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -61,14 +61,6 @@ def metric(server, name: str, model: str) -> float | None:
     text = requests.get(server.metrics_url, timeout=10).text
     found = re.search(rf'^{name}\{{model="{model}",version="1"\}} (\S+)$', text, re.MULTILINE)
     return float(found[1]) if found else None
-
-
-def wait_until(condition, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} did not happen within {timeout} s")
-        time.sleep(0.05)
 
 
 @dataclass
