@@ -14,7 +14,7 @@ from pathlib import Path
 
 import uvicorn
 
-from gateway.app import PATHS, Settings, choose_path
+from gateway.app import PATHS, Settings, choose_path, serving
 from gateway.repository import RepositoryError, load
 
 # Google's external Application Load Balancer keeps its connections to a backend open for 600 s and
@@ -42,8 +42,9 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"how long an idle client connection stays open (default {KEEP_ALIVE_SECONDS})")
     args = parser.parse_args(argv)
     settings = Settings(args.repository.resolve(), args.triton, args.path, args.model_name)
-    try:  # refuse a bad repository or path here, once, not in every worker
-        choose_path(load(settings.repository, settings.served_name), settings.path)
+    try:  # refuse a bad repository, path or recommended sampling here, once, not in every worker
+        model = load(settings.repository, settings.served_name)
+        serving(model, choose_path(model, settings.path))
     except (RepositoryError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -32,7 +32,7 @@ from gateway import prompts, repository, validation
 from gateway.errors import ApiError
 from gateway.responses import DONE, Reply, event, usage
 from gateway.stops import StopText
-from gateway.triton import Answer, Triton, unsupported
+from gateway.triton import Answer, Triton, cannot_carry
 
 log = logging.getLogger("gateway")
 PATHS = ("auto", "direct", "ensemble")
@@ -73,6 +73,17 @@ def choose_path(model: repository.Model, wanted: str) -> str:
     if wanted == "auto":
         return "direct" if model.token_ids else "ensemble"
     return wanted
+
+
+def serving(model: repository.Model, path: str) -> tuple[validation.Serving, list[str]]:
+    """What requests may ask of this repository on this path, and warnings for the recommended sampling
+    it cannot apply; RepositoryError for a recommendation no request could carry."""
+    cannot = cannot_carry(model, path)
+    try:
+        defaults, warnings = validation.recommended(model.generation_config, cannot, model.max_output_len)
+    except ValueError as error:
+        raise repository.RepositoryError(str(error)) from None
+    return validation.Serving(model.max_output_len, model.fast.get_vocab_size(True), defaults, cannot), warnings
 
 
 def finish_reason(job: validation.Generation, answer: Answer, stop: StopText, model: repository.Model) -> str:
@@ -141,16 +152,9 @@ class Gateway:
         self.path = choose_path(self.model, settings.path)
         self.settings = settings
         self.triton: Triton | None = None
-        cannot = unsupported(self.model, self.path)
-        try:
-            defaults, warnings = validation.recommended(self.model.generation_config, cannot,
-                                                        self.model.max_output_len)
-        except ValueError as error:
-            raise repository.RepositoryError(str(error)) from None
+        self.serving, warnings = serving(self.model, self.path)
         for warning in warnings:
             log.warning("gateway: %s", warning)
-        self.serving = validation.Serving(self.model.max_output_len, self.model.fast.get_vocab_size(True),
-                                          defaults, cannot)
 
     @contextlib.asynccontextmanager
     async def lifespan(self, _app: Starlette) -> AsyncIterator[None]:

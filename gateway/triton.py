@@ -54,7 +54,7 @@ def sampling(job: Generation, names: dict[str, str]) -> dict[str, list]:
             chosen["top_k"] = [job.top_k]
     if job.seed is not None:
         chosen["seed"] = [job.seed]
-    # Sent only when asked for: the llmapi path has no input for them (unsupported() says so).
+    # Sent only when asked for: the llmapi path has no input for them (cannot_carry() says so).
     if job.repetition_penalty != 1.0:
         chosen["repetition_penalty"] = [job.repetition_penalty]
     if job.engine_min_tokens:
@@ -74,7 +74,7 @@ def word_list(ids: list[int]) -> list[int]:
     return ids + list(range(1, len(ids) + 1))
 
 
-def unsupported(model: Model, path: str) -> dict[str, str]:
+def cannot_carry(model: Model, path: str) -> dict[str, str]:
     """The sampling extensions this repository and path cannot carry to the engine, and why."""
     cannot = {"min_p": "no TensorRT-LLM model here takes min_p (the C++ backend's tensorrt_llm and the "
                        "llmapi model have no such input)"}

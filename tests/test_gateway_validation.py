@@ -11,7 +11,7 @@ import pytest
 
 from gateway import repository, validation
 from gateway.errors import ApiError
-from gateway.triton import ENSEMBLE_SAMPLING, sampling, unsupported
+from gateway.triton import ENSEMBLE_SAMPLING, cannot_carry, sampling
 
 MODEL = "SmolLM2-135M-Instruct"
 ASK = {"model": MODEL, "messages": [{"role": "user", "content": "Name a colour."}]}
@@ -24,7 +24,7 @@ def model(cpu_repository) -> repository.Model:
 
 def serving(model: repository.Model, path: str, defaults: dict | None = None) -> validation.Serving:
     return validation.Serving(model.max_output_len, model.fast.get_vocab_size(True), defaults or {},
-                              unsupported(model, path))
+                              cannot_carry(model, path))
 
 
 def refused(body: dict, where: validation.Serving) -> ApiError:
@@ -63,7 +63,7 @@ def test_the_ensemble_path_cannot_take_stop_token_ids(model):
 def test_recommended_sampling_is_the_default_and_the_client_wins(model):
     config = {"temperature": 0.6, "top_p": 0.9, "top_k": 20, "repetition_penalty": 1.05, "max_new_tokens": 64,
               "do_sample": True, "eos_token_id": 2}
-    defaults, warnings = validation.recommended(config, unsupported(model, "direct"), model.max_output_len)
+    defaults, warnings = validation.recommended(config, cannot_carry(model, "direct"), model.max_output_len)
     assert warnings == [] and defaults == {key: config[key] for key in validation.RECOMMENDED if key in config}
     where = validation.Serving(model.max_output_len, 49152, defaults)
     job = validation.parse(ASK, chat=True, serving=where)
@@ -76,7 +76,7 @@ def test_recommended_sampling_is_the_default_and_the_client_wins(model):
 
 
 def test_a_recommendation_the_runtime_cannot_apply_is_left_out_with_a_warning(model):
-    llmapi = unsupported(dataclasses.replace(model, token_ids=False), "ensemble")
+    llmapi = cannot_carry(dataclasses.replace(model, token_ids=False), "ensemble")
     defaults, warnings = validation.recommended({"temperature": 0.7, "repetition_penalty": 1.05, "min_p": 0.0},
                                                 llmapi, model.max_output_len)
     assert defaults == {"temperature": 0.7, "min_p": 0.0}
