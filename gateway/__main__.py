@@ -14,8 +14,14 @@ from pathlib import Path
 
 import uvicorn
 
-from gateway.app import PATHS, Settings, choose_path
+from gateway.app import PATHS, Settings, choose_path, serving
 from gateway.repository import RepositoryError, load
+
+# Google's external Application Load Balancer keeps its connections to a backend open for 600 s and
+# asks backends to keep theirs longer ("you must configure your backend software so that its HTTP
+# keepalive (TCP idle) timeout value is greater than 600 seconds"); uvicorn's own default is 5 s, so
+# the LB would send requests down connections the gateway has just closed: 502s to clients.
+KEEP_ALIVE_SECONDS = 620
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,16 +39,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--drain-seconds", type=int, default=30,
                         help="on SIGTERM, how long open streams may finish (default 30; the pod: Triton's "
                              "--exit-timeout-secs)")
+    parser.add_argument("--keep-alive-seconds", type=int, default=KEEP_ALIVE_SECONDS,
+                        help=f"how long an idle client connection stays open (default {KEEP_ALIVE_SECONDS})")
     args = parser.parse_args(argv)
     settings = Settings(args.repository.resolve(), args.triton, args.path, args.model_name)
-    try:  # refuse a bad repository or path here, once, not in every worker
-        choose_path(load(settings.repository, settings.served_name), settings.path)
+    try:  # refuse a bad repository, path or recommended sampling here, once, not in every worker
+        model = load(settings.repository, settings.served_name)
+        serving(model, choose_path(model, settings.path))
     except (RepositoryError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     os.environ.update(settings.environment())  # what each worker's create_app reads
     uvicorn.run("gateway.app:create_app", factory=True, host=args.host, port=args.port, workers=args.workers,
-                log_level="info", access_log=False, timeout_graceful_shutdown=args.drain_seconds)
+                log_level="info", access_log=False, timeout_graceful_shutdown=args.drain_seconds,
+                timeout_keep_alive=args.keep_alive_seconds)
     return 0
 
 

@@ -2,6 +2,11 @@
 
 `create_app` is a factory (uvicorn --factory) that reads its settings from the environment, so
 every worker process of `uvicorn --workers N` builds its own app and Triton client.
+
+A stream's status line goes out with the engine's first token, not before Triton is called: until
+then a failure (Triton unreachable or full, a refused request) is an HTTP status the client can
+retry on, and a client timing its first chunk times the first token. Every response carries an
+`x-request-id`, the client's own if it sent one.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ import contextlib
 import json
 import logging
 import os
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,12 +26,13 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway import prompts, repository, validation
 from gateway.errors import ApiError
 from gateway.responses import DONE, Reply, event, usage
 from gateway.stops import StopText
-from gateway.triton import Answer, Triton
+from gateway.triton import Answer, Triton, cannot_carry
 
 log = logging.getLogger("gateway")
 PATHS = ("auto", "direct", "ensemble")
@@ -68,26 +75,44 @@ def choose_path(model: repository.Model, wanted: str) -> str:
     return wanted
 
 
+def serving(model: repository.Model, path: str) -> tuple[validation.Serving, list[str]]:
+    """What requests may ask of this repository on this path, and warnings for the recommended sampling
+    it cannot apply; RepositoryError for a recommendation no request could carry."""
+    cannot = cannot_carry(model, path)
+    try:
+        defaults, warnings = validation.recommended(model.generation_config, cannot, model.max_output_len)
+    except ValueError as error:
+        raise repository.RepositoryError(str(error)) from None
+    return validation.Serving(model.max_output_len, model.fast.get_vocab_size(True), defaults, cannot), warnings
+
+
 def finish_reason(job: validation.Generation, answer: Answer, stop: StopText, model: repository.Model) -> str:
-    if stop.hit:
+    if stop.hit or answer.stopped:
         return "stop"
-    ended = bool(answer.ids) and answer.ids[-1] in model.end_ids
+    ended = not job.ignore_eos and bool(answer.ids) and answer.ids[-1] in model.end_ids
     return "length" if answer.completion_tokens >= job.max_tokens and not ended else "stop"
 
 
 async def answer_text(triton: Triton, job: validation.Generation, ids: list[int], answer: Answer,
                       stop: StopText) -> AsyncIterator[str]:
-    """The answer as it may be sent: cut before a stop sequence, whose appearance cancels the Triton request."""
+    """The answer as it may be sent: cut before a stop sequence, whose appearance cancels the Triton
+    request. The first item comes with the first token even when it adds no text yet ("")."""
+    first = True
     async with contextlib.aclosing(triton.pieces(job, ids, answer)) as pieces:
         async for piece in pieces:
             text = stop.feed(piece)
-            if text:
+            if text or first:
                 yield text
+            first = False
             if stop.hit:
                 return
     rest = stop.flush()
     if rest:
         yield rest
+
+
+class Disconnected(Exception):
+    """The client went away before its answer (or a stream's first token) was ready."""
 
 
 async def until_disconnected(request: Request) -> None:
@@ -96,12 +121,40 @@ async def until_disconnected(request: Request) -> None:
         pass
 
 
+async def before_disconnect(request: Request, work: asyncio.Future) -> object:
+    """`work`'s result, unless the client goes away first: then `work` is cancelled (closing the
+    answer's pieces, and so the Triton call) and Disconnected raised."""
+    watching = asyncio.ensure_future(until_disconnected(request))
+    try:
+        await asyncio.wait([work, watching], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watching.cancel()
+    if not work.done():
+        work.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await work
+        raise Disconnected
+    return work.result()
+
+
+async def first_text(texts: AsyncIterator[str]) -> str | None:
+    return await anext(texts, None)
+
+
+async def joined(texts: AsyncIterator[str]) -> str:
+    async with contextlib.aclosing(texts):
+        return "".join([text async for text in texts])
+
+
 class Gateway:
     def __init__(self, settings: Settings):
         self.model = repository.load(settings.repository, settings.served_name)
         self.path = choose_path(self.model, settings.path)
         self.settings = settings
         self.triton: Triton | None = None
+        self.serving, warnings = serving(self.model, self.path)
+        for warning in warnings:
+            log.warning("gateway: %s", warning)
 
     @contextlib.asynccontextmanager
     async def lifespan(self, _app: Starlette) -> AsyncIterator[None]:
@@ -116,7 +169,7 @@ class Gateway:
             raise ApiError("We could not parse the JSON body of your request. (HINT: This likely means you aren't "
                            "using your HTTP library correctly. The OpenAI API expects a JSON payload.)", None,
                            code="invalid_json") from None
-        job = validation.parse(body, chat, self.model.max_output_len)
+        job = validation.parse(body, chat, self.serving)
         if job.model != self.model.name:
             raise ApiError(f"The model `{job.model}` does not exist; this server serves `{self.model.name}`",
                            "model", status=404, code="model_not_found")
@@ -133,44 +186,45 @@ class Gateway:
     async def complete(self, request: Request, chat: bool) -> Response:
         job, ids = await self.job(request, chat)
         reply = Reply.new(chat, self.model.name)
-        if job.stream:
-            return StreamingResponse(self.events(reply, job, ids), media_type="text/event-stream",
-                                     headers={"Cache-Control": "no-cache"})
-        answer, stop = Answer([]), StopText(job.stop)
-
-        async def collect() -> str:
-            return "".join([text async for text in answer_text(self.triton, job, ids, answer, stop)])
-
-        generating = asyncio.ensure_future(collect())
-        watching = asyncio.ensure_future(until_disconnected(request))
-        await asyncio.wait([generating, watching], return_when=asyncio.FIRST_COMPLETED)
-        watching.cancel()
-        if not generating.done():  # the client went away: cancelling closes the pieces, and so the Triton call
-            generating.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await generating
-            return Response(status_code=499)
-        text = generating.result()
-        return JSONResponse(reply.whole(text, finish_reason(job, answer, stop, self.model),
-                                        usage(len(ids), answer.completion_tokens)))
-
-    async def events(self, reply: Reply, job: validation.Generation, ids: list[int]) -> AsyncIterator[bytes]:
-        """Server-sent events in OpenAI's chunk format. A client that goes away cancels this (Starlette
-        listens for the disconnect), which closes the pieces and so cancels the Triton request."""
-        answer, stop = Answer([]), StopText(job.stop)
-        with_usage = job.include_usage
-        if reply.chat:
-            yield event(reply.chunk(None, role=True, with_usage_field=with_usage))
+        answer, stop = Answer([], running_count=job.continuous_usage), StopText(job.stop)
+        texts = answer_text(self.triton, job, ids, answer, stop)
+        if not job.stream:
+            text = await before_disconnect(request, asyncio.ensure_future(joined(texts)))
+            return JSONResponse(reply.whole(text, finish_reason(job, answer, stop, self.model),
+                                            usage(len(ids), answer.completion_tokens)))
         try:
-            async with contextlib.aclosing(answer_text(self.triton, job, ids, answer, stop)) as texts:
+            first = await before_disconnect(request, asyncio.ensure_future(first_text(texts)))
+        except BaseException:
+            await texts.aclose()
+            raise
+        return StreamingResponse(self.events(reply, job, len(ids), answer, stop, texts, first),
+                                 media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+    async def events(self, reply: Reply, job: validation.Generation, prompt_tokens: int, answer: Answer,
+                     stop: StopText, texts: AsyncIterator[str], first: str | None) -> AsyncIterator[bytes]:
+        """Server-sent events in OpenAI's chunk format, from the first token (`first`, None when the
+        answer ended without one) on. A client that goes away cancels this (Starlette listens for the
+        disconnect), which closes the texts and so cancels the Triton request."""
+
+        def sse(body: dict) -> bytes:
+            if job.include_usage:  # every chunk carries "usage": null, or the running usage, but the last
+                body["usage"] = usage(prompt_tokens, answer.completion_tokens) if job.continuous_usage else None
+            return event(body)
+
+        async with contextlib.aclosing(texts):
+            try:
+                if reply.chat:
+                    yield sse(reply.chunk(None, role=True))
+                if first is not None and (first or not reply.chat):
+                    yield sse(reply.chunk(first))
                 async for text in texts:
-                    yield event(reply.chunk(text, with_usage_field=with_usage))
-        except ApiError as error:  # the status line is sent already: the error goes as an event, with no [DONE]
-            yield event(error.body())
-            return
-        yield event(reply.chunk(None, finish_reason(job, answer, stop, self.model), with_usage_field=with_usage))
-        if with_usage:
-            yield event(reply.usage_chunk(usage(len(ids), answer.completion_tokens)))
+                    yield sse(reply.chunk(text))
+            except ApiError as error:  # the status line is sent already: the error goes as an event, no [DONE]
+                yield event(error.body())
+                return
+        yield sse(reply.chunk(None, finish_reason(job, answer, stop, self.model)))
+        if job.include_usage:
+            yield event(reply.usage_chunk(usage(prompt_tokens, answer.completion_tokens)))
         yield DONE
 
     async def models(self, _request: Request) -> Response:
@@ -183,20 +237,28 @@ class Gateway:
         return JSONResponse(self.model_card())
 
     def model_card(self) -> dict:
-        return {"id": self.model.name, "object": "model", "created": self.model.created, "owned_by": "gke-triton-llm"}
+        # max_model_len: the context length, under vLLM's (and SGLang's) ModelCard key, which tools size prompts by.
+        return {"id": self.model.name, "object": "model", "created": self.model.created, "owned_by": "gke-triton-llm",
+                "max_model_len": self.model.max_seq_len}
 
     async def ready(self, _request: Request) -> Response:
-        """Ready when Triton is and the model the gateway calls is loaded: the pod's readiness and the LB's check."""
+        """Ready when Triton is and the model the gateway calls is loaded: the pod's readiness and the LB's
+        check, and `GET /health` (what vLLM and trtllm-serve answer there, and guidellm checks before a run)."""
         if await self.triton.ready():
             return JSONResponse({"status": "ready"})
-        return JSONResponse({"status": f"Triton or its {self.triton.target} model is not ready"}, status_code=503)
+        return JSONResponse({"status": f"Triton or its {self.triton.target} model is not ready"}, status_code=503,
+                            headers={"Retry-After": "10"})
 
     async def live(self, _request: Request) -> Response:
         return JSONResponse({"status": "live"})
 
 
 async def api_error(_request: Request, error: ApiError) -> Response:
-    return JSONResponse(error.body(), status_code=error.status)
+    return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
+
+
+async def disconnected(_request: Request, _error: Disconnected) -> Response:
+    return Response(status_code=499)  # nginx's "client closed request": nobody reads it, the log does
 
 
 async def http_error(_request: Request, error: HTTPException) -> Response:
@@ -211,19 +273,44 @@ async def internal_error(_request: Request, error: Exception) -> Response:
                         status_code=500)
 
 
-def build(settings: Settings) -> Starlette:
+class RequestId:
+    """`x-request-id` on every response, the 500s of Starlette's outermost error handler included: the
+    client's own when it sent one (vLLM's bench sends one per request), else a new one."""
+
+    HEADER = b"x-request-id"
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        given = next((value for name, value in scope["headers"] if name == self.HEADER), b"")
+        request_id = given or uuid.uuid4().hex.encode()
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), (self.HEADER, request_id)]
+            await send(message)
+
+        await self.app(scope, receive, send_with_id)
+
+
+def build(settings: Settings) -> ASGIApp:
     gateway = Gateway(settings)
     routes = [
         Route("/v1/chat/completions", gateway.chat_completions, methods=["POST"]),
         Route("/v1/completions", gateway.completions, methods=["POST"]),
         Route("/v1/models", gateway.models, methods=["GET"]),
         Route("/v1/models/{model:path}", gateway.one_model, methods=["GET"]),
+        Route("/health", gateway.ready, methods=["GET"]),
         Route("/health/ready", gateway.ready, methods=["GET"]),
         Route("/health/live", gateway.live, methods=["GET"]),
     ]
-    handlers = {ApiError: api_error, HTTPException: http_error, Exception: internal_error}
-    return Starlette(routes=routes, exception_handlers=handlers, lifespan=gateway.lifespan)
+    handlers = {ApiError: api_error, Disconnected: disconnected, HTTPException: http_error, Exception: internal_error}
+    return RequestId(Starlette(routes=routes, exception_handlers=handlers, lifespan=gateway.lifespan))
 
 
-def create_app() -> Starlette:
+def create_app() -> ASGIApp:
     return build(Settings.from_env())

@@ -12,6 +12,7 @@ class ApiError(Exception):
     status: int = 400
     type: str = "invalid_request_error"
     code: str | None = None
+    headers: dict[str, str] | None = None  # e.g. Retry-After on a 503, which the openai SDKs honour
 
     def body(self) -> dict:
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}

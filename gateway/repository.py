@@ -1,8 +1,8 @@
 """What the gateway needs to know about the built model repository it fronts.
 
 Read once at start from the files the build laid out (build.json, the config.pbtxt parameters, the
-tokenizer beside the ensemble), so the gateway applies the same limits, end ids and chat template
-as the Triton models themselves.
+tokenizer and generation_config.json beside the ensemble), so the gateway applies the same limits,
+end ids and chat template as the Triton models themselves, and the model's recommended sampling.
 """
 
 from __future__ import annotations
@@ -32,10 +32,12 @@ class Model:
     skip_special_tokens: bool
     max_input_len: int
     max_output_len: int
+    max_seq_len: int  # prompt and answer together: the context length /v1/models reports
     end_ids: tuple[int, ...]  # the tokenizer's own first: tensorrt_llm takes one end_id
     pad_id: int
     token_ids: bool  # tensorrt_llm takes token ids (cpu, engine); else text (llmapi, through the ensemble)
     ensemble_templates: bool  # the ensemble applies the chat template itself (preprocessing)
+    generation_config: dict  # generation_config.json as the build copied it beside the tokenizer; {} if none
 
 
 def parameters(config: Path) -> dict[str, str]:
@@ -59,6 +61,7 @@ def load(repository: Path, served_name: str | None = None) -> Model:
         ends = tuple(end_ids(tokenizer_dir, tokenizer.eos_token_id))
     except ValueError as error:
         raise RepositoryError(str(error)) from None
+    generation_config = tokenizer_dir / "generation_config.json"
     return Model(
         name=served_name or build["model"]["name"],
         created=int(manifest.stat().st_mtime),
@@ -67,8 +70,10 @@ def load(repository: Path, served_name: str | None = None) -> Model:
         skip_special_tokens=ensemble_params["skip_special_tokens"] == "true",
         max_input_len=int(build["limits"]["max_input_len"]),
         max_output_len=int(build["limits"]["max_output_len"]),
+        max_seq_len=int(build["limits"]["max_seq_len"]),
         end_ids=ends,
         pad_id=ends[0] if tokenizer.pad_token_id is None else int(tokenizer.pad_token_id),
         token_ids=ensemble_params["tensorrt_llm_inputs"] == "token_ids",
         ensemble_templates=templates,
+        generation_config=json.loads(generation_config.read_text()) if generation_config.is_file() else {},
     )

@@ -34,17 +34,13 @@ class Reply:
             choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason}
         return {**self.head(chunk=False), "choices": [choice], "usage": usage}
 
-    def chunk(self, text: str | None, finish_reason: str | None = None, role: bool = False,
-              with_usage_field: bool = False) -> dict:
+    def chunk(self, text: str | None, finish_reason: str | None = None, role: bool = False) -> dict:
         if self.chat:
             delta = {"role": "assistant", "content": ""} if role else ({} if text is None else {"content": text})
             choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
         else:
             choice = {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish_reason}
-        body = {**self.head(chunk=True), "choices": [choice]}
-        if with_usage_field:  # with include_usage, every chunk carries "usage": null but the last
-            body["usage"] = None
-        return body
+        return {**self.head(chunk=True), "choices": [choice]}
 
     def usage_chunk(self, usage: dict) -> dict:
         return {**self.head(chunk=True), "choices": [], "usage": usage}

@@ -26,6 +26,10 @@ from gateway.errors import ApiError
 from gateway.repository import Model
 from gateway.validation import Generation
 
+# Seconds a client should wait before retrying a 503: Triton's queue drains within a few decode
+# steps, while a Triton that cannot be reached is restarting and loads its model for tens of seconds.
+RETRY_FULL, RETRY_UNREACHABLE = "1", "10"
+
 
 @dataclass
 class Answer:
@@ -33,6 +37,8 @@ class Answer:
 
     ids: list[int]
     completion_tokens: int = 0
+    stopped: bool = False  # one of the request's stop_token_ids ended it
+    running_count: bool = False  # keep completion_tokens current on the ensemble path (continuous usage)
 
 
 def sampling(job: Generation, names: dict[str, str]) -> dict[str, list]:
@@ -44,22 +50,58 @@ def sampling(job: Generation, names: dict[str, str]) -> dict[str, list]:
         chosen["temperature"] = [job.temperature]
         # top_k 0 with top_p 0 is greedy on TensorRT-LLM; OpenAI's top_p 1 means the whole distribution.
         chosen["top_p"] = [job.top_p]
+        if job.top_k:
+            chosen["top_k"] = [job.top_k]
     if job.seed is not None:
         chosen["seed"] = [job.seed]
+    # Sent only when asked for: the llmapi path has no input for them (cannot_carry() says so).
+    if job.repetition_penalty != 1.0:
+        chosen["repetition_penalty"] = [job.repetition_penalty]
+    if job.engine_min_tokens:
+        chosen["min_tokens"] = [job.engine_min_tokens]
     return {names[key]: value for key, value in chosen.items()}
 
 
 DIRECT_SAMPLING = {"presence_penalty": "presence_penalty", "frequency_penalty": "frequency_penalty",
-                   "top_k": "runtime_top_k", "temperature": "temperature", "top_p": "runtime_top_p", "seed": "seed"}
+                   "top_k": "runtime_top_k", "temperature": "temperature", "top_p": "runtime_top_p", "seed": "seed",
+                   "repetition_penalty": "repetition_penalty", "min_tokens": "min_tokens"}
 ENSEMBLE_SAMPLING = {name: name for name in DIRECT_SAMPLING} | {"seed": "random_seed"}
 
 
-def end_word_list(end_ids: tuple[int, ...]) -> list[int]:
-    """The end ids after the first as one-token stop words, as preprocessing sends them (a [2, N] word
-    list, flat: the ids, then their end offsets): the backends take one end_id."""
-    others = list(end_ids[1:]) or [0]
-    offsets = list(range(1, len(end_ids))) or [-1]
-    return others + offsets
+def word_list(ids: list[int]) -> list[int]:
+    """Token ids as one-token stop words, as preprocessing sends them (a [2, N] word list, flat: the
+    ids, then their end offsets)."""
+    return ids + list(range(1, len(ids) + 1))
+
+
+def cannot_carry(model: Model, path: str) -> dict[str, str]:
+    """The sampling extensions this repository and path cannot carry to the engine, and why."""
+    cannot = {"min_p": "no TensorRT-LLM model here takes min_p (the C++ backend's tensorrt_llm and the "
+                       "llmapi model have no such input)"}
+    if not model.token_ids:
+        for name in ("repetition_penalty", "min_tokens", "ignore_eos"):
+            cannot[name] = f"the llmapi runtime's tensorrt_llm model has no input for {name}"
+    if path == "ensemble":
+        cannot["stop_token_ids"] = "the ensemble path takes stop sequences as text, not token ids"
+        if len(model.end_ids) > 1 and "ignore_eos" not in cannot:
+            cannot["ignore_eos"] = ("the ensemble always stops this model on its other end ids "
+                                    f"{list(model.end_ids[1:])}; use the direct path")
+    return cannot
+
+
+def triton_error(error: ModelError, stream: Stream) -> ApiError:
+    """Triton's failure as a status the client can act on: 503 with Retry-After when Triton cannot be
+    reached or is full (its HTTP 503, "Exceeds maximum queue size"), which the openai SDKs retry;
+    502 when it refused the request."""
+    status = stream.exchange.status if stream.exchange is not None else 0
+    if status == 0:  # no connection, or it closed before Triton wrote a status line
+        return ApiError(f"Triton cannot be reached (restarting?): {error}", None, status=503, type="server_error",
+                        code="triton_unavailable", headers={"Retry-After": RETRY_UNREACHABLE})
+    if status == 503:
+        return ApiError(f"Triton is full or not ready: {error}", None, status=503, type="server_error",
+                        code="triton_unavailable", headers={"Retry-After": RETRY_FULL})
+    return ApiError(f"Triton refused the request: {error}", None, status=502, type="server_error",
+                    code="triton_error")
 
 
 class Triton:
@@ -83,8 +125,12 @@ class Triton:
             inputs = {"input_ids": prompt_ids, "input_lengths": [len(prompt_ids)],
                       "request_output_len": [job.max_tokens], "end_id": [self.model.end_ids[0]],
                       "pad_id": [self.model.pad_id], "streaming": [True], **sampling(job, DIRECT_SAMPLING)}
-            if len(self.model.end_ids) > 1:
-                inputs["stop_words_list"] = end_word_list(self.model.end_ids)
+            # The backends take one end_id; the model's other end ids stop it as one-token stop words,
+            # unless the client asked to run past them (ignore_eos), as vLLM then drops them too.
+            stops = [] if job.ignore_eos else list(self.model.end_ids[1:])
+            stops += [i for i in job.stop_token_ids if i not in stops]
+            if stops:
+                inputs["stop_words_list"] = word_list(stops)
             return inputs
         # The chat template is applied here, so the ensemble gets the whole rendered prompt as text.
         return {"text_input": [self.model.tokenizer.decode(prompt_ids)], "max_tokens": [job.max_tokens],
@@ -96,39 +142,45 @@ class Triton:
         stream = self.loopback.stream(self.target, self.inputs(job, prompt_ids))
         try:
             if self.path == "direct":
-                async for piece in self.decode(stream, answer):
+                async for piece in self.decode(stream, answer, set(job.stop_token_ids)):
                     yield piece
             else:
                 async for piece in self.texts(stream, answer):
                     yield piece
         except ModelError as error:
-            raise ApiError(f"Triton refused the request: {error}", None, status=502,
-                           type="server_error", code="triton_error") from None
+            raise triton_error(error, stream) from None
         finally:
             # A no-op once the stream has ended; otherwise Triton sees a cancelled request.
             stream.cancel()
 
-    async def decode(self, stream: Stream, answer: Answer) -> AsyncIterator[str]:
+    async def decode(self, stream: Stream, answer: Answer, stop_ids: set[int]) -> AsyncIterator[str]:
+        """One piece per Triton response, "" included, so the first comes with the first token. A stop
+        token id ends the answer and, as in vLLM, its text is not part of it (it is counted)."""
         text = StreamedText(self.model.fast, self.model.skip_special_tokens)
         async for event in stream.responses():
             ids = token_ids(event)
             answer.ids += ids
             answer.completion_tokens += len(ids)
-            piece = text.add(ids)
-            if piece:
-                yield piece
+            cut = next((i for i, token in enumerate(ids) if token in stop_ids), None)
+            yield text.add(ids if cut is None else ids[:cut])
+            if cut is not None:
+                answer.stopped = True
+                break
         tail = text.tail(self.model.fast.decode(text.ids, skip_special_tokens=self.model.skip_special_tokens))
         if tail:
             yield tail
 
     async def texts(self, stream: Stream, answer: Answer) -> AsyncIterator[str]:
-        """The ensemble streams text pieces; tokens are counted by encoding the text (close, not exact)."""
+        """The ensemble streams text pieces; tokens are counted by encoding the text (close, not exact).
+        A running count, where asked for, encodes each piece (cheaper than the whole so far each time);
+        the whole answer's count settles it at the end."""
         whole = []
         try:
             async for event in stream.responses():
                 piece = "".join(values(event, "text_output"))
                 whole.append(piece)
-                if piece:
-                    yield piece
+                if answer.running_count and piece:
+                    answer.completion_tokens += len(self.model.fast.encode(piece, add_special_tokens=False).ids)
+                yield piece
         finally:  # also when a stop sequence ended the answer early
             answer.completion_tokens = len(self.model.fast.encode("".join(whole), add_special_tokens=False).ids)

@@ -3,7 +3,15 @@
 OpenAI's own ranges (temperature 0-2, top_p 0-1, penalties -2-2, at most 4 stop sequences) are
 checked here; what TensorRT-LLM would refuse besides is checked with the ranges the Triton models
 use (model_repository/common/sampling_ranges.py), so the gateway never sends a value that fails
-deep in the engine. Parameters the server cannot honour are refused by name, never ignored.
+deep in the engine.
+
+What clients send is accepted where the answer comes out as they meant it: keys that change nothing
+for a text answer are dropped, OpenAI features at the value that asks for nothing (`logprobs: null`,
+`tools: []`, `response_format: {"type": "text"}`) pass, and the sampling extensions vLLM, SGLang and
+trtllm-serve take (`top_k`, `repetition_penalty`, `min_tokens`, `ignore_eos`, `stop_token_ids`,
+`min_p`) are honoured where this deployment's engine inputs can carry them. A parameter is refused by
+name only where ignoring it would give a silently wrong answer: a feature not implemented, an
+extension the runtime has no input for, a key nobody here knows.
 """
 
 from __future__ import annotations
@@ -17,12 +25,29 @@ from sampling_ranges import range_error
 from gateway.errors import ApiError, unsupported
 
 MAX_STOP_SEQUENCES = 4  # OpenAI's limit
-# Accepted and not needed for generation: `user` identifies the caller (for the caller's own records).
-INERT = {"user"}
+INT32_MAX = 2**31 - 1
+# OpenAI keys that change nothing in the text of an answer from this server, so they are dropped:
+# who asks (`user`, `safety_identifier`), what OpenAI would store or bill (`store`, `metadata`,
+# `service_tier`), hints that only make OpenAI faster (`prompt_cache_key`, `prediction`), and
+# `parallel_tool_calls`, which matters only with tools (refused below).
+INERT = {"user", "safety_identifier", "store", "metadata", "service_tier", "prompt_cache_key", "prediction",
+         "parallel_tool_calls"}
+# The sampling extensions of vLLM, SGLang and trtllm-serve (their request models declare them), with
+# the value that leaves sampling as it is: accepted on every runtime; any other value only where the
+# runtime's inputs take it (Serving.cannot).
+EXTENSIONS = {"top_k": (0, -1), "min_p": (0,), "repetition_penalty": (1,), "min_tokens": (0,),
+              "ignore_eos": (False,), "stop_token_ids": ([],)}
 COMMON = {"model", "stream", "stream_options", "max_tokens", "temperature", "top_p", "seed", "stop",
-          "presence_penalty", "frequency_penalty", "n"} | INERT
+          "presence_penalty", "frequency_penalty", "n"} | INERT | set(EXTENSIONS)
 CHAT = COMMON | {"messages", "max_completion_tokens"}
 COMPLETION = COMMON | {"prompt"}
+# stream_options keys: `include_obfuscation` pads chunks against length side channels, no content.
+STREAM_OPTIONS = {"include_usage", "continuous_usage_stats", "include_obfuscation"}
+# The value at which an UNSUPPORTED parameter asks for nothing this server does not do anyway
+# (besides null, false, [] and {}): plain text, no tool called, one sequence, no prefix or suffix.
+ASKS_NOTHING = {"response_format": [{"type": "text"}], "tool_choice": ["none", "auto"],
+                "function_call": ["none", "auto"], "best_of": [1], "top_logprobs": [0], "suffix": [""],
+                "modalities": [["text"]]}
 # OpenAI parameters this server knows and cannot serve, and why.
 UNSUPPORTED = {
     "logprobs": "log probabilities are not returned by the Triton models",
@@ -30,7 +55,6 @@ UNSUPPORTED = {
     "logit_bias": "TensorRT-LLM's backend takes no per-token bias",
     "tools": "tool calling is not implemented",
     "tool_choice": "tool calling is not implemented",
-    "parallel_tool_calls": "tool calling is not implemented",
     "functions": "function calling is not implemented",
     "function_call": "function calling is not implemented",
     "response_format": "structured output is not implemented",
@@ -39,11 +63,26 @@ UNSUPPORTED = {
     "suffix": "insertion (suffix) is not implemented",
     "audio": "audio output is not implemented",
     "modalities": "only text output is implemented",
-    "prediction": "predicted outputs are not implemented",
     "reasoning_effort": "reasoning controls are not implemented",
     "web_search_options": "web search is not implemented",
 }
 ROLES = {"system", "developer", "user", "assistant"}
+# What generation_config.json may recommend and a request may leave out: the keys vLLM takes from it
+# (vllm-project/vllm vllm/config/model.py, ModelConfig.get_diff_sampling_param), max_new_tokens
+# standing for max_tokens.
+RECOMMENDED = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty", "max_new_tokens")
+
+
+@dataclass(frozen=True)
+class Serving:
+    """What this deployment can do, from its repository and the path to Triton (app.Gateway builds it)."""
+
+    max_output_len: int
+    vocab_size: int
+    # The model's recommended sampling (generation_config.json), for what a request leaves out.
+    defaults: dict[str, float] = field(default_factory=dict)
+    # Extensions the runtime has no input for, and why: any value but the neutral one is refused.
+    cannot: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -60,22 +99,34 @@ class Generation:
     stop: list[str]
     presence_penalty: float
     frequency_penalty: float
-    messages: list[dict[str, str]] = field(default_factory=list)  # chat: role/content, content as text
+    top_k: int = 0  # 0: no top-k
+    repetition_penalty: float = 1.0
+    min_tokens: int = 0
+    ignore_eos: bool = False
+    stop_token_ids: list[int] = field(default_factory=list)
+    continuous_usage: bool = False  # usage so far on every chunk (stream_options.continuous_usage_stats)
+    messages: list[dict[str, str]] = field(default_factory=list)  # chat: role/content (and name), content as text
     prompt: str = ""  # completions
 
     @property
     def greedy(self) -> bool:
         # OpenAI's temperature 0 (or a top_p of 0) is the most likely token each step: top_k 1 on TensorRT-LLM.
-        return self.temperature == 0 or self.top_p == 0
+        return self.temperature == 0 or self.top_p == 0 or self.top_k == 1
+
+    @property
+    def engine_min_tokens(self) -> int:
+        """ignore_eos is min_tokens = max_tokens: the engine masks its end id until max_tokens, which both
+        runtimes' min_tokens input does (TensorRT-LLM's minLength penalty, the CPU runtime's adjust_logits)."""
+        return self.max_tokens if self.ignore_eos else self.min_tokens
 
 
-def _number(body: dict, name: str, default: float, low: float, high: float) -> float:
+def _number(body: dict, name: str, default: float, low: float | None, high: float | None) -> float:
     value = body.get(name)
     if value is None:
         return default
     if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
         raise ApiError(f"{name} must be a number, got {value!r}", name, code="invalid_type")
-    if not low <= value <= high:
+    if low is not None and high is not None and not low <= value <= high:
         raise ApiError(f"{name} {value} is out of range: it must be between {low:g} and {high:g}", name,
                        code="invalid_value")
     return float(value)
@@ -90,23 +141,48 @@ def _integer(body: dict, name: str) -> int | None:
     return value
 
 
-def _boolean(body: dict, name: str) -> bool:
+def _boolean(body: dict, name: str, where: str | None = None) -> bool:
     value = body.get(name, False)
     if value is None:
         return False
     if not isinstance(value, bool):
-        raise ApiError(f"{name} must be a boolean, got {value!r}", name, code="invalid_type")
+        where = where or name
+        raise ApiError(f"{where} must be a boolean, got {value!r}", where, code="invalid_type")
     return value
+
+
+def _asks_nothing(name: str, value: object) -> bool:
+    if value is None or value is False or value == [] or value == {}:
+        return True
+    return any(type(value) is type(each) and value == each for each in ASKS_NOTHING.get(name, []))
 
 
 def _refuse_unknown(body: dict, known: set[str]) -> None:
     for name in body:
-        if name in UNSUPPORTED and body[name] not in (None, False, [], {}):
-            if name == "response_format" and body[name] == {"type": "text"}:
-                continue  # plain text is what every answer is
+        if name in UNSUPPORTED and not _asks_nothing(name, body[name]):
             raise unsupported(name, UNSUPPORTED[name])
         if name not in known and name not in UNSUPPORTED:
             raise ApiError(f"Unrecognized request argument supplied: {name}", name, code="unknown_parameter")
+
+
+def _stream_options(body: dict, stream: bool) -> tuple[bool, bool]:
+    """(include_usage, continuous_usage). Continuous usage needs include_usage too, as in vLLM
+    (serving_chat.py: include_continuous_usage = include_usage and continuous_usage_stats)."""
+    options = body.get("stream_options")
+    if options is None:
+        return False, False
+    if not stream:
+        raise ApiError("stream_options is only allowed when stream is true", "stream_options", code="invalid_value")
+    if not isinstance(options, dict):
+        raise ApiError(f"stream_options must be an object, got {options!r}", "stream_options", code="invalid_type")
+    for key in options:
+        if key not in STREAM_OPTIONS:
+            raise ApiError(f"Unrecognized stream option supplied: {key}; this server takes "
+                           f"{', '.join(sorted(STREAM_OPTIONS))}", f"stream_options.{key}", code="unknown_parameter")
+    include = _boolean(options, "include_usage", "stream_options.include_usage")
+    continuous = _boolean(options, "continuous_usage_stats", "stream_options.continuous_usage_stats")
+    _boolean(options, "include_obfuscation", "stream_options.include_obfuscation")
+    return include, include and continuous
 
 
 def _stop(body: dict) -> list[str]:
@@ -122,6 +198,30 @@ def _stop(body: dict) -> list[str]:
     if any(not s for s in stops):
         raise ApiError("stop sequences must not be empty", "stop", code="invalid_value")
     return stops
+
+
+def _stop_token_ids(body: dict, vocab_size: int) -> list[int]:
+    value = body.get("stop_token_ids")
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in value):
+        raise ApiError(f"stop_token_ids must be a list of token ids, got {value!r}", "stop_token_ids",
+                       code="invalid_type")
+    outside = [i for i in value if not 0 <= i < vocab_size]
+    if outside:
+        raise ApiError(f"stop_token_ids {outside} are not token ids of this model (0 to {vocab_size - 1})",
+                       "stop_token_ids", code="invalid_value")
+    return list(dict.fromkeys(value))
+
+
+def _top_k(body: dict, default: float) -> int:
+    value = _integer(body, "top_k")
+    if value is None:
+        return int(default)
+    if value < -1 or value > INT32_MAX:
+        raise ApiError(f"top_k {value} is out of range: -1 or 0 (every token) or a number of tokens up to "
+                       f"{INT32_MAX}", "top_k", code="invalid_value")
+    return max(value, 0)  # vLLM's -1 and TensorRT-LLM's 0 both mean no top-k
 
 
 def _max_tokens(body: dict, names: tuple[str, ...], default: int, limit: int) -> int:
@@ -174,11 +274,17 @@ def _messages(body: dict) -> list[dict[str, str]]:
             raise ApiError(f"{where}.role must be one of {', '.join(sorted(ROLES))}, got {role!r}",
                            f"{where}.role", code="invalid_value")
         for key in message:
-            if key not in ("role", "content", "tool_calls", "function_call"):
-                raise unsupported(f"{where}.{key}", "only role and content are read from a message")
+            if key not in ("role", "content", "name", "tool_calls", "function_call"):
+                raise unsupported(f"{where}.{key}", "only role, content and name are read from a message")
+        name = message.get("name")
+        if name is not None and not isinstance(name, str):
+            raise ApiError(f"{where}.name must be a string, got {name!r}", f"{where}.name", code="invalid_type")
         # OpenAI's `developer` role is the newer name of `system`; chat templates know `system`.
-        result.append({"role": "system" if role == "developer" else role,
-                       "content": _text(message.get("content"), f"{where}.content")})
+        turn = {"role": "system" if role == "developer" else role,
+                "content": _text(message.get("content"), f"{where}.content")}
+        if name:  # the template sees it, as vLLM passes it; templates that do not name speakers ignore it
+            turn["name"] = name
+        result.append(turn)
     return result
 
 
@@ -197,14 +303,33 @@ def _prompt(body: dict) -> str:
 def _engine_ranges(generation: Generation) -> None:
     """What TensorRT-LLM itself refuses, named as the client named it (sampling_ranges.py)."""
     checks = [("seed", "seed", generation.seed), ("presence_penalty", "presence_penalty", generation.presence_penalty),
-              ("frequency_penalty", "frequency_penalty", generation.frequency_penalty)]
+              ("frequency_penalty", "frequency_penalty", generation.frequency_penalty),
+              ("repetition_penalty", "repetition_penalty", generation.repetition_penalty),
+              ("min_tokens", "min_tokens", generation.min_tokens)]
     for ours, theirs, value in checks:
         message = range_error(ours, theirs, value) if value is not None else None
         if message:
             raise ApiError(message, ours, code="invalid_value")
 
 
-def parse(body: object, chat: bool, max_output_len: int) -> Generation:
+def _neutral(name: str, value: object) -> bool:
+    """Whether an extension's value leaves sampling as it is (1.0 counts as 1; True does not)."""
+    return value is None or any(value == each and isinstance(value, bool) == isinstance(each, bool)
+                                for each in EXTENSIONS[name])
+
+
+def _extensions(body: dict, serving: Serving, generation: Generation) -> None:
+    """Refuse, by name, an extension this runtime cannot carry when the client asked for more than its
+    neutral value: dropping it would answer as if it had not been sent."""
+    if generation.min_tokens > generation.max_tokens:
+        raise ApiError(f"min_tokens {generation.min_tokens} is above max_tokens {generation.max_tokens}",
+                       "min_tokens", code="invalid_value")
+    for name, why in serving.cannot.items():
+        if not _neutral(name, body.get(name)):
+            raise unsupported(name, why)
+
+
+def parse(body: object, chat: bool, serving: Serving) -> Generation:
     """Validate a /v1/chat/completions (chat) or /v1/completions body."""
     if not isinstance(body, dict):
         raise ApiError("the request body must be a JSON object", None)
@@ -216,30 +341,57 @@ def parse(body: object, chat: bool, max_output_len: int) -> Generation:
     if n is not None and n != 1:
         raise unsupported("n", f"n={n}; only one choice (n=1) is generated per request")
     stream = _boolean(body, "stream")
-    options = body.get("stream_options")
-    if options is not None and not stream:
-        raise ApiError("stream_options is only allowed when stream is true", "stream_options", code="invalid_value")
-    if options is not None and (not isinstance(options, dict) or set(options) - {"include_usage"}):
-        raise ApiError(f"stream_options must be {{'include_usage': bool}}, got {options!r}", "stream_options",
-                       code="invalid_value")
-    seed = _integer(body, "seed")
+    include_usage, continuous_usage = _stream_options(body, stream)
+    limit, defaults = serving.max_output_len, serving.defaults
+    # OpenAI: chat answers run to the context's end unless limited; legacy completions default to 16.
+    # A recommended max_new_tokens lowers that default, as in vLLM; a client's own max_tokens stands.
+    default_max = min(limit if chat else 16, limit, int(defaults.get("max_new_tokens", limit)))
     generation = Generation(
         model=model,
         stream=stream,
-        include_usage=_boolean(options or {}, "include_usage"),
-        # OpenAI: chat answers run to the context's end unless limited; legacy completions default to 16.
+        include_usage=include_usage,
+        continuous_usage=continuous_usage,
         max_tokens=_max_tokens(body, ("max_completion_tokens", "max_tokens") if chat else ("max_tokens",),
-                               max_output_len if chat else min(16, max_output_len), max_output_len),
-        temperature=_number(body, "temperature", 1.0, 0.0, 2.0),
-        top_p=_number(body, "top_p", 1.0, 0.0, 1.0),
-        seed=seed,
+                               default_max, limit),
+        temperature=_number(body, "temperature", defaults.get("temperature", 1.0), 0.0, 2.0),
+        top_p=_number(body, "top_p", defaults.get("top_p", 1.0), 0.0, 1.0),
+        seed=_integer(body, "seed"),
         stop=_stop(body),
         presence_penalty=_number(body, "presence_penalty", 0.0, -2.0, 2.0),
         frequency_penalty=_number(body, "frequency_penalty", 0.0, -2.0, 2.0),
+        top_k=_top_k(body, defaults.get("top_k", 0)),
+        repetition_penalty=_number(body, "repetition_penalty", defaults.get("repetition_penalty", 1.0), None, None),
+        min_tokens=_integer(body, "min_tokens") or 0,
+        ignore_eos=_boolean(body, "ignore_eos"),
+        stop_token_ids=_stop_token_ids(body, serving.vocab_size),
     )
+    _number(body, "min_p", 0.0, 0.0, 1.0)
     _engine_ranges(generation)
+    _extensions(body, serving, generation)
     if chat:
         generation.messages = _messages(body)
     else:
         generation.prompt = _prompt(body)
     return generation
+
+
+def recommended(config: dict, cannot: dict[str, str], max_output_len: int) -> tuple[dict[str, float], list[str]]:
+    """generation_config.json's sampling recommendations as request defaults, and a warning for each
+    one this runtime cannot apply (it is left out: the engine's own default applies instead).
+    A recommendation a request could not carry either is refused, naming the file, at start."""
+    defaults, warnings = {}, []
+    for key in RECOMMENDED:
+        value = config.get(key)
+        if value is None:
+            continue
+        if key in cannot and not _neutral(key, value):
+            warnings.append(f"generation_config.json recommends {key} {value}, which is left out: {cannot[key]}")
+            continue
+        defaults[key] = value
+    probe = {"model": "-", "prompt": "-"} | {key: value for key, value in defaults.items() if key != "max_new_tokens"}
+    try:
+        parse(probe, chat=False, serving=Serving(max_output_len, 1))
+        _max_tokens({"max_new_tokens": defaults.get("max_new_tokens")}, ("max_new_tokens",), 1, 2**31)
+    except ApiError as error:
+        raise ValueError(f"generation_config.json: {error.message}") from None
+    return defaults, warnings

@@ -1,22 +1,30 @@
-"""The OpenAI-compatible gateway on the real tritonserver, driven by the official `openai` SDK.
+"""The OpenAI-compatible gateway on the real tritonserver, driven by the official `openai` SDK and by
+the literal bodies other clients send (tests/fixtures/clients/, each naming its client, version and
+source line).
 
 One gateway process (`python -m gateway`, as the pod runs it) per module, in front of the session's
-tritonserver on the built CPU repository. Nothing is mocked.
+tritonserver on the built CPU repository; a few tests start their own beside it (a Triton that
+cannot be reached, one whose queue is full, a model that recommends its sampling). Nothing is mocked.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
+import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import openai
 import pytest
-from conftest import ROOT, free_port
+from conftest import ROOT, free_port, triton_server
 from harness.llm_client import GrpcLlmClient
 from test_cancellation import cancelled_lines, wait_for_cancellation
 from transformers import AutoTokenizer
@@ -37,13 +45,15 @@ class Gateway:
         return openai.OpenAI(base_url=f"{self.url}/v1", api_key="unused", max_retries=0, **options)
 
 
-@pytest.fixture(scope="module")
-def gateway(triton, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+@contextmanager
+def running_gateway(repository: Path, triton_http: str, folder: Path,
+                    ready: str = "/health/ready") -> Iterator[Gateway]:
+    """`python -m gateway` as the pod runs it, once `ready` answers 200 (/health/live: Triton may be absent)."""
     port = free_port()
-    log = tmp_path_factory.mktemp("gateway") / "gateway.log"
+    log = folder / "gateway.log"
     with log.open("wb") as out:
-        process = subprocess.Popen([sys.executable, "-m", "gateway", "--repository", str(triton.repository),
-                                    "--triton", triton.http, "--port", str(port)], cwd=ROOT, env=dict(os.environ),
+        process = subprocess.Popen([sys.executable, "-m", "gateway", "--repository", str(repository),
+                                    "--triton", triton_http, "--port", str(port)], cwd=ROOT, env=dict(os.environ),
                                    stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -51,7 +61,7 @@ def gateway(triton, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gatewa
         while True:
             assert process.poll() is None, log.read_text()
             try:
-                if httpx.get(f"{url}/health/ready", timeout=2).status_code == 200:
+                if httpx.get(f"{url}{ready}", timeout=2).status_code == 200:
                     break
             except httpx.TransportError:
                 pass
@@ -63,6 +73,12 @@ def gateway(triton, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gatewa
         process.wait(30)
     # uvicorn shuts down gracefully on SIGTERM, then exits by that signal
     assert process.returncode in (0, -15) and "Finished server process" in log.read_text(), log.read_text()[-3000:]
+
+
+@pytest.fixture(scope="module")
+def gateway(triton, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    with running_gateway(triton.repository, triton.http, tmp_path_factory.mktemp("gateway")) as running:
+        yield running
 
 
 @pytest.fixture(scope="module")
@@ -86,9 +102,12 @@ def streamed_chat(client: openai.OpenAI, content: str, **options) -> tuple[str, 
     return text, chunks
 
 
-def test_models_lists_the_built_model(client):
+def test_models_lists_the_built_model_with_its_context_length(triton, client):
     assert [m.id for m in client.models.list().data] == [MODEL]
-    assert client.models.retrieve(MODEL).id == MODEL
+    card = client.models.retrieve(MODEL)
+    assert card.id == MODEL
+    limits = json.loads((triton.repository / "build.json").read_text())["limits"]
+    assert card.model_extra["max_model_len"] == limits["max_seq_len"] == 2048
 
 
 def test_greedy_chat_equals_the_triton_ensemble(triton, client, tokenizer):
@@ -194,6 +213,22 @@ BAD_CHATS = [
      "seed -1 is out of range: TensorRT-LLM accepts seed >= 0 and seed <= 18446744073709551615, a whole number"),
     ({"extra_body": {"beam_search": True}}, "beam_search", "Unrecognized request argument supplied: beam_search"),
     ({"stop": ["a", "b", "c", "d", "e"]}, "stop", "stop has 5 sequences; at most 4 are allowed"),
+    ({"tool_choice": "required"}, "tool_choice", "tool_choice is not supported by this server: tool calling is not "
+     "implemented"),
+    # An extension no runtime here can carry is refused, not dropped: the answer would not be what was asked.
+    ({"extra_body": {"min_p": 0.1}}, "min_p", "min_p is not supported by this server: no TensorRT-LLM model here "
+     "takes min_p (the C++ backend's tensorrt_llm and the llmapi model have no such input)"),
+    ({"extra_body": {"top_k": -3}}, "top_k",
+     "top_k -3 is out of range: -1 or 0 (every token) or a number of tokens up to 2147483647"),
+    ({"max_tokens": 4, "extra_body": {"min_tokens": 5}}, "min_tokens", "min_tokens 5 is above max_tokens 4"),
+    ({"extra_body": {"repetition_penalty": 0}}, "repetition_penalty",
+     "repetition_penalty 0.0 is out of range: TensorRT-LLM accepts repetition_penalty > 0"),
+    ({"extra_body": {"stop_token_ids": [49152]}}, "stop_token_ids",
+     "stop_token_ids [49152] are not token ids of this model (0 to 49151)"),
+    ({"extra_body": {"ignore_eos": "yes"}}, "ignore_eos", "ignore_eos must be a boolean, got 'yes'"),
+    ({"stream": True, "stream_options": {"include_usage": True, "per_chunk": True}}, "stream_options.per_chunk",
+     "Unrecognized stream option supplied: per_chunk; this server takes continuous_usage_stats, "
+     "include_obfuscation, include_usage"),
 ]
 
 
@@ -237,3 +272,291 @@ def test_a_client_that_times_out_on_a_whole_answer_cancels_the_triton_request(tr
         chat(impatient, LONG, max_tokens=1000, temperature=0)
     tokens = wait_for_cancellation(triton, before)
     assert tokens < 100, f"the cancelled sequence decoded {tokens} tokens"
+
+
+# Sampling recommendations of the kind released models ship in generation_config.json.
+RECOMMENDED = {"temperature": 0.2, "top_p": 0.9, "top_k": 40, "repetition_penalty": 1.05, "max_new_tokens": 50}
+
+
+@pytest.fixture(scope="module")
+def recommending(triton, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    """A gateway in front of the same Triton, over a copy of what it reads from the build whose
+    generation_config.json recommends RECOMMENDED."""
+    folder = tmp_path_factory.mktemp("recommending")
+    copy = folder / "repository"
+    for name in ("build.json", "ensemble/config.pbtxt", "preprocessing/config.pbtxt"):
+        (copy / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(triton.repository / name, copy / name)
+    shutil.copytree(triton.repository / "ensemble/1/tokenizer", copy / "ensemble/1/tokenizer")
+    config = copy / "ensemble/1/tokenizer/generation_config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), **RECOMMENDED}))
+    with running_gateway(copy, triton.http, folder) as running:
+        yield running
+
+
+# What clients send: each fixture is the literal body one client sends by default (or with the flag
+# its docs give), naming the client, its version and the source lines it copies. They go to the
+# gateway whose model recommends its sampling: the LangChain and AutoGen bodies name no max_tokens,
+# and the embedded 135M model sampled at OpenAI's default temperature 1 rambles on to max_output_len
+# (1024 tokens: minutes on this CPU), where with a model's recommendations it answers.
+CLIENT_BODIES = sorted((ROOT / "tests" / "fixtures" / "clients").glob("*.json"))
+
+
+def streamed_answer(response: httpx.Response, chat: bool, options: dict) -> tuple[str, str, dict | None]:
+    """(text, finish_reason, usage) of a server-sent event stream, checked as a strict client reads it."""
+    events = response.text.split("\n\n")
+    assert events[-2:] == ["data: [DONE]", ""], events[-3:]
+    chunks = [json.loads(each.removeprefix("data: ")) for each in events[:-2]]
+    assert {c["object"] for c in chunks} == {"chat.completion.chunk" if chat else "text_completion"}
+    answering = [c for c in chunks if c["choices"]]
+    if chat:
+        assert answering[0]["choices"][0]["delta"]["role"] == "assistant"
+    text = "".join((c["choices"][0]["delta"].get("content") or "") if chat else c["choices"][0]["text"]
+                   for c in answering)
+    used = None
+    if options.get("include_usage"):
+        assert chunks[-1]["choices"] == [], chunks[-1]
+        used = chunks[-1]["usage"]
+        if options.get("continuous_usage_stats"):
+            running = [c["usage"]["completion_tokens"] for c in answering]
+            assert running == sorted(running) and running[-1] == used["completion_tokens"], running
+        else:
+            assert all(c["usage"] is None for c in answering)
+    return text, answering[-1]["choices"][0]["finish_reason"], used
+
+
+@pytest.mark.parametrize("path", CLIENT_BODIES, ids=[p.stem for p in CLIENT_BODIES])
+def test_what_each_client_sends_by_default_gets_an_answer(recommending, path):
+    recorded = json.loads(path.read_text())
+    assert {"client", "version", "source", "request"} <= set(recorded)
+    request = recorded["request"]
+    body = request.get("body")
+    response = httpx.request(request["method"], recommending.url + request["path"], json=body, timeout=120)
+    assert response.status_code == 200, response.text
+    assert response.headers["x-request-id"]
+    if body is None:
+        assert response.json() == {"status": "ready"}
+        return
+    chat = request["path"] == "/v1/chat/completions"
+    if body.get("stream"):
+        text, finish, used = streamed_answer(response, chat, body.get("stream_options") or {})
+    else:
+        answer = response.json()
+        assert answer["object"] == ("chat.completion" if chat else "text_completion")
+        choice = answer["choices"][0]
+        text = choice["message"]["content"] if chat else choice["text"]
+        finish, used = choice["finish_reason"], answer["usage"]
+    assert text.strip() and finish in ("stop", "length"), (text, finish)
+    wanted = body.get("max_completion_tokens") or body.get("max_tokens")
+    if used is not None:
+        assert 0 < used["completion_tokens"] <= (wanted or RECOMMENDED["max_new_tokens"])
+        assert used["total_tokens"] == used["prompt_tokens"] + used["completion_tokens"]
+    if body.get("ignore_eos"):  # what a benchmark relies on: exactly the output length it asked for
+        assert used is not None and used["completion_tokens"] == wanted and finish == "length", used
+
+
+def test_ignore_eos_runs_to_max_tokens(client):
+    free = chat(client, CAPITAL, max_tokens=48, temperature=0)
+    assert free.choices[0].finish_reason == "stop" and free.usage.completion_tokens < 48
+    held = chat(client, CAPITAL, max_tokens=48, temperature=0, extra_body={"ignore_eos": True})
+    assert held.choices[0].finish_reason == "length" and held.usage.completion_tokens == 48
+    assert held.choices[0].message.content.startswith(free.choices[0].message.content)
+    text, chunks = streamed_chat(client, CAPITAL, max_tokens=48, temperature=0, extra_body={"ignore_eos": True},
+                                 stream_options={"include_usage": True})
+    assert text == held.choices[0].message.content and chunks[-1].usage == held.usage
+
+
+def test_min_tokens_holds_the_end_back(client):
+    answer = chat(client, CAPITAL, max_tokens=64, temperature=0, extra_body={"min_tokens": 20})
+    assert answer.usage.completion_tokens >= 20, answer.choices[0].message.content
+
+
+def test_stop_token_ids_end_the_answer_before_that_token(client, tokenizer):
+    free = chat(client, CAPITAL, max_tokens=16, temperature=0).choices[0].message.content
+    assert " Paris" in free, free
+    paris = tokenizer.encode(" Paris", add_special_tokens=False)
+    assert len(paris) == 1
+    stopped = chat(client, CAPITAL, max_tokens=16, temperature=0, extra_body={"stop_token_ids": paris})
+    assert stopped.choices[0].message.content == free.split(" Paris")[0]
+    assert stopped.choices[0].finish_reason == "stop"
+    text, chunks = streamed_chat(client, CAPITAL, max_tokens=16, temperature=0, extra_body={"stop_token_ids": paris})
+    assert text == stopped.choices[0].message.content and chunks[-1].choices[0].finish_reason == "stop"
+
+
+def test_top_k_and_repetition_penalty_reach_the_engine_and_neutral_values_change_nothing(client):
+    greedy = chat(client, LONG, max_tokens=24, temperature=0).choices[0].message.content
+    hot_top_1 = chat(client, LONG, max_tokens=24, temperature=1.5, seed=3, extra_body={"top_k": 1})
+    assert hot_top_1.choices[0].message.content == greedy
+    penalised = chat(client, LONG, max_tokens=24, temperature=0, extra_body={"repetition_penalty": 1.3})
+    assert penalised.choices[0].message.content != greedy
+    neutral = {"top_k": -1, "repetition_penalty": 1.0, "min_tokens": 0, "ignore_eos": False, "min_p": 0,
+               "stop_token_ids": []}
+    assert chat(client, LONG, max_tokens=24, temperature=0, extra_body=neutral).choices[0].message.content == greedy
+
+
+def test_message_names_and_keys_that_change_nothing_are_accepted(client):
+    plain = chat(client, CAPITAL, max_tokens=8, temperature=0)
+    named = client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": CAPITAL, "name": "alice"}], max_tokens=8, temperature=0,
+        user="u-1", store=False, metadata={"run": "1"}, service_tier="auto", parallel_tool_calls=False,
+        logprobs=False, tool_choice="none", response_format={"type": "text"},
+        extra_body={"prompt_cache_key": "k", "safety_identifier": "s", "top_logprobs": 0})
+    assert named.choices[0].message.content == plain.choices[0].message.content
+    # SmolLM2's template names no speakers, so the name leaves the prompt as it was
+    assert named.usage.prompt_tokens == plain.usage.prompt_tokens
+    expect_error(lambda: client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi",
+                                                                                "name": 7}]),
+                 400, "messages[0].name", "messages[0].name must be a string, got 7")
+
+
+def test_continuous_usage_stats_put_the_usage_so_far_on_every_chunk(client):
+    whole = chat(client, CAPITAL, max_tokens=12, temperature=0)
+    text, chunks = streamed_chat(client, CAPITAL, max_tokens=12, temperature=0,
+                                 stream_options={"include_usage": True, "continuous_usage_stats": True})
+    assert text == whole.choices[0].message.content
+    counts = [c.usage.completion_tokens for c in chunks]
+    assert counts[0] == 1 and counts == sorted(counts) and counts[-1] == whole.usage.completion_tokens, counts
+    assert {c.usage.prompt_tokens for c in chunks} == {whole.usage.prompt_tokens}
+    assert chunks[-1].choices == [] and chunks[-1].usage == whole.usage
+
+
+def test_the_models_recommended_sampling_fills_in_what_a_client_leaves_out(client, recommending):
+    """As vLLM does by default: generation_config.json's temperature, top_p, top_k, repetition_penalty
+    and max_new_tokens stand for what a request omits; what it sends stands."""
+    recommended = {key: value for key, value in RECOMMENDED.items() if key != "max_new_tokens"}
+    spelled_out = chat(client, LONG, seed=5, max_tokens=RECOMMENDED["max_new_tokens"],
+                       temperature=recommended.pop("temperature"), top_p=recommended.pop("top_p"),
+                       extra_body=recommended)
+    with recommending.client() as sdk:
+        left_out = chat(sdk, LONG, seed=5)
+        assert left_out.choices[0].message.content == spelled_out.choices[0].message.content
+        assert left_out.usage.completion_tokens == RECOMMENDED["max_new_tokens"]
+        assert left_out.choices[0].finish_reason == "length"
+        greedy = chat(sdk, LONG, max_tokens=60, temperature=0, extra_body={"top_k": 0, "repetition_penalty": 1})
+        plain = chat(client, LONG, max_tokens=60, temperature=0)
+        assert greedy.usage.completion_tokens == 60
+        assert greedy.choices[0].message.content == plain.choices[0].message.content
+
+
+# Honest streams: the status line goes with the first token, so what fails before it is a status.
+
+def test_health_and_a_request_id_on_every_response(gateway, client):
+    health = httpx.get(f"{gateway.url}/health")
+    assert health.status_code == 200 and health.json() == {"status": "ready"}
+    generated = health.headers["x-request-id"]
+    assert len(generated) == 32 and int(generated, 16) >= 0
+    assert httpx.get(f"{gateway.url}/health").headers["x-request-id"] != generated
+    answer = chat(client, CAPITAL, max_tokens=4, temperature=0, extra_headers={"x-request-id": "bench-42"})
+    assert answer._request_id == "bench-42"
+    raw = client.chat.completions.with_raw_response.create(
+        model=MODEL, messages=[{"role": "user", "content": CAPITAL}], max_tokens=4, stream=True,
+        extra_headers={"x-request-id": "bench-43"})
+    assert raw.headers["x-request-id"] == "bench-43"
+    assert list(raw.parse())
+    with pytest.raises(openai.BadRequestError) as refused:
+        chat(client, CAPITAL, temperature=9, extra_headers={"x-request-id": "bench-44"})
+    assert refused.value.request_id == "bench-44"
+
+
+def read_response(sock: socket.socket) -> bytes:
+    data = b""
+    while b"\r\n\r\n" not in data:
+        more = sock.recv(4096)
+        assert more, f"the gateway closed the connection: {data!r}"
+        data += more
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                  if line.lower().startswith(b"content-length"))
+    while len(body) < length:
+        body += sock.recv(4096)
+    return head
+
+
+def test_an_idle_connection_outlives_uvicorns_default_keep_alive(gateway):
+    """The load balancer reuses a backend connection for up to 600 s; uvicorn would close it after 5."""
+    host, port = gateway.url.removeprefix("http://").split(":")
+    request = b"GET /health/live HTTP/1.1\r\nHost: gateway\r\n\r\n"
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(request)
+        assert read_response(sock).startswith(b"HTTP/1.1 200")
+        time.sleep(6.5)
+        sock.sendall(request)
+        assert read_response(sock).startswith(b"HTTP/1.1 200")
+
+
+# A prompt near max_input_len, so that on the CPU the first token comes noticeably after the request.
+SLOW_PROMPT = "Here is a list of things dragons like: gold, caves, fire, mountains, sheep. " * 50
+
+
+def test_a_streams_first_chunk_comes_with_the_first_token(client, tokenizer):
+    assert 800 < len(tokenizer.encode(SLOW_PROMPT)) < 1000
+    began = time.monotonic()
+    arrivals = []
+    with chat(client, SLOW_PROMPT, max_tokens=4, temperature=0, stream=True) as stream:
+        for chunk in stream:
+            arrivals.append((time.monotonic() - began, chunk))
+    role_at = arrivals[0][0]
+    assert arrivals[0][1].choices[0].delta.role == "assistant"
+    content_at = next(at for at, chunk in arrivals if chunk.choices and chunk.choices[0].delta.content)
+    # The first token is late (the prompt's prefill): the role chunk, the first that has `choices`
+    # (where vLLM's benchmark stops its TTFT clock), waits for it.
+    assert content_at > 0.2 and role_at > 0.8 * content_at, [round(at, 3) for at, _ in arrivals]
+
+
+def test_a_client_that_gives_up_before_the_first_token_cancels_the_triton_request(triton, gateway):
+    before = len(cancelled_lines(triton))
+    # The status line waits for the first token, after SLOW_PROMPT's prefill (test above): 0.1 s runs out first.
+    with gateway.client(timeout=0.1) as impatient, pytest.raises(openai.APITimeoutError):
+        chat(impatient, SLOW_PROMPT, max_tokens=1000, temperature=0, stream=True)
+    tokens = wait_for_cancellation(triton, before)
+    assert tokens < 100, f"the cancelled sequence decoded {tokens} tokens"
+
+
+def test_a_triton_that_cannot_be_reached_is_a_503_with_retry_after(triton, tmp_path):
+    with running_gateway(triton.repository, f"127.0.0.1:{free_port()}", tmp_path, ready="/health/live") as down:
+        health = httpx.get(f"{down.url}/health")
+        assert health.status_code == 503 and health.headers["retry-after"] == "10"
+        with down.client() as sdk:
+            for stream in (True, False):
+                with pytest.raises(openai.APIStatusError) as raised:
+                    chat(sdk, CAPITAL, max_tokens=4, stream=stream)
+                assert raised.value.status_code == 503, stream
+                assert raised.value.response.headers["retry-after"] == "10"
+                assert raised.value.body["code"] == "triton_unavailable"
+
+
+@pytest.fixture(scope="module")
+def full_triton(triton, tmp_path_factory: pytest.TempPathFactory):
+    """A second tritonserver on this build whose tensorrt_llm queue holds one request: beyond the
+    running batch (8 rows) and that one, Triton answers 503 "Exceeds maximum queue size"."""
+    folder = tmp_path_factory.mktemp("full-triton")
+    copy = folder / "repository"
+    shutil.copytree(triton.repository, copy, ignore=shutil.ignore_patterns("checkpoint"))
+    (copy / "tensorrt_llm/1/checkpoint").symlink_to(triton.repository / "tensorrt_llm/1/checkpoint")
+    config = copy / "tensorrt_llm/config.pbtxt"
+    assert "dynamic_batching {" in config.read_text()
+    config.write_text(config.read_text().replace(
+        "dynamic_batching {", "dynamic_batching {\n  default_queue_policy { max_queue_size: 1 }", 1))
+    with triton_server(copy, folder) as server:
+        yield server
+
+
+def test_a_full_triton_is_a_503_with_retry_after_never_a_broken_stream(full_triton, tmp_path):
+    outcomes: list[tuple] = []
+
+    def one(sdk: openai.OpenAI) -> None:
+        try:
+            text, _ = streamed_chat(sdk, LONG, max_tokens=48, temperature=0)
+            outcomes.append(("answered", bool(text)))
+        except openai.APIStatusError as error:
+            outcomes.append((error.status_code, error.response.headers.get("retry-after"), error.body["code"]))
+
+    with running_gateway(full_triton.repository, full_triton.http, tmp_path) as full, full.client() as sdk:
+        threads = [threading.Thread(target=one, args=(sdk,)) for _ in range(12)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(120)
+    assert len(outcomes) == 12, outcomes  # an error inside a 200 stream would have ended a thread unrecorded
+    assert ("answered", True) in outcomes
+    assert set(outcomes) == {("answered", True), (503, "1", "triton_unavailable")}, outcomes

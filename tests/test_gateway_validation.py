@@ -1,0 +1,95 @@
+"""The gateway's request validation for what the served runtime can and cannot carry, and the model's
+recommended sampling, without a server: the llmapi runtime is not built on this machine, so what it
+refuses is checked here on the CPU build's model with the llmapi runtime's inputs (token_ids false).
+The same paths on the real tritonserver are tests/test_gateway.py's."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from gateway import repository, validation
+from gateway.errors import ApiError
+from gateway.triton import ENSEMBLE_SAMPLING, cannot_carry, sampling
+
+MODEL = "SmolLM2-135M-Instruct"
+ASK = {"model": MODEL, "messages": [{"role": "user", "content": "Name a colour."}]}
+
+
+@pytest.fixture(scope="module")
+def model(cpu_repository) -> repository.Model:
+    return repository.load(cpu_repository)
+
+
+def serving(model: repository.Model, path: str, defaults: dict | None = None) -> validation.Serving:
+    return validation.Serving(model.max_output_len, model.fast.get_vocab_size(True), defaults or {},
+                              cannot_carry(model, path))
+
+
+def refused(body: dict, where: validation.Serving) -> ApiError:
+    with pytest.raises(ApiError) as raised:
+        validation.parse(body, chat=True, serving=where)
+    return raised.value
+
+
+def test_the_llmapi_runtime_refuses_by_name_what_it_has_no_input_for(model):
+    llmapi = serving(dataclasses.replace(model, token_ids=False), "ensemble")
+    for name, value in [("repetition_penalty", 1.1), ("min_tokens", 4), ("ignore_eos", True),
+                        ("stop_token_ids", [2]), ("min_p", 0.05)]:
+        error = refused(ASK | {name: value}, llmapi)
+        assert (error.status, error.param, error.code) == (400, name, "unsupported_parameter"), error
+        assert error.message.startswith(f"{name} is not supported by this server: ")
+    # its neutral value asks for nothing the runtime lacks, and top_k reaches the llmapi model
+    job = validation.parse(ASK | {"repetition_penalty": 1.0, "min_tokens": 0, "ignore_eos": False,
+                                  "stop_token_ids": [], "min_p": 0, "top_k": 20}, chat=True, serving=llmapi)
+    assert sampling(job, ENSEMBLE_SAMPLING) == {"presence_penalty": [0.0], "frequency_penalty": [0.0],
+                                                "temperature": [1.0], "top_p": [1.0], "top_k": [20]}
+
+
+def test_the_direct_path_carries_every_extension_but_min_p(model):
+    direct = serving(model, "direct")
+    assert set(direct.cannot) == {"min_p"}
+    job = validation.parse(ASK | {"max_tokens": 8, "ignore_eos": True, "top_k": -1, "repetition_penalty": 1.2,
+                                  "stop_token_ids": [5, 5, 9]}, chat=True, serving=direct)
+    assert (job.engine_min_tokens, job.top_k, job.repetition_penalty, job.stop_token_ids) == (8, 0, 1.2, [5, 9])
+
+
+def test_the_ensemble_path_cannot_take_stop_token_ids(model):
+    ensemble = serving(model, "ensemble")
+    assert refused(ASK | {"stop_token_ids": [2]}, ensemble).param == "stop_token_ids"
+
+
+def test_recommended_sampling_is_the_default_and_the_client_wins(model):
+    config = {"temperature": 0.6, "top_p": 0.9, "top_k": 20, "repetition_penalty": 1.05, "max_new_tokens": 64,
+              "do_sample": True, "eos_token_id": 2}
+    defaults, warnings = validation.recommended(config, cannot_carry(model, "direct"), model.max_output_len)
+    assert warnings == [] and defaults == {key: config[key] for key in validation.RECOMMENDED if key in config}
+    where = validation.Serving(model.max_output_len, 49152, defaults)
+    job = validation.parse(ASK, chat=True, serving=where)
+    assert (job.temperature, job.top_p, job.top_k, job.repetition_penalty, job.max_tokens) == (0.6, 0.9, 20, 1.05, 64)
+    job = validation.parse(ASK | {"temperature": 1.0, "top_k": 0, "max_tokens": 100}, chat=True, serving=where)
+    assert (job.temperature, job.top_k, job.max_tokens) == (1.0, 0, 100)
+    # legacy completions keep OpenAI's 16 tokens unless the model recommends fewer
+    completion = {"model": MODEL, "prompt": "Once"}
+    assert validation.parse(completion, chat=False, serving=where).max_tokens == 16
+
+
+def test_a_recommendation_the_runtime_cannot_apply_is_left_out_with_a_warning(model):
+    llmapi = cannot_carry(dataclasses.replace(model, token_ids=False), "ensemble")
+    defaults, warnings = validation.recommended({"temperature": 0.7, "repetition_penalty": 1.05, "min_p": 0.0},
+                                                llmapi, model.max_output_len)
+    assert defaults == {"temperature": 0.7, "min_p": 0.0}
+    assert warnings == ["generation_config.json recommends repetition_penalty 1.05, which is left out: the llmapi "
+                        "runtime's tensorrt_llm model has no input for repetition_penalty"]
+
+
+@pytest.mark.parametrize(("config", "message"), [
+    ({"top_p": 1.5}, "generation_config.json: top_p 1.5 is out of range: it must be between 0 and 1"),
+    ({"max_new_tokens": 0}, "generation_config.json: max_new_tokens must be at least 1, got 0"),
+    ({"top_k": 2.5}, "generation_config.json: top_k must be an integer, got 2.5"),
+])
+def test_a_recommendation_no_request_could_carry_stops_the_gateway_at_start(model, config, message):
+    with pytest.raises(ValueError) as raised:
+        validation.recommended(config, {}, model.max_output_len)
+    assert str(raised.value) == message
