@@ -1382,3 +1382,11 @@ def test_a_real_pin_with_the_pushed_gateway_image_by_digest(repo: Path) -> None:
         f"    newName: us-docker.pkg.dev/my-project/gke-triton-llm/gateway\n    digest: sha256:{'ab' * 32}\n"
     )
     assert problems(repo, "overlays/h100") == []
+
+
+def test_the_ingress_routes_the_gateways_health_check() -> None:
+    # guidellm calls GET /health before a run (docs/manifests.md, "The OpenAI gateway"); Triton's is /v2/health.
+    ingress = next(o for o in validate.render(ROOT / "overlays/h100") if o["kind"] == "Ingress")
+    routes = {(p["path"], p["pathType"]): p["backend"]["service"]["port"]["name"]
+              for rule in ingress["spec"]["rules"] for p in rule["http"]["paths"]}
+    assert routes[("/health", "Exact")] == routes[("/v1", "Prefix")] == "openai"
