@@ -17,6 +17,8 @@ import hmac
 import json
 import logging
 import math
+import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +36,9 @@ DEFAULT_MAX_BODY_BYTES = 1 << 20
 # waiting in Triton's queue to fill each row as it frees. More would only wait longer in that queue
 # (the client's latency grows, its answer does not come sooner); fewer would leave rows idle between steps.
 IN_FLIGHT_PER_BATCH_ROW = 2
+# How often the keys folder is looked at again: a Secret's change reaches its volume within the kubelet's
+# sync period (about a minute) anyway, and a stat per request would cost every request.
+KEYS_REFRESH_SECONDS = 10.0
 # A shed request is retried after a decode step or few free some rows: a second is many steps.
 RETRY_SHED = "1"
 
@@ -77,11 +82,22 @@ def match(keys: dict[str, bytes], given: bytes) -> str | None:
     return found
 
 
+def folder_version(directory: Path) -> tuple:
+    """Changes when the folder's keys may have: a file added, removed or rewritten (a Secret volume
+    swaps its `..data` link on every update, which changes where every key file leads)."""
+    try:
+        return tuple((entry.name, entry.stat().st_mtime_ns, entry.stat().st_size)
+                     for entry in sorted(os.scandir(directory), key=lambda entry: entry.name))
+    except OSError:
+        return ()
+
+
 @dataclass(frozen=True)
 class Limits:
     keys: dict[str, bytes]
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     max_in_flight: int = 16
+    keys_dir: Path | None = None  # looked at again every KEYS_REFRESH_SECONDS: keys change without a restart
 
 
 def _refusal(error: ApiError) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
@@ -113,6 +129,9 @@ class Admission:
     def __init__(self, app: ASGIApp, limits: Limits):
         self.app, self.limits = app, limits
         self.in_flight = 0
+        self.keys = limits.keys
+        self.keys_version = folder_version(limits.keys_dir) if limits.keys_dir else None
+        self.keys_checked = time.monotonic()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
@@ -141,13 +160,32 @@ class Admission:
         finally:
             self.in_flight -= 1
 
+    def refresh_keys(self) -> None:
+        """A Secret created, changed or deleted after the pod started takes effect within seconds."""
+        now = time.monotonic()
+        if self.limits.keys_dir is None or now - self.keys_checked < KEYS_REFRESH_SECONDS:
+            return
+        self.keys_checked = now
+        version = folder_version(self.limits.keys_dir)
+        if version == self.keys_version:
+            return
+        try:
+            keys = load_keys(self.limits.keys_dir)
+        except (KeysError, OSError) as error:  # keep the keys that worked rather than open the gateway
+            log.error("gateway: API keys not reloaded, the previous %d stay: %s", len(self.keys), error)
+            return
+        self.keys, self.keys_version = keys, version
+        log.warning("gateway: API keys reloaded from %s: %s", self.limits.keys_dir, ", ".join(keys) or "none, "
+                    "so /v1 takes requests without a key")
+
     def authenticate(self, authorization: bytes) -> str | None:
-        if not self.limits.keys:
+        self.refresh_keys()
+        if not self.keys:
             return ANONYMOUS
         scheme, _, key = authorization.partition(b" ")
         if scheme.lower() != b"bearer" or not key.strip():
             return None
-        return match(self.limits.keys, key.strip())
+        return match(self.keys, key.strip())
 
     async def capped(self, scope: Scope, receive: Receive, send: Send) -> None:
         """The app, with a body that may not grow past the cap (a chunked body has no Content-Length):

@@ -324,7 +324,7 @@ def limits(settings: Settings, model: repository.Model) -> admission.Limits:
     if settings.api_keys_dir and not keys:
         log.warning("gateway: no API keys in %s: /v1 takes requests without a key", settings.api_keys_dir)
     in_flight = settings.max_in_flight or admission.default_max_in_flight(model.max_batch_size, 1)
-    return admission.Limits(keys, settings.max_body_bytes, in_flight)
+    return admission.Limits(keys, settings.max_body_bytes, in_flight, settings.api_keys_dir)
 
 
 def build(settings: Settings) -> ASGIApp:

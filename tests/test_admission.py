@@ -163,3 +163,28 @@ def test_a_body_over_the_cap_is_a_413_with_or_without_a_content_length():
     for refused in (declared, chunked):
         assert refused.status_code == 413 and refused.json()["error"]["code"] == "request_too_large"
     assert fits.status_code == 200
+
+
+def test_a_secret_created_changed_or_deleted_after_start_takes_effect_without_a_restart(tmp_path, monkeypatch):
+    monkeypatch.setattr(admission, "KEYS_REFRESH_SECONDS", 0.0)
+    slow = Slow()
+    slow.release.set()
+    folder = tmp_path / "keys"
+    folder.mkdir()  # the optional Secret's volume before the Secret exists: an empty folder
+
+    async def ask(client: httpx.AsyncClient, key: str | None) -> int:
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        return (await client.get("/v1/models", headers=headers)).status_code
+
+    async def run():
+        async with slow.app(Limits({}, keys_dir=folder)) as client:
+            statuses = [await ask(client, None)]
+            (folder / "alice").write_text("sk-alice")
+            statuses += [await ask(client, None), await ask(client, "sk-alice")]
+            (folder / "alice").write_text("sk-alice-2")  # rotated
+            statuses += [await ask(client, "sk-alice"), await ask(client, "sk-alice-2")]
+            (folder / "alice").write_text("sk bad")  # a broken update keeps the keys that worked
+            statuses += [await ask(client, None), await ask(client, "sk-alice-2")]
+        return statuses
+
+    assert asyncio.run(run()) == [200, 401, 200, 401, 200, 401, 200]
