@@ -1,15 +1,16 @@
 """Drive the OpenAI gateway far past what it takes, against the stand-in engine, and check it sheds load well.
 
-Many times the gateway's bound on requests in flight (gateway/admission.py) stream at once through
-the gateway to a tritonserver whose tensorrt_llm is the no-cost stand-in (tools/harness/standin.py):
+First what the server answers per second with the gateway's bound on requests in flight
+(gateway/admission.py) is measured; then requests arrive at many times that rate, each streamed
+through the gateway to a tritonserver whose tensorrt_llm is the stand-in (tools/harness/standin.py):
 every accepted stream must end with exactly the stand-in's text (as tools/harness/gateway_load.py
 checks it), every refused one must be a 429 (or 503) that comes at once, none may hang, the gateway's
 memory must stay bounded, and /health must answer 200 after. Prints the figures; exit 1 when any
 of that fails.
 
 Examples:
-  python tools/overload.py                                  # 10x a one-worker gateway's default bound
-  python tools/overload.py --multiple 20 --requests 4000 --workers 2
+  python tools/overload.py                 # 10x the rate a one-worker gateway answers at its default bound
+  python tools/overload.py --multiple 20 --seconds 30 --workers 2
   python tools/overload.py --max-in-flight 4 --per-token-delay-us 5000 --tokens 32
 """
 
@@ -103,28 +104,55 @@ async def one(client: httpx.AsyncClient, url: str, expectation: loadgen.Expectat
         results.failures.append(f"seed {seed}: {error!r}")
 
 
-async def drive(url: str, expectation: loadgen.Expectation, concurrency: int, requests: int, tokens: int,
-                timeout: float) -> tuple[Results, float]:
-    """`concurrency` clients, each sending its next request as soon as its last is answered or refused."""
+def client(connections: int) -> httpx.AsyncClient:
+    # A pool as large as the load: a request waiting for a free connection would count the client's queue.
+    limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
+    return httpx.AsyncClient(limits=limits, timeout=None)
+
+
+async def capacity(url: str, expectation: loadgen.Expectation, in_flight: int, requests: int, tokens: int,
+                   timeout: float) -> tuple[Results, float]:
+    """What the server takes: `in_flight` clients, each sending its next request when its last is answered
+    (never more than the bound at once), and the requests per second they get answered. With several
+    workers the kernel does not spread connections evenly, so one worker may refuse while another has
+    room: a refused client waits a little before it sends again."""
     results, seeds = Results(), iter(range(requests))
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(limits=limits, timeout=None) as client:
+    async with client(in_flight) as http:
 
         async def client_loop() -> None:
             for seed in seeds:
-                await one(client, url, expectation, seed, tokens, timeout, results)
+                refused = sum(len(each) for each in results.refused.values())
+                await one(http, url, expectation, seed, tokens, timeout, results)
+                if sum(len(each) for each in results.refused.values()) > refused:
+                    await asyncio.sleep(0.05)
 
         began = time.monotonic()
-        await asyncio.gather(*(client_loop() for _ in range(concurrency)))
+        await asyncio.gather(*(client_loop() for _ in range(in_flight)))
+    return results, len(results.accepted) / (time.monotonic() - began)
+
+
+async def overload(url: str, expectation: loadgen.Expectation, rate: float, seconds: float, tokens: int,
+                   timeout: float, first_seed: int) -> tuple[Results, float]:
+    """Requests arriving at `rate` per second for `seconds`, each sent on time whatever became of the
+    others (an open loop: a server that slows down does not slow the arrivals, as with real users)."""
+    results, tasks = Results(), []
+    count = int(rate * seconds)
+    async with client(count) as http:
+        began = time.monotonic()
+        for number in range(count):
+            await asyncio.sleep(max(0.0, began + number / rate - time.monotonic()))
+            tasks.append(asyncio.create_task(one(http, url, expectation, first_seed + number, tokens, timeout,
+                                                 results)))
+        await asyncio.gather(*tasks)
     return results, time.monotonic() - began
 
 
-def report(results: Results, wall: float, rss: tuple[float, float], health: int, capacity: int,
-           concurrency: int, refusal_p99_ms: float) -> list[str]:
+def report(results: Results, wall: float, rss: tuple[float, float], health: int, bound: int, served: float,
+           rate: float, refusal_p99_ms: float) -> list[str]:
     """Prints the figures; returns what failed."""
     refused = [at for each in results.refused.values() for at in each]
-    print(f"\n{concurrency} clients at once against {capacity} requests in flight ({concurrency / capacity:.0f}x), "
-          f"{wall:.1f} s")
+    print(f"\n{rate:.0f} requests/s for {wall:.1f} s: {rate / served:.1f}x the {served:.1f}/s the server answers "
+          f"with {bound} in flight")
     print(f"  sent      {results.sent}")
     print(f"  accepted  {len(results.accepted)}, each with its full text; latency p50 "
           f"{percentile(results.accepted, 0.5) * 1000:.0f} ms, p99 {percentile(results.accepted, 0.99) * 1000:.0f} ms")
@@ -159,12 +187,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=1, help="gateway worker processes (default 1)")
     parser.add_argument("--max-in-flight", type=int,
                         help="the gateway's bound per worker (default: the gateway's own, from max_batch_size)")
-    parser.add_argument("--multiple", type=int, default=10, help="clients at once, as a multiple of what the "
-                        "gateway takes in flight (default 10)")
-    parser.add_argument("--requests", type=int, default=2000, help="requests in all (default 2000)")
+    parser.add_argument("--multiple", type=float, default=10.0,
+                        help="requests per second, as a multiple of what the server answers (default 10)")
+    parser.add_argument("--seconds", type=float, default=10.0, help="how long the overload lasts (default 10)")
     parser.add_argument("--tokens", type=int, default=64, help="tokens per answer (default 64)")
-    parser.add_argument("--per-token-delay-us", type=int, default=2000,
-                        help="the stand-in's pause per decode step, so answers take time (default 2000)")
+    parser.add_argument("--per-token-delay-us", type=int, default=10_000,
+                        help="the stand-in's pause per decode step: 10 ms, a GPU stream's 100 tokens/s (default)")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds before a request counts as hung")
     parser.add_argument("--refusal-p99-ms", type=float, default=50.0, help="refusals slower than this at p99 fail "
                         "the run (default 50)")
@@ -183,28 +211,32 @@ def main(argv: list[str] | None = None) -> int:
         expectation = loadgen.Expectation.of(repository)
         limits = json.loads((repository / "build.json").read_text())["limits"]
         per_worker = args.max_in_flight or default_max_in_flight(limits["max_batch_size"], args.workers)
-        capacity = per_worker * args.workers
-        concurrency = args.multiple * capacity
+        bound = per_worker * args.workers
         print(f"machine: {os.cpu_count()} CPUs, {os.uname().machine}; tensorrt_llm: stand-in engine, "
               f"{args.per_token_delay_us} us per token; gateway: {args.workers} worker(s), {per_worker} in flight "
-              f"each; {args.requests} requests of {args.tokens} tokens; logs: {scratch}", flush=True)
+              f"each; answers of {args.tokens} tokens; logs: {scratch}", flush=True)
         with serve.running(repository, ports, log_file=log):
             gateway = gateway_load.start(repository, f"127.0.0.1:{ports.http}", gateway_port, "direct",
                                          args.workers, gateway_log, options)
             try:
                 gateway_load.wait_ready(gateway, url)
-                warm, _ = asyncio.run(drive(url, expectation, 2, 4, args.tokens, args.timeout))
-                if warm.failures:
-                    print(f"error: the warm-up failed: {warm.failures}", file=sys.stderr)
+                measured, served = asyncio.run(capacity(url, expectation, bound, 4 * bound, args.tokens,
+                                                        args.timeout))
+                if measured.failures:
+                    print(f"error: at {bound} in flight, requests failed: {measured.failures[:5]}", file=sys.stderr)
                     return 1
+                shed = sum(len(each) for each in measured.refused.values())
+                print(f"the server answers {served:.1f} requests/s with {bound} clients at once ({shed} of their "
+                      f"requests refused by a worker already at its bound)", flush=True)
                 before = rss_mib(gateway.pid)
-                results, wall = asyncio.run(drive(url, expectation, concurrency, args.requests, args.tokens,
-                                                  args.timeout))
+                rate = args.multiple * served
+                results, wall = asyncio.run(overload(url, expectation, rate, args.seconds, args.tokens, args.timeout,
+                                                     4 * bound))
                 after = rss_mib(gateway.pid)
                 health = httpx.get(f"{url}/health", timeout=10).status_code
             finally:
                 gateway_load.stop(gateway)
-        problems = report(results, wall, (before, after), health, capacity, concurrency, args.refusal_p99_ms)
+        problems = report(results, wall, (before, after), health, bound, served, rate, args.refusal_p99_ms)
     finally:
         shutil.rmtree(scratch / "repository", ignore_errors=True)
     for problem in problems:
