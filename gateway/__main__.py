@@ -3,6 +3,7 @@
 Examples:
   python -m gateway --repository out/cpu                          # beside `tools/serve.py --repository out/cpu`
   python -m gateway --repository /models --host 0.0.0.0 --workers 4   # as the pod runs it
+  python -m gateway --repository out/cpu --api-keys-dir /etc/gateway-api-keys --max-in-flight 8
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import uvicorn
 
+from gateway.admission import DEFAULT_MAX_BODY_BYTES, KeysError, default_max_in_flight, load_keys
 from gateway.app import PATHS, Settings, choose_path, serving
 from gateway.repository import RepositoryError, load
 
@@ -41,14 +43,27 @@ def main(argv: list[str] | None = None) -> int:
                              "--exit-timeout-secs)")
     parser.add_argument("--keep-alive-seconds", type=int, default=KEEP_ALIVE_SECONDS,
                         help=f"how long an idle client connection stays open (default {KEEP_ALIVE_SECONDS})")
+    parser.add_argument("--api-keys-dir", type=Path,
+                        help="a folder of one file per API key, named for its client (a Secret volume); clients "
+                             "must send `Authorization: Bearer <key>`. Absent or empty: no key is asked for")
+    parser.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES,
+                        help=f"larger request bodies get a 413 (default {DEFAULT_MAX_BODY_BYTES})")
+    parser.add_argument("--max-in-flight", type=int,
+                        help="generation requests each worker takes at once; beyond them a 429 with Retry-After "
+                             "(default: 2 x the build's max_batch_size, shared among the workers)")
     args = parser.parse_args(argv)
-    settings = Settings(args.repository.resolve(), args.triton, args.path, args.model_name)
-    try:  # refuse a bad repository, path or recommended sampling here, once, not in every worker
-        model = load(settings.repository, settings.served_name)
-        serving(model, choose_path(model, settings.path))
-    except (RepositoryError, OSError) as error:
+    if args.max_in_flight is not None and args.max_in_flight < 1 or args.max_body_bytes < 1:
+        parser.error("--max-in-flight and --max-body-bytes must be at least 1")
+    try:  # refuse a bad repository, path, recommended sampling or key here, once, not in every worker
+        model = load(args.repository.resolve(), args.model_name)
+        serving(model, choose_path(model, args.path))
+        load_keys(args.api_keys_dir)
+    except (RepositoryError, KeysError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    in_flight = args.max_in_flight or default_max_in_flight(model.max_batch_size, args.workers)
+    settings = Settings(args.repository.resolve(), args.triton, args.path, args.model_name,
+                        args.api_keys_dir.resolve() if args.api_keys_dir else None, args.max_body_bytes, in_flight)
     os.environ.update(settings.environment())  # what each worker's create_app reads
     uvicorn.run("gateway.app:create_app", factory=True, host=args.host, port=args.port, workers=args.workers,
                 log_level="info", access_log=False, timeout_graceful_shutdown=args.drain_seconds,

@@ -7,6 +7,11 @@ A stream's status line goes out with the engine's first token, not before Triton
 then a failure (Triton unreachable or full, a refused request) is an HTTP status the client can
 retry on, and a client timing its first chunk times the first token. Every response carries an
 `x-request-id`, the client's own if it sent one.
+
+gateway/admission.py refuses what must not reach the routes (a missing or wrong API key, an
+oversized body, a request beyond the bound in flight) before any work. Chat templating and
+tokenizing run on one thread beside the event loop: a long prompt's milliseconds there would
+otherwise stall every stream the worker is sending.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import logging
 import os
 import uuid
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +34,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gateway import prompts, repository, validation
+from gateway import admission, prompts, repository, validation
 from gateway.errors import ApiError
 from gateway.responses import DONE, Reply, event, usage
 from gateway.stops import StopText
@@ -44,16 +50,21 @@ class Settings:
     triton_url: str = "127.0.0.1:8000"  # Triton's HTTP address
     path: str = "auto"
     served_name: str | None = None
+    api_keys_dir: Path | None = None  # one file per key name (a Secret volume); none there: no keys asked
+    max_body_bytes: int = admission.DEFAULT_MAX_BODY_BYTES
+    max_in_flight: int | None = None  # per worker; None: admission.default_max_in_flight for one worker
 
     ENV = {"repository": "GATEWAY_REPOSITORY", "triton_url": "GATEWAY_TRITON_HTTP", "path": "GATEWAY_PATH",
-           "served_name": "GATEWAY_MODEL_NAME"}
+           "served_name": "GATEWAY_MODEL_NAME", "api_keys_dir": "GATEWAY_API_KEYS_DIR",
+           "max_body_bytes": "GATEWAY_MAX_BODY_BYTES", "max_in_flight": "GATEWAY_MAX_IN_FLIGHT"}
+    TYPES = {"repository": Path, "api_keys_dir": Path, "max_body_bytes": int, "max_in_flight": int}
 
     @classmethod
     def from_env(cls) -> Settings:
         if not os.environ.get(cls.ENV["repository"]):
             raise repository.RepositoryError(f"{cls.ENV['repository']} is not set: name the built model repository")
         values = {field: os.environ[env] for field, env in cls.ENV.items() if os.environ.get(env)}
-        return cls(**{**values, "repository": Path(values["repository"])})
+        return cls(**{field: cls.TYPES.get(field, str)(value) for field, value in values.items()})
 
     def environment(self) -> dict[str, str]:
         return {env: str(getattr(self, field)) for field, env in self.ENV.items() if getattr(self, field)}
@@ -152,6 +163,7 @@ class Gateway:
         self.path = choose_path(self.model, settings.path)
         self.settings = settings
         self.triton: Triton | None = None
+        self.tokenizing: ThreadPoolExecutor | None = None
         self.serving, warnings = serving(self.model, self.path)
         for warning in warnings:
             log.warning("gateway: %s", warning)
@@ -159,8 +171,14 @@ class Gateway:
     @contextlib.asynccontextmanager
     async def lifespan(self, _app: Starlette) -> AsyncIterator[None]:
         self.triton = Triton(self.settings.triton_url, self.model, self.path)
+        # One thread: a fast tokenizer shared by threads can fail ("Already borrowed") when one call changes
+        # its truncation or padding while another encodes, and the GIL lets only one run Python at a time anyway.
+        self.tokenizing = ThreadPoolExecutor(1, thread_name_prefix="tokenize")
         log.info("gateway: model %s, path %s, Triton %s", self.model.name, self.path, self.settings.triton_url)
-        yield
+        try:
+            yield
+        finally:
+            self.tokenizing.shutdown(wait=False, cancel_futures=True)
 
     async def job(self, request: Request, chat: bool) -> tuple[validation.Generation, list[int]]:
         try:
@@ -173,8 +191,12 @@ class Gateway:
         if job.model != self.model.name:
             raise ApiError(f"The model `{job.model}` does not exist; this server serves `{self.model.name}`",
                            "model", status=404, code="model_not_found")
-        ids = prompts.chat_ids(self.model, job.messages) if chat else prompts.completion_ids(self.model, job.prompt)
-        prompts.check_length(self.model, ids, "messages" if chat else "prompt")
+        param = "messages" if chat else "prompt"
+        texts = [value for message in job.messages for value in message.values()] if chat else [job.prompt]
+        prompts.check_characters(self.model, texts, param)
+        encode, prompt = (prompts.chat_ids, job.messages) if chat else (prompts.completion_ids, job.prompt)
+        ids = await asyncio.get_running_loop().run_in_executor(self.tokenizing, encode, self.model, prompt)
+        prompts.check_length(self.model, ids, param)
         return job, ids
 
     async def chat_completions(self, request: Request) -> Response:
@@ -297,8 +319,19 @@ class RequestId:
         await self.app(scope, receive, send_with_id)
 
 
+def limits(settings: Settings, model: repository.Model) -> admission.Limits:
+    keys = admission.load_keys(settings.api_keys_dir)
+    if settings.api_keys_dir and not keys:
+        log.warning("gateway: no API keys in %s: /v1 takes requests without a key", settings.api_keys_dir)
+    in_flight = settings.max_in_flight or admission.default_max_in_flight(model.max_batch_size, 1)
+    return admission.Limits(keys, settings.max_body_bytes, in_flight, settings.api_keys_dir)
+
+
 def build(settings: Settings) -> ASGIApp:
     gateway = Gateway(settings)
+    bounds = limits(settings, gateway.model)
+    log.info("gateway: %d API key(s); at most %d requests in flight and %d-byte bodies", len(bounds.keys),
+             bounds.max_in_flight, bounds.max_body_bytes)
     routes = [
         Route("/v1/chat/completions", gateway.chat_completions, methods=["POST"]),
         Route("/v1/completions", gateway.completions, methods=["POST"]),
@@ -309,7 +342,8 @@ def build(settings: Settings) -> ASGIApp:
         Route("/health/live", gateway.live, methods=["GET"]),
     ]
     handlers = {ApiError: api_error, Disconnected: disconnected, HTTPException: http_error, Exception: internal_error}
-    return RequestId(Starlette(routes=routes, exception_handlers=handlers, lifespan=gateway.lifespan))
+    app = Starlette(routes=routes, exception_handlers=handlers, lifespan=gateway.lifespan)
+    return RequestId(admission.Admission(app, bounds))
 
 
 def create_app() -> ASGIApp:

@@ -32,3 +32,14 @@ def check_length(model: Model, ids: list[int], param: str) -> None:
         raise ApiError(f"This model's maximum prompt length is {model.max_input_len} tokens (max_input_len). "
                        f"However, your {param} resulted in {len(ids)} tokens. Please reduce its length.", param,
                        code="context_length_exceeded")
+
+
+def check_characters(model: Model, texts: list[str], param: str) -> None:
+    """Refuse a prompt that must come to more than max_input_len tokens before the tokenizer spends any time
+    on it: no token stands for more than max_token_chars characters, and templating only adds tokens."""
+    characters = sum(len(text) for text in texts)
+    bound = model.max_input_len * model.max_token_chars
+    if characters > bound:
+        raise ApiError(f"This model's maximum prompt length is {model.max_input_len} tokens (max_input_len). "
+                       f"However, your {param} has {characters} characters, more than that many tokens can hold "
+                       f"({bound}). Please reduce its length.", param, code="context_length_exceeded")

@@ -33,6 +33,8 @@ class Model:
     max_input_len: int
     max_output_len: int
     max_seq_len: int  # prompt and answer together: the context length /v1/models reports
+    max_batch_size: int  # the engine's rows: what sizes the gateway's default bound on requests in flight
+    max_token_chars: int  # the longest token's characters: a prompt longer than max_input_len of them is too long
     end_ids: tuple[int, ...]  # the tokenizer's own first: tensorrt_llm takes one end_id
     pad_id: int
     token_ids: bool  # tensorrt_llm takes token ids (cpu, engine); else text (llmapi, through the ensemble)
@@ -43,6 +45,13 @@ class Model:
 def parameters(config: Path) -> dict[str, str]:
     parsed = text_format.Parse(config.read_text(), model_config_pb2.ModelConfig())
     return {key: value.string_value for key, value in parsed.parameters.items()}
+
+
+def longest_token(fast: Tokenizer) -> int:
+    """Characters of the vocabulary's longest entry, added tokens included. A byte-level vocabulary
+    writes each byte as one character and sentencepiece each character as itself (or a longer
+    <0x..> for a fallback byte), so no token stands for more characters of a prompt than this."""
+    return max(len(entry) for entry in fast.get_vocab(with_added_tokens=True))
 
 
 def load(repository: Path, served_name: str | None = None) -> Model:
@@ -62,15 +71,18 @@ def load(repository: Path, served_name: str | None = None) -> Model:
     except ValueError as error:
         raise RepositoryError(str(error)) from None
     generation_config = tokenizer_dir / "generation_config.json"
+    fast = Tokenizer.from_file(str(tokenizer_dir / "tokenizer.json"))
     return Model(
         name=served_name or build["model"]["name"],
         created=int(manifest.stat().st_mtime),
         tokenizer=tokenizer,
-        fast=Tokenizer.from_file(str(tokenizer_dir / "tokenizer.json")),
+        fast=fast,
         skip_special_tokens=ensemble_params["skip_special_tokens"] == "true",
         max_input_len=int(build["limits"]["max_input_len"]),
         max_output_len=int(build["limits"]["max_output_len"]),
         max_seq_len=int(build["limits"]["max_seq_len"]),
+        max_batch_size=int(build["limits"]["max_batch_size"]),
+        max_token_chars=longest_token(fast),
         end_ids=ends,
         pad_id=ends[0] if tokenizer.pad_token_id is None else int(tokenizer.pad_token_id),
         token_ids=ensemble_params["tensorrt_llm_inputs"] == "token_ids",

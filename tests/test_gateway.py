@@ -46,15 +46,15 @@ class Gateway:
 
 
 @contextmanager
-def running_gateway(repository: Path, triton_http: str, folder: Path,
-                    ready: str = "/health/ready") -> Iterator[Gateway]:
+def running_gateway(repository: Path, triton_http: str, folder: Path, ready: str = "/health/ready",
+                    options: tuple[str, ...] = ()) -> Iterator[Gateway]:
     """`python -m gateway` as the pod runs it, once `ready` answers 200 (/health/live: Triton may be absent)."""
     port = free_port()
     log = folder / "gateway.log"
     with log.open("wb") as out:
         process = subprocess.Popen([sys.executable, "-m", "gateway", "--repository", str(repository),
-                                    "--triton", triton_http, "--port", str(port)], cwd=ROOT, env=dict(os.environ),
-                                   stdout=out, stderr=subprocess.STDOUT)
+                                    "--triton", triton_http, "--port", str(port), *options], cwd=ROOT,
+                                   env=dict(os.environ), stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
@@ -560,3 +560,72 @@ def test_a_full_triton_is_a_503_with_retry_after_never_a_broken_stream(full_trit
     assert len(outcomes) == 12, outcomes  # an error inside a 200 stream would have ended a thread unrecorded
     assert ("answered", True) in outcomes
     assert set(outcomes) == {("answered", True), (503, "1", "triton_unavailable")}, outcomes
+
+
+# Admission (gateway/admission.py): what is refused before any work, through the real gateway and Triton.
+
+def test_overload_is_a_fast_429_never_a_hang_and_the_next_request_works(triton, tmp_path):
+    outcomes: list[tuple] = []
+
+    def one(sdk: openai.OpenAI) -> None:
+        started = time.monotonic()
+        try:
+            text, _ = streamed_chat(sdk, LONG, max_tokens=48, temperature=0)
+            outcomes.append(("answered", bool(text)))
+        except openai.APIStatusError as error:
+            outcomes.append((error.status_code, error.response.headers.get("retry-after"), error.body["code"],
+                             time.monotonic() - started < 1.0))
+
+    with running_gateway(triton.repository, triton.http, tmp_path, options=("--max-in-flight", "2")) as bounded, \
+            bounded.client(timeout=60) as sdk:
+        threads = [threading.Thread(target=one, args=(sdk,)) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(90)
+        assert len(outcomes) == 8, outcomes  # a thread still waiting is a hang
+        assert outcomes.count(("answered", True)) >= 2, outcomes
+        assert set(outcomes) == {("answered", True), (429, "1", "rate_limit_exceeded", True)}, outcomes
+        assert httpx.get(f"{bounded.url}/health").status_code == 200
+        assert chat(sdk, CAPITAL, max_tokens=4, temperature=0).choices[0].message.content
+
+
+def test_a_body_over_the_cap_is_a_413(gateway):
+    body = {"model": MODEL, "prompt": "x" * (1 << 20)}
+    answer = httpx.post(f"{gateway.url}/v1/completions", json=body, timeout=30)
+    assert answer.status_code == 413, answer.text
+    assert answer.json()["error"]["code"] == "request_too_large"
+
+
+def test_a_prompt_over_the_character_bound_is_refused_before_tokenizing(client, tokenizer):
+    # 90,000 characters: no SmolLM2 token holds more than 81 (the longest: a newline and 80 spaces), so
+    # these are over 1,024 tokens whatever they say, and the gateway need not tokenize them to know.
+    with pytest.raises(openai.BadRequestError) as raised:
+        client.completions.create(model=MODEL, prompt="word " * 18_000, max_tokens=1)
+    assert raised.value.body["code"] == "context_length_exceeded" and raised.value.body["param"] == "prompt"
+    assert "90000 characters" in raised.value.body["message"]
+    # Under the character bound and over the token bound: the tokenizer counts, and says how many tokens.
+    with pytest.raises(openai.BadRequestError) as raised:
+        chat(client, "word " * 2_000, max_tokens=1)
+    assert raised.value.body["code"] == "context_length_exceeded" and raised.value.body["param"] == "messages"
+    assert "tokens. Please reduce" in raised.value.body["message"]
+
+
+def test_api_keys_401_in_openais_shape_and_a_valid_key_works_with_the_sdk(triton, tmp_path):
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    (keys / "benchmarks").write_text("sk-bench-0123456789\n")
+    with running_gateway(triton.repository, triton.http, tmp_path, options=("--api-keys-dir", str(keys))) as keyed:
+        assert httpx.get(f"{keyed.url}/health").status_code == 200  # probes and the LB carry no key
+        missing = httpx.post(f"{keyed.url}/v1/chat/completions", json={"model": MODEL})
+        assert missing.status_code == 401 and missing.json() == {"error": {
+            "message": missing.json()["error"]["message"], "type": "invalid_request_error", "param": None,
+            "code": "invalid_api_key"}}
+        with openai.OpenAI(base_url=f"{keyed.url}/v1", api_key="sk-wrong", max_retries=0) as wrong, \
+                pytest.raises(openai.AuthenticationError) as raised:
+            chat(wrong, CAPITAL, max_tokens=4)
+        assert raised.value.status_code == 401 and raised.value.body["code"] == "invalid_api_key"
+        with openai.OpenAI(base_url=f"{keyed.url}/v1", api_key="sk-bench-0123456789", max_retries=0) as right:
+            assert [m.id for m in right.models.list().data] == [MODEL]
+            text, _ = streamed_chat(right, CAPITAL, max_tokens=8, temperature=0)
+            assert text

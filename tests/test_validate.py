@@ -1250,11 +1250,35 @@ def test_gateway_backend_without_iap(repo: Path) -> None:
 
 
 def test_network_policy_that_drops_the_gateway_port(repo: Path) -> None:
-    edit(repo, "gitops/components/network-policy/networkpolicy.yaml", "        - protocol: TCP\n          port: 9000\n",
-         "")
+    edit(repo, "gitops/components/network-policy/networkpolicy.yaml",
+         "          port: 8000\n        - protocol: TCP\n          port: 9000\n", "          port: 8000\n")
     assert problems(repo, "overlays/cpu") == [
         "no NetworkPolicy lets the load balancer (35.191.0.0/16, 130.211.0.0/22) reach the gateway on TCP 9000: "
         "every /v1 request and health check would be dropped (components/network-policy)"
+    ]
+
+
+def test_gateway_api_keys_mounted_writable(repo: Path) -> None:
+    mount = "              mountPath: /etc/gateway-api-keys\n"
+    edit(repo, "gitops/base/deployment.yaml", mount + "              readOnly: true\n", mount)
+    assert problems(repo, "overlays/cpu") == [
+        "Deployment/triton: container gateway must mount its API keys (api-keys at /etc/gateway-api-keys) read-only"
+    ]
+
+
+def test_gateway_api_keys_secret_that_is_required(repo: Path) -> None:
+    edit(repo, "gitops/base/deployment.yaml", "            optional: true\n", "")
+    assert problems(repo, "overlays/cpu") == [
+        "Deployment/triton: volume api-keys (Secret gateway-api-keys, the gateway's API keys) must be optional: true, "
+        "or a pod without the Secret never starts"
+    ]
+
+
+def test_gateway_api_keys_from_a_folder_nothing_is_mounted_at(repo: Path) -> None:
+    edit(repo, "gitops/base/deployment.yaml", "--api-keys-dir=/etc/gateway-api-keys", "--api-keys-dir=/keys")
+    assert problems(repo, "overlays/cpu") == [
+        "Deployment/triton: container gateway reads API keys from /keys (--api-keys-dir) but mounts nothing there: "
+        "mount the Secret gateway-api-keys there read-only"
     ]
 
 

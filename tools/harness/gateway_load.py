@@ -24,11 +24,13 @@ ROOT = Path(__file__).resolve().parents[2]
 MODEL_NAME = "standin"  # --model-name: the stand-in is not the model build.json names
 
 
-def start(repository: Path, triton_http: str, port: int, path: str, workers: int, log: Path) -> subprocess.Popen:
+def start(repository: Path, triton_http: str, port: int, path: str, workers: int, log: Path,
+          options: tuple[str, ...] = ()) -> subprocess.Popen:
     with log.open("ab") as out:
         return subprocess.Popen([sys.executable, "-m", "gateway", "--repository", str(repository), "--triton",
                                  triton_http, "--port", str(port), "--path", path, "--workers", str(workers),
-                                 "--model-name", MODEL_NAME], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+                                 "--model-name", MODEL_NAME, *options], cwd=ROOT, stdout=out,
+                                stderr=subprocess.STDOUT)
 
 
 def wait_ready(process: subprocess.Popen, url: str, timeout: float = 60.0) -> None:

@@ -56,6 +56,32 @@ def _wiring_problems(deployment: dict, gateway: dict, triton: dict) -> list[str]
     return problems
 
 
+def _keys_problems(deployment: dict, pod: dict, gateway: dict) -> list[str]:
+    """Its API keys come from a Secret mounted read-only, and optional: a missing Secret must not keep the
+    pod from starting (the gateway then asks for no key, behind IAP as before)."""
+    folder = flag_value(gateway.get("args", []), "--api-keys-dir")
+    if folder is None:
+        return []
+    name = ref(deployment)
+    mount = next((m for m in gateway.get("volumeMounts", []) if m.get("mountPath") == folder), None)
+    if mount is None:
+        return [f"{name}: container {CONTAINER} reads API keys from {folder} (--api-keys-dir) but mounts nothing "
+                "there: mount the Secret gateway-api-keys there read-only"]
+    problems = []
+    if mount.get("readOnly") is not True:
+        problems.append(f"{name}: container {CONTAINER} must mount its API keys ({mount.get('name')} at {folder}) "
+                        "read-only")
+    volume = next((v for v in pod.get("volumes", []) if v.get("name") == mount.get("name")), {})
+    secret = volume.get("secret")
+    if secret is None:
+        problems.append(f"{name}: volume {mount.get('name')} at {folder} (the gateway's API keys) must be a Secret "
+                        "volume, so the keys stay out of git and out of ConfigMaps")
+    elif secret.get("optional") is not True:
+        problems.append(f"{name}: volume {mount.get('name')} (Secret {secret.get('secretName')}, the gateway's API "
+                        "keys) must be optional: true, or a pod without the Secret never starts")
+    return problems
+
+
 def _resource_problems(deployment: dict, gateway: dict) -> list[str]:
     resources = gateway.get("resources", {})
     requests, limits = resources.get("requests", {}), resources.get("limits", {})
@@ -191,5 +217,6 @@ def check(objects: list[dict], deployment: dict, pod: dict, triton: dict) -> lis
     if port is None:
         return [f"{ref(deployment)}: container {CONTAINER} has no port named {PORT_NAME}"]
     return (_probe_problems(deployment, gateway, port) + _wiring_problems(deployment, gateway, triton)
-            + _resource_problems(deployment, gateway) + _drain_problems(deployment, gateway, triton)
+            + _keys_problems(deployment, pod, gateway) + _resource_problems(deployment, gateway)
+            + _drain_problems(deployment, gateway, triton)
             + _edge_problems(objects, port) + _network_problems(objects, port))
