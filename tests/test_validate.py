@@ -1300,9 +1300,8 @@ def test_a_gpu_pod_that_its_node_cannot_hold(repo: Path) -> None:
     # The gateway at 2 CPUs: with triton's 23 and the gcsfuse sidecar's 0.25, 25.25 CPUs, more than an
     # a3-highgpu-1g gives pods once GKE's reservation (0.135) and its DaemonSets (~0.9) are taken off.
     edit(repo, "gitops/base/deployment.yaml",
-         "            # Two workers at ~200-300 µs of CPU per streamed token each (README, \"Benchmarks\").\n"
-         "            requests:\n              cpu: \"1\"\n",
-         "            requests:\n              cpu: \"2\"\n")
+         "            requests:\n              cpu: \"1\"\n              memory: 1536Mi\n",
+         "            requests:\n              cpu: \"2\"\n              memory: 1536Mi\n")
     assert problems(repo, "overlays/h100") == [
         "Deployment/triton: 1 pod(s) of 25.25 CPU (triton 23, gateway 2, gke-gcsfuse-sidecar 0.25) do not fit "
         "a3-highgpu-1g, which gives pods 24.96 after GKE's reservation and ~0.9 for its system DaemonSets "
