@@ -51,19 +51,6 @@ def timed(command: list[str], env: dict[str, str] | None = None) -> float:
     return time.monotonic() - began
 
 
-def process_tree_rss_mib(pid: int) -> float:
-    """Resident memory of tritonserver and its python backend stubs (one process per model instance)."""
-    total = 0
-    for each in [pid, *loadgen.children(pid)]:
-        try:
-            for line in Path(f"/proc/{each}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1])
-        except FileNotFoundError:
-            continue
-    return total / 1024
-
-
 def stream_once(url: str, max_tokens: int) -> tuple[float, list[float], int]:
     """(time to first token, inter-token gaps, tokens) for one streamed request; min_tokens fixes the length."""
     client = GrpcLlmClient(url)
@@ -417,7 +404,7 @@ def main(argv: list[str] | None = None) -> int:
         for c, level in levels.items():
             print(f"  {c:>11}   {level['ttft_ms']:7.0f}   {level['itl_ms']:6.1f}   {level['tokens_per_s']:15.1f}")
         print(f"  throughput at 8 / at 1: {levels[8]['tokens_per_s'] / levels[1]['tokens_per_s']:.2f}x")
-        print(f"server memory (tritonserver + python stubs, RSS): {process_tree_rss_mib(server.process.pid):.0f} MiB")
+        print(f"server memory (tritonserver + python stubs, RSS): {loadgen.tree_rss_mib(server.process.pid):.0f} MiB")
         tokenizer = AutoTokenizer.from_pretrained(out / "preprocessing" / "1" / "tokenizer")
         through, straight = end_to_end(url, tokenizer, args.max_tokens, args.rounds)
         print(f"\nend to end, {args.max_tokens} tokens, median of {args.rounds}: ensemble {1000 * through:.0f} ms, "

@@ -54,26 +54,13 @@ def percentile(values: list[float], share: float) -> float:
     return ordered[min(len(ordered) - 1, int(share * len(ordered)))] if ordered else float("nan")
 
 
-def rss_mib(pid: int) -> float:
-    """Resident memory of the gateway: its main process and every worker under it."""
-    total = 0
-    for each in [pid, *loadgen.children(pid)]:
-        try:
-            status = Path(f"/proc/{each}/status").read_text()
-        except OSError:
-            continue
-        total += next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:"))
-    return total / 1024
-
-
 async def one(client: httpx.AsyncClient, url: str, expectation: loadgen.Expectation, seed: int, tokens: int,
               timeout: float, results: Results) -> None:
-    body = {"model": gateway_load.MODEL_NAME, "messages": [{"role": "user", "content": loadgen.PROMPT}],
-            "max_tokens": tokens, "temperature": 0, "seed": seed, "stream": True}
     began = time.monotonic()
     pieces: list[str] = []
     try:
-        async with asyncio.timeout(timeout), client.stream("POST", f"{url}/v1/chat/completions", json=body) as answer:
+        async with asyncio.timeout(timeout), client.stream("POST", f"{url}/v1/chat/completions",
+                                                           json=gateway_load.request_body(seed, tokens)) as answer:
             if answer.status_code in REFUSED:
                 results.refused.setdefault(answer.status_code, []).append(time.monotonic() - began)
                 if "retry-after" not in answer.headers:
@@ -83,20 +70,16 @@ async def one(client: httpx.AsyncClient, url: str, expectation: loadgen.Expectat
                 results.failures.append(f"HTTP {answer.status_code}: {(await answer.aread())[:200]!r}")
                 return
             async for line in answer.aiter_lines():
-                if not line.startswith("data: "):
+                outcome = gateway_load.read_line(line, expectation, seed, tokens, pieces)
+                if outcome is None:
                     continue
-                if line == "data: [DONE]":
-                    outcome = gateway_load.check(expectation, seed, tokens, pieces)
-                    if outcome.kind == "ok":
-                        results.accepted.append(time.monotonic() - began)
-                    else:
-                        results.failures.append(f"seed {seed}: {outcome.detail}")
-                    return
-                chunk = json.loads(line[len("data: "):])
-                if "error" in chunk:
-                    results.failures.append(f"seed {seed}: an error event: {chunk['error']['message']}")
-                    return
-                pieces.append(chunk["choices"][0]["delta"].get("content") or "")
+                if outcome.kind == "ok":
+                    results.accepted.append(time.monotonic() - began)
+                elif outcome.kind == "error":
+                    results.failures.append(f"seed {seed}: an error event: {outcome.detail}")
+                else:
+                    results.failures.append(f"seed {seed}: {outcome.detail}")
+                return
         results.failures.append(f"seed {seed}: the stream ended without data: [DONE]")
     except TimeoutError:
         results.failures.append(f"seed {seed}: hung: no end in {timeout:.0f} s after {len(pieces)} chunks")
@@ -228,11 +211,11 @@ def main(argv: list[str] | None = None) -> int:
                 shed = sum(len(each) for each in measured.refused.values())
                 print(f"the server answers {served:.1f} requests/s with {bound} clients at once ({shed} of their "
                       f"requests refused by a worker already at its bound)", flush=True)
-                before = rss_mib(gateway.pid)
+                before = loadgen.tree_rss_mib(gateway.pid)
                 rate = args.multiple * served
                 results, wall = asyncio.run(overload(url, expectation, rate, args.seconds, args.tokens, args.timeout,
                                                      4 * bound))
-                after = rss_mib(gateway.pid)
+                after = loadgen.tree_rss_mib(gateway.pid)
                 health = httpx.get(f"{url}/health", timeout=10).status_code
             finally:
                 gateway_load.stop(gateway)

@@ -61,25 +61,40 @@ def cpu_seconds(pid: int) -> float:
     return sum(loadgen.cpu_seconds(each) or 0.0 for each in [pid, *loadgen.children(pid)])
 
 
+def request_body(seed: int, tokens: int) -> dict:
+    """The chat stream every load here sends: the stand-in's answer to it is known for each seed."""
+    return {"model": MODEL_NAME, "messages": [{"role": "user", "content": loadgen.PROMPT}], "max_tokens": tokens,
+            "temperature": 0, "seed": seed, "stream": True}
+
+
+def read_line(line: str, expectation: loadgen.Expectation, seed: int, tokens: int,
+              pieces: list[str]) -> loadgen.Outcome | None:
+    """One line of the stream: its piece of text goes to `pieces`; the stream's outcome once it has one
+    (the text checked at data: [DONE], or an error event), else None."""
+    if not line.startswith("data: "):
+        return None
+    data = line[len("data: "):]
+    if data == "[DONE]":
+        return check(expectation, seed, tokens, pieces)
+    chunk = json.loads(data)
+    if "error" in chunk:
+        return loadgen.Outcome("error", len(pieces), chunk["error"]["message"])
+    pieces.append(chunk["choices"][0]["delta"].get("content") or "")
+    return None
+
+
 def stream(client: httpx.Client, url: str, expectation: loadgen.Expectation, seed: int, tokens: int,
            timeout: float) -> loadgen.Outcome:
-    body = {"model": MODEL_NAME, "messages": [{"role": "user", "content": loadgen.PROMPT}], "max_tokens": tokens,
-            "temperature": 0, "seed": seed, "stream": True}
     pieces: list[str] = []
     try:
-        with client.stream("POST", f"{url}/v1/chat/completions", json=body, timeout=timeout) as response:
+        with client.stream("POST", f"{url}/v1/chat/completions", json=request_body(seed, tokens),
+                           timeout=timeout) as response:
             if response.status_code != 200:
                 return loadgen.Outcome("error", detail=f"HTTP {response.status_code}: {response.read()[:300]!r}")
             for line in response.iter_lines():
-                if not line.startswith("data: "):
-                    continue
-                data = line[len("data: "):]
-                if data == "[DONE]":
-                    return check(expectation, seed, tokens, pieces)
-                chunk = json.loads(data)
-                if "error" in chunk:
-                    return loadgen.Outcome("error", len(pieces), chunk["error"]["message"])
-                pieces.append(chunk["choices"][0]["delta"].get("content") or "")
+                outcome = read_line(line, expectation, seed, tokens, pieces)
+                if outcome is not None:
+                    return outcome
     except httpx.TimeoutException:
         return loadgen.Outcome("hung", len(pieces), f"no event for {timeout:.0f} s after {len(pieces)} chunks")
     except httpx.TransportError as error:

@@ -299,6 +299,18 @@ def stubs(server_pid: int) -> dict[str, int]:
     return found
 
 
+def tree_rss_mib(pid: int) -> float:
+    """Resident memory of a process and its children (tritonserver and its stubs; a gateway and its workers)."""
+    total = 0
+    for each in [pid, *children(pid)]:
+        try:
+            status = Path(f"/proc/{each}/status").read_text()
+        except OSError:
+            continue
+        total += next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:")), 0)
+    return total / 1024
+
+
 def cpu_seconds(pid: int) -> float | None:
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()

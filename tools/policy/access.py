@@ -131,9 +131,8 @@ def destination_namespace_permitted(project: dict, namespace: str) -> bool:
 
 
 def _check_build_namespace(project: dict) -> list[str]:
-    """A project for serving namespaces that also lets an Application into the compile Job's namespace."""
-    serving = destination_namespace_permitted(project, f"{NAMESPACE_GLOB[:-1]}h100")
-    if serving and destination_namespace_permitted(project, BUILD_NAMESPACE):
+    """No project lets an Application into the compile Job's namespace: kubectl applies the Job there."""
+    if destination_namespace_permitted(project, BUILD_NAMESPACE):
         return [
             f"{ref(project)}: its destinations let an Application sync into {BUILD_NAMESPACE}, the compile Job's "
             f"namespace (an overlays/build/ folder would take it over: labels, NetworkPolicy, prune); add a "
