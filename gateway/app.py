@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -34,7 +35,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gateway import admission, prompts, repository, validation
+from gateway import admission, prompts, repository, tool_calls, validation
 from gateway.errors import ApiError
 from gateway.responses import DONE, Reply, event, usage
 from gateway.stops import StopText
@@ -94,7 +95,17 @@ def serving(model: repository.Model, path: str) -> tuple[validation.Serving, lis
         defaults, warnings = validation.recommended(model.generation_config, cannot, model.max_output_len)
     except ValueError as error:
         raise repository.RepositoryError(str(error)) from None
-    return validation.Serving(model.max_output_len, model.fast.get_vocab_size(True), defaults, cannot), warnings
+    return validation.Serving(model.max_output_len, model.fast.get_vocab_size(True), defaults, cannot,
+                              unguided(model, path)), warnings
+
+
+def unguided(model: repository.Model, path: str) -> str | None:
+    """Why this repository and path cannot hold an answer to a grammar; None where they can."""
+    if path != "direct":
+        return "the ensemble path's models take no guided-decoding input"
+    if "guided_decoding_guide" not in model.engine_inputs:
+        return "this build's tensorrt_llm takes no guided_decoding_guide input; rebuild it"
+    return None
 
 
 def finish_reason(job: validation.Generation, answer: Answer, stop: StopText, model: repository.Model) -> str:
@@ -165,6 +176,10 @@ class Gateway:
         self.triton: Triton | None = None
         self.tokenizing: ThreadPoolExecutor | None = None
         self.serving, warnings = serving(self.model, self.path)
+        self.tool_format = tool_calls.format_for(self.model.tokenizer.chat_template)
+        # A start marker that is one special token is looked for by id: the detokenizer may drop its text.
+        start = self.tool_format.start if self.tool_format and self.tool_format.start_token else None
+        self.tool_start_id = self.model.tokenizer.convert_tokens_to_ids(start) if start else None
         for warning in warnings:
             log.warning("gateway: %s", warning)
 
@@ -194,8 +209,9 @@ class Gateway:
         param = "messages" if chat else "prompt"
         texts = [value for message in job.messages for value in message.values()] if chat else [job.prompt]
         prompts.check_characters(self.model, texts, param)
-        encode, prompt = (prompts.chat_ids, job.messages) if chat else (prompts.completion_ids, job.prompt)
-        ids = await asyncio.get_running_loop().run_in_executor(self.tokenizing, encode, self.model, prompt)
+        encode = (functools.partial(prompts.chat_ids, self.model, job.messages, job.tools, self.tool_format) if chat
+                  else functools.partial(prompts.completion_ids, self.model, job.prompt))
+        ids = await asyncio.get_running_loop().run_in_executor(self.tokenizing, encode)
         prompts.check_length(self.model, ids, param)
         return job, ids
 
@@ -212,8 +228,12 @@ class Gateway:
         texts = answer_text(self.triton, job, ids, answer, stop)
         if not job.stream:
             text = await before_disconnect(request, asyncio.ensure_future(joined(texts)))
-            return JSONResponse(reply.whole(text, finish_reason(job, answer, stop, self.model),
-                                            usage(len(ids), answer.completion_tokens)))
+            reason, message = finish_reason(job, answer, stop, self.model), None
+            if job.tools:
+                deltas = tool_calls.Deltas(job.tools, self.tool_format)
+                message = tool_calls.merged(deltas.feed(text, self.tool_start_id in answer.ids) + deltas.end())
+                reason = deltas.finish_reason(reason)
+            return JSONResponse(reply.whole(text, reason, usage(len(ids), answer.completion_tokens), message))
         try:
             first = await before_disconnect(request, asyncio.ensure_future(first_text(texts)))
         except BaseException:
@@ -233,18 +253,34 @@ class Gateway:
                 body["usage"] = usage(prompt_tokens, answer.completion_tokens) if job.continuous_usage else None
             return event(body)
 
+        deltas = tool_calls.Deltas(job.tools, self.tool_format) if job.tools else None
+        seen = 0  # answer.ids already looked at for a tool call's start token
+
+        def chunks(text: str) -> list[bytes]:
+            nonlocal seen
+            if deltas is None:
+                return [sse(reply.chunk(text))] if text or not reply.chat else []
+            starts, seen = self.tool_start_id in answer.ids[seen:], len(answer.ids)
+            return [sse(reply.delta_chunk(delta)) for delta in deltas.feed(text, starts)]
+
         async with contextlib.aclosing(texts):
             try:
                 if reply.chat:
                     yield sse(reply.chunk(None, role=True))
-                if first is not None and (first or not reply.chat):
-                    yield sse(reply.chunk(first))
+                for chunk in chunks(first) if first is not None else []:
+                    yield chunk
                 async for text in texts:
-                    yield sse(reply.chunk(text))
+                    for chunk in chunks(text):
+                        yield chunk
             except ApiError as error:  # the status line is sent already: the error goes as an event, no [DONE]
                 yield event(error.body())
                 return
-        yield sse(reply.chunk(None, finish_reason(job, answer, stop, self.model)))
+        reason = finish_reason(job, answer, stop, self.model)
+        if deltas is not None:
+            for delta in deltas.end():
+                yield sse(reply.delta_chunk(delta))
+            reason = deltas.finish_reason(reason)
+        yield sse(reply.chunk(None, reason))
         if job.include_usage:
             yield event(reply.usage_chunk(usage(prompt_tokens, answer.completion_tokens)))
         yield DONE

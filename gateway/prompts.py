@@ -4,16 +4,24 @@ from __future__ import annotations
 
 from gateway.errors import ApiError
 from gateway.repository import Model
+from gateway.tool_calls import ToolFormat, Tools, described
 
 
-def chat_ids(model: Model, messages: list[dict[str, str]]) -> list[int]:
-    """System, user and assistant turns as the model's template writes them, ending with the assistant's cue."""
+def chat_ids(model: Model, messages: list[dict], tools: Tools | None = None,
+             tool_format: ToolFormat | None = None) -> list[int]:
+    """The turns as the model's template writes them, ending with the assistant's cue; the tools offered
+    through the template's own `tools` where it renders them, else described in a system message."""
     if not model.tokenizer.chat_template:
         raise ApiError(f"model {model.name} has no chat template; use /v1/completions", "messages",
                        code="no_chat_template")
+    template_tools = None
+    if tools and tool_format and tool_format.described:
+        messages = described(tools, messages, tool_format)
+    elif tools:
+        template_tools = tools.template()
     try:
-        encoded = model.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
-                                                      return_dict=True)
+        encoded = model.tokenizer.apply_chat_template(messages, tools=template_tools, add_generation_prompt=True,
+                                                      tokenize=True, return_dict=True)
     except Exception as error:  # noqa: BLE001 - a template may raise anything (e.g. jinja's raise_exception)
         raise ApiError(f"the model's chat template refused these messages: {error}", "messages",
                        code="invalid_value") from None

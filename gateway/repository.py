@@ -40,11 +40,15 @@ class Model:
     token_ids: bool  # tensorrt_llm takes token ids (cpu, engine); else text (llmapi, through the ensemble)
     ensemble_templates: bool  # the ensemble applies the chat template itself (preprocessing)
     generation_config: dict  # generation_config.json as the build copied it beside the tokenizer; {} if none
+    engine_inputs: frozenset[str]  # the inputs tensorrt_llm declares: what the direct path may send it
+
+
+def model_config(config: Path) -> model_config_pb2.ModelConfig:
+    return text_format.Parse(config.read_text(), model_config_pb2.ModelConfig())
 
 
 def parameters(config: Path) -> dict[str, str]:
-    parsed = text_format.Parse(config.read_text(), model_config_pb2.ModelConfig())
-    return {key: value.string_value for key, value in parsed.parameters.items()}
+    return {key: value.string_value for key, value in model_config(config).parameters.items()}
 
 
 def longest_token(fast: Tokenizer) -> int:
@@ -88,4 +92,5 @@ def load(repository: Path, served_name: str | None = None) -> Model:
         token_ids=ensemble_params["tensorrt_llm_inputs"] == "token_ids",
         ensemble_templates=templates,
         generation_config=json.loads(generation_config.read_text()) if generation_config.is_file() else {},
+        engine_inputs=frozenset(i.name for i in model_config(repository / "tensorrt_llm" / "config.pbtxt").input),
     )

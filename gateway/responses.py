@@ -26,10 +26,11 @@ class Reply:
         kind = ("chat.completion.chunk" if chunk else "chat.completion") if self.chat else "text_completion"
         return {"id": self.id, "object": kind, "created": self.created, "model": self.model}
 
-    def whole(self, text: str, finish_reason: str, usage: dict) -> dict:
+    def whole(self, text: str, finish_reason: str, usage: dict, message: dict | None = None) -> dict:
+        """The whole answer; a chat `message` (tool calls) in place of the text where given."""
         if self.chat:
-            choice = {"index": 0, "message": {"role": "assistant", "content": text, "refusal": None},
-                      "logprobs": None, "finish_reason": finish_reason}
+            message = message or {"role": "assistant", "content": text, "refusal": None}
+            choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": finish_reason}
         else:
             choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason}
         return {**self.head(chunk=False), "choices": [choice], "usage": usage}
@@ -41,6 +42,11 @@ class Reply:
         else:
             choice = {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish_reason}
         return {**self.head(chunk=True), "choices": [choice]}
+
+    def delta_chunk(self, delta: dict) -> dict:
+        """A chat chunk with a delta of its own (tool calls)."""
+        return {**self.head(chunk=True), "choices": [{"index": 0, "delta": delta, "logprobs": None,
+                                                      "finish_reason": None}]}
 
     def usage_chunk(self, usage: dict) -> dict:
         return {**self.head(chunk=True), "choices": [], "usage": usage}

@@ -131,6 +131,8 @@ class Triton:
             stops += [i for i in job.stop_token_ids if i not in stops]
             if stops:
                 inputs["stop_words_list"] = word_list(stops)
+            if job.guide:
+                inputs["guided_decoding_guide_type"], inputs["guided_decoding_guide"] = [job.guide[0]], [job.guide[1]]
             return inputs
         # The chat template is applied here, so the ensemble gets the whole rendered prompt as text.
         return {"text_input": [self.model.tokenizer.decode(prompt_ids)], "max_tokens": [job.max_tokens],

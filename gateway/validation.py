@@ -12,52 +12,52 @@ trtllm-serve take (`top_k`, `repetition_penalty`, `min_tokens`, `ignore_eos`, `s
 `min_p`) are honoured where this deployment's engine inputs can carry them. A parameter is refused by
 name only where ignoring it would give a silently wrong answer: a feature not implemented, an
 extension the runtime has no input for, a key nobody here knows.
+
+`tools` (gateway/tool_calls.py) and `response_format` are served where the answer can be held to them:
+a JSON schema or a forced call needs the runtime's guided decoding (Serving.guided), never accepted
+and then left to chance.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 
 # model_repository/common, on the path from gateway/__init__.py
 from sampling_ranges import range_error
 
+from gateway import tool_calls
 from gateway.errors import ApiError, unsupported
 
 MAX_STOP_SEQUENCES = 4  # OpenAI's limit
 INT32_MAX = 2**31 - 1
 # OpenAI keys that change nothing in the text of an answer from this server, so they are dropped:
 # who asks (`user`, `safety_identifier`), what OpenAI would store or bill (`store`, `metadata`,
-# `service_tier`), hints that only make OpenAI faster (`prompt_cache_key`, `prediction`), and
-# `parallel_tool_calls`, which matters only with tools (refused below).
-INERT = {"user", "safety_identifier", "store", "metadata", "service_tier", "prompt_cache_key", "prediction",
-         "parallel_tool_calls"}
+# `service_tier`) and hints that only make OpenAI faster (`prompt_cache_key`, `prediction`).
+INERT = {"user", "safety_identifier", "store", "metadata", "service_tier", "prompt_cache_key", "prediction"}
 # The sampling extensions of vLLM, SGLang and trtllm-serve (their request models declare them), with
 # the value that leaves sampling as it is: accepted on every runtime; any other value only where the
 # runtime's inputs take it (Serving.cannot).
 EXTENSIONS = {"top_k": (0, -1), "min_p": (0,), "repetition_penalty": (1,), "min_tokens": (0,),
               "ignore_eos": (False,), "stop_token_ids": ([],)}
 COMMON = {"model", "stream", "stream_options", "max_tokens", "temperature", "top_p", "seed", "stop",
-          "presence_penalty", "frequency_penalty", "n"} | INERT | set(EXTENSIONS)
-CHAT = COMMON | {"messages", "max_completion_tokens"}
+          "presence_penalty", "frequency_penalty", "n", "response_format"} | INERT | set(EXTENSIONS)
+CHAT = COMMON | {"messages", "max_completion_tokens", "tools", "tool_choice", "parallel_tool_calls"}
 COMPLETION = COMMON | {"prompt"}
 # stream_options keys: `include_obfuscation` pads chunks against length side channels, no content.
 STREAM_OPTIONS = {"include_usage", "continuous_usage_stats", "include_obfuscation"}
 # The value at which an UNSUPPORTED parameter asks for nothing this server does not do anyway
 # (besides null, false, [] and {}): plain text, no tool called, one sequence, no prefix or suffix.
-ASKS_NOTHING = {"response_format": [{"type": "text"}], "tool_choice": ["none", "auto"],
-                "function_call": ["none", "auto"], "best_of": [1], "top_logprobs": [0], "suffix": [""],
+ASKS_NOTHING = {"function_call": ["none", "auto"], "best_of": [1], "top_logprobs": [0], "suffix": [""],
                 "modalities": [["text"]]}
 # OpenAI parameters this server knows and cannot serve, and why.
 UNSUPPORTED = {
     "logprobs": "log probabilities are not returned by the Triton models",
     "top_logprobs": "log probabilities are not returned by the Triton models",
     "logit_bias": "TensorRT-LLM's backend takes no per-token bias",
-    "tools": "tool calling is not implemented",
-    "tool_choice": "tool calling is not implemented",
-    "functions": "function calling is not implemented",
-    "function_call": "function calling is not implemented",
-    "response_format": "structured output is not implemented",
+    "functions": "the deprecated `functions`; send them as `tools`",
+    "function_call": "the deprecated `function_call`; send `tool_choice`",
     "best_of": "only one sequence is generated per request",
     "echo": "the prompt is not echoed",
     "suffix": "insertion (suffix) is not implemented",
@@ -66,7 +66,8 @@ UNSUPPORTED = {
     "reasoning_effort": "reasoning controls are not implemented",
     "web_search_options": "web search is not implemented",
 }
-ROLES = {"system", "developer", "user", "assistant"}
+ROLES = {"system", "developer", "user", "assistant", "tool"}
+MESSAGE_KEYS = {"role", "content", "name", "tool_calls", "tool_call_id"}
 # What generation_config.json may recommend and a request may leave out: the keys vLLM takes from it
 # (vllm-project/vllm vllm/config/model.py, ModelConfig.get_diff_sampling_param), max_new_tokens
 # standing for max_tokens.
@@ -83,6 +84,8 @@ class Serving:
     defaults: dict[str, float] = field(default_factory=dict)
     # Extensions the runtime has no input for, and why: any value but the neutral one is refused.
     cannot: dict[str, str] = field(default_factory=dict)
+    # Why the runtime cannot hold an answer to a grammar (guided decoding), or None where it can.
+    unguided: str | None = None
 
 
 @dataclass
@@ -105,8 +108,11 @@ class Generation:
     ignore_eos: bool = False
     stop_token_ids: list[int] = field(default_factory=list)
     continuous_usage: bool = False  # usage so far on every chunk (stream_options.continuous_usage_stats)
-    messages: list[dict[str, str]] = field(default_factory=list)  # chat: role/content (and name), content as text
+    messages: list[dict] = field(default_factory=list)  # chat: role/content (name, tool calls), content as text
     prompt: str = ""  # completions
+    tools: tool_calls.Tools | None = None  # chat: functions the model may call, and how
+    # (guided_decoding_guide_type, guided_decoding_guide) for the engine, as TensorRT-LLM names them
+    guide: tuple[str, str] | None = None
 
     @property
     def greedy(self) -> bool:
@@ -256,7 +262,7 @@ def _text(content: object, where: str) -> str:
     raise ApiError(f"{where} must be a string or a list of text parts, got {content!r}", where, code="invalid_type")
 
 
-def _messages(body: dict) -> list[dict[str, str]]:
+def _messages(body: dict) -> list[dict]:
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise ApiError("messages must be a non-empty list of {role, content} objects", "messages",
@@ -267,24 +273,26 @@ def _messages(body: dict) -> list[dict[str, str]]:
         if not isinstance(message, dict):
             raise ApiError(f"{where} must be an object, got {message!r}", where, code="invalid_type")
         role = message.get("role")
-        if role in ("tool", "function") or message.get("tool_calls") or message.get("function_call"):
-            raise unsupported(f"{where}.role" if role in ("tool", "function") else f"{where}.tool_calls",
-                              "tool calling is not implemented")
+        if role == "function" or message.get("function_call"):
+            raise unsupported(f"{where}.role" if role == "function" else f"{where}.function_call",
+                              "the deprecated function messages; send tool_calls and `tool` messages")
         if role not in ROLES:
             raise ApiError(f"{where}.role must be one of {', '.join(sorted(ROLES))}, got {role!r}",
                            f"{where}.role", code="invalid_value")
         for key in message:
-            if key not in ("role", "content", "name", "tool_calls", "function_call"):
-                raise unsupported(f"{where}.{key}", "only role, content and name are read from a message")
+            if key not in MESSAGE_KEYS:
+                raise unsupported(f"{where}.{key}", f"a message's {key}; it reads {', '.join(sorted(MESSAGE_KEYS))}")
         name = message.get("name")
         if name is not None and not isinstance(name, str):
             raise ApiError(f"{where}.name must be a string, got {name!r}", f"{where}.name", code="invalid_type")
+        calling = role == "assistant" and message.get("tool_calls")
+        content = message.get("content")
         # OpenAI's `developer` role is the newer name of `system`; chat templates know `system`.
         turn = {"role": "system" if role == "developer" else role,
-                "content": _text(message.get("content"), f"{where}.content")}
+                "content": "" if calling and content is None else _text(content, f"{where}.content")}
         if name:  # the template sees it, as vLLM passes it; templates that do not name speakers ignore it
             turn["name"] = name
-        result.append(turn)
+        result.append(turn | tool_calls.history(message, where))
     return result
 
 
@@ -298,6 +306,37 @@ def _prompt(body: dict) -> str:
         raise ApiError(f"prompt must be a string, got {prompt!r}", "prompt",
                        code="invalid_type" if prompt is not None else "missing_required_parameter")
     return prompt
+
+
+def _response_format(body: dict) -> tuple[str, str] | None:
+    """response_format -> TensorRT-LLM's guided decoding (guide type, guide); None for plain text."""
+    value = body.get("response_format")
+    kind = value.get("type") if isinstance(value, dict) else None
+    if value is None or kind == "text":
+        return None
+    if kind == "json_object":
+        return "json", ""  # any JSON object: xgrammar's built-in JSON grammar
+    if kind == "json_schema":
+        spec = value.get("json_schema")
+        if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
+            raise ApiError("response_format.json_schema must be {'name': ..., 'schema': {...}, 'strict': ...}",
+                           "response_format.json_schema", code="invalid_value")
+        schema = tool_calls.schema_of(spec.get("schema"), "response_format.json_schema.schema")
+        return "json_schema", json.dumps(schema)
+    raise ApiError("response_format.type must be 'text', 'json_object' or 'json_schema', got "
+                   f"{kind if kind is not None else value!r}", "response_format.type", code="invalid_value")
+
+
+def _guide(generation: Generation, response_format: tuple[str, str] | None, serving: Serving) -> None:
+    """The one grammar an answer is held to: a forced tool call's, else response_format's."""
+    forced = generation.tools.schema() if generation.tools else None
+    if forced is not None and response_format is not None:
+        raise ApiError("a forced tool call (tool_choice required or a function) and response_format both "
+                       "constrain the answer; send one of them", "response_format", code="invalid_value")
+    if (forced is not None or response_format is not None) and serving.unguided:
+        param = "tool_choice" if forced is not None else "response_format"
+        raise unsupported(param, f"holding the answer to a JSON schema needs guided decoding: {serving.unguided}")
+    generation.guide = ("json_schema", json.dumps(forced)) if forced is not None else response_format
 
 
 def _engine_ranges(generation: Generation) -> None:
@@ -370,7 +409,11 @@ def parse(body: object, chat: bool, serving: Serving) -> Generation:
     _extensions(body, serving, generation)
     if chat:
         generation.messages = _messages(body)
-    else:
+        generation.tools = tool_calls.parse(body)
+        if generation.tools and generation.tools.choice == "none":
+            generation.tools = None  # the model answers in words, as if no tools had been offered
+    _guide(generation, _response_format(body), serving)
+    if not chat:
         generation.prompt = _prompt(body)
     return generation
 

@@ -202,8 +202,9 @@ BAD_CHATS = [
     ({"n": 2}, "n", "n is not supported by this server: n=2; only one choice (n=1) is generated per request"),
     ({"logprobs": True}, "logprobs",
      "logprobs is not supported by this server: log probabilities are not returned by the Triton models"),
-    ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]}, "tools",
-     "tools is not supported by this server: tool calling is not implemented"),
+    ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "objekt"}}}]},
+     "tools[0].function.parameters", "tools[0].function.parameters is not a valid JSON schema: 'objekt' is not "
+     "valid under any of the given schemas"),
     ({"temperature": 3}, "temperature", "temperature 3 is out of range: it must be between 0 and 2"),
     ({"top_p": 1.5}, "top_p", "top_p 1.5 is out of range: it must be between 0 and 1"),
     ({"max_tokens": 0}, "max_tokens", "max_tokens must be at least 1, got 0"),
@@ -213,8 +214,7 @@ BAD_CHATS = [
      "seed -1 is out of range: TensorRT-LLM accepts seed >= 0 and seed <= 18446744073709551615, a whole number"),
     ({"extra_body": {"beam_search": True}}, "beam_search", "Unrecognized request argument supplied: beam_search"),
     ({"stop": ["a", "b", "c", "d", "e"]}, "stop", "stop has 5 sequences; at most 4 are allowed"),
-    ({"tool_choice": "required"}, "tool_choice", "tool_choice is not supported by this server: tool calling is not "
-     "implemented"),
+    ({"tool_choice": "required"}, "tool_choice", "tool_choice is only allowed when tools are specified"),
     # An extension no runtime here can carry is refused, not dropped: the answer would not be what was asked.
     ({"extra_body": {"min_p": 0.1}}, "min_p", "min_p is not supported by this server: no TensorRT-LLM model here "
      "takes min_p (the C++ backend's tensorrt_llm and the llmapi model have no such input)"),
