@@ -1,0 +1,145 @@
+"""Tool calling and structured output through the gateway on the real tritonserver (the CPU runtime's
+xgrammar-guided decoding), driven by the official openai SDK: forced calls and schema-bound answers
+validate against their schemas (jsonschema), whole and streamed; tool results in the history are read;
+`tool_choice: auto` gets an answer from the small default model, in words or as a call."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import jsonschema
+import openai
+import pydantic
+import pytest
+from test_gateway import MODEL, Gateway, running_gateway
+
+pytestmark = pytest.mark.triton
+
+CITY = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 20}}, "required": ["city"],
+        "additionalProperties": False}
+WEATHER = {"type": "function", "function": {"name": "get_weather", "description": "The weather in a city now",
+                                             "parameters": CITY}}
+TIME = {"type": "function", "function": {"name": "get_time", "description": "The time now",
+                                          "parameters": {"type": "object", "properties": {}}}}
+ASK = [{"role": "user", "content": "What is the weather in Paris?"}]
+PERSON = {"type": "object", "additionalProperties": False, "required": ["name", "age"],
+          "properties": {"name": {"type": "string", "maxLength": 24}, "age": {"type": "integer", "minimum": 0}}}
+
+
+@pytest.fixture(scope="module")
+def gateway(triton, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    with running_gateway(triton.repository, triton.http, tmp_path_factory.mktemp("gateway")) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def client(gateway) -> openai.OpenAI:
+    return gateway.client(timeout=120)
+
+
+def streamed_message(stream) -> tuple[dict, str]:
+    """A stream's deltas merged as a client does it: content joined, each call's pieces joined by index."""
+    content, calls, reason = "", {}, None
+    for chunk in stream:
+        if not chunk.choices:
+            continue
+        choice = chunk.choices[0]
+        content += choice.delta.content or ""
+        for piece in choice.delta.tool_calls or []:
+            call = calls.setdefault(piece.index, {"id": piece.id, "name": "", "arguments": ""})
+            call["name"] += piece.function.name or ""
+            call["arguments"] += piece.function.arguments or ""
+        reason = choice.finish_reason or reason
+    return {"content": content, "tool_calls": [calls[i] for i in sorted(calls)]}, reason
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+def test_a_named_function_is_always_called_with_arguments_its_schema_takes(client, stream):
+    choice = {"type": "function", "function": {"name": "get_weather"}}
+    answer = client.chat.completions.create(model=MODEL, messages=ASK, tools=[WEATHER, TIME], tool_choice=choice,
+                                            max_tokens=40, temperature=0, stream=stream)
+    if stream:
+        message, reason = streamed_message(answer)
+        [call] = message["tool_calls"]
+    else:
+        reason, [tool_call] = answer.choices[0].finish_reason, answer.choices[0].message.tool_calls
+        call = {"id": tool_call.id, "name": tool_call.function.name, "arguments": tool_call.function.arguments}
+    assert call["name"] == "get_weather" and call["id"].startswith("call_")
+    jsonschema.validate(json.loads(call["arguments"]), CITY)
+    assert reason == "stop"  # as OpenAI answers a call forced by name
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+def test_required_yields_calls_of_offered_functions_that_validate(client, stream):
+    answer = client.chat.completions.create(model=MODEL, messages=ASK, tools=[WEATHER, TIME], tool_choice="required",
+                                            max_tokens=60, temperature=0, stream=stream)
+    if stream:
+        message, reason = streamed_message(answer)
+        calls = message["tool_calls"]
+    else:
+        reason = answer.choices[0].finish_reason
+        calls = [{"name": c.function.name, "arguments": c.function.arguments}
+                 for c in answer.choices[0].message.tool_calls]
+    assert calls and reason == "tool_calls"
+    schemas = {"get_weather": CITY, "get_time": TIME["function"]["parameters"]}
+    for call in calls:
+        jsonschema.validate(json.loads(call["arguments"]), schemas[call["name"]])
+
+
+def test_auto_gets_an_answer_in_words_or_a_valid_call(client):
+    answer = client.chat.completions.create(model=MODEL, messages=ASK, tools=[WEATHER, TIME], max_tokens=40,
+                                            temperature=0)
+    choice = answer.choices[0]
+    if choice.message.tool_calls:
+        assert choice.finish_reason == "tool_calls"
+        for call in choice.message.tool_calls:
+            assert call.function.name in ("get_weather", "get_time")
+            json.loads(call.function.arguments)
+    else:
+        assert choice.message.content and choice.finish_reason in ("stop", "length")
+
+
+def test_a_tool_result_in_the_history_is_answered(client):
+    history = ASK + [
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "call_1", "type": "function",
+             "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": '{"sky": "sunny", "celsius": 21}'}]
+    answer = client.chat.completions.create(model=MODEL, messages=history, tools=[WEATHER], max_tokens=30,
+                                            temperature=0)
+    assert answer.choices[0].message.content or answer.choices[0].message.tool_calls
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+def test_a_json_schema_response_format_is_held_to(client, stream):
+    response_format = {"type": "json_schema", "json_schema": {"name": "person", "schema": PERSON, "strict": True}}
+    answer = client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "Invent a person."}], response_format=response_format,
+        max_tokens=60, temperature=0, stream=stream)
+    text = (streamed_message(answer)[0]["content"] if stream else answer.choices[0].message.content)
+    jsonschema.validate(json.loads(text), PERSON)
+
+
+def test_json_object_answers_are_json(client):
+    answer = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "A colour as JSON."}],
+                                            response_format={"type": "json_object"}, max_tokens=40, temperature=0)
+    assert isinstance(json.loads(answer.choices[0].message.content), dict)
+
+
+def test_the_sdk_parse_helper_gets_its_pydantic_model(client):
+    class Person(pydantic.BaseModel):
+        name: str = pydantic.Field(max_length=24)
+        age: int
+
+    answer = client.chat.completions.parse(model=MODEL, messages=[{"role": "user", "content": "Invent a person."}],
+                                           response_format=Person, max_tokens=60, temperature=0)
+    assert isinstance(answer.choices[0].message.parsed, Person)
+
+
+def test_a_bad_schema_is_refused_by_name_and_the_next_request_works(client):
+    with pytest.raises(openai.BadRequestError) as raised:
+        client.chat.completions.create(model=MODEL, messages=ASK, max_tokens=5, response_format={
+            "type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "objekt"}}})
+    assert raised.value.body["param"] == "response_format.json_schema.schema"
+    assert client.chat.completions.create(model=MODEL, messages=ASK, max_tokens=5).choices[0].message.content
