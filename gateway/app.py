@@ -37,6 +37,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway import admission, prompts, repository, tool_calls, validation
 from gateway.errors import ApiError
+from gateway.logprobs import Logprobs
 from gateway.responses import DONE, Reply, event, usage
 from gateway.stops import StopText
 from gateway.triton import Answer, Triton, cannot_carry
@@ -95,17 +96,13 @@ def serving(model: repository.Model, path: str) -> tuple[validation.Serving, lis
         defaults, warnings = validation.recommended(model.generation_config, cannot, model.max_output_len)
     except ValueError as error:
         raise repository.RepositoryError(str(error)) from None
-    return validation.Serving(model.max_output_len, model.fast.get_vocab_size(True), defaults, cannot,
-                              unguided(model, path)), warnings
-
-
-def unguided(model: repository.Model, path: str) -> str | None:
-    """Why this repository and path cannot hold an answer to a grammar; None where they can."""
+    can, lacks = model.capabilities, model.capabilities.get("missing") or "this build's tensorrt_llm has no such input"
     if path != "direct":
-        return "the ensemble path's models take no guided-decoding input"
-    if "guided_decoding_guide" not in model.engine_inputs:
-        return "this build's tensorrt_llm takes no guided_decoding_guide input; rebuild it"
-    return None
+        can, lacks = {}, "the ensemble path's models take no guided-decoding or log-probability input"
+    return validation.Serving(
+        model.max_output_len, model.fast.get_vocab_size(True), defaults, cannot,
+        unguided=None if "json_schema" in can.get("guide_types", ()) else lacks,
+        no_logprobs=None if can.get("log_probs") else lacks, max_top_logprobs=can.get("top_log_probs", 0)), warnings
 
 
 def finish_reason(job: validation.Generation, answer: Answer, stop: StopText, model: repository.Model) -> str:
@@ -225,6 +222,8 @@ class Gateway:
         job, ids = await self.job(request, chat)
         reply = Reply.new(chat, self.model.name)
         answer, stop = Answer([], running_count=job.continuous_usage), StopText(job.stop)
+        answer.logprobs = [] if job.logprobs else None
+        logprobs = Logprobs(self.model.fast, chat, answer.logprobs) if job.logprobs else None
         texts = answer_text(self.triton, job, ids, answer, stop)
         if not job.stream:
             text = await before_disconnect(request, asyncio.ensure_future(joined(texts)))
@@ -233,22 +232,31 @@ class Gateway:
                 deltas = tool_calls.Deltas(job.tools, self.tool_format)
                 message = tool_calls.merged(deltas.feed(text, self.tool_start_id in answer.ids) + deltas.end())
                 reason = deltas.finish_reason(reason)
-            return JSONResponse(reply.whole(text, reason, usage(len(ids), answer.completion_tokens), message))
+            return JSONResponse(reply.whole(text, reason, usage(len(ids), answer.completion_tokens), message,
+                                            logprobs.take() if logprobs else None))
         try:
             first = await before_disconnect(request, asyncio.ensure_future(first_text(texts)))
         except BaseException:
             await texts.aclose()
             raise
-        return StreamingResponse(self.events(reply, job, len(ids), answer, stop, texts, first),
+        return StreamingResponse(self.events(reply, job, len(ids), answer, stop, texts, first, logprobs),
                                  media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
     async def events(self, reply: Reply, job: validation.Generation, prompt_tokens: int, answer: Answer,
-                     stop: StopText, texts: AsyncIterator[str], first: str | None) -> AsyncIterator[bytes]:
+                     stop: StopText, texts: AsyncIterator[str], first: str | None,
+                     logprobs: Logprobs | None) -> AsyncIterator[bytes]:
         """Server-sent events in OpenAI's chunk format, from the first token (`first`, None when the
         answer ended without one) on. A client that goes away cancels this (Starlette listens for the
         disconnect), which closes the texts and so cancels the Triton request."""
 
+        sent_chars = 0  # of the answer's text: where the next tokens' text begins (completions' text_offset)
+
         def sse(body: dict) -> bytes:
+            nonlocal sent_chars
+            if logprobs is not None and body["choices"] and logprobs.pending():
+                body["choices"][0]["logprobs"] = logprobs.take(sent_chars)
+            if body["choices"] and not reply.chat:
+                sent_chars += len(body["choices"][0]["text"])
             if job.include_usage:  # every chunk carries "usage": null, or the running usage, but the last
                 body["usage"] = usage(prompt_tokens, answer.completion_tokens) if job.continuous_usage else None
             return event(body)

@@ -40,15 +40,14 @@ class Model:
     token_ids: bool  # tensorrt_llm takes token ids (cpu, engine); else text (llmapi, through the ensemble)
     ensemble_templates: bool  # the ensemble applies the chat template itself (preprocessing)
     generation_config: dict  # generation_config.json as the build copied it beside the tokenizer; {} if none
-    engine_inputs: frozenset[str]  # the inputs tensorrt_llm declares: what the direct path may send it
-
-
-def model_config(config: Path) -> model_config_pb2.ModelConfig:
-    return text_format.Parse(config.read_text(), model_config_pb2.ModelConfig())
+    # What the build's tensorrt_llm enforces and returns beyond text (build.json, from build/runtimes):
+    # guide_types, log_probs, top_log_probs, return_sequences, and `missing`, why it lacks the rest.
+    capabilities: dict
 
 
 def parameters(config: Path) -> dict[str, str]:
-    return {key: value.string_value for key, value in model_config(config).parameters.items()}
+    parsed = text_format.Parse(config.read_text(), model_config_pb2.ModelConfig())
+    return {key: value.string_value for key, value in parsed.parameters.items()}
 
 
 def longest_token(fast: Tokenizer) -> int:
@@ -92,5 +91,5 @@ def load(repository: Path, served_name: str | None = None) -> Model:
         token_ids=ensemble_params["tensorrt_llm_inputs"] == "token_ids",
         ensemble_templates=templates,
         generation_config=json.loads(generation_config.read_text()) if generation_config.is_file() else {},
-        engine_inputs=frozenset(i.name for i in model_config(repository / "tensorrt_llm" / "config.pbtxt").input),
+        capabilities=build.get("capabilities", {}),
     )

@@ -26,13 +26,14 @@ class Reply:
         kind = ("chat.completion.chunk" if chunk else "chat.completion") if self.chat else "text_completion"
         return {"id": self.id, "object": kind, "created": self.created, "model": self.model}
 
-    def whole(self, text: str, finish_reason: str, usage: dict, message: dict | None = None) -> dict:
+    def whole(self, text: str, finish_reason: str, usage: dict, message: dict | None = None,
+              logprobs: dict | None = None) -> dict:
         """The whole answer; a chat `message` (tool calls) in place of the text where given."""
         if self.chat:
             message = message or {"role": "assistant", "content": text, "refusal": None}
-            choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": finish_reason}
+            choice = {"index": 0, "message": message, "logprobs": logprobs, "finish_reason": finish_reason}
         else:
-            choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason}
+            choice = {"index": 0, "text": text, "logprobs": logprobs, "finish_reason": finish_reason}
         return {**self.head(chunk=False), "choices": [choice], "usage": usage}
 
     def chunk(self, text: str | None, finish_reason: str | None = None, role: bool = False) -> dict:

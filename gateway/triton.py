@@ -23,6 +23,7 @@ from loopback import Loopback, ModelError, Stream, token_ids, values
 from streamed_text import StreamedText
 
 from gateway.errors import ApiError
+from gateway.logprobs import TokenLogprob, of_event
 from gateway.repository import Model
 from gateway.validation import Generation
 
@@ -39,6 +40,7 @@ class Answer:
     completion_tokens: int = 0
     stopped: bool = False  # one of the request's stop_token_ids ended it
     running_count: bool = False  # keep completion_tokens current on the ensemble path (continuous usage)
+    logprobs: list[TokenLogprob] | None = None  # each token's, where the request asked for them
 
 
 def sampling(job: Generation, names: dict[str, str]) -> dict[str, list]:
@@ -133,6 +135,10 @@ class Triton:
                 inputs["stop_words_list"] = word_list(stops)
             if job.guide:
                 inputs["guided_decoding_guide_type"], inputs["guided_decoding_guide"] = [job.guide[0]], [job.guide[1]]
+            if job.logprobs:
+                inputs["return_log_probs"] = [True]
+            if job.top_logprobs:
+                inputs["num_top_log_probs"] = [job.top_logprobs]
             return inputs
         # The chat template is applied here, so the ensemble gets the whole rendered prompt as text.
         return {"text_input": [self.model.tokenizer.decode(prompt_ids)], "max_tokens": [job.max_tokens],
@@ -144,7 +150,7 @@ class Triton:
         stream = self.loopback.stream(self.target, self.inputs(job, prompt_ids))
         try:
             if self.path == "direct":
-                async for piece in self.decode(stream, answer, set(job.stop_token_ids)):
+                async for piece in self.decode(stream, answer, set(job.stop_token_ids), job.top_logprobs):
                     yield piece
             else:
                 async for piece in self.texts(stream, answer):
@@ -155,13 +161,15 @@ class Triton:
             # A no-op once the stream has ended; otherwise Triton sees a cancelled request.
             stream.cancel()
 
-    async def decode(self, stream: Stream, answer: Answer, stop_ids: set[int]) -> AsyncIterator[str]:
+    async def decode(self, stream: Stream, answer: Answer, stop_ids: set[int], top: int) -> AsyncIterator[str]:
         """One piece per Triton response, "" included, so the first comes with the first token. A stop
         token id ends the answer and, as in vLLM, its text is not part of it (it is counted)."""
         text = StreamedText(self.model.fast, self.model.skip_special_tokens)
         async for event in stream.responses():
             ids = token_ids(event)
             answer.ids += ids
+            if answer.logprobs is not None:
+                answer.logprobs += of_event(event, ids, top)
             answer.completion_tokens += len(ids)
             cut = next((i for i, token in enumerate(ids) if token in stop_ids), None)
             yield text.add(ids if cut is None else ids[:cut])

@@ -31,6 +31,7 @@ from gateway import tool_calls
 from gateway.errors import ApiError, unsupported
 
 MAX_STOP_SEQUENCES = 4  # OpenAI's limit
+MAX_TOP_LOGPROBS = {True: 20, False: 5}  # OpenAI's limits: chat's top_logprobs, completions' logprobs
 INT32_MAX = 2**31 - 1
 # OpenAI keys that change nothing in the text of an answer from this server, so they are dropped:
 # who asks (`user`, `safety_identifier`), what OpenAI would store or bill (`store`, `metadata`,
@@ -42,19 +43,17 @@ INERT = {"user", "safety_identifier", "store", "metadata", "service_tier", "prom
 EXTENSIONS = {"top_k": (0, -1), "min_p": (0,), "repetition_penalty": (1,), "min_tokens": (0,),
               "ignore_eos": (False,), "stop_token_ids": ([],)}
 COMMON = {"model", "stream", "stream_options", "max_tokens", "temperature", "top_p", "seed", "stop",
-          "presence_penalty", "frequency_penalty", "n", "response_format"} | INERT | set(EXTENSIONS)
-CHAT = COMMON | {"messages", "max_completion_tokens", "tools", "tool_choice", "parallel_tool_calls"}
+          "presence_penalty", "frequency_penalty", "n", "response_format", "logprobs"} | INERT | set(EXTENSIONS)
+CHAT = COMMON | {"messages", "max_completion_tokens", "tools", "tool_choice", "parallel_tool_calls", "top_logprobs"}
 COMPLETION = COMMON | {"prompt"}
 # stream_options keys: `include_obfuscation` pads chunks against length side channels, no content.
 STREAM_OPTIONS = {"include_usage", "continuous_usage_stats", "include_obfuscation"}
 # The value at which an UNSUPPORTED parameter asks for nothing this server does not do anyway
 # (besides null, false, [] and {}): plain text, no tool called, one sequence, no prefix or suffix.
-ASKS_NOTHING = {"function_call": ["none", "auto"], "best_of": [1], "top_logprobs": [0], "suffix": [""],
+ASKS_NOTHING = {"function_call": ["none", "auto"], "best_of": [1], "suffix": [""],
                 "modalities": [["text"]]}
 # OpenAI parameters this server knows and cannot serve, and why.
 UNSUPPORTED = {
-    "logprobs": "log probabilities are not returned by the Triton models",
-    "top_logprobs": "log probabilities are not returned by the Triton models",
     "logit_bias": "TensorRT-LLM's backend takes no per-token bias",
     "functions": "the deprecated `functions`; send them as `tools`",
     "function_call": "the deprecated `function_call`; send `tool_choice`",
@@ -86,6 +85,9 @@ class Serving:
     cannot: dict[str, str] = field(default_factory=dict)
     # Why the runtime cannot hold an answer to a grammar (guided decoding), or None where it can.
     unguided: str | None = None
+    # Why it returns no log probabilities (None where it does), and how many alternatives per token it can.
+    no_logprobs: str | None = None
+    max_top_logprobs: int = 0
 
 
 @dataclass
@@ -113,6 +115,8 @@ class Generation:
     tools: tool_calls.Tools | None = None  # chat: functions the model may call, and how
     # (guided_decoding_guide_type, guided_decoding_guide) for the engine, as TensorRT-LLM names them
     guide: tuple[str, str] | None = None
+    logprobs: bool = False  # each token's log probability (return_log_probs)
+    top_logprobs: int = 0  # and this many most likely alternatives (num_top_log_probs)
 
     @property
     def greedy(self) -> bool:
@@ -339,6 +343,29 @@ def _guide(generation: Generation, response_format: tuple[str, str] | None, serv
     generation.guide = ("json_schema", json.dumps(forced)) if forced is not None else response_format
 
 
+def _logprobs(body: dict, chat: bool, serving: Serving) -> tuple[bool, int]:
+    """(logprobs, top_logprobs): chat's `logprobs` boolean and `top_logprobs`, or completions' `logprobs`
+    count (the chosen token's log probability, and that many alternatives)."""
+    if chat:
+        wanted = _boolean(body, "logprobs")
+        top, name = _integer(body, "top_logprobs"), "top_logprobs"
+        if top and not wanted:
+            raise ApiError("top_logprobs requires logprobs to be true", "top_logprobs", code="invalid_value")
+    else:
+        top, name = _integer(body, "logprobs"), "logprobs"
+        wanted = top is not None
+    top = top or 0
+    if not 0 <= top <= MAX_TOP_LOGPROBS[chat]:
+        raise ApiError(f"{name} {top} is out of range: it must be between 0 and {MAX_TOP_LOGPROBS[chat]}", name,
+                       code="invalid_value")
+    if wanted and serving.no_logprobs:
+        raise unsupported("logprobs", serving.no_logprobs)
+    if top > serving.max_top_logprobs:
+        raise unsupported(name, f"{name} {top}: this runtime returns at most {serving.max_top_logprobs} "
+                                "alternatives per token")
+    return wanted, top
+
+
 def _engine_ranges(generation: Generation) -> None:
     """What TensorRT-LLM itself refuses, named as the client named it (sampling_ranges.py)."""
     checks = [("seed", "seed", generation.seed), ("presence_penalty", "presence_penalty", generation.presence_penalty),
@@ -413,6 +440,7 @@ def parse(body: object, chat: bool, serving: Serving) -> Generation:
         if generation.tools and generation.tools.choice == "none":
             generation.tools = None  # the model answers in words, as if no tools had been offered
     _guide(generation, _response_format(body), serving)
+    generation.logprobs, generation.top_logprobs = _logprobs(body, chat, serving)
     if not chat:
         generation.prompt = _prompt(body)
     return generation

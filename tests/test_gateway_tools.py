@@ -143,3 +143,45 @@ def test_a_bad_schema_is_refused_by_name_and_the_next_request_works(client):
             "type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "objekt"}}})
     assert raised.value.body["param"] == "response_format.json_schema.schema"
     assert client.chat.completions.create(model=MODEL, messages=ASK, max_tokens=5).choices[0].message.content
+
+
+PLANETS = [{"role": "user", "content": "Name three planets."}]
+
+
+def test_chat_logprobs_with_alternatives_come_with_each_token(client):
+    answer = client.chat.completions.create(model=MODEL, messages=PLANETS, max_tokens=12, temperature=0,
+                                            logprobs=True, top_logprobs=3)
+    entries = answer.choices[0].logprobs.content
+    assert len(entries) == answer.usage.completion_tokens
+    assert "".join(entry.token for entry in entries) == answer.choices[0].message.content
+    for entry in entries:
+        assert entry.logprob <= 0 and len(entry.top_logprobs) == 3
+        ranked = [alternative.logprob for alternative in entry.top_logprobs]
+        assert ranked == sorted(ranked, reverse=True)
+        assert entry.top_logprobs[0].token == entry.token  # greedy: the chosen token is the most likely one
+        assert entry.bytes == list(entry.token.encode())
+
+
+def test_streamed_logprobs_add_up_to_the_whole_answers(client):
+    whole = client.chat.completions.create(model=MODEL, messages=PLANETS, max_tokens=12, temperature=0,
+                                           logprobs=True)
+    chunks = list(client.chat.completions.create(model=MODEL, messages=PLANETS, max_tokens=12, temperature=0,
+                                                 logprobs=True, stream=True))
+    streamed = [e for c in chunks if c.choices and c.choices[0].logprobs for e in c.choices[0].logprobs.content]
+    assert [(e.token, round(e.logprob, 4)) for e in streamed] == [
+        (e.token, round(e.logprob, 4)) for e in whole.choices[0].logprobs.content]
+
+
+def test_completions_logprobs_in_the_legacy_shape(client):
+    answer = client.completions.create(model=MODEL, prompt="The capital of France is", max_tokens=6, temperature=0,
+                                       logprobs=2)
+    logprobs = answer.choices[0].logprobs
+    assert len(logprobs.tokens) == len(logprobs.token_logprobs) == len(logprobs.top_logprobs) == 6
+    assert all(len(alternatives) <= 2 for alternatives in logprobs.top_logprobs)
+    assert logprobs.text_offset == sorted(logprobs.text_offset) and logprobs.text_offset[0] == 0
+
+
+def test_more_alternatives_than_the_runtime_returns_are_refused_by_name(client):
+    with pytest.raises(openai.BadRequestError) as raised:
+        client.chat.completions.create(model=MODEL, messages=PLANETS, max_tokens=3, logprobs=True, top_logprobs=21)
+    assert raised.value.body["param"] == "top_logprobs"
