@@ -36,7 +36,7 @@ def project_modules() -> dict[str, Path]:
     modules: dict[str, Path] = {}
     for root in IMPORT_ROOTS:
         for path in root.rglob("*.py"):
-            if {".venv", ".venv-checkov", ".cache", "out", "__pycache__"} & set(path.relative_to(ROOT).parts):
+            if {".venv", ".venv-checkov", ".venv-clients", ".cache", "out", "__pycache__"} & set(path.relative_to(ROOT).parts):
                 continue
             name = _module_name(root, path)
             if name and name not in modules:
