@@ -1,5 +1,5 @@
 """The gateway with the real clients, installed from PyPI, run as their users run them: NVIDIA's aiperf
-and guidellm (each a few requests end to end, with their own reports read back), LangChain's
+and vLLM's guidellm (each a few requests end to end, their own reports read back), LangChain's
 `ChatOpenAI` and LiteLLM's SDK. What clients that cannot run here send is replayed from
 tests/fixtures/clients/ in tests/test_gateway.py.
 
