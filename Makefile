@@ -1,13 +1,15 @@
 # Two entry points, each installing what it needs into .venv first:
 #   make demo   build the default model for CPU, serve it with a real Triton, ask it a question
-#   make test   run the whole test suite (what CI runs), checkov's Kubernetes checks included
+#   make test   run the whole test suite (what CI runs), checkov's Kubernetes checks and the real clients included
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 # checkov lives apart (tools/policy/checkov-requirements.txt says why); tests/test_checkov.py runs it from here.
 CHECKOV_VENV := .venv-checkov
+# So do the benchmark clients tests/test_clients.py runs (tests/support/clients-requirements.txt says why).
+CLIENTS_VENV := .venv-clients
 
-.PHONY: demo test lint install checkov prometheus
+.PHONY: demo test lint install checkov clients prometheus
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,10 +36,20 @@ $(CHECKOV_VENV)/.installed: tools/policy/checkov-requirements.txt
 
 checkov: $(CHECKOV_VENV)/.installed
 
+$(CLIENTS_VENV)/.installed: tests/support/clients-requirements.txt
+	$(PYTHON) -m venv $(CLIENTS_VENV)
+	$(CLIENTS_VENV)/bin/python -m pip install --quiet --upgrade pip
+	# guidellm requires torch: the CPU wheel first, as for .venv, or the resolver brings the CUDA build
+	$(CLIENTS_VENV)/bin/python -m pip install --quiet "torch==2.13.0"
+	$(CLIENTS_VENV)/bin/python -m pip install --quiet -r tests/support/clients-requirements.txt
+	touch $@
+
+clients: $(CLIENTS_VENV)/.installed
+
 demo: install
 	$(PY) tools/demo.py
 
-test: install checkov
+test: install checkov clients
 	$(PY) -m ruff check .
 	$(PY) -m pytest
 

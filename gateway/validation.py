@@ -300,8 +300,15 @@ def _messages(body: dict) -> list[dict]:
     return result
 
 
+def _token_ids(value: object) -> bool:
+    return isinstance(value, list) and bool(value) and all(type(each) is int for each in value)
+
+
 def _prompt(body: dict) -> str:
     prompt = body.get("prompt")
+    # vLLM takes a prompt as token ids (one list, or a batch of them), which lm-eval sends by default
+    if _token_ids(prompt) or isinstance(prompt, list) and prompt and all(_token_ids(each) for each in prompt):
+        raise unsupported("prompt", "a prompt given as token ids; send it as text")
     if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
         return prompt[0]
     if isinstance(prompt, list) and len(prompt) > 1:

@@ -19,6 +19,8 @@ ROOT = Path(__file__).resolve().parent.parent
 # Where modules are imported from: pyproject.toml's pytest pythonpath, and tests/ itself (conftest, support).
 IMPORT_ROOTS = [ROOT, ROOT / "build", ROOT / "tools", ROOT / "model_repository" / "common", ROOT / "tests"]
 COMMANDS = sorted(p for p in (ROOT / "tools").glob("*.py"))
+# Folders of installed or generated code, never the project's modules.
+NOT_OURS = {".venv", ".venv-checkov", ".venv-clients", ".cache", "out", "__pycache__"}
 # The folders whose modules the README and docs/architecture.md list one by one.
 LISTED_FOLDERS = ["build", "build/runtimes", "tools", "tools/policy", "tools/harness", "tests/support"]
 
@@ -36,7 +38,7 @@ def project_modules() -> dict[str, Path]:
     modules: dict[str, Path] = {}
     for root in IMPORT_ROOTS:
         for path in root.rglob("*.py"):
-            if {".venv", ".venv-checkov", ".cache", "out", "__pycache__"} & set(path.relative_to(ROOT).parts):
+            if NOT_OURS & set(path.relative_to(ROOT).parts):
                 continue
             name = _module_name(root, path)
             if name and name not in modules:

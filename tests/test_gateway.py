@@ -300,6 +300,22 @@ def recommending(triton, tmp_path_factory: pytest.TempPathFactory) -> Iterator[G
 # and the embedded 135M model sampled at OpenAI's default temperature 1 rambles on to max_output_len
 # (1024 tokens: minutes on this CPU), where with a model's recommendations it answers.
 CLIENT_BODIES = sorted((ROOT / "tests" / "fixtures" / "clients").glob("*.json"))
+# Default bodies this server refuses, and the 400 that names why: each is a feature it does not have
+# (lm-eval's loglikelihood tasks need log probabilities of the prompt, its token-id prompts text).
+REFUSED = {
+    "lm-eval-0.4.13-local-completions-generate":
+        ("prompt", "prompt is not supported by this server: a prompt given as token ids; send it as text"),
+    "lm-eval-0.4.13-local-completions-loglikelihood":
+        ("logprobs", "logprobs is not supported by this server: log probabilities are not returned by the Triton "
+         "models"),
+}
+# Default bodies that should be answered and are not yet: the replay fails loudly once they are.
+PENDING = {"open-webui-0.12.4-chat-builtin-tools": "tools: issue 20"}
+
+
+def replays() -> list:
+    return [pytest.param(path, id=path.stem, marks=[pytest.mark.xfail(strict=True, reason=PENDING[path.stem])]
+                         if path.stem in PENDING else []) for path in CLIENT_BODIES]
 
 
 def streamed_answer(response: httpx.Response, chat: bool, options: dict) -> tuple[str, str, dict | None]:
@@ -325,13 +341,18 @@ def streamed_answer(response: httpx.Response, chat: bool, options: dict) -> tupl
     return text, answering[-1]["choices"][0]["finish_reason"], used
 
 
-@pytest.mark.parametrize("path", CLIENT_BODIES, ids=[p.stem for p in CLIENT_BODIES])
-def test_what_each_client_sends_by_default_gets_an_answer(recommending, path):
+@pytest.mark.parametrize("path", replays())
+def test_what_each_client_sends_by_default_gets_an_answer_or_a_named_refusal(recommending, path):
     recorded = json.loads(path.read_text())
     assert {"client", "version", "source", "request"} <= set(recorded)
     request = recorded["request"]
     body = request.get("body")
     response = httpx.request(request["method"], recommending.url + request["path"], json=body, timeout=120)
+    if path.stem in REFUSED:
+        param, message = REFUSED[path.stem]
+        assert response.status_code == 400 and response.json()["error"]["param"] == param, response.text
+        assert response.json()["error"]["message"] == message
+        return
     assert response.status_code == 200, response.text
     assert response.headers["x-request-id"]
     if body is None:
