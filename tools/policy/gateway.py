@@ -1,9 +1,10 @@
 """Rules for the OpenAI gateway container in a rendered serving overlay (gitops/base/deployment.yaml).
 
-The gateway is the pod's second container, reached through the same Ingress (`/v1`), certificate,
-IAP and Cloud Armor policy as Triton. Each check returns problems naming the object and what to
-change; tools/policy/serving.py runs them for every serving overlay. The read-only root, HOME,
-non-root and capability rules hold for every container and are checked there.
+The gateway is the pod's second container, reached through the same Ingress (`/v1`, `/health`, and
+nothing else of its port: not its `/metrics`), certificate, IAP and Cloud Armor policy as Triton.
+Each check returns problems naming the object and what to change; tools/policy/serving.py runs them
+for every serving overlay. The read-only root, HOME, non-root and capability rules hold for every
+container and are checked there.
 """
 
 from __future__ import annotations
