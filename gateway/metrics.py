@@ -194,6 +194,7 @@ class Exchange:
     key: str | None = None  # set when admitted, so the gauges go down under the label they went up under
     waiting: bool = False
     last_chunk: float | None = None
+    gaps: Histogram | None = None  # the ITL series of this request's key, looked up once: it is per token
     prompt_tokens: int = 0
     answer: Answer | None = None
 
@@ -228,8 +229,9 @@ class Exchange:
             self.stop_waiting()
             if stream:
                 self.metrics.ttft.labels(self.api_key).observe(now - self.arrived)
-        elif stream:
-            self.metrics.itl.labels(self.api_key).observe(now - self.last_chunk)
+                self.gaps = self.metrics.itl.labels(self.api_key)
+        elif self.gaps is not None:
+            self.gaps.observe(now - self.last_chunk)
         self.last_chunk = now
 
     def stop_waiting(self) -> None:
