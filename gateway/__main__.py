@@ -4,6 +4,11 @@ Examples:
   python -m gateway --repository out/cpu                          # beside `tools/serve.py --repository out/cpu`
   python -m gateway --repository /models --host 0.0.0.0 --workers 4   # as the pod runs it
   python -m gateway --repository out/cpu --api-keys-dir /etc/gateway-api-keys --max-in-flight 8
+  PROMETHEUS_MULTIPROC_DIR=/run/gateway-metrics python -m gateway --repository /models --workers 2
+
+GET /metrics serves its Prometheus metrics (gateway/metrics.py). With several workers they share
+their values through files in PROMETHEUS_MULTIPROC_DIR, emptied at start (default: a new temporary
+folder, removed at exit).
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from pathlib import Path
 
 import uvicorn
 
+from gateway import metrics
 from gateway.admission import DEFAULT_MAX_BODY_BYTES, KeysError, default_max_in_flight, load_keys
 from gateway.app import PATHS, Settings, choose_path, serving
 from gateway.repository import RepositoryError, load
@@ -58,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         model = load(args.repository.resolve(), args.model_name)
         serving(model, choose_path(model, args.path))
         load_keys(args.api_keys_dir)
+        metrics.prepare_directory(args.workers)
     except (RepositoryError, KeysError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -7,8 +7,9 @@ One ASGI middleware in front of the routes, so a refusal costs no JSON parsing, 
   * A body cap: 413 from Content-Length, or as a chunked body grows past it.
   * A bound on generation requests in flight per worker process: beyond it a 429 with Retry-After
     at once, never a wait in a queue nobody can see. A stream counts until its last event is sent.
-Health endpoints are never refused: the kubelet and the load balancer carry no key and must see an
-overloaded gateway as alive and ready.
+Health endpoints and the metrics are never refused: the kubelet, the load balancer and Managed
+Prometheus carry no key and must see an overloaded gateway as alive, ready and measured. The Ingress
+routes only /v1 and /health here, so /metrics is reached only inside the cluster (NetworkPolicy).
 """
 
 from __future__ import annotations
@@ -24,11 +25,12 @@ from pathlib import Path
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from gateway import metrics
 from gateway.errors import ApiError
 
 log = logging.getLogger("gateway")
 
-OPEN_PATHS = ("/health", "/health/ready", "/health/live")
+OPEN_PATHS = ("/health", "/health/ready", "/health/live", metrics.PATH)
 GENERATION_PATHS = ("/v1/chat/completions", "/v1/completions")
 ANONYMOUS = "anonymous"
 DEFAULT_MAX_BODY_BYTES = 1 << 20

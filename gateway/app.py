@@ -11,7 +11,8 @@ retry on, and a client timing its first chunk times the first token. Every respo
 gateway/admission.py refuses what must not reach the routes (a missing or wrong API key, an
 oversized body, a request beyond the bound in flight) before any work. Chat templating and
 tokenizing run on one thread beside the event loop: a long prompt's milliseconds there would
-otherwise stall every stream the worker is sending.
+otherwise stall every stream the worker is sending. gateway/metrics.py counts every request on its
+way in and out (`GET /metrics`); a generation request tells it when it was admitted, its chunks and its tokens.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gateway import admission, prompts, repository, tool_calls, validation
+from gateway import admission, metrics, prompts, repository, tool_calls, validation
 from gateway.errors import ApiError
 from gateway.logprobs import Logprobs
 from gateway.responses import DONE, Reply, event, usage
@@ -219,12 +220,14 @@ class Gateway:
         return await self.complete(request, chat=False)
 
     async def complete(self, request: Request, chat: bool) -> Response:
+        exchange = metrics.exchange(request).admitted()
         job, ids = await self.job(request, chat)
         reply = Reply.new(chat, self.model.name)
         answer, stop = Answer([], running_count=job.continuous_usage), StopText(job.stop)
         answer.logprobs = [] if job.logprobs else None
         logprobs = Logprobs(self.model.fast, chat, answer.logprobs) if job.logprobs else None
-        texts = answer_text(self.triton, job, ids, answer, stop)
+        exchange.generating(len(ids), answer)
+        texts = exchange.timed(answer_text(self.triton, job, ids, answer, stop), job.stream)
         if not job.stream:
             text = await before_disconnect(request, asyncio.ensure_future(joined(texts)))
             reason, message = finish_reason(job, answer, stop, self.model), None
@@ -376,6 +379,8 @@ def build(settings: Settings) -> ASGIApp:
     bounds = limits(settings, gateway.model)
     log.info("gateway: %d API key(s); at most %d requests in flight and %d-byte bodies", len(bounds.keys),
              bounds.max_in_flight, bounds.max_body_bytes)
+    observed = metrics.Metrics()
+    observed.in_flight_limit.set(bounds.max_in_flight)
     routes = [
         Route("/v1/chat/completions", gateway.chat_completions, methods=["POST"]),
         Route("/v1/completions", gateway.completions, methods=["POST"]),
@@ -384,10 +389,11 @@ def build(settings: Settings) -> ASGIApp:
         Route("/health", gateway.ready, methods=["GET"]),
         Route("/health/ready", gateway.ready, methods=["GET"]),
         Route("/health/live", gateway.live, methods=["GET"]),
+        Route(metrics.PATH, observed.endpoint, methods=["GET"]),
     ]
     handlers = {ApiError: api_error, Disconnected: disconnected, HTTPException: http_error, Exception: internal_error}
     app = Starlette(routes=routes, exception_handlers=handlers, lifespan=gateway.lifespan)
-    return RequestId(admission.Admission(app, bounds))
+    return RequestId(metrics.Observe(admission.Admission(app, bounds), observed, skip=admission.OPEN_PATHS))
 
 
 def create_app() -> ASGIApp:

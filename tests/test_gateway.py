@@ -26,6 +26,7 @@ import openai
 import pytest
 from conftest import ROOT, free_port, triton_server
 from harness.llm_client import GrpcLlmClient
+from prometheus_client.parser import text_string_to_metric_families
 from test_cancellation import cancelled_lines, wait_for_cancellation
 from transformers import AutoTokenizer
 
@@ -73,6 +74,14 @@ def running_gateway(repository: Path, triton_http: str, folder: Path, ready: str
         process.wait(30)
     # uvicorn shuts down gracefully on SIGTERM, then exits by that signal
     assert process.returncode in (0, -15) and "Finished server process" in log.read_text(), log.read_text()[-3000:]
+
+
+def metric(url: str, name: str, **labels: str) -> float:
+    """The sum of the samples `name` with these labels (0 where none) in one scrape of the gateway's /metrics."""
+    response = httpx.get(f"{url}/metrics", timeout=10)
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/plain"), response.text
+    return sum(sample.value for family in text_string_to_metric_families(response.text) for sample in family.samples
+               if sample.name == name and labels.items() <= sample.labels.items())
 
 
 @pytest.fixture(scope="module")
@@ -650,3 +659,18 @@ def test_api_keys_401_in_openais_shape_and_a_valid_key_works_with_the_sdk(triton
             assert [m.id for m in right.models.list().data] == [MODEL]
             text, _ = streamed_chat(right, CAPITAL, max_tokens=8, temperature=0)
             assert text
+
+
+def test_one_worker_serves_its_metrics_from_its_own_memory(gateway, client):
+    """`python -m gateway` with one worker and no PROMETHEUS_MULTIPROC_DIR: the values live in the process
+    (tests/test_gateway_metrics.py runs several workers, which share theirs through files)."""
+    chat_route = {"route": "/v1/chat/completions", "api_key": "anonymous"}
+    before = metric(gateway.url, "gateway_requests_total", status="200", **chat_route)
+    first = metric(gateway.url, "gateway_time_to_first_token_seconds_count", api_key="anonymous")
+    text, _ = streamed_chat(client, CAPITAL, max_tokens=4, temperature=0)
+    assert text
+    assert metric(gateway.url, "gateway_requests_total", status="200", **chat_route) == before + 1
+    assert metric(gateway.url, "gateway_time_to_first_token_seconds_count", api_key="anonymous") == first + 1
+    assert metric(gateway.url, "gateway_requests_in_flight", api_key="anonymous") == 0
+    assert metric(gateway.url, "gateway_requests_in_flight_limit") == 16  # 2 x max_batch_size 8, one worker
+

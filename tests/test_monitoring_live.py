@@ -1,10 +1,13 @@
-"""The alerts, the dashboard and the HPA's metric against a real Prometheus scraping the real Triton.
+"""The alerts, the dashboard and the HPA's metric against a real Prometheus scraping the real Triton and gateway.
 
 Prometheus (Debian's package) scrapes the tritonserver of tests/conftest.py, serving the CPU model,
-with the target labels Managed Prometheus adds, and evaluates the cpu overlay's rendered rules. What
-only GKE or the engine runtime exports comes from promlocal.RecordedExporter (a stand-in serving
-recorded samples): the test asserts those metrics really are absent from the local Triton, and every
-other metric really comes from it, so a wrong metric name or label fails here.
+and the gateway's /metrics, with the target labels Managed Prometheus adds, and evaluates the cpu
+overlay's rendered rules. Two gateways: the pod's own, with two workers (as the pod runs it) and a
+bound of one request in flight each, so some requests are shed; and a second pod's, whose Triton
+cannot be reached, so its answers are 503s. What only GKE or the engine runtime exports comes from
+promlocal.RecordedExporter (a stand-in serving recorded samples): the test asserts those metrics
+really are absent from the local Triton and gateways, and every other metric really comes from
+them, so a wrong metric name or label fails here.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import re
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 import validate
 import yaml
@@ -22,6 +26,7 @@ from conftest import free_port
 from harness.llm_client import http_generate, http_generate_stream
 from policy import monitoring
 from support import promlocal
+from test_gateway import CAPITAL, MODEL, running_gateway
 
 pytestmark = pytest.mark.triton
 
@@ -96,10 +101,35 @@ def adapter_query(objects: list[dict]) -> str:
     return f"{name}{{{','.join(matchers)}}}"
 
 
+# The second pod, whose gateway answers 503: its Triton cannot be reached.
+CUT_OFF_POD = "triton-5d9c7b8f4-cutoff"
+BENCH_KEY = "sk-bench-0123456789"
+
+
 class Live:
     def __init__(self, prometheus: promlocal.Prometheus, queue_at_rest: list[dict], queue_peak: float,
-                 rules: dict) -> None:
+                 rules: dict, gateway_statuses: list[int]) -> None:
         self.prometheus, self.queue_at_rest, self.queue_peak, self.rules = prometheus, queue_at_rest, queue_peak, rules
+        self.gateway_statuses = gateway_statuses
+
+
+def through_gateways(url: str, cut_off_url: str) -> list[int]:
+    """Four streams at once into the pod's gateway (two workers, one in flight each: some are shed), a
+    refused parameter, and a request to the gateway whose Triton is gone. The pod's gateway's statuses."""
+    chat = f"{url}/v1/chat/completions"
+    body = {"model": MODEL, "messages": [{"role": "user", "content": CAPITAL}], "max_tokens": 4, "stream": True}
+    key = {"Authorization": f"Bearer {BENCH_KEY}"}
+
+    def stream(_: int) -> int:
+        with httpx.Client(timeout=60) as client, client.stream("POST", chat, json=body, headers=key) as response:
+            response.read()
+            return response.status_code
+
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        statuses = list(pool.map(stream, range(4)))
+    statuses.append(httpx.post(chat, json={**body, "logprobs": True}, headers=key).status_code)
+    assert httpx.post(f"{cut_off_url}/v1/chat/completions", json=body, timeout=30).status_code == 503
+    return statuses
 
 
 def wait_for(prometheus: promlocal.Prometheus, query: str, timeout: float = 20) -> list[dict]:
@@ -121,10 +151,17 @@ def live(triton, tmp_path_factory: pytest.TempPathFactory) -> Live:
     # Evaluated every scrape here, not every 30 s as on GKE, so a short test sees evaluations.
     (work / "rules.yaml").write_text(yaml.safe_dump(promlocal.rule_file(rules, f"{promlocal.SCRAPE_SECONDS}s")))
     query = adapter_query(objects)
-    with promlocal.RecordedExporter(SAMPLES) as recorded, promlocal.running(
-        work, free_port(), f"127.0.0.1:{triton.metrics_port}", recorded.address, [work / "rules.yaml"]
-    ) as prometheus:
-        assert wait_for(prometheus, 'up{job="triton"} == 1'), "Prometheus never scraped Triton"
+    (work / "keys").mkdir()
+    (work / "keys" / "bench").write_text(BENCH_KEY)
+    options = ("--workers", "2", "--max-in-flight", "1", "--api-keys-dir", str(work / "keys"))
+    with promlocal.RecordedExporter(SAMPLES) as recorded, \
+            running_gateway(triton.repository, triton.http, work, options=options) as gateway, \
+            running_gateway(triton.repository, f"127.0.0.1:{free_port()}", tmp_path_factory.mktemp("cut-off"),
+                            ready="/health/live") as cut_off, \
+            promlocal.running(work, free_port(), f"127.0.0.1:{triton.metrics_port}", recorded.address,
+                              [work / "rules.yaml"], {promlocal.POD: gateway.url.removeprefix("http://"),
+                                                      CUT_OFF_POD: cut_off.url.removeprefix("http://")}) as prometheus:
+        assert wait_for(prometheus, 'count(up{job="triton"} == 1) == 3'), "Prometheus never scraped Triton and gateways"
         at_rest = wait_for(prometheus, query)
         # Under load: twice the ensemble's batch, so tensorrt_llm's batch is full and the rest queue.
         peak = 0.0
@@ -138,8 +175,9 @@ def live(triton, tmp_path_factory: pytest.TempPathFactory) -> Live:
                 time.sleep(0.25)
         assert all(f.result().error is None for f in streams)
         assert all(f.result()[0] == 400 for f in refused)
+        statuses = through_gateways(gateway.url, cut_off.url)
         time.sleep(2 * promlocal.SCRAPE_SECONDS + 1)  # the last answers' counters scraped, the rules evaluated
-        yield Live(prometheus, at_rest, peak, rules)
+        yield Live(prometheus, at_rest, peak, rules, statuses)
 
 
 def test_the_hpa_metric_exists_at_zero_load_and_rises_under_load(live: Live) -> None:
@@ -148,12 +186,12 @@ def test_the_hpa_metric_exists_at_zero_load_and_rises_under_load(live: Live) -> 
     assert live.queue_peak > 0
 
 
-def test_recorded_metrics_are_absent_from_the_local_triton_and_every_other_one_comes_from_it(live: Live) -> None:
+def test_recorded_metrics_are_absent_from_the_local_scrapes_and_every_other_one_comes_from_them(live: Live) -> None:
     scraped = {s["metric"]["__name__"] for s in live.prometheus.query('count by (__name__) ({job="triton"})')}
     queries = [q for _, q in dashboard_queries()] + [r["expr"] for r in monitoring.alerts(live.rules)]
     used = {re.match(r"[\w:]+", s).group(0) for q in queries for s in selectors(q)}
-    assert sorted(used - scraped - set(RECORDED)) == [], "metrics used that neither Triton nor the stand-in exports"
-    assert sorted(set(RECORDED) & scraped) == [], "the local Triton exports these now: take them off RECORDED"
+    assert sorted(used - scraped - set(RECORDED)) == [], "metrics used that neither the pod nor the stand-in exports"
+    assert sorted(set(RECORDED) & scraped) == [], "the local pod exports these now: take them off RECORDED"
     assert {m for m, *_ in SAMPLES} == set(RECORDED)
 
 
@@ -183,6 +221,25 @@ def test_the_load_shows_in_the_answer_metrics(live: Live) -> None:
     [itl] = live.prometheus.query(
         f"histogram_quantile(0.5, sum by (le) (llm_inter_token_latency_seconds_bucket{{{ns}}}))")
     assert 0.005 < float(itl["value"][1]) < 2
+
+
+def test_the_gateways_series_come_from_both_its_workers_by_status_key_and_parameter(live: Live) -> None:
+    ns, pod = f'namespace="{promlocal.NAMESPACE}"', f'pod="{promlocal.POD}"'
+    statuses = {s["metric"]["status"]: float(s["value"][1]) for s in live.prometheus.query(
+        f'sum by (status) (gateway_requests_total{{{ns},{pod},container="gateway",api_key="bench"}})')}
+    expected = {str(code): float(live.gateway_statuses.count(code)) for code in set(live.gateway_statuses)}
+    assert statuses == expected and {"200", "429", "400"} <= set(expected), (statuses, live.gateway_statuses)
+    [refused] = live.prometheus.query(f'gateway_refused_parameters_total{{{ns},{pod}}}')
+    assert refused["metric"]["param"] == "logprobs" and float(refused["value"][1]) == 1
+    [streams] = live.prometheus.query(f'sum(gateway_time_to_first_token_seconds_count{{{ns},{pod}}})')
+    assert float(streams["value"][1]) == statuses["200"]
+    [tokens] = live.prometheus.query(f'gateway_generation_tokens_total{{{ns},{pod},api_key="bench"}}')
+    assert float(tokens["value"][1]) >= statuses["200"] * 2
+    bounds = {s["metric"]["pod"]: float(s["value"][1])
+              for s in live.prometheus.query(f"gateway_requests_in_flight_limit{{{ns}}}")}
+    assert bounds == {promlocal.POD: 2, CUT_OFF_POD: 16}  # two workers of 1; one of 2 x max_batch_size
+    [cut_off] = live.prometheus.query(f'gateway_requests_total{{{ns},pod="{CUT_OFF_POD}",status="503"}}')
+    assert cut_off["metric"]["api_key"] == "anonymous" and float(cut_off["value"][1]) == 1
 
 
 def test_prometheus_evaluates_every_rule_without_error(live: Live) -> None:

@@ -49,6 +49,7 @@ def bucket_series(name: str, model_labels: str, counts: dict[str, str]) -> list[
 
 ENSEMBLE = f'{NS},model="ensemble",version="1"'
 HPA = f'{NS},horizontalpodautoscaler="triton"'
+GATEWAY = f'{NS},{POD},container="gateway",route="/v1/chat/completions",api_key="bench"'
 # Per alert: (series that fire it, its labels when it fires, series of a healthy deployment). Values
 # are one per minute; thresholds are the cpu overlay's (alert-thresholds.yaml).
 CASES = {
@@ -89,10 +90,12 @@ CASES = {
         {"namespace": promlocal.NAMESPACE, "deployment": "triton"},
         [series("kube_deployment_status_replicas_available", f'{NS},deployment="triton"', "1x40")],
     ),
-    "TritonMetricsAbsent": (
-        [series("up", f'{NS},{POD},job="triton"', "0x40")],
-        {"namespace": promlocal.NAMESPACE},
-        [series("up", f'{NS},{POD},job="triton"', "1x40")],
+    "TritonMetricsAbsent": (  # the gateway's scrape fails while Triton's answers
+        [series("up", f'{NS},{POD},job="triton",container="triton"', "1x40"),
+         series("up", f'{NS},{POD},job="triton",container="gateway"', "0x40")],
+        {"namespace": promlocal.NAMESPACE, "container": "gateway"},
+        [series("up", f'{NS},{POD},job="triton",container="triton"', "1x40"),
+         series("up", f'{NS},{POD},job="triton",container="gateway"', "1x40")],
     ),
     "TritonKvCacheNearlyFull": (
         [series("nv_trt_llm_kv_cache_block_metrics", f'{NS},{POD},kv_cache_block_type="fraction"', "0.97x40")],
@@ -110,6 +113,23 @@ CASES = {
         [series("kube_pod_container_status_restarts_total", f'{NS},{POD},container="triton"', "0+1x40")],
         {"namespace": promlocal.NAMESPACE, "pod": "triton-5d9c7b8f4-a1"},
         [series("kube_pod_container_status_restarts_total", f'{NS},{POD},container="triton"', "3x40")],
+    ),
+    "GatewayServerErrors": (  # 3 of 30 requests a minute are 503s: 10 % against 5 %
+        [series("gateway_requests_total", f'{GATEWAY},status="503"', "0+3x40"),
+         series("gateway_requests_total", f'{GATEWAY},status="200"', "0+27x40")],
+        {"namespace": promlocal.NAMESPACE},
+        # refusals (4xx) are the clients' business, not server errors
+        [series("gateway_requests_total", f'{GATEWAY},status="400"', "0+10x40"),
+         series("gateway_requests_total", f'{GATEWAY},status="200"', "0+27x40")],
+    ),
+    "GatewayShedding": (  # 5 of 25 generation requests a minute get a 429; model listings (never shed) don't dilute it
+        [series("gateway_requests_total", f'{GATEWAY},status="429"', "0+5x40"),
+         series("gateway_requests_total", f'{GATEWAY},status="200"', "0+20x40"),
+         series("gateway_requests_total", f'{NS},{POD},container="gateway",route="/v1/models",status="200",'
+                'api_key="bench"', "0+1000x40")],
+        {"namespace": promlocal.NAMESPACE},
+        [series("gateway_requests_total", f'{GATEWAY},status="429"', "0+0.5x40"),
+         series("gateway_requests_total", f'{GATEWAY},status="200"', "0+20x40")],
     ),
 }
 
@@ -150,11 +170,12 @@ def test_every_alert_fires_on_its_series_and_stays_silent_on_a_healthy_deploymen
                                            "exp_alerts": [{"exp_labels": expected}]}]})
         tests.append({"name": f"{alert} silent", "interval": "1m", "input_series": healthy,
                       "alert_rule_test": [{"eval_time": "30m", "alertname": alert, "exp_alerts": []}]})
-    # No Triton target at all: absent() fires with the selector's job.
+    # No target at all: absent() fires for each container with the selector's job and container.
     tests.append({"name": "TritonMetricsAbsent fires with no target", "interval": "1m",
                   "input_series": [series("kube_deployment_status_replicas_available", NS, "1x40")],
-                  "alert_rule_test": [{"eval_time": "30m", "alertname": "TritonMetricsAbsent",
-                                       "exp_alerts": [{"exp_labels": {"severity": "critical", "job": "triton"}}]}]})
+                  "alert_rule_test": [{"eval_time": "30m", "alertname": "TritonMetricsAbsent", "exp_alerts": [
+                      {"exp_labels": {"severity": "critical", "job": "triton", "container": container}}
+                      for container in ("triton", "gateway")]}]})
     (tmp_path / "tests.yaml").write_text(yaml.safe_dump({"rule_files": ["rules.yaml"], "evaluation_interval": "30s",
                                                          "tests": tests}))
     done = subprocess.run([promtool, "test", "rules", "tests.yaml"], capture_output=True, text=True, cwd=tmp_path)

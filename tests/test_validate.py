@@ -1228,7 +1228,9 @@ def test_ingress_without_the_v1_route(repo: Path) -> None:
     edit(repo, "gitops/components/tls-ingress/ingress.yaml", "          - path: /v1\n", "          - path: /openai\n")
     assert problems(repo, "overlays/cpu") == [
         "Ingress/triton: no path /v1 (pathType Prefix) to Service/triton port openai: OpenAI clients would reach "
-        "Triton instead of the gateway"
+        "Triton instead of the gateway",
+        "Ingress/triton: routes Prefix /openai to the gateway's port, which also serves /metrics (every client's key "
+        "name and usage, asked for no key) to whoever the load balancer lets in; route only Exact /health, Prefix /v1",
     ]
 
 
@@ -1413,3 +1415,71 @@ def test_the_ingress_routes_the_gateways_health_check() -> None:
     routes = {(p["path"], p["pathType"]): p["backend"]["service"]["port"]["name"]
               for rule in ingress["spec"]["rules"] for p in rule["http"]["paths"]}
     assert routes[("/health", "Exact")] == routes[("/v1", "Prefix")] == "openai"
+
+
+# --- the gateway's metrics: scraped, reachable, never public (tools/policy/monitoring.py, gateway.py) -----
+
+PODMONITORING = "gitops/components/monitoring/podmonitoring.yaml"
+GATEWAY_SCRAPE = "    - port: openai\n      path: /metrics\n      interval: 15s\n"
+
+
+def test_podmonitoring_that_does_not_scrape_the_gateway(repo: Path) -> None:
+    edit(repo, PODMONITORING, GATEWAY_SCRAPE, "")
+    assert problems(repo, "overlays/cpu") == [
+        "PodMonitoring/triton: no endpoint scrapes the gateway's /metrics on port openai: what clients get "
+        "(statuses, refusals, time to first token as they see it) would be missing from the dashboard and its alerts"
+    ]
+
+
+def test_gateway_scraped_at_another_interval_than_triton(repo: Path) -> None:
+    edit(repo, PODMONITORING, GATEWAY_SCRAPE, GATEWAY_SCRAPE.replace("15s", "60s"))
+    assert problems(repo, "overlays/cpu") == [
+        "PodMonitoring/triton: scrapes Triton every 15s and the gateway every 60s: scrape both at one interval, so "
+        "their rates compare"
+    ]
+
+
+def test_network_policy_that_keeps_managed_prometheus_from_the_gateway(repo: Path) -> None:
+    edit(repo, "gitops/components/network-policy/networkpolicy.yaml",
+         "          port: 8002\n        - protocol: TCP\n          port: 9000\n", "          port: 8002\n")
+    assert problems(repo, "overlays/cpu") == [
+        "PodMonitoring/triton: scrapes port openai (TCP 9000), but no NetworkPolicy lets Managed Prometheus "
+        "(namespace gmp-system) reach it: every scrape would fail (TritonMetricsAbsent) (components/network-policy)"
+    ]
+
+
+def test_ingress_that_routes_the_gateways_metrics(repo: Path) -> None:
+    edit(repo, "gitops/components/tls-ingress/ingress.yaml", "          - path: /health\n            pathType: Exact\n",
+         "          - path: /metrics\n            pathType: Prefix\n")
+    assert problems(repo, "overlays/cpu") == [
+        "Ingress/triton: routes Prefix /metrics to the gateway's port, which also serves /metrics (every client's key "
+        "name and usage, asked for no key) to whoever the load balancer lets in; route only Exact /health, Prefix /v1"
+    ]
+
+
+def test_gateway_workers_without_a_metrics_folder(repo: Path) -> None:
+    edit(repo, "gitops/base/deployment.yaml",
+         "            - name: PROMETHEUS_MULTIPROC_DIR\n              value: /run/gateway-metrics\n", "")
+    assert problems(repo, "overlays/cpu") == [
+        "Deployment/triton: container gateway runs several workers but sets no PROMETHEUS_MULTIPROC_DIR: set it to a "
+        "folder where a memory-backed emptyDir is mounted, in which the workers share their metrics"
+    ]
+
+
+def test_gateway_metrics_folder_on_the_read_only_root_or_on_disk(repo: Path) -> None:
+    edit(repo, "gitops/base/deployment.yaml", "              value: /run/gateway-metrics\n",
+         "              value: /var/gateway-metrics\n")
+    assert problems(repo, "overlays/cpu") == [
+        "Deployment/triton: container gateway keeps its workers' metrics in /var/gateway-metrics "
+        "(PROMETHEUS_MULTIPROC_DIR) but mounts no writable emptyDir there: the read-only root filesystem would fail "
+        "every worker at start"
+    ]
+    edit(repo, "gitops/base/deployment.yaml", "              value: /var/gateway-metrics\n",
+         "              value: /run/gateway-metrics\n")
+    edit(repo, "gitops/base/deployment.yaml",
+         "          emptyDir:\n            medium: Memory\n            sizeLimit: 64Mi\n", "          emptyDir: {}\n")
+    assert problems(repo, "overlays/cpu") == [
+        "Deployment/triton: volume gateway-metrics (PROMETHEUS_MULTIPROC_DIR of container gateway) must be an emptyDir "
+        "with medium: Memory and a sizeLimit: the workers write it on every request, and it counts against the "
+        "container's memory"
+    ]

@@ -1,9 +1,11 @@
-"""A real Prometheus (Debian's `prometheus` package) scraping a local tritonserver as Managed Prometheus
-scrapes the pod, for tests/test_monitoring.py.
+"""A real Prometheus (Debian's `prometheus` package) scraping a local tritonserver and gateways as Managed
+Prometheus scrapes the pod, for tests/test_monitoring_live.py.
 
 GMP writes every series with the target labels project_id, location, cluster, namespace, job,
 instance (and pod, container from PodMonitoring's targetLabels); the scrape here adds the same
-namespace, pod, container and job by relabeling, so the rules and the dashboard run unchanged.
+namespace, pod, container and job by relabeling, so the rules and the dashboard run unchanged: job
+"triton" (the PodMonitoring's name) for both of a pod's endpoints, container "triton" for Triton's
+metrics port and "gateway" for the gateway's /metrics.
 Series only GKE or the engine runtime produce (DCGM, kube state metrics, the TensorRT-LLM C++
 backend, Triton 26.07's first-response histogram) come from RecordedExporter: a stand-in that
 serves recorded sample values, scraped with the same labels as a second job.
@@ -48,22 +50,25 @@ def rule_file(rules: dict, interval: str | None = None) -> dict:
     return {"groups": [{**g, "interval": interval or g.get("interval", "1m")} for g in rules["spec"]["groups"]]}
 
 
-def _target_labels(job: str) -> list[dict]:
+def _target_labels(job: str, container: str, pod: str) -> list[dict]:
     """What GMP's PodMonitoring puts on every series of the pod (namespace, pod, container, job)."""
-    labels = {"namespace": NAMESPACE, "pod": POD, "container": "triton", "job": job}
+    labels = {"namespace": NAMESPACE, "pod": pod, "container": container, "job": job}
     return [{"target_label": k, "replacement": v} for k, v in labels.items()]
 
 
-def config(triton_metrics: str, recorded: str, rule_files: list[Path]) -> dict:
-    def job(name: str, target: str, job_label: str) -> dict:
+def config(triton_metrics: str, recorded: str, rule_files: list[Path], gateways: dict[str, str]) -> dict:
+    """`gateways`: {pod name: address of a gateway's /metrics}, each scraped as that pod's gateway container."""
+    def job(name: str, target: str, job_label: str, container: str = "triton", pod: str = POD) -> dict:
         return {"job_name": name, "scrape_interval": f"{SCRAPE_SECONDS}s", "static_configs": [{"targets": [target]}],
-                "relabel_configs": _target_labels(job_label)}
+                "relabel_configs": _target_labels(job_label, container, pod)}
 
     return {
         "global": {"scrape_interval": f"{SCRAPE_SECONDS}s", "evaluation_interval": f"{SCRAPE_SECONDS}s"},
         "rule_files": [str(p) for p in rule_files],
         # job "triton": the PodMonitoring's name, which GMP uses as the job label.
-        "scrape_configs": [job("triton", triton_metrics, "triton"), job("recorded", recorded, "recorded")],
+        "scrape_configs": [job("triton", triton_metrics, "triton"), job("recorded", recorded, "recorded"),
+                           *(job(f"gateway-{pod}", address, "triton", "gateway", pod)
+                             for pod, address in gateways.items())],
     }
 
 
@@ -124,10 +129,11 @@ class Prometheus:
 
 
 @contextmanager
-def running(work: Path, port: int, triton_metrics: str, recorded: str, rule_files: list[Path]) -> Iterator[Prometheus]:
-    """Prometheus on 127.0.0.1:port, scraping both targets; stopped on leaving."""
+def running(work: Path, port: int, triton_metrics: str, recorded: str, rule_files: list[Path],
+            gateways: dict[str, str]) -> Iterator[Prometheus]:
+    """Prometheus on 127.0.0.1:port, scraping every target; stopped on leaving."""
     prometheus, _ = binaries()
-    (work / "prometheus.yml").write_text(yaml.safe_dump(config(triton_metrics, recorded, rule_files)))
+    (work / "prometheus.yml").write_text(yaml.safe_dump(config(triton_metrics, recorded, rule_files, gateways)))
     log = open(work / "prometheus.log", "wb")  # noqa: SIM115 - handed to the child
     process = subprocess.Popen([prometheus, f"--config.file={work / 'prometheus.yml'}",
                                 f"--storage.tsdb.path={work / 'data'}", f"--web.listen-address=127.0.0.1:{port}"],

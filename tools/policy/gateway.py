@@ -1,22 +1,29 @@
 """Rules for the OpenAI gateway container in a rendered serving overlay (gitops/base/deployment.yaml).
 
-The gateway is the pod's second container, reached through the same Ingress (`/v1`), certificate,
-IAP and Cloud Armor policy as Triton. Each check returns problems naming the object and what to
-change; tools/policy/serving.py runs them for every serving overlay. The read-only root, HOME,
-non-root and capability rules hold for every container and are checked there.
+The gateway is the pod's second container, reached through the same Ingress (`/v1`, `/health`, and
+nothing else of its port: not its `/metrics`), certificate, IAP and Cloud Armor policy as Triton.
+Each check returns problems naming the object and what to change; tools/policy/serving.py runs them
+for every serving overlay. The read-only root, HOME, non-root and capability rules hold for every
+container and are checked there.
 """
 
 from __future__ import annotations
 
 import json
 
-from .k8s_objects import by_kind, find, flag_value, ref
+from .k8s_objects import by_kind, env_value, find, flag_value, ref
 
 CONTAINER = "gateway"
 PORT_NAME = "openai"
 READY_PATH = "/health/ready"
 LIVE_PATH = "/health/live"
 API_PREFIX = "/v1"
+# What of the gateway's port the Ingress may route: the API and the health check benchmarks call. Not
+# /metrics, which answers without a key and names every client's key and its usage.
+PUBLIC_PATHS = {("Prefix", API_PREFIX), ("Exact", "/health")}
+METRICS_PATH = "/metrics"
+# prometheus_client's multiprocess mode: where uvicorn's worker processes share their metric values.
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 # The external Application Load Balancer's proxies and health checkers (as in components/network-policy).
 LB_RANGES = ("35.191.0.0/16", "130.211.0.0/22")
 # The stand-in project of this repository's examples (gitops/base `images:`, gitops/nodepools/cluster.yaml):
@@ -82,6 +89,28 @@ def _keys_problems(deployment: dict, pod: dict, gateway: dict) -> list[str]:
     return problems
 
 
+def _metrics_problems(deployment: dict, pod: dict, gateway: dict) -> list[str]:
+    """Several workers write their metrics to files in PROMETHEUS_MULTIPROC_DIR: a memory-backed emptyDir
+    mounted writable there (the root filesystem is read-only), so a scrape adds up every worker."""
+    if int(flag_value(gateway.get("args", []), "--workers") or "1") <= 1:
+        return []
+    name, folder = ref(deployment), env_value(gateway, MULTIPROC_ENV)
+    if folder is None:
+        return [f"{name}: container {CONTAINER} runs several workers but sets no {MULTIPROC_ENV}: set it to a folder "
+                "where a memory-backed emptyDir is mounted, in which the workers share their metrics"]
+    mount = next((m for m in gateway.get("volumeMounts", []) if m.get("mountPath") == folder), None)
+    volume = next((v for v in pod.get("volumes", []) if mount and v.get("name") == mount.get("name")), {})
+    empty_dir = volume.get("emptyDir")
+    if mount is None or mount.get("readOnly") or empty_dir is None:
+        return [f"{name}: container {CONTAINER} keeps its workers' metrics in {folder} ({MULTIPROC_ENV}) but mounts no "
+                "writable emptyDir there: the read-only root filesystem would fail every worker at start"]
+    if empty_dir.get("medium") != "Memory" or "sizeLimit" not in empty_dir:
+        return [f"{name}: volume {volume['name']} ({MULTIPROC_ENV} of container {CONTAINER}) must be an emptyDir "
+                "with medium: Memory and a sizeLimit: the workers write it on every request, and it counts against "
+                "the container's memory"]
+    return []
+
+
 def _resource_problems(deployment: dict, gateway: dict) -> list[str]:
     resources = gateway.get("resources", {})
     requests, limits = resources.get("requests", {}), resources.get("limits", {})
@@ -115,15 +144,37 @@ def _service_port(objects: list[dict], port: int) -> tuple[dict | None, dict | N
     return None, None
 
 
-def _routes_to(ingress: dict, service: dict, entry: dict) -> bool:
-    for rule in ingress.get("spec", {}).get("rules", []):
+def _is_gateway(backend: dict, service: dict, entry: dict) -> bool:
+    return (backend.get("name") == service["metadata"]["name"]
+            and backend.get("port", {}) in ({"name": entry.get("name")}, {"number": entry.get("port")}))
+
+
+def _gateway_paths(ingress: dict, service: dict, entry: dict) -> list[tuple[str, str]]:
+    """(pathType, path) of every route to the gateway's port; the default backend as ("default", "")."""
+    spec = ingress.get("spec", {})
+    found = [("default", "")] if _is_gateway(spec.get("defaultBackend", {}).get("service", {}), service, entry) else []
+    for rule in spec.get("rules", []):
         for path in rule.get("http", {}).get("paths", []):
-            backend = path.get("backend", {}).get("service", {})
-            if (path.get("path") == API_PREFIX and path.get("pathType") == "Prefix"
-                    and backend.get("name") == service["metadata"]["name"]
-                    and backend.get("port", {}) in ({"name": entry.get("name")}, {"number": entry.get("port")})):
-                return True
-    return False
+            if _is_gateway(path.get("backend", {}).get("service", {}), service, entry):
+                found.append((path.get("pathType"), path.get("path")))
+    return found
+
+
+def _route_problems(ingress: dict, service: dict, entry: dict) -> list[str]:
+    """/v1 reaches the gateway, and nothing else of its port does: not /metrics."""
+    paths = _gateway_paths(ingress, service, entry)
+    problems = []
+    if ("Prefix", API_PREFIX) not in paths:
+        problems.append(f"{ref(ingress)}: no path {API_PREFIX} (pathType Prefix) to {ref(service)} port "
+                        f"{entry.get('name')}: OpenAI clients would reach Triton instead of the gateway")
+    allowed = ", ".join(f"{kind} {path}" for kind, path in sorted(PUBLIC_PATHS))
+    for kind, path in paths:
+        if (kind, path) not in PUBLIC_PATHS:
+            where = "its default backend" if kind == "default" else f"{kind} {path}"
+            problems.append(f"{ref(ingress)}: routes {where} to the gateway's port, which also serves {METRICS_PATH} "
+                            f"(every client's key name and usage, asked for no key) to whoever the load balancer "
+                            f"lets in; route only {allowed}")
+    return problems
 
 
 def _backend_config(objects: list[dict], service: dict, key: str) -> dict | None:
@@ -152,11 +203,7 @@ def _edge_problems(objects: list[dict], port: int) -> list[str]:
     if service is None:
         return [f"no Service has a port with targetPort {PORT_NAME}: the Ingress cannot reach the gateway "
                 "(gitops/base/service.yaml)"]
-    problems = []
-    for ingress in by_kind(objects, "Ingress"):
-        if not _routes_to(ingress, service, entry):
-            problems.append(f"{ref(ingress)}: no path {API_PREFIX} (pathType Prefix) to {ref(service)} port "
-                            f"{entry.get('name')}: OpenAI clients would reach Triton instead of the gateway")
+    problems = [p for ingress in by_kind(objects, "Ingress") for p in _route_problems(ingress, service, entry)]
     config = _backend_config(objects, service, entry.get("name", ""))
     triton_config = _backend_config(objects, service, "http")
     if config is None:
@@ -217,6 +264,7 @@ def check(objects: list[dict], deployment: dict, pod: dict, triton: dict) -> lis
     if port is None:
         return [f"{ref(deployment)}: container {CONTAINER} has no port named {PORT_NAME}"]
     return (_probe_problems(deployment, gateway, port) + _wiring_problems(deployment, gateway, triton)
-            + _keys_problems(deployment, pod, gateway) + _resource_problems(deployment, gateway)
+            + _keys_problems(deployment, pod, gateway) + _metrics_problems(deployment, pod, gateway)
+            + _resource_problems(deployment, gateway)
             + _drain_problems(deployment, gateway, triton)
             + _edge_problems(objects, port) + _network_problems(objects, port))

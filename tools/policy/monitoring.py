@@ -5,6 +5,10 @@ what on-call needs: a severity, a summary naming the Deployment, a runbook_url w
 and, where its `threshold` label names a key of the overlay's alert-thresholds.yaml, that key's
 number after the expression's last " > " (kustomize replacements copy it there).
 
+The PodMonitoring must scrape both of the pod's metrics: Triton's port and the gateway's /metrics,
+at one interval, and the NetworkPolicy must let Managed Prometheus (namespace gmp-system) reach
+every port it scrapes.
+
 The dashboard is JSON for `gcloud monitoring dashboards create`, which no CRD describes: its
 structure is checked against the facts of Google's Dashboard API reference (a mosaicLayout of at
 most 48 columns, one widget kind per tile, PromQL datasets), and every query is scoped to the
@@ -19,7 +23,8 @@ from pathlib import Path
 
 import yaml
 
-from .k8s_objects import by_kind, ref
+from . import gateway
+from .k8s_objects import by_kind, pod_spec, ref
 
 REPO = Path(__file__).resolve().parents[2]
 RUNBOOK = REPO / "docs" / "runbook.md"
@@ -29,6 +34,11 @@ SEVERITIES = ("critical", "warning")
 THRESHOLD_DELIMITER = " > "
 THRESHOLDS_FILE = "alert-thresholds.yaml"
 RUNBOOK_PATH = "/docs/runbook.md#"
+# Managed Prometheus's collectors run in this namespace (GKE's managed collection).
+GMP_NAMESPACE = "gmp-system"
+NAMESPACE_LABEL = "kubernetes.io/metadata.name"
+TRITON_METRICS_PORT = "metrics"
+DEFAULT_SCRAPE_PATH = "/metrics"  # a PodMonitoring endpoint's path when it names none
 # Dashboard API: a mosaicLayout has at most 48 columns; a tile holds exactly one widget kind.
 MAX_COLUMNS = 48
 WIDGET_KINDS = ("xyChart", "scorecard", "text", "timeSeriesTable", "pieChart", "collapsibleGroup")
@@ -116,9 +126,75 @@ def check_rules(objects: list[dict], runbook: Path = RUNBOOK, thresholds: dict[s
 
 
 def check_serving(objects: list[dict]) -> list[str]:
+    problems = []
     if not by_kind(objects, "Rules"):
-        return ["no Rules: a serving overlay is alerted on by the monitoring component (components/monitoring)"]
-    return []
+        problems.append("no Rules: a serving overlay is alerted on by the monitoring component (components/monitoring)")
+    for deployment in by_kind(objects, "Deployment"):
+        problems += check_scrapes(objects, deployment)
+    return problems
+
+
+def _selects(selector: dict | None, labels: dict) -> bool:
+    """A label selector's matchLabels (all this repository uses) hold for these labels; {} selects all."""
+    return selector is not None and all(labels.get(k) == v for k, v in (selector.get("matchLabels") or {}).items())
+
+
+def _number(port: object, named: dict[str, int]) -> int | None:
+    return port if isinstance(port, int) else named.get(str(port))
+
+
+def _admits_collectors(rule: dict, port: int, named: dict[str, int]) -> bool:
+    """An ingress rule that lets pods of gmp-system in on TCP `port`."""
+    gmp = {NAMESPACE_LABEL: GMP_NAMESPACE}
+    peers = rule.get("from")  # none: every source; a peer without namespaceSelector: this namespace or addresses
+    from_gmp = not peers or any("namespaceSelector" in peer and _selects(peer["namespaceSelector"], gmp)
+                                for peer in peers)
+    ports = rule.get("ports") or [{}]  # no `ports`: every port
+    return from_gmp and any(entry.get("protocol", "TCP") == "TCP" and _number(entry.get("port", port), named) == port
+                            for entry in ports)
+
+
+def _reachable(objects: list[dict], labels: dict, port: int, named: dict[str, int]) -> bool:
+    policies = [p for p in by_kind(objects, "NetworkPolicy") if _selects(p.get("spec", {}).get("podSelector"), labels)
+                and "Ingress" in p.get("spec", {}).get("policyTypes", ["Ingress"])]
+    if not policies:
+        return True  # nothing isolates the pod (no policy at all is policy/serving.py's message)
+    return any(_admits_collectors(rule, port, named) for p in policies for rule in p["spec"].get("ingress", []))
+
+
+def check_scrapes(objects: list[dict], deployment: dict) -> list[str]:
+    """Triton's metrics port and the gateway's /metrics scraped at one interval, and reachable from gmp-system."""
+    pod = pod_spec(deployment) or {}
+    labels = deployment.get("spec", {}).get("template", {}).get("metadata", {}).get("labels", {})
+    named = {p["name"]: p.get("containerPort") for c in pod.get("containers", []) for p in c.get("ports", [])
+             if "name" in p}
+    monitors = [m for m in by_kind(objects, "PodMonitoring") if _selects(m.get("spec", {}).get("selector"), labels)]
+    if not monitors:
+        return [f"{ref(deployment)}: no PodMonitoring selects its pods: neither Triton's metrics nor the gateway's are "
+                "scraped (components/monitoring)"]
+    endpoints = [(m, e) for m in monitors for e in m.get("spec", {}).get("endpoints", [])]
+    problems = []
+
+    def scraping(port_name: str, path: str | None) -> list[dict]:
+        return [e for _, e in endpoints if _number(e.get("port"), named) == named.get(port_name)
+                and (path is None or e.get("path", DEFAULT_SCRAPE_PATH) == path)]
+
+    triton, gateway_scrapes = scraping(TRITON_METRICS_PORT, None), scraping(gateway.PORT_NAME, gateway.METRICS_PATH)
+    if gateway.PORT_NAME in named and not gateway_scrapes:
+        problems.append(f"{ref(monitors[0])}: no endpoint scrapes the gateway's {gateway.METRICS_PATH} on port "
+                        f"{gateway.PORT_NAME}: what clients get (statuses, refusals, time to first token as they see "
+                        "it) would be missing from the dashboard and its alerts")
+    intervals = {e.get("interval") for e in triton + gateway_scrapes}
+    if triton and gateway_scrapes and len(intervals) > 1:
+        problems.append(f"{ref(monitors[0])}: scrapes Triton every {triton[0].get('interval')} and the gateway every "
+                        f"{gateway_scrapes[0].get('interval')}: scrape both at one interval, so their rates compare")
+    for monitor, endpoint in endpoints:
+        port = _number(endpoint.get("port"), named)
+        if port is not None and not _reachable(objects, labels, port, named):
+            problems.append(f"{ref(monitor)}: scrapes port {endpoint.get('port')} (TCP {port}), but no NetworkPolicy "
+                            f"lets Managed Prometheus (namespace {GMP_NAMESPACE}) reach it: every scrape would fail "
+                            "(TritonMetricsAbsent) (components/network-policy)")
+    return problems
 
 
 def queries(dashboard: dict) -> list[tuple[str, str]]:
