@@ -210,7 +210,7 @@ class Gateway:
         encode = (functools.partial(prompts.chat_ids, self.model, job.messages, job.tools, self.tool_format) if chat
                   else functools.partial(prompts.completion_ids, self.model, job.prompt))
         ids = await asyncio.get_running_loop().run_in_executor(self.tokenizing, encode)
-        prompts.check_length(self.model, ids, param)
+        prompts.check_length(self.model, ids, param, len(job.tools.functions) if job.tools else 0)
         return job, ids
 
     async def chat_completions(self, request: Request) -> Response:

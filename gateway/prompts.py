@@ -33,12 +33,14 @@ def completion_ids(model: Model, prompt: str) -> list[int]:
     return list(model.tokenizer.encode(prompt, add_special_tokens=True))
 
 
-def check_length(model: Model, ids: list[int], param: str) -> None:
+def check_length(model: Model, ids: list[int], param: str, tools: int = 0) -> None:
+    """`tools`: how many tools the prompt describes, named in the refusal (they can be most of it)."""
     if not ids:
         raise ApiError(f"{param} is empty; send the prompt text", param, code="invalid_value")
     if len(ids) > model.max_input_len:
+        what = f"{param} with the {tools} tools offered" if tools else param
         raise ApiError(f"This model's maximum prompt length is {model.max_input_len} tokens (max_input_len). "
-                       f"However, your {param} resulted in {len(ids)} tokens. Please reduce its length.", param,
+                       f"However, your {what} resulted in {len(ids)} tokens. Please reduce its length.", param,
                        code="context_length_exceeded")
 
 
