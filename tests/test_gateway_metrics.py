@@ -93,12 +93,12 @@ def test_refusals_count_by_status_key_and_parameter_with_bounded_labels(gateway:
     def answered(status: str, key: str, route: str = CHAT) -> float:
         return metric(gateway.url, "gateway_requests_total", route=route, status=status, api_key=key)
 
-    before = {"logprobs": refused(param="logprobs", code="unsupported_parameter", api_key="alice"),
+    before = {"logit_bias": refused(param="logit_bias", code="unsupported_parameter", api_key="alice"),
               "other": refused(param="other", code="unknown_parameter", api_key="alice"),
               "400": answered("400", "alice"), "401": answered("401", metrics.UNAUTHENTICATED),
               "413": answered("413", "bench"), "404": answered("404", "bench", metrics.OTHER)}
     url = f"{gateway.url}{CHAT}"
-    assert httpx.post(url, json=chat_body(CAPITAL, logprobs=True), headers=headers("alice")).status_code == 400
+    assert httpx.post(url, json=chat_body(CAPITAL, logit_bias={"1": 5}), headers=headers("alice")).status_code == 400
     # a parameter nobody knows: its name is the client's to choose, so it counts as "other"
     unknown = httpx.post(url, json=chat_body(CAPITAL, made_up_0x5f3759df=1), headers=headers("alice"))
     assert unknown.status_code == 400 and unknown.json()["error"]["param"] == "made_up_0x5f3759df"
@@ -107,7 +107,7 @@ def test_refusals_count_by_status_key_and_parameter_with_bounded_labels(gateway:
     assert httpx.get(f"{gateway.url}/v2/repository/index", headers=headers("bench")).status_code == 404
     for _ in range(3):  # neither health checks nor scrapes count as requests
         assert httpx.get(f"{gateway.url}/health").status_code == httpx.get(f"{gateway.url}/metrics").status_code == 200
-    assert refused(param="logprobs", code="unsupported_parameter", api_key="alice") == before["logprobs"] + 1
+    assert refused(param="logit_bias", code="unsupported_parameter", api_key="alice") == before["logit_bias"] + 1
     assert refused(param="other", code="unknown_parameter", api_key="alice") == before["other"] + 1
     assert refused(param="made_up_0x5f3759df") == 0
     assert answered("400", "alice") == before["400"] + 2

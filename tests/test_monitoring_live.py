@@ -127,7 +127,7 @@ def through_gateways(url: str, cut_off_url: str) -> list[int]:
 
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
         statuses = list(pool.map(stream, range(4)))
-    statuses.append(httpx.post(chat, json={**body, "logprobs": True}, headers=key).status_code)
+    statuses.append(httpx.post(chat, json={**body, "logit_bias": {"1": 5}}, headers=key).status_code)
     assert httpx.post(f"{cut_off_url}/v1/chat/completions", json=body, timeout=30).status_code == 503
     return statuses
 
@@ -230,7 +230,7 @@ def test_the_gateways_series_come_from_both_its_workers_by_status_key_and_parame
     expected = {str(code): float(live.gateway_statuses.count(code)) for code in set(live.gateway_statuses)}
     assert statuses == expected and {"200", "429", "400"} <= set(expected), (statuses, live.gateway_statuses)
     [refused] = live.prometheus.query(f'gateway_refused_parameters_total{{{ns},{pod}}}')
-    assert refused["metric"]["param"] == "logprobs" and float(refused["value"][1]) == 1
+    assert refused["metric"]["param"] == "logit_bias" and float(refused["value"][1]) == 1
     [streams] = live.prometheus.query(f'sum(gateway_time_to_first_token_seconds_count{{{ns},{pod}}})')
     assert float(streams["value"][1]) == statuses["200"]
     [tokens] = live.prometheus.query(f'gateway_generation_tokens_total{{{ns},{pod},api_key="bench"}}')
