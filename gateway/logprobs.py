@@ -24,14 +24,19 @@ class TokenLogprob:
 
 
 def of_event(event: dict, ids: list[int], top: int) -> list[TokenLogprob]:
-    """The log probabilities one tensorrt_llm response carries for its new `ids`."""
-    chosen = values(event, "output_log_probs")[:len(ids)]
+    """The log probabilities one tensorrt_llm response carries for its new `ids`: the last ones of
+    `output_log_probs`, since the C++ backend repeats the earlier tokens' in every streamed response
+    (the CPU runtime sends only the new ones). A response with no ids (the end id's) carries none."""
+    if not ids:
+        return []
+    chosen = values(event, "output_log_probs")[-len(ids):]
     if len(chosen) < len(ids):
         raise ValueError(f"tensorrt_llm returned {len(chosen)} log probabilities for {len(ids)} tokens")
     alternatives = [()] * len(ids)
     if top:
         probs, top_ids = values(event, "top_log_probs"), values(event, "top_log_prob_ids")
-        width = len(probs) // max(len(ids), 1)
+        width = top
+        probs, top_ids = probs[-len(ids) * width:], top_ids[-len(ids) * width:]
         alternatives = [tuple(zip(top_ids[i * width:i * width + top], probs[i * width:i * width + top], strict=True))
                         for i in range(len(ids))]
     return [TokenLogprob(token, float(logprob), top_of) for token, logprob, top_of in zip(ids, chosen, alternatives,
