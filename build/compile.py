@@ -77,6 +77,8 @@ def recipe_for(plan: Plan, source: model_source.ModelSource, options: layout.Opt
         "model": {"name": source.name, "source": source.source, "weights_sha256": source.weights_sha256},
         "target": {"gpu": plan.gpu, "accelerator": plan.accelerator, "compute_capability": plan.compute_capability},
         "runtime": plan.runtime,
+        # What its tensorrt_llm step enforces and returns, for the gateway (build/runtimes/__init__.py).
+        "capabilities": asdict(runtimes.get(plan.runtime).capabilities),
         "versions": versions_for(plan.runtime),
         "precision": plan.precision,
         "tp": plan.tp,

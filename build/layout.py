@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -23,6 +24,9 @@ from plan import Plan
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATES = ROOT / "model_repository"
 COMMON_MODULES = sorted((TEMPLATES / "common").glob("*.py"))
+# The shared modules are the build's too where it writes what the models read (tokenizer_info).
+if str(TEMPLATES / "common") not in sys.path:
+    sys.path.append(str(TEMPLATES / "common"))
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
                    "tokenizer.model", "vocab.json", "merges.txt", "generation_config.json")
 # Where Triton's pod has the model repository on local disk: gitops/base/deployment.yaml's init

@@ -7,6 +7,7 @@ Each check is a plain function returning problems, so every test also shows it f
 from __future__ import annotations
 
 import copy
+import json
 import math
 import re
 import tomllib
@@ -17,8 +18,10 @@ import catalog
 import hf_config
 import planner
 import pytest
+import runtimes
+import tokenizer_info
 from google.protobuf import text_format
-from runtimes import engine
+from runtimes import cpu, engine
 from tritonclient.grpc import model_config_pb2
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -135,6 +138,18 @@ def test_contract_names_the_pinned_version():
     assert len(PARAMETERS) == len(CONTRACT["parameter"]), "a parameter is listed twice"
 
 
+SECTIONS = ("guided_decoding", "log_probs", "return_sequences")
+
+
+def test_every_fact_beyond_text_names_a_recorded_file():
+    for section in SECTIONS:
+        for key, value in CONTRACT[section].items():
+            if key.endswith("_source") or key == "tokenizer_info_read" or key == "tokenizer_info_writer":
+                assert value.split(":", 1)[0] in CONTRACT["upstream"]["files"], (section, key)
+        for name in [*CONTRACT[section].get("inputs", []), *CONTRACT[section].get("outputs", [])]:
+            assert name in INPUTS or name in OUTPUTS, (section, name)
+
+
 def test_the_three_guided_decoding_keys_are_required():
     # the finding this file exists for: without them tritonserver exits at start
     required = {n for n, p in PARAMETERS.items() if p["read"] == "required"}
@@ -239,3 +254,94 @@ def test_the_contract_says_what_builds_the_backend_it_describes():
     upstream = CONTRACT["upstream"]
     assert upstream["so_built_from"] == "triton-inference-server/TensorRT-LLM"
     assert upstream["verified_against_so_source"] is (upstream["repo"] == upstream["so_built_from"])
+
+
+# ---- what a request can ask for beyond text ---------------------------------------------------
+
+
+def promised_tensors(capabilities: runtimes.Capabilities) -> set[str]:
+    """The backend tensors a runtime must declare for what its Capabilities say it does."""
+    sections = [name for name, does in (("guided_decoding", capabilities.guide_types),
+                                        ("log_probs", capabilities.log_probs),
+                                        ("return_sequences", capabilities.return_sequences)) if does]
+    return {t for s in sections for t in [*CONTRACT[s]["inputs"], *CONTRACT[s].get("outputs", [])]}
+
+
+def capability_problems(capabilities: runtimes.Capabilities, config: Config) -> list[str]:
+    declared = {t.name for t in config.input} | {t.name for t in config.output}
+    problems = [f"{name}: needed for what the runtime says it does, not declared"
+                for name in sorted(promised_tensors(capabilities) - declared)]
+    if capabilities.guide_types and set(capabilities.guide_types) != set(CONTRACT["guided_decoding"]["guide_types"]):
+        problems.append(f"guide types {capabilities.guide_types}: the backend maps "
+                        f"{CONTRACT['guided_decoding']['guide_types']}")
+    return problems
+
+
+@pytest.mark.parametrize("gpu", GPU_TARGETS)
+def test_the_engine_declares_what_its_capabilities_promise(gpu):
+    capabilities = engine.RUNTIME.capabilities
+    assert capabilities.guide_types and capabilities.log_probs and capabilities.return_sequences
+    assert capability_problems(capabilities, render(gpu)) == []
+    # the backend has no top-N alternatives, so the engine promises none
+    assert capabilities.top_log_probs == 0 and not CONTRACT["log_probs"]["top_alternatives"]
+
+
+def test_a_capability_without_its_tensors_is_found():
+    broken = render()
+    kept = [t for t in broken.input if t.name != "guided_decoding_guide"]
+    del broken.input[:]
+    broken.input.extend(kept)
+    assert capability_problems(engine.RUNTIME.capabilities, broken) == [
+        "guided_decoding_guide: needed for what the runtime says it does, not declared"]
+    other = runtimes.Capabilities(guide_types=("json", "xml"))
+    assert any(p.startswith("guide types") for p in capability_problems(other, render()))
+
+
+def test_the_engine_runs_guided_decoding_from_the_file_the_build_writes():
+    params = parameters(render())
+    assert params["guided_decoding_backend"] == CONTRACT["guided_decoding"]["backend"]
+    assert params["xgrammar_tokenizer_info_path"] == engine.TOKENIZER_INFO_IN_POD
+    assert engine.TOKENIZER_INFO_IN_POD == f"/models/{engine.VERSION_SUBDIR}/{tokenizer_info.FILE_NAME}"
+
+
+def test_log_probs_are_over_the_whole_vocabulary():
+    wanted = CONTRACT["log_probs"]["normalize_log_probs_for_whole_vocabulary"]
+    assert parameters(render())["normalize_log_probs"] == str(wanted).lower()
+
+
+def test_the_shared_guide_types_are_the_backends():
+    assert list(tokenizer_info.GUIDE_TYPES) == CONTRACT["guided_decoding"]["guide_types"]
+
+
+def cpu_config() -> Config:
+    text = (ROOT / "model_repository" / "tensorrt_llm" / "cpu" / "config.pbtxt").read_text()
+    return text_format.Parse(re.sub(r"\$\{[a-z_]+\}", "1", text), Config())
+
+
+def test_the_cpu_runtime_has_the_backends_tensors_and_its_named_extensions():
+    config = cpu_config()
+    problems = tensor_problems(config)
+    extensions = [*cpu.EXTENSION_INPUTS, *cpu.EXTENSION_OUTPUTS]
+    assert sorted(problems) == sorted(f"{'input' if n in cpu.EXTENSION_INPUTS else 'output'} {n}: not one the "
+                                      "backend declares" for n in extensions)
+    assert capability_problems(cpu.RUNTIME.capabilities, config) == []
+    assert cpu.RUNTIME.capabilities.top_log_probs == cpu.MAX_TOP_LOG_PROBS > 0
+
+
+def tokenizer_info_problems(path: Path) -> list[str]:
+    """The file at xgrammar_tokenizer_info_path as the backend reads it: these keys, these types."""
+    info = json.loads(path.read_text())
+    kinds = {"encoded_vocab": list, "tokenizer_str": str, "stop_token_ids": list}
+    keys = CONTRACT["guided_decoding"]["tokenizer_info_keys"]
+    return [f"{key}: missing or not a {kinds[key].__name__}" for key in keys
+            if not isinstance(info.get(key), kinds[key])]
+
+
+def test_the_tokenizer_info_file_is_what_the_backend_reads(cpu_repository, tmp_path):
+    written = cpu_repository / "tensorrt_llm" / "1" / tokenizer_info.FILE_NAME
+    assert tokenizer_info_problems(written) == []
+    info = json.loads(written.read_text())
+    assert info["stop_token_ids"] == [2] and info["encoded_vocab"][2] == "<|im_end|>"
+    broken = tmp_path / "info.json"
+    broken.write_text(json.dumps({k: v for k, v in info.items() if k != "tokenizer_str"}))
+    assert tokenizer_info_problems(broken) == ["tokenizer_str: missing or not a str"]

@@ -28,7 +28,7 @@ import validate
 import yaml
 from google.protobuf import text_format
 from plan import Plan
-from runtimes import engine, llmapi
+from runtimes import cpu, engine, llmapi
 from tritonclient.grpc import model_config_pb2
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -82,10 +82,9 @@ def test_tensorrt_llm_config_parses_as_triton_model_config(gpu, runtime):
 def test_engine_config_sets_every_parameter_from_the_plan(gpu):
     plan = make_plan("Llama-3.1-8B", gpu)
     params = {k: v.string_value for k, v in parse_config(engine.render_config(plan)).parameters.items()}
-    # empty is the backend's "off" for guided decoding, which our API does not offer
-    unset = {"tokenizer_dir", "guided_decoding_backend", "xgrammar_tokenizer_info_path"}
-    assert all(v for k, v in params.items() if k not in unset), [k for k, v in params.items() if not v]
-    assert all(params[k] == "" for k in unset)
+    # the C++ backend's guided decoding reads the tokenizer info file, never tokenizer_dir (empty)
+    assert all(v for k, v in params.items() if k != "tokenizer_dir"), [k for k, v in params.items() if not v]
+    assert params["tokenizer_dir"] == ""
     assert params["gpt_model_path"] == "/models/tensorrt_llm/1/engine" == engine.ENGINE_PATH_IN_POD
     assert params["gpt_model_type"] == "inflight_fused_batching"
     assert params["max_tokens_in_paged_kv_cache"] == str(plan.kv_tokens)
@@ -102,11 +101,15 @@ def test_engine_config_sets_every_parameter_from_the_plan(gpu):
 
 
 def test_engine_and_cpu_runtimes_have_the_same_tensors():
-    # the shared ensemble talks to either runtime's tensorrt_llm model without knowing which
+    # the shared ensemble and the gateway talk to either runtime's tensorrt_llm model without knowing
+    # which; the CPU runtime's extensions (top-N alternatives) are the only difference, and named
     cpu_text = (ROOT / "model_repository" / "tensorrt_llm" / "cpu" / "config.pbtxt").read_text()
-    cpu = parse_config(re.sub(r"\$\{[a-z_]+\}", "1", cpu_text))
+    cpu_config = parse_config(re.sub(r"\$\{[a-z_]+\}", "1", cpu_text))
+    extensions = {*cpu.EXTENSION_INPUTS, *cpu.EXTENSION_OUTPUTS}
+    cpu_inputs, cpu_outputs = io_signature(cpu_config)
     gpu = parse_config(engine.render_config(make_plan("Llama-3.1-8B", "h100")))
-    assert io_signature(gpu) == io_signature(cpu)
+    assert io_signature(gpu) == ([t for t in cpu_inputs if t[0] not in extensions],
+                                 [t for t in cpu_outputs if t[0] not in extensions])
 
 
 def test_llmapi_config_has_nvidias_streaming_and_sampling_tensors():
@@ -116,6 +119,20 @@ def test_llmapi_config_has_nvidias_streaming_and_sampling_tensors():
             "sampling_param_top_k", "sampling_param_top_p", "sampling_param_stop", "sampling_param_seed",
             "sampling_param_exclude_input_from_output", "stop"} <= names
     assert [t.name for t in config.output][0] == "text_output"
+
+
+def test_llmapi_takes_no_input_for_what_it_cannot_do():
+    """NVIDIA's llmapi model has no guided-decoding, per-token log probability or sequence-count input
+    (tools/policy/upstream_facts.toml, tensorrt_llm.llmapi_outputs): its config declares none, so Triton
+    refuses them, and its capabilities promise nothing and say why."""
+    config = parse_config(llmapi.render_config(make_plan("Llama-3.1-8B", "h100", "llmapi")))
+    declared = {t.name for t in config.input}
+    assert not declared & {"guided_decoding_guide_type", "guided_decoding_guide", "return_log_probs",
+                           "num_return_sequences", "num_top_log_probs"}
+    capabilities = llmapi.RUNTIME.capabilities
+    assert not (capabilities.guide_types or capabilities.log_probs or capabilities.top_log_probs
+                or capabilities.return_sequences)
+    assert "no guided-decoding input" in capabilities.missing
 
 
 # ---- model.yaml -------------------------------------------------------------------------------

@@ -36,7 +36,7 @@ def test_engine_repository_with_a_standin_engine_parses_whole(cpu_repository: Pa
     plan = planner.plan(hf_config.load(CHECKPOINT), catalog.gpu(gpu), runtime="engine")
     repository = tmp_path / "repo"
     layout.shared_models(repository, plan, CHECKPOINT, layout.Options(apply_chat_template=True), token_ids=True)
-    engine.place(repository, plan, standin_engine(tmp_path))
+    engine.place(repository, plan, standin_engine(tmp_path), CHECKPOINT)
     configs = {p.parent.name: p.read_text() for p in sorted(repository.glob("*/config.pbtxt"))}
     assert sorted(configs) == ["ensemble", "postprocessing", "preprocessing", "tensorrt_llm"]
     for name, text in configs.items():
@@ -50,6 +50,10 @@ def test_engine_repository_with_a_standin_engine_parses_whole(cpu_repository: Pa
     assert tensorrt_llm.backend == "tensorrtllm"
     assert tensorrt_llm.parameters["gpt_model_path"].string_value == engine.ENGINE_PATH_IN_POD
     assert (repository / engine.ENGINE_SUBDIR / "rank0.engine").read_bytes() == b"stand-in engine bytes"
+    # guided decoding's tokenizer info, where the config's parameter points in the pod
+    pointed = tensorrt_llm.parameters["xgrammar_tokenizer_info_path"].string_value
+    written = repository / Path(pointed).relative_to(layout.POD_MODEL_REPOSITORY)
+    assert json.loads(written.read_text())["stop_token_ids"] == [2]
 
 
 def test_a_gpu_build_here_fails_fast_and_says_how_to_build_on_gke(cpu_repository: Path, tmp_path: Path):

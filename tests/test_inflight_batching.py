@@ -7,6 +7,7 @@ the real tritonserver: a request that arrives mid-decode is answered at once, a 
 
 from __future__ import annotations
 
+import math
 import queue
 import re
 import statistics
@@ -18,10 +19,13 @@ import numpy as np
 import pytest
 import torch
 import tritonclient.grpc as grpcclient
+import xgrammar
 from harness.llm_client import GrpcLlmClient
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "model_repository" / "tensorrt_llm" / "cpu" / "1"))
+import generation  # noqa: E402
+import guided  # noqa: E402
 from generation import Decoder, Sequence  # noqa: E402
 
 NO_END = -1  # an end id no token equals, so every answer runs to max_new_tokens
@@ -101,6 +105,31 @@ def test_a_removed_sequence_stops_and_the_rest_are_unchanged(tiny_model):
     # step 0 gives two tokens (prefill, then the first decode); steps 1-4 one each; step 5 runs without it
     assert len(emitted[doomed]) == 6
     assert emitted[keep] == alone(tiny_model, keep.prompt, 20)
+
+
+def test_a_constrained_row_follows_its_grammar_and_leaves_the_others_as_they_were(tiny_model):
+    # The tiny model's 256 ids as a raw vocabulary: 0-2 special, the rest one character each.
+    vocabulary = ["<unk>", "<s>", "</s>", *(chr(i) if 32 <= i < 127 else f"<0x{i:02X}>" for i in range(3, 256))]
+    guides = guided.Guides(xgrammar.TokenizerInfo(vocabulary, vocab_size=256, stop_token_ids=[2]), threads=1)
+    grammar = guides.compile("regex", "[a-c]{5}")
+    free = [sequence(prompt(7, seed=20), 12), sequence(prompt(9, seed=21), 12)]
+    bound = Sequence(prompt=prompt(8, seed=22), max_new_tokens=12, end_id=2, pad_id=0,
+                     grammar=guided.matcher(grammar, end_id=2), return_log_probs=True, num_top_log_probs=4)
+    emitted, sizes = run(Decoder(tiny_model, prefill_tokens=1024), {0: [free[0], bound, free[1]]})
+    assert max(sizes) == 3
+    # five of a, b, c and then only the end id, which ends the answer (not part of it)
+    assert re.fullmatch("[a-c]{5}", "".join(vocabulary[t] for t in bound.generated)) and emitted[bound][-1] is None
+    for s in free:
+        assert s.generated == alone(tiny_model, s.prompt, s.max_new_tokens)
+    # its log probabilities are of the masked distribution: all of it on a, b and c (the fourth has none),
+    # the chosen (greedy) token first; the end id's, which the grammar then forces, is 0 and adds nothing
+    assert len(bound.log_probs) == len(bound.top_log_probs) == 5
+    for chosen, log_prob, top, ids in zip(bound.generated, bound.log_probs, bound.top_log_probs,
+                                          bound.top_log_prob_ids, strict=True):
+        assert ids[0] == chosen and top[0] == log_prob and top == sorted(top, reverse=True)
+        assert sorted(ids[:3]) == [97, 98, 99] and top[3] == generation.LOG_PROB_FLOOR
+        assert math.isclose(sum(math.exp(p) for p in top[:3]), 1.0, rel_tol=1e-5)
+    assert math.isclose(bound.cum_log_prob, sum(bound.log_probs), abs_tol=1e-5)
 
 
 class Stream:

@@ -29,6 +29,7 @@ ACCEPTED = [
     ("min_tokens", 0), ("min_tokens", 1), ("min_tokens", INT32_MAX),
     ("beam_width", 1), ("beam_width", 4),
     ("seed", 0), ("seed", 42), ("seed", UINT64_MAX),
+    ("num_return_sequences", 1), ("num_return_sequences", 8),
 ]
 
 REFUSED = [
@@ -40,6 +41,7 @@ REFUSED = [
     ("min_tokens", -1), ("min_tokens", 0.5), ("min_tokens", INT32_MAX + 1),
     ("beam_width", 0), ("beam_width", -1), ("beam_width", 1.5),
     ("seed", -1), ("seed", UINT64_MAX + 1), ("seed", 0.5),
+    ("num_return_sequences", 0), ("num_return_sequences", -1), ("num_return_sequences", 1.5),
 ]
 
 
@@ -63,7 +65,7 @@ def test_nan_is_refused_everywhere(backend_input):
 def test_every_backend_sampling_input_has_a_range():
     assert set(sampling_ranges.RANGES) == {
         "temperature", "runtime_top_k", "runtime_top_p", "repetition_penalty", "presence_penalty",
-        "frequency_penalty", "len_penalty", "min_tokens", "beam_width", "seed",
+        "frequency_penalty", "len_penalty", "min_tokens", "beam_width", "seed", "num_return_sequences",
     }
 
 

@@ -28,6 +28,20 @@ class StepError(RuntimeError):
 
 
 @dataclass(frozen=True)
+class Capabilities:
+    """What a runtime's tensorrt_llm step enforces and returns beyond plain text, so that the gateway
+    refuses by name what a runtime cannot do instead of accepting and ignoring it. build.json records
+    it (`capabilities`); the tensors are the C++ backend's, named in the comments."""
+
+    # guided_decoding_guide_type values it enforces (with guided_decoding_guide): tokenizer_info.GUIDE_TYPES
+    guide_types: tuple[str, ...] = ()
+    log_probs: bool = False  # return_log_probs: output_log_probs and cum_log_probs
+    top_log_probs: int = 0  # the most num_top_log_probs (top_log_probs, top_log_prob_ids; a CPU-runtime extension)
+    return_sequences: bool = False  # num_return_sequences > 1 (each sequence its own row, up to max_batch_size)
+    missing: str = ""  # why it lacks what it lacks, for the gateway's refusal
+
+
+@dataclass(frozen=True)
 class Runtime:
     name: str
     # What the plan needs from it: a refusal for a model or precision it cannot serve, or None.
@@ -42,6 +56,18 @@ class Runtime:
     # the runtime has none, and queue_metric_missing says why.
     queue_metric: str | None
     queue_metric_missing: str = ""
+    # What its tensorrt_llm step enforces and returns beyond text (structured output, logprobs, n).
+    capabilities: Capabilities = Capabilities()
+
+
+def write_tokenizer_info(tokenizer_dir: Path, version_dir: Path) -> Path:
+    """The xgrammar tokenizer info file that guided decoding reads, beside the step's model."""
+    import tokenizer_info  # model_repository/common, on the path from build/layout.py
+
+    try:
+        return tokenizer_info.write(tokenizer_dir, version_dir / tokenizer_info.FILE_NAME)
+    except tokenizer_info.TokenizerInfoError as error:
+        raise StepError(str(error)) from None
 
 
 def names() -> tuple[str, ...]:

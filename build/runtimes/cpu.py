@@ -6,11 +6,18 @@ from __future__ import annotations
 from pathlib import Path
 
 import layout
+import tokenizer_info  # model_repository/common, on the path from build/layout.py
 from plan import Plan
 
-from runtimes import Runtime
+from runtimes import Capabilities, Runtime, write_tokenizer_info
 
 TEMPLATE_DIR = layout.TEMPLATES / "tensorrt_llm" / "cpu"
+# The most alternatives per token num_top_log_probs may ask for: OpenAI's top_logprobs maximum.
+MAX_TOP_LOG_PROBS = 20
+# Tensors of its config.pbtxt that NVIDIA's C++ backend does not have: the top-N alternatives per token
+# (the backend returns only the chosen token's log probability). The rest are the backend's.
+EXTENSION_INPUTS = ("num_top_log_probs",)
+EXTENSION_OUTPUTS = ("top_log_probs", "top_log_prob_ids")
 
 
 def lay_out(repository: Path, plan: Plan, sources: layout.StepSources) -> None:
@@ -18,7 +25,9 @@ def lay_out(repository: Path, plan: Plan, sources: layout.StepSources) -> None:
         "max_batch_size": plan.max_batch_size, "max_input_len": plan.max_input_len,
         "max_output_len": plan.max_output_len, "cpu_threads": sources.options.cpu_threads,
         "max_queue_delay_microseconds": sources.options.max_queue_delay_microseconds,
+        "max_top_log_probs": MAX_TOP_LOG_PROBS,
     })
+    write_tokenizer_info(sources.checkpoint_dir, version_dir)
     checkpoint = version_dir / "checkpoint"
     checkpoint.mkdir()
     for path in sorted(sources.checkpoint_dir.iterdir()):
@@ -37,4 +46,6 @@ RUNTIME = Runtime(
     lay_out=lay_out,
     # Our python model queues in Triton's scheduler.
     queue_metric="nv_inference_pending_request_count",
+    capabilities=Capabilities(guide_types=tokenizer_info.GUIDE_TYPES, log_probs=True, top_log_probs=MAX_TOP_LOG_PROBS,
+                              return_sequences=True),
 )

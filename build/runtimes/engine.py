@@ -20,19 +20,23 @@ import build_memory
 import catalog
 import layout
 import templating
+import tokenizer_info  # model_repository/common, on the path from build/layout.py
 from hf_config import ARCHITECTURES, ModelShape
 from memory import PREQUANTIZED_MIN_CC, TOKENS_PER_BLOCK
 from plan import Plan
 
-from runtimes import Runtime, StepError
+from runtimes import Capabilities, Runtime, StepError, write_tokenizer_info
 
 TEMPLATE = layout.TEMPLATES / "tensorrt_llm" / "engine" / "config.pbtxt"
 JOB_DIR = "gitops/jobs/compile-engine"
 RUNS_DIR = "gitops/jobs/runs"  # one overlay per build; kustomize refuses an overlay inside its base
 
 # The C++ backend needs the engine on local disk, where the pod has the repository.
-ENGINE_SUBDIR = "tensorrt_llm/1/engine"  # inside a built repository
+VERSION_SUBDIR = "tensorrt_llm/1"  # inside a built repository
+ENGINE_SUBDIR = f"{VERSION_SUBDIR}/engine"
 ENGINE_PATH_IN_POD = f"{layout.POD_MODEL_REPOSITORY}/{ENGINE_SUBDIR}"
+# Guided decoding's tokenizer description, beside the engine (model_repository/common/tokenizer_info.py).
+TOKENIZER_INFO_IN_POD = f"{layout.POD_MODEL_REPOSITORY}/{VERSION_SUBDIR}/{tokenizer_info.FILE_NAME}"
 
 # Paths inside the pinned image: /app/examples is TensorRT-LLM's examples/ tree
 # (tensorrtllm_backend dockerfile/Dockerfile.triton.trt_llm_backend, "COPY … examples examples"),
@@ -146,7 +150,11 @@ def config_values(plan: Plan) -> dict[str, object]:
         "enable_kv_cache_reuse": PAGED_CONTEXT_FMHA,
         "enable_chunked_context": PAGED_CONTEXT_FMHA,
         "exclude_input_in_output": True,
-        "normalize_log_probs": True,
+        # False: output_log_probs is each token's log probability over the whole vocabulary (after the
+        # penalties, temperature and the grammar mask), as OpenAI's logprobs are, and cum_log_probs their
+        # sum; true would renormalize each over the top-k candidates only, so a greedy token would get 0
+        # (build/tensorrtllm_backend.toml [log_probs]). The CPU runtime returns the same.
+        "normalize_log_probs": False,
         "enable_context_fmha_fp32_acc": False,
         "multi_block_mode": True,
         "cuda_graph_mode": False,
@@ -154,11 +162,11 @@ def config_values(plan: Plan) -> dict[str, object]:
         "stats_check_period_ms": 100,
         "iter_stats_max_iterations": 1000,
         "request_stats_max_iterations": 0,
-        # Read without a default (build/tensorrtllm_backend.toml); empty is the backend's "off".
-        # No structured-output input in our API, so no guided decoding; the C++ path ignores tokenizer_dir.
+        # Read without a default (build/tensorrtllm_backend.toml): guided decoding with xgrammar, from the
+        # tokenizer info file the build writes beside the engine; the C++ path ignores tokenizer_dir.
         "tokenizer_dir": "",
-        "guided_decoding_backend": "",
-        "xgrammar_tokenizer_info_path": "",
+        "guided_decoding_backend": "xgrammar",
+        "xgrammar_tokenizer_info_path": TOKENIZER_INFO_IN_POD,
     }
 
 
@@ -356,14 +364,16 @@ def lay_out(repository: Path, plan: Plan, sources: layout.StepSources) -> None:
     engine_dir = run(plan, sources.checkpoint_dir, sources.work_dir, build=sources.build,
                      model_source=sources.job_model, publish=sources.publish_uri,
                      on_command=lambda command: sources.log("> " + " ".join(command)))
-    place(repository, plan, engine_dir)
+    place(repository, plan, engine_dir, sources.checkpoint_dir)
 
 
-def place(repository: Path, plan: Plan, engine_dir: Path) -> None:
-    """The C++ tensorrtllm backend over a built engine, which goes inside the repository (local disk in the pod)."""
+def place(repository: Path, plan: Plan, engine_dir: Path, tokenizer_dir: Path) -> None:
+    """The C++ tensorrtllm backend over a built engine, which goes inside the repository (local disk in the pod),
+    with the tokenizer info file its guided decoding reads."""
     target = repository / "tensorrt_llm"
     target.mkdir(parents=True)
     (target / "config.pbtxt").write_text(render_config(plan))
+    write_tokenizer_info(tokenizer_dir, repository / VERSION_SUBDIR)
     engine_target = repository / ENGINE_SUBDIR
     engine_target.parent.mkdir(parents=True, exist_ok=True)
     shutil.copytree(engine_dir, engine_target,
@@ -403,4 +413,8 @@ RUNTIME = Runtime(
     lay_out=lay_out,
     # The C++ backend's own queue (its custom metrics), exported from model load on.
     queue_metric="nv_trt_llm_request_metrics",
+    # Its inputs, at the pinned version (build/tensorrtllm_backend.toml): guided decoding, return_log_probs
+    # and num_return_sequences; no top-N alternatives per token.
+    capabilities=Capabilities(guide_types=tokenizer_info.GUIDE_TYPES, log_probs=True, return_sequences=True,
+                              missing="the C++ TensorRT-LLM backend returns no top-N alternatives per token"),
 )

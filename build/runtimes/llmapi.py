@@ -9,12 +9,13 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import catalog
 import layout
 import templating
 from hf_config import ModelShape
 from plan import Plan
 
-from runtimes import Runtime
+from runtimes import Capabilities, Runtime
 
 MODEL_DIR = layout.TEMPLATES / "tensorrt_llm" / "llmapi"
 CONFIG_TEMPLATE = MODEL_DIR / "config.pbtxt"
@@ -100,4 +101,10 @@ RUNTIME = Runtime(
         "its model returns from execute() at once, so nv_inference_pending_request_count stays near 0, and "
         "nv_trt_llm_request_metrics comes only from the C++ TensorRT-LLM backend"
     ),
+    # tools/policy/upstream_facts.toml, tensorrt_llm.llmapi_outputs: what NVIDIA's model reads and returns.
+    capabilities=Capabilities(missing=(
+        f"NVIDIA's llmapi model in TensorRT-LLM {catalog.versions()['tensorrt_llm']['version']} takes no "
+        "guided-decoding input and no number of sequences, "
+        "and returns one cumulative log probability, not one per token"
+    )),
 )

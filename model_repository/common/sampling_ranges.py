@@ -74,6 +74,8 @@ RANGES: dict[str, Range] = {
     "beam_width": Range(low=1, high=INT32_MAX, whole=True),
     # Stored unchecked (samplingConfig.cpp:48); the backend reads it as TYPE_UINT64.
     "seed": Range(low=0, high=UINT64_MAX, whole=True),
+    # checkNumReturnSequences: > 0 (samplingConfig.cpp:419); with beam search also <= beam_width (:420).
+    "num_return_sequences": Range(low=1, high=INT32_MAX, whole=True),
 }
 
 

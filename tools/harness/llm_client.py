@@ -101,3 +101,11 @@ def http_generate_stream(http_url: str, payload: dict, model: str = "ensemble") 
             answer.pieces.append(event["text_output"])
             answer.piece_times.append(time.monotonic() - began)
     return answer
+
+
+def http_events(http_url: str, payload: dict, model: str = "tensorrt_llm") -> list[dict]:
+    """Every event of one generate_stream request, outputs as Triton writes them (a one-element tensor as a
+    bare value); a request refused before its first response is one event with "error" (and HTTP 400)."""
+    with requests.post(f"http://{http_url}/v2/models/{model}/generate_stream", json=payload, stream=True,
+                       timeout=300) as response:
+        return [json.loads(line[len(b"data:"):]) for line in response.iter_lines() if line.startswith(b"data:")]

@@ -5,6 +5,11 @@ prefilled on their own (a chunk per step, so a long prompt does not stall the ba
 rows join the running batch's cache, everything left-padded to one width with the attention mask and
 position ids saying where each row really is. Finished sequences leave at once. Greedy decoding
 follows transformers' `generate`: same positions, same last-token logits, whatever else is batched.
+
+A sequence with a grammar (guided.py) has its row of logits masked to what the grammar can take next;
+one that asks for log probabilities gets each token's, as TensorRT-LLM computes them: the log-softmax
+of the logits the token is chosen from (after penalties, bans, the grammar mask and temperature) over
+the whole vocabulary, before top_k and top_p cut it (the engine runs with normalize_log_probs false).
 """
 
 from __future__ import annotations
@@ -12,9 +17,14 @@ from __future__ import annotations
 from collections.abc import Collection
 from dataclasses import dataclass, field
 
+import guided
 import torch
 import torch.nn.functional as F
+import xgrammar
 from transformers import DynamicCache
+
+# What a token that cannot be chosen reports as its log probability (vLLM's floor): JSON has no -inf.
+LOG_PROB_FLOOR = -9999.0
 
 
 @dataclass
@@ -44,7 +54,15 @@ class Sequence:
     stop_words: list[list[int]] = field(default_factory=list)
     bad_words: list[list[int]] = field(default_factory=list)
     sampling: Sampling = field(default_factory=Sampling)
+    grammar: xgrammar.GrammarMatcher | None = None  # the guide its answer follows (guided.matcher)
+    return_log_probs: bool = False  # record each answer token's log probability, and their sum
+    num_top_log_probs: int = 0  # record this many most likely tokens per step, with their log probabilities
+    index: int = 0  # which of its request's num_return_sequences it is (sequence_index)
     generated: list[int] = field(default_factory=list)
+    log_probs: list[float] = field(default_factory=list)  # one per generated token
+    cum_log_prob: float = 0.0  # their sum, and the end id's when that ended it (as TensorRT-LLM counts)
+    top_log_probs: list[list[float]] = field(default_factory=list)  # per generated token, most likely first
+    top_log_prob_ids: list[list[int]] = field(default_factory=list)
     generator: torch.Generator | None = None
 
     def __post_init__(self) -> None:
@@ -80,8 +98,32 @@ def adjust_logits(sequence: Sequence, logits: torch.Tensor) -> torch.Tensor:
     return logits
 
 
-def choose_token(sequence: Sequence, logits: torch.Tensor) -> int:
+@dataclass(frozen=True)
+class Choice:
+    token: int
+    log_prob: float = 0.0  # set only when the sequence asks for log probabilities
+    top: tuple[list[float], list[int]] | None = None  # the most likely tokens' log probabilities and ids
+
+
+def choose_token(sequence: Sequence, logits: torch.Tensor) -> Choice:
     logits = adjust_logits(sequence, logits.clone())
+    token = pick(sequence, logits)
+    if not (sequence.return_log_probs or sequence.num_top_log_probs):
+        return Choice(token)
+    temperature = sequence.sampling.temperature or 1.0  # 0 is greedy: the distribution unscaled
+    log_probs = torch.nan_to_num(torch.log_softmax(logits / temperature, dim=-1), nan=LOG_PROB_FLOOR,
+                                 neginf=LOG_PROB_FLOOR)
+    top = None
+    if sequence.num_top_log_probs:
+        values, ids = torch.topk(log_probs, min(sequence.num_top_log_probs, log_probs.numel()))
+        top = (values.tolist(), ids.tolist())
+    return Choice(token, float(log_probs[token]), top)
+
+
+def pick(sequence: Sequence, logits: torch.Tensor) -> int:
+    if not torch.isfinite(logits).any():
+        # nothing left to choose: a grammar's only next tokens are banned or held back by min_tokens
+        return sequence.end_id
     sampling = sequence.sampling
     if sampling.greedy:
         return int(torch.argmax(logits))
@@ -98,21 +140,34 @@ def choose_token(sequence: Sequence, logits: torch.Tensor) -> int:
     return int(torch.multinomial(probs, 1, generator=sequence.generator))
 
 
-def finished_after(sequence: Sequence, token: int) -> bool:
-    """Record `token` (unless it is the end id) and say whether the sequence is complete."""
-    if token == sequence.end_id:
+def finished_after(sequence: Sequence, choice: Choice) -> bool:
+    """Record the chosen token (unless it is the end id) and say whether the sequence is complete."""
+    sequence.cum_log_prob += choice.log_prob
+    if choice.token == sequence.end_id:
         return True
-    sequence.generated.append(token)
+    sequence.generated.append(choice.token)
+    if sequence.return_log_probs:
+        sequence.log_probs.append(choice.log_prob)
+    if choice.top is not None:
+        sequence.top_log_probs.append(choice.top[0])
+        sequence.top_log_prob_ids.append(choice.top[1])
+    if sequence.grammar is not None:
+        sequence.grammar.accept_token(choice.token)
     return len(sequence.generated) >= sequence.max_new_tokens or sequence.hit_stop_word()
 
 
 @dataclass(frozen=True)
 class Emitted:
-    """What one forward gave a sequence: a new token (None for the end id, which is not part of the answer)."""
+    """What one forward gave a sequence: a new token (None for the end id, which is not part of the answer),
+    and where asked for, its log probability, the most likely tokens, and the sequence's sum so far. One
+    decode step can give a sequence two (its prompt's last chunk, then the batch's step), so they are here
+    and not read back from the sequence."""
 
     sequence: Sequence
     token: int | None
     done: bool
+    choice: Choice = Choice(-1)
+    cum_log_prob: float = 0.0
 
 
 def last_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
@@ -136,10 +191,13 @@ class Batch:
         """Choose each row's next token; finished rows leave the batch at once."""
         emitted, keep = [], []
         self.pending = []
+        guided.constrain([s.grammar for s in self.sequences], logits)
         for row, sequence in enumerate(self.sequences):
-            token = choose_token(sequence, logits[row])
-            done = finished_after(sequence, token)
-            emitted.append(Emitted(sequence, None if token == sequence.end_id else token, done))
+            choice = choose_token(sequence, logits[row])
+            done = finished_after(sequence, choice)
+            token = choice.token
+            emitted.append(Emitted(sequence, None if token == sequence.end_id else token, done, choice,
+                                   sequence.cum_log_prob))
             self.pending.append(token)
             if not done:
                 keep.append(row)

@@ -7,6 +7,10 @@ are exactly what model_repository/tensorrt_llm/cpu sends: streaming, one respons
 output_ids [1, 1, 1] and sequence_length [1, 1], then an empty response with the FINAL flag;
 otherwise one response with output_ids [rows, 1, tokens] and sequence_length [rows, 1].
 
+It declares the CPU runtime's inputs for structured output, log probabilities and several sequences
+(so the two configs stay equal) but has no model to do any of that: a request that asks for one is
+refused by name rather than answered as if it had been honoured.
+
 Batching is in flight, as in the C++ backend: execute() only hands its requests to the decode loop
 (a thread) and returns, and each step of that loop sends one token to every active request, so a
 request that arrives while others stream joins at the next step. Cancellation is checked every 16
@@ -26,6 +30,9 @@ import triton_python_backend_utils as pb_utils
 
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
 CANCEL_CHECK_EVERY = 16  # is_cancelled() is a round trip to tritonserver; once per step would cost more than a token
+# Inputs that ask for what only a model can give, with the value that asks for nothing.
+NOT_HONOURED = {"guided_decoding_guide_type": None, "guided_decoding_guide": None, "return_log_probs": False,
+                "num_top_log_probs": 0, "num_return_sequences": 1}
 
 
 def optional_scalar(request, name: str, default: int) -> int:
@@ -44,6 +51,10 @@ class Stream:
         wanted = int(pb_utils.get_input_tensor_by_name(request, "request_output_len").as_numpy().reshape(-1)[0])
         if wanted < 1:
             raise ValueError(f"request_output_len must be at least 1, got {wanted}")
+        for name, nothing in NOT_HONOURED.items():
+            tensor = pb_utils.get_input_tensor_by_name(request, name)
+            if tensor is not None and any(value not in (nothing, b"", "") for value in tensor.as_numpy().reshape(-1)):
+                raise ValueError(f"{name}: the stand-in engine has no model to honour it")
         self.rows = input_ids.shape[0]
         self.prompts = [input_ids[row, :int(lengths[row])].tolist() for row in range(self.rows)]
         self.streaming = bool(optional_scalar(request, "streaming", 0))
