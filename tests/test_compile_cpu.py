@@ -33,7 +33,9 @@ def test_repository_layout_and_every_config_parses_as_model_config(cpu_repositor
                                      model_config_pb2.ModelConfig())
     assert {i.name for i in tensorrt_llm.input} >= {"input_ids", "input_lengths", "request_output_len", "end_id",
                                                     "pad_id", "stop_words_list", "bad_words_list", "streaming"}
-    assert [o.name for o in tensorrt_llm.output] == ["output_ids", "sequence_length"]
+    assert [o.name for o in tensorrt_llm.output] == ["output_ids", "sequence_length", "cum_log_probs",
+                                                     "output_log_probs", "sequence_index", "top_log_probs",
+                                                     "top_log_prob_ids"]
     assert tensorrt_llm.model_transaction_policy.decoupled
 
 
@@ -44,6 +46,10 @@ def test_build_json_records_the_build_and_every_file(cpu_repository: Path):
     assert len(document["model"]["weights_sha256"]) == 64
     assert document["target"] == {"gpu": "cpu", "accelerator": "", "compute_capability": ""}
     assert document["runtime"] == "cpu"
+    # what the gateway may ask of this build's tensorrt_llm (build/runtimes/__init__.py, Capabilities)
+    assert document["capabilities"] == {"guide_types": ["json", "json_schema", "regex", "ebnf_grammar"],
+                                        "log_probs": True, "top_log_probs": 20, "return_sequences": True,
+                                        "missing": ""}
     assert document["versions"]["triton_image"].startswith("nvcr.io/nvidia/tritonserver:")
     assert document["limits"] == {"max_batch_size": 8, "max_input_len": 1024, "max_output_len": 1024,
                                   "max_seq_len": 2048, "max_num_tokens": 16384}

@@ -2,13 +2,14 @@
 time to compile a schema the first time it is seen.
 
 Builds (or reuses) the CPU repository, serves it with the real tritonserver and calls tensorrt_llm as the
-gateway does (token ids over HTTP generate_stream), greedy. Per token: the same prompt answered `--rounds`
-times unconstrained (run to `--tokens` with min_tokens) and as many times bound to a JSON schema with a long
-string in it (as long as the grammar lets it run), interleaved so drift in machine load hits both alike;
-CPU seconds of tritonserver and its python stubs over the tokens generated. Compile: the runtime's own
-compiler (model_repository/tensorrt_llm/cpu/1/guided.py over the repository's tokenizer info file) on
-schemas it has not seen, in this process; and on the server, how much later a request's first token comes
-when its schema is new than when the same schema comes again (cached). Prints numbers; asserts nothing.
+gateway does (token ids over HTTP generate_stream), greedy. Per token: the same prompt answered
+`--rounds` times unconstrained (run to `--tokens` with min_tokens) and as many times bound to a JSON
+schema that cannot be complete within `--tokens` (an array of at least 1000 strings), interleaved so
+drift in machine load hits both alike; CPU seconds of tritonserver and its python stubs over the tokens
+generated. Compile: the runtime's own compiler (model_repository/tensorrt_llm/cpu/1/guided.py over the
+repository's tokenizer info file) on schemas it has not seen, in this process; and on the server, how
+much later a request's first token comes when its schema is new than when the same schema comes again
+(cached). Prints numbers; asserts nothing.
 
 Examples:
   python tools/guided_bench.py                         # 6 requests of up to 64 tokens each way, 5 fresh schemas
@@ -36,16 +37,25 @@ from harness.llm_client import http_events
 from transformers import AutoTokenizer
 
 ROOT = Path(__file__).resolve().parent.parent
-PROMPT = "Write a long story about a lighthouse keeper, as JSON with a title and the story."
-STORY = {"type": "object", "properties": {"title": {"type": "string"}, "story": {"type": "string"}},
-         "required": ["title", "story"], "additionalProperties": False}
+PROMPT = "List words about the sea, as JSON."
+# More items than any answer here has tokens: the constrained answer runs to its length, as the
+# unconstrained one does with min_tokens, so both are the same number of tokens of the same prompt.
+WORDS = {"type": "object", "properties": {"words": {"type": "array", "items": {"type": "string"}, "minItems": 1000}},
+         "required": ["words"], "additionalProperties": False}
 
 
 def fresh_schema() -> dict:
-    """A schema no compiler has seen: a property name of its own, as a new client's tool or format would be."""
+    """A schema no compiler has seen (a property name of its own), shaped like a tool's parameters:
+    nested objects, an enum, a pattern, bounds, an array."""
     name = f"field_{uuid.uuid4().hex[:12]}"
-    return {"type": "object", "properties": {name: {"type": "string"}, "count": {"type": "integer"}},
-            "required": [name, "count"]}
+    address = {"type": "object", "properties": {"street": {"type": "string"}, "city": {"type": "string"},
+                                                "zip": {"type": "string", "pattern": "^[0-9]{5}$"}},
+               "required": ["street", "city", "zip"]}
+    return {"type": "object", "properties": {
+        name: {"type": "string", "maxLength": 40}, "age": {"type": "integer", "minimum": 0, "maximum": 150},
+        "role": {"type": "string", "enum": ["admin", "user", "guest"]}, "address": address,
+        "tags": {"type": "array", "items": {"type": "string"}, "maxItems": 5}, "active": {"type": "boolean"}},
+        "required": [name, "age", "role", "address"], "additionalProperties": False}
 
 
 def compile_ms(repository: Path, schemas: list[dict]) -> tuple[float, float]:
@@ -133,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
             serve.running(repository, ports, log_file=Path(scratch) / "tritonserver.log") as server:
         caller = Caller(f"127.0.0.1:{ports.http}", repository)
         caller.call(4)  # warm-up
-        schema = {"guided_decoding_guide_type": "json_schema", "guided_decoding_guide": json.dumps(STORY)}
+        schema = {"guided_decoding_guide_type": "json_schema", "guided_decoding_guide": json.dumps(WORDS)}
         kinds = {"unconstrained": {"min_tokens": [args.tokens]}, "json_schema": schema}
         per_token = cpu_per_token(server.process.pid, caller, kinds, args.rounds, args.tokens, args.concurrency)
         overheads = []

@@ -26,14 +26,13 @@ class TokenizerInfoError(ValueError):
     """The tokenizer cannot be described to xgrammar; the message says why."""
 
 
-def document(tokenizer_dir: Path) -> dict:
+def document(tokenizer, where: Path) -> dict:
     """The file's content, as TensorRT-LLM's _xgrammar_tokenizer_info makes it from a fast tokenizer."""
-    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+    from transformers import PreTrainedTokenizerFast
 
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     if not isinstance(tokenizer, PreTrainedTokenizerFast) or tokenizer.eos_token_id is None:
         # TensorRT-LLM's C++ backend reads tokenizer_str and stop_token_ids unconditionally.
-        raise TokenizerInfoError(f"{tokenizer_dir}: guided decoding needs a fast tokenizer (tokenizer.json) "
+        raise TokenizerInfoError(f"{where}: guided decoding needs a fast tokenizer (tokenizer.json) "
                                  "with an end-of-sequence token")
     vocabulary = sorted(tokenizer.get_vocab().items(), key=lambda item: item[1])
     return {
@@ -64,11 +63,11 @@ def write(tokenizer_dir: Path, target: Path) -> Path:
     import xgrammar
     from transformers import AutoTokenizer
 
-    content = document(tokenizer_dir)
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    content = document(tokenizer, tokenizer_dir)
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(json.dumps(content))
-    own = xgrammar.TokenizerInfo.from_huggingface(AutoTokenizer.from_pretrained(tokenizer_dir),
-                                                  stop_token_ids=content["stop_token_ids"])
+    own = xgrammar.TokenizerInfo.from_huggingface(tokenizer, stop_token_ids=content["stop_token_ids"])
     ours = read(target, own.vocab_size)
     if json.loads(ours.dump_metadata()) != json.loads(own.dump_metadata()):
         raise TokenizerInfoError(f"{target}: xgrammar reads the file as {ours.dump_metadata()} but the tokenizer "

@@ -370,6 +370,9 @@ class TritonPythonModel:
         top_counts = scalar(request, "num_top_log_probs", rows, 0, int)
         if any(not 0 <= n <= self.max_top_log_probs for n in top_counts):
             raise RequestError(f"num_top_log_probs must be between 0 and {self.max_top_log_probs}")
+        if len(set(return_log_probs)) > 1 or len(set(top_counts)) > 1:  # the rows share one response
+            raise RequestError("return_log_probs and num_top_log_probs must be the same for every prompt of a "
+                               "request; send the others as separate requests")
         grammars = self.grammars(request, rows)
         sequences = []
         for row in range(rows):
