@@ -1,6 +1,7 @@
 """Tool calling and structured output through the gateway on the real tritonserver (the CPU runtime's
 xgrammar-guided decoding), driven by the official openai SDK: forced calls and schema-bound answers
-validate against their schemas (jsonschema), whole and streamed; tool results in the history are read;
+validate against their schemas (jsonschema), whole and streamed, from the SDK (its .parse() too) and
+LangChain (bind_tools, with_structured_output); tool results in the history are read;
 `tool_choice: auto` gets an answer from the small default model, in words or as a call."""
 
 from __future__ import annotations
@@ -185,3 +186,20 @@ def test_more_alternatives_than_the_runtime_returns_are_refused_by_name(client):
     with pytest.raises(openai.BadRequestError) as raised:
         client.chat.completions.create(model=MODEL, messages=PLANETS, max_tokens=3, logprobs=True, top_logprobs=21)
     assert raised.value.body["param"] == "top_logprobs"
+
+
+def test_langchain_bind_tools_and_with_structured_output(gateway):
+    from langchain_openai import ChatOpenAI
+
+    llm = ChatOpenAI(base_url=f"{gateway.url}/v1", api_key="unused", model=MODEL, temperature=0, max_tokens=60,
+                     max_retries=0, timeout=120)
+    message = llm.bind_tools([WEATHER], tool_choice="get_weather").invoke("What is the weather in Paris?")
+    [call] = message.tool_calls
+    assert call["name"] == "get_weather"
+    jsonschema.validate(call["args"], CITY)
+
+    class Person(pydantic.BaseModel):
+        name: str = pydantic.Field(max_length=24)
+        age: int
+
+    assert isinstance(llm.with_structured_output(Person).invoke("Invent a person."), Person)
