@@ -11,6 +11,7 @@ Examples:
   python build/compile.py --model ./Llama-3.1-70B-Instruct --compare     # which GPU? ranked by $/1M tokens
   python build/compile.py --gpu h100 --model meta-llama/Llama-3.1-8B-Instruct --precision fp8 --tp 2
   python build/compile.py --gpu cpu --out /tmp/repo --publish gs://my-bucket/models
+  python build/compile.py --gpu cpu --max-seq-len 8192 --max-input-len 7168   # prompts with many tools
 """
 
 from __future__ import annotations
@@ -128,6 +129,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--tp", type=int, help="tensor parallelism (GPUs per replica); default: the smallest "
                         "whose KV cache reaches 1/3 of the decode ceiling (docs/gpu-builds.md)")
     parser.add_argument("--max-seq-len", type=int, help="prompt + answer tokens per request")
+    parser.add_argument("--max-input-len", type=int,
+                        help="of those, the most a prompt may take (default: half); e.g. for agents whose tools "
+                             "make long prompts and short answers")
     parser.add_argument("--max-batch-size", type=int, help="default: KV tokens / 1024, within the latency bound")
     parser.add_argument("--max-num-tokens", type=int, help="default: max_batch_size + 8192")
     parser.add_argument("--plan", action="store_true", help="print the plan and stop")
@@ -166,8 +170,8 @@ def run(args: argparse.Namespace) -> int:
     shape = hf_config.load(source.checkpoint_dir, name=source.name)
     log(f"* plan: {shape.name} on {gpu.name} ({runtime} runtime)")
     plan = planner.plan(shape, gpu, runtime=runtime, precision=args.precision, tp=args.tp,
-                        max_seq_len=args.max_seq_len, max_batch_size=args.max_batch_size,
-                        max_num_tokens=args.max_num_tokens)
+                        max_seq_len=args.max_seq_len, max_input_len=args.max_input_len,
+                        max_batch_size=args.max_batch_size, max_num_tokens=args.max_num_tokens)
     sizing = pipeline.size(plan, gpu)
     build = build_memory.needs(shape, gpu, plan) if runtimes.get(runtime).builds_engine else None
     if args.plan:

@@ -127,6 +127,17 @@ def _resolve_precision(shape: ModelShape, gpu: catalog.Gpu, runtime: str, reques
     return requested
 
 
+def _resolve_max_input_len(seq_len: int, requested: int | None) -> int:
+    """Half the sequence unless asked: a prompt of tools (an agent's, open-webui's built-in ones) can need
+    most of the context, its answer little."""
+    if requested is None:
+        return seq_len // 2
+    if not 1 <= requested < seq_len:
+        raise PlanError(f"--max-input-len {requested} must be at least 1 and below max_seq_len ({seq_len}), "
+                        "which leaves room for the answer; raise --max-seq-len or lower --max-input-len")
+    return requested
+
+
 def _resolve_max_seq_len(shape: ModelShape, gpu: catalog.Gpu, requested: int | None) -> int:
     limit = shape.max_position_embeddings
     if requested is None:
@@ -197,6 +208,7 @@ def plan(
     precision: str | None = None,
     tp: int | None = None,
     max_seq_len: int | None = None,
+    max_input_len: int | None = None,
     max_batch_size: int | None = None,
     max_num_tokens: int | None = None,
 ) -> Plan:
@@ -224,7 +236,8 @@ def plan(
         raise PlanError(f"--tp {tp} does not work for {shape.name} on {gpu.name}: {problem}; valid: "
                         f"{', '.join(f'--tp {t}' for t in tps)}")
     if precision is None and not gpu.is_cpu and not shape.quant_method:
-        chosen = _choose_precision(shape, gpu, runtime, tp, tps, seq_len, max_batch_size, max_num_tokens)
+        chosen = _choose_precision(shape, gpu, runtime, tp, tps, seq_len, max_input_len, max_batch_size,
+                                   max_num_tokens)
         if chosen is not None:
             return chosen
         # no precision fits: refused below, in numbers
@@ -253,7 +266,7 @@ def plan(
         planned_tokens = planned_batch + DEFAULT_MAX_NUM_TOKENS
     max_batch_size = _positive("--max-batch-size", max_batch_size) or planned_batch
     max_num_tokens = _positive("--max-num-tokens", max_num_tokens) or planned_tokens
-    max_input_len = seq_len // 2
+    max_input_len = _resolve_max_input_len(seq_len, max_input_len)
     # A pod takes tp GPUs of the smallest machine that has that many (H200/B200 come only as 8-GPU nodes).
     machine_gpus = 0 if gpu.is_cpu else min(n for n in gpu.machine_types if n >= chosen_tp)
     return Plan(
@@ -348,7 +361,8 @@ def _choose_tp(shape: ModelShape, gpu: catalog.Gpu, precision: str, tps: tuple[i
 
 
 def _choose_precision(shape: ModelShape, gpu: catalog.Gpu, runtime: str, tp: int | None, tps: tuple[int, ...],
-                      seq_len: int, max_batch_size: int | None, max_num_tokens: int | None) -> Plan | None:
+                      seq_len: int, max_input_len: int | None, max_batch_size: int | None,
+                      max_num_tokens: int | None) -> Plan | None:
     """The serving objective again: every precision this GPU has and the runtime serves, planned with the
     TP rule; of the accuracy-preserving ones that fit, the most estimated output tokens/s per GPU (ties:
     the less lossy, PRECISIONS order); only if none fits, the fastest lossy one, saying so. None if
@@ -357,7 +371,7 @@ def _choose_precision(shape: ModelShape, gpu: catalog.Gpu, runtime: str, tp: int
     fitting = [p for p in usable if _fit(shape, gpu, p, tp or _choose_tp(shape, gpu, p, tps, seq_len)[0], seq_len)]
     if not fitting:
         return None
-    plans = {p: plan(shape, gpu, runtime=runtime, precision=p, tp=tp, max_seq_len=seq_len,
+    plans = {p: plan(shape, gpu, runtime=runtime, precision=p, tp=tp, max_seq_len=seq_len, max_input_len=max_input_len,
                      max_batch_size=max_batch_size, max_num_tokens=max_num_tokens) for p in fitting}
     rate = {p: estimate.estimate(plans[p], gpu).output_tokens_per_s_per_gpu for p in fitting}
     accurate = [p for p in fitting if PRECISIONS[p].keeps_accuracy]

@@ -7,13 +7,17 @@ LangChain (bind_tools, with_structured_output); tool results in the history are 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections.abc import Iterator
 
+import httpx
 import jsonschema
 import openai
 import pydantic
 import pytest
-from test_gateway import MODEL, Gateway, running_gateway
+from conftest import ROOT, triton_server
+from test_gateway import MODEL, RECOMMENDED, Gateway, running_gateway, streamed_answer
 
 pytestmark = pytest.mark.triton
 
@@ -203,3 +207,35 @@ def test_langchain_bind_tools_and_with_structured_output(gateway):
         age: int
 
     assert isinstance(llm.with_structured_output(Person).invoke("Invent a person."), Person)
+
+
+@pytest.fixture(scope="module")
+def long_prompt_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    """The default model built to take prompts of up to 7168 of its 8192 tokens (--max-input-len), as a
+    deployment for open-webui's built-in tools would be; it recommends short answers, as the gateway that
+    replays other clients' bodies does (they name no max_tokens)."""
+    folder = tmp_path_factory.mktemp("long-prompt")
+    repository = folder / "repository"
+    built = subprocess.run([sys.executable, str(ROOT / "build" / "compile.py"), "--gpu", "cpu", "--max-seq-len", "8192",
+                            "--max-input-len", "7168", "--out", str(repository)], capture_output=True, text=True)
+    assert built.returncode == 0, built.stderr
+    config = repository / "ensemble/1/tokenizer/generation_config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), **RECOMMENDED}))
+    with triton_server(repository, folder) as server, running_gateway(repository, server.http, folder) as gateway:
+        yield gateway
+
+
+def test_open_webuis_default_chat_with_its_28_builtin_tools_gets_an_answer(long_prompt_gateway):
+    recorded = json.loads((ROOT / "tests/fixtures/clients/open-webui-0.12.4-chat-builtin-tools.json").read_text())
+    body = recorded["request"]["body"]
+    response = httpx.post(f"{long_prompt_gateway.url}/v1/chat/completions", json=body, timeout=600)
+    assert response.status_code == 200, response.text
+    text, finish, _ = streamed_answer(response, chat=True, options={})
+    chunks = [json.loads(line.removeprefix("data: ")) for line in response.text.split("\n\n")[:-2]]
+    deltas = [chunk["choices"][0]["delta"] for chunk in chunks if chunk["choices"]]
+    calls = [piece["function"] for delta in deltas for piece in delta.get("tool_calls", [])]
+    for call in calls:  # under auto the model may call: one of open-webui's tools, with a JSON object of arguments
+        assert call["name"] in recorded["builtin_tools"]
+        assert isinstance(json.loads(call["arguments"]), dict)
+    assert (finish == "tool_calls") == bool(calls)
+    assert calls or text

@@ -242,6 +242,14 @@ def test_asked_max_seq_len_raises_tp_until_one_sequence_fits():
     assert p.max_len_sequences == 1
 
 
+def test_the_prompt_may_take_more_than_half_the_sequence_when_asked():
+    p = plan("Llama-3.1-8B", "h100", max_seq_len=16384, max_input_len=14336)
+    assert (p.max_seq_len, p.max_input_len, p.max_output_len) == (16384, 14336, 2048)
+    for wrong in (0, 16384):
+        with pytest.raises(planner.PlanError, match=f"--max-input-len {wrong} must be at least 1 and below"):
+            plan("Llama-3.1-8B", "h100", max_seq_len=16384, max_input_len=wrong)
+
+
 def test_tp_larger_than_kv_heads_replicates_them():
     qwen = dataclasses.replace(shape("Qwen2.5-7B"), num_kv_heads=2)
     p = planner.plan(qwen, catalog.gpu("h100"), runtime="engine", tp=4, precision="bf16")
