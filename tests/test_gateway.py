@@ -210,8 +210,8 @@ def expect_error(call, status: int, param: str | None, message: str) -> None:
 
 BAD_CHATS = [
     ({"n": 2}, "n", "n is not supported by this server: n=2; only one choice (n=1) is generated per request"),
-    ({"logprobs": True}, "logprobs",
-     "logprobs is not supported by this server: log probabilities are not returned by the Triton models"),
+    ({"logit_bias": {"1": 5}}, "logit_bias",
+     "logit_bias is not supported by this server: TensorRT-LLM's backend takes no per-token bias"),
     ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "objekt"}}}]},
      "tools[0].function.parameters", "tools[0].function.parameters is not a valid JSON schema: 'objekt' is not "
      "valid under any of the given schemas"),

@@ -93,3 +93,25 @@ def test_a_recommendation_no_request_could_carry_stops_the_gateway_at_start(mode
     with pytest.raises(ValueError) as raised:
         validation.recommended(config, {}, model.max_output_len)
     assert str(raised.value) == message
+
+
+def test_what_a_build_cannot_enforce_or_return_is_refused_by_name(model):
+    """The llmapi runtime's build.json promises no guided decoding or log probabilities (nor does the
+    ensemble path): response_format, a forced call and logprobs are refused, never accepted and ignored."""
+    from gateway.app import serving as deployed
+
+    llmapi = dataclasses.replace(model, token_ids=False, capabilities={"missing": "NVIDIA's llmapi model has none"})
+    tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
+    for where in (deployed(llmapi, "ensemble")[0], deployed(model, "ensemble")[0]):
+        for body, param in [({"response_format": {"type": "json_object"}}, "response_format"),
+                            ({"tools": [tool], "tool_choice": "required"}, "tool_choice"),
+                            ({"logprobs": True}, "logprobs")]:
+            error = refused(ASK | body, where)
+            assert (error.param, error.code) == (param, "unsupported_parameter"), error
+        # tool_choice auto needs no grammar: the template renders the tools, the gateway reads the call
+        assert validation.parse(ASK | {"tools": [tool]}, chat=True, serving=where).tools.choice == "auto"
+    direct = deployed(model, "direct")[0]
+    assert validation.parse(ASK | {"response_format": {"type": "json_object"}}, chat=True,
+                            serving=direct).guide == ("json", "")
+    engine = dataclasses.replace(model, capabilities={**model.capabilities, "top_log_probs": 0})
+    assert refused(ASK | {"logprobs": True, "top_logprobs": 2}, deployed(engine, "direct")[0]).param == "top_logprobs"
