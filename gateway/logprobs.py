@@ -51,7 +51,6 @@ class Logprobs:
     chat: bool
     entries: list[TokenLogprob] = field(default_factory=list)
     sent: int = 0
-    text_offset: int = 0
 
     def add(self, entries: list[TokenLogprob]) -> None:
         self.entries += entries

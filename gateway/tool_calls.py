@@ -34,7 +34,6 @@ class ToolFormat:
     end: str = ""
     start_token: bool = False  # the start is one special token, looked for by id
     bare_json: bool = False
-    list: bool = False
     arguments: tuple[str, ...] = ("arguments",)
     # The template renders no tools: the gateway describes them in a system message of its own.
     described: bool = False
@@ -43,7 +42,7 @@ class ToolFormat:
     def named(cls, name: str, described: bool = False) -> ToolFormat:
         spec = FORMATS["formats"][name]
         return cls(name, spec["start"], spec.get("end", ""), spec.get("start_token", False),
-                   spec.get("bare_json", False), spec.get("list", False), tuple(spec["arguments"]), described)
+                   spec.get("bare_json", False), tuple(spec["arguments"]), described)
 
 
 def format_for(chat_template: str | None) -> ToolFormat | None:

@@ -92,3 +92,18 @@ def triton_server(repository: Path, log_dir: Path) -> Iterator[Server]:
 def triton(cpu_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     with triton_server(cpu_repository, tmp_path_factory.mktemp("triton")) as server:
         yield server
+
+
+@pytest.fixture(scope="module")
+def chat(triton):
+    """(ids, tokenizer): a user prompt as token ids through the served build's chat template, for tests
+    that call tensorrt_llm with ids directly, and that tokenizer (its end id, decoding answers)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(triton.repository / "ensemble" / "1" / "tokenizer")
+
+    def ids(prompt: str) -> list[int]:
+        return list(tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
+                                                  tokenize=True, return_dict=True)["input_ids"])
+
+    return ids, tokenizer

@@ -19,24 +19,13 @@ import pytest
 import requests
 import torch
 from harness.llm_client import http_events
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM
 
 pytestmark = pytest.mark.triton
 
 PERSON = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 20},
                                            "age": {"type": "integer", "minimum": 0, "maximum": 150}},
           "required": ["name", "age"], "additionalProperties": False}
-
-
-@pytest.fixture(scope="module")
-def chat(triton):
-    tokenizer = AutoTokenizer.from_pretrained(triton.repository / "ensemble" / "1" / "tokenizer")
-
-    def ids(prompt: str) -> list[int]:
-        return list(tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
-                                                  tokenize=True, return_dict=True)["input_ids"])
-
-    return ids, tokenizer
 
 
 def generate(triton, prompt: list[int], tokens: int, end_id: int, **inputs) -> list[dict]:

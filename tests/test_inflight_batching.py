@@ -21,7 +21,7 @@ import torch
 import tritonclient.grpc as grpcclient
 import xgrammar
 from harness.llm_client import GrpcLlmClient
-from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+from transformers import LlamaConfig, LlamaForCausalLM
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "model_repository" / "tensorrt_llm" / "cpu" / "1"))
 import generation  # noqa: E402
@@ -174,17 +174,6 @@ class Stream:
         self.client.close()
 
 
-@pytest.fixture(scope="module")
-def chat(triton):
-    tokenizer = AutoTokenizer.from_pretrained(triton.repository / "preprocessing" / "1" / "tokenizer")
-
-    def ids(prompt: str) -> list[int]:
-        return list(tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
-                                                  tokenize=True, return_dict=True)["input_ids"])
-
-    return ids, tokenizer.eos_token_id
-
-
 def answer_alone(triton, ids: list[int], tokens: int, end_id: int) -> list[int]:
     stream = Stream(triton.grpc)
     try:
@@ -197,7 +186,8 @@ def answer_alone(triton, ids: list[int], tokens: int, end_id: int) -> list[int]:
 
 @pytest.mark.triton
 def test_a_request_that_arrives_mid_decode_joins_the_running_batch(triton, chat):
-    ids, end_id = chat
+    ids, tokenizer = chat
+    end_id = tokenizer.eos_token_id
     long_ids, short_ids = ids("Tell me a long story about a lighthouse keeper."), ids("What is 2 + 2?")
     long, short = Stream(triton.grpc), Stream(triton.grpc)
     try:
@@ -219,7 +209,8 @@ def test_a_request_that_arrives_mid_decode_joins_the_running_batch(triton, chat)
 
 @pytest.mark.triton
 def test_a_cancelled_request_stops_decoding_and_the_next_one_is_answered_promptly(triton, chat):
-    ids, end_id = chat
+    ids, tokenizer = chat
+    end_id = tokenizer.eos_token_id
     wanted = 1000
     doomed = Stream(triton.grpc)
     doomed.send("doomed-1", ids("Count from one to a thousand."), wanted, end_id)
@@ -252,7 +243,8 @@ def test_a_cancelled_request_stops_decoding_and_the_next_one_is_answered_promptl
     ("repetition_penalty", 0.0, "repetition_penalty 0.0 is out of range: TensorRT-LLM accepts repetition_penalty > 0"),
 ])
 def test_sampling_values_tensorrt_llm_would_refuse_are_refused_by_name(triton, chat, name, value, message):
-    ids, end_id = chat
+    ids, tokenizer = chat
+    end_id = tokenizer.eos_token_id
     prompt = ids("Hi")
     request = {"input_ids": [prompt], "input_lengths": [[len(prompt)]], "request_output_len": [[2]],
                "end_id": [[end_id]]}

@@ -71,16 +71,14 @@ def sampling_scalar(request, name: str, rows: int, default, kind=float) -> list:
 
 def texts(request, name: str, rows: int) -> list[str | None]:
     """A TYPE_STRING input per row, None where it is absent or empty (the C++ backend's "no guide")."""
-    tensor = pb_utils.get_input_tensor_by_name(request, name)
-    if tensor is None:
-        return [None] * rows
-    values = tensor.as_numpy().reshape(-1)
-    if len(values) != rows:
-        raise RequestError(f"{name} has {len(values)} values for {rows} prompts")
-    try:
-        return [(v.decode("utf-8") if isinstance(v, bytes) else str(v)) or None for v in values]
-    except UnicodeDecodeError:
-        raise RequestError(f"{name} is not UTF-8 text") from None
+
+    def text(value) -> str | None:
+        try:
+            return (value.decode("utf-8") if isinstance(value, bytes) else str(value)) or None
+        except UnicodeDecodeError:
+            raise RequestError(f"{name} is not UTF-8 text") from None
+
+    return scalar(request, name, rows, None, text)
 
 
 def word_lists(request, name: str, rows: int) -> list[list[list[int]]]:
