@@ -103,7 +103,8 @@ def serving(model: repository.Model, path: str) -> tuple[validation.Serving, lis
     return validation.Serving(
         model.max_output_len, model.fast.get_vocab_size(True), defaults, cannot,
         unguided=None if "json_schema" in can.get("guide_types", ()) else lacks,
-        no_logprobs=None if can.get("log_probs") else lacks, max_top_logprobs=can.get("top_log_probs", 0)), warnings
+        no_logprobs=None if can.get("log_probs") else lacks, max_top_logprobs=can.get("top_log_probs", 0),
+        no_sequences=None if can.get("return_sequences") else lacks, max_sequences=model.max_batch_size), warnings
 
 
 def finish_reason(job: validation.Generation, answer: Answer, stop: StopText, model: repository.Model) -> str:
@@ -113,22 +114,26 @@ def finish_reason(job: validation.Generation, answer: Answer, stop: StopText, mo
     return "length" if answer.completion_tokens >= job.max_tokens and not ended else "stop"
 
 
-async def answer_text(triton: Triton, job: validation.Generation, ids: list[int], answer: Answer,
-                      stop: StopText) -> AsyncIterator[str]:
-    """The answer as it may be sent: cut before a stop sequence, whose appearance cancels the Triton
-    request. The first item comes with the first token even when it adds no text yet ("")."""
+async def answer_text(triton: Triton, job: validation.Generation, ids: list[int], answers: list[Answer],
+                      stops: list[StopText]) -> AsyncIterator[tuple[int, str]]:
+    """(choice index, text) of each answer as it may be sent: cut before a stop sequence; once every
+    answer has met one, the Triton request is cancelled. The first item comes with the first token even
+    when it adds no text yet ("")."""
     first = True
-    async with contextlib.aclosing(triton.pieces(job, ids, answer)) as pieces:
-        async for piece in pieces:
-            text = stop.feed(piece)
+    async with contextlib.aclosing(triton.pieces(job, ids, answers)) as pieces:
+        async for index, piece in pieces:
+            if stops[index].hit:
+                continue
+            text = stops[index].feed(piece)
             if text or first:
-                yield text
+                yield index, text
             first = False
-            if stop.hit:
+            if all(stop.hit for stop in stops):
                 return
-    rest = stop.flush()
-    if rest:
-        yield rest
+    for index, stop in enumerate(stops):
+        rest = stop.flush()
+        if rest:
+            yield index, rest
 
 
 class Disconnected(Exception):
@@ -157,13 +162,21 @@ async def before_disconnect(request: Request, work: asyncio.Future) -> object:
     return work.result()
 
 
-async def first_text(texts: AsyncIterator[str]) -> str | None:
+async def first_text(texts: AsyncIterator[tuple[int, str]]) -> tuple[int, str] | None:
     return await anext(texts, None)
 
 
-async def joined(texts: AsyncIterator[str]) -> str:
+async def joined(texts: AsyncIterator[tuple[int, str]], count: int) -> list[str]:
+    """Each of `count` answers' whole text."""
+    parts: list[list[str]] = [[] for _ in range(count)]
     async with contextlib.aclosing(texts):
-        return "".join([text async for text in texts])
+        async for index, text in texts:
+            parts[index].append(text)
+    return ["".join(each) for each in parts]
+
+
+def completion_tokens(answers: list[Answer]) -> int:
+    return sum(answer.completion_tokens for answer in answers)
 
 
 class Gateway:
@@ -223,77 +236,88 @@ class Gateway:
         exchange = metrics.exchange(request).admitted()
         job, ids = await self.job(request, chat)
         reply = Reply.new(chat, self.model.name)
-        answer, stop = Answer([], running_count=job.continuous_usage), StopText(job.stop)
-        answer.logprobs = [] if job.logprobs else None
-        logprobs = Logprobs(self.model.fast, chat, answer.logprobs) if job.logprobs else None
-        exchange.generating(len(ids), answer)
-        texts = exchange.timed(answer_text(self.triton, job, ids, answer, stop), job.stream)
+        answers = [Answer([], running_count=job.continuous_usage, logprobs=[] if job.logprobs else None)
+                   for _ in range(job.n)]
+        stops = [StopText(job.stop) for _ in answers]
+        logprobs = [Logprobs(self.model.fast, chat, answer.logprobs) for answer in answers] if job.logprobs else None
+        exchange.generating(len(ids), answers)
+        texts = exchange.timed(answer_text(self.triton, job, ids, answers, stops), job.stream)
         if not job.stream:
-            text = await before_disconnect(request, asyncio.ensure_future(joined(texts)))
-            reason, message = finish_reason(job, answer, stop, self.model), None
-            if job.tools:
-                deltas = tool_calls.Deltas(job.tools, self.tool_format)
-                message = tool_calls.merged(deltas.feed(text, self.tool_start_id in answer.ids) + deltas.end())
-                reason = deltas.finish_reason(reason)
-            return JSONResponse(reply.whole(text, reason, usage(len(ids), answer.completion_tokens), message,
-                                            logprobs.take() if logprobs else None))
+            whole = await before_disconnect(request, asyncio.ensure_future(joined(texts, job.n)))
+            choices = [self.choice(reply, job, index, text, answer, stop, logprobs[index] if logprobs else None)
+                       for index, (text, answer, stop) in enumerate(zip(whole, answers, stops, strict=True))]
+            return JSONResponse(reply.whole(choices, usage(len(ids), completion_tokens(answers))))
         try:
             first = await before_disconnect(request, asyncio.ensure_future(first_text(texts)))
         except BaseException:
             await texts.aclose()
             raise
-        return StreamingResponse(self.events(reply, job, len(ids), answer, stop, texts, first, logprobs),
+        return StreamingResponse(self.events(reply, job, len(ids), answers, stops, texts, first, logprobs),
                                  media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
-    async def events(self, reply: Reply, job: validation.Generation, prompt_tokens: int, answer: Answer,
-                     stop: StopText, texts: AsyncIterator[str], first: str | None,
-                     logprobs: Logprobs | None) -> AsyncIterator[bytes]:
-        """Server-sent events in OpenAI's chunk format, from the first token (`first`, None when the
-        answer ended without one) on. A client that goes away cancels this (Starlette listens for the
-        disconnect), which closes the texts and so cancels the Triton request."""
+    def choice(self, reply: Reply, job: validation.Generation, index: int, text: str, answer: Answer,
+               stop: StopText, logprobs: Logprobs | None) -> dict:
+        """One whole answer's choice: its text, or the tool calls parsed from it."""
+        reason, message = finish_reason(job, answer, stop, self.model), None
+        if job.tools:
+            deltas = tool_calls.Deltas(job.tools, self.tool_format)
+            message = tool_calls.merged(deltas.feed(text, self.tool_start_id in answer.ids) + deltas.end())
+            reason = deltas.finish_reason(reason)
+        return reply.choice(index, text, reason, message, logprobs.take() if logprobs else None)
 
-        sent_chars = 0  # of the answer's text: where the next tokens' text begins (completions' text_offset)
+    async def events(self, reply: Reply, job: validation.Generation, prompt_tokens: int, answers: list[Answer],
+                     stops: list[StopText], texts: AsyncIterator[tuple[int, str]], first: tuple[int, str] | None,
+                     logprobs: list[Logprobs] | None) -> AsyncIterator[bytes]:
+        """Server-sent events in OpenAI's chunk format, from the first token (`first`, None when the
+        answer ended without one) on, each chunk naming its choice. A client that goes away cancels this
+        (Starlette listens for the disconnect), which closes the texts and so cancels the Triton request."""
+
+        # Of each answer's text: where its next tokens' text begins (completions' text_offset).
+        sent_chars = [0] * len(answers)
 
         def sse(body: dict) -> bytes:
-            nonlocal sent_chars
-            if logprobs is not None and body["choices"] and logprobs.pending():
-                body["choices"][0]["logprobs"] = logprobs.take(sent_chars)
-            if body["choices"] and not reply.chat:
-                sent_chars += len(body["choices"][0]["text"])
+            if body["choices"]:
+                index = body["choices"][0]["index"]
+                if logprobs is not None and logprobs[index].pending():
+                    body["choices"][0]["logprobs"] = logprobs[index].take(sent_chars[index])
+                if not reply.chat:
+                    sent_chars[index] += len(body["choices"][0]["text"])
             if job.include_usage:  # every chunk carries "usage": null, or the running usage, but the last
-                body["usage"] = usage(prompt_tokens, answer.completion_tokens) if job.continuous_usage else None
+                body["usage"] = usage(prompt_tokens, completion_tokens(answers)) if job.continuous_usage else None
             return event(body)
 
-        deltas = tool_calls.Deltas(job.tools, self.tool_format) if job.tools else None
-        seen = 0  # answer.ids already looked at for a tool call's start token
+        deltas = [tool_calls.Deltas(job.tools, self.tool_format) for _ in answers] if job.tools else None
+        seen = [0] * len(answers)  # of each answer's ids, those already looked at for a tool call's start token
 
-        def chunks(text: str) -> list[bytes]:
-            nonlocal seen
+        def chunks(index: int, text: str) -> list[bytes]:
             if deltas is None:
-                return [sse(reply.chunk(text))] if text or not reply.chat else []
-            starts, seen = self.tool_start_id in answer.ids[seen:], len(answer.ids)
-            return [sse(reply.delta_chunk(delta)) for delta in deltas.feed(text, starts)]
+                return [sse(reply.chunk(text, index=index))] if text or not reply.chat else []
+            ids = answers[index].ids
+            starts, seen[index] = self.tool_start_id in ids[seen[index]:], len(ids)
+            return [sse(reply.delta_chunk(delta, index)) for delta in deltas[index].feed(text, starts)]
 
         async with contextlib.aclosing(texts):
             try:
                 if reply.chat:
-                    yield sse(reply.chunk(None, role=True))
-                for chunk in chunks(first) if first is not None else []:
+                    for index in range(len(answers)):
+                        yield sse(reply.chunk(None, role=True, index=index))
+                for chunk in chunks(*first) if first is not None else []:
                     yield chunk
-                async for text in texts:
-                    for chunk in chunks(text):
+                async for index, text in texts:
+                    for chunk in chunks(index, text):
                         yield chunk
             except ApiError as error:  # the status line is sent already: the error goes as an event, no [DONE]
                 yield event(error.body())
                 return
-        reason = finish_reason(job, answer, stop, self.model)
-        if deltas is not None:
-            for delta in deltas.end():
-                yield sse(reply.delta_chunk(delta))
-            reason = deltas.finish_reason(reason)
-        yield sse(reply.chunk(None, reason))
+        for index, (answer, stop) in enumerate(zip(answers, stops, strict=True)):
+            reason = finish_reason(job, answer, stop, self.model)
+            if deltas is not None:
+                for delta in deltas[index].end():
+                    yield sse(reply.delta_chunk(delta, index))
+                reason = deltas[index].finish_reason(reason)
+            yield sse(reply.chunk(None, reason, index=index))
         if job.include_usage:
-            yield event(reply.usage_chunk(usage(prompt_tokens, answer.completion_tokens)))
+            yield event(reply.usage_chunk(usage(prompt_tokens, completion_tokens(answers))))
         yield DONE
 
     async def models(self, _request: Request) -> Response:

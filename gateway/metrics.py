@@ -30,7 +30,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import prometheus_client
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess
@@ -43,6 +43,7 @@ from gateway import validation
 if TYPE_CHECKING:
     from gateway.triton import Answer
 
+Piece = TypeVar("Piece")  # what a generation hands on to be written, timed as a chunk
 ENV = "PROMETHEUS_MULTIPROC_DIR"
 # Read when prometheus_client is imported (above), which is when it chooses between values in this
 # process and values in files: the exposition below must read them from the same place.
@@ -196,7 +197,7 @@ class Exchange:
     last_chunk: float | None = None
     gaps: Histogram | None = None  # the ITL series of this request's key, looked up once: it is per token
     prompt_tokens: int = 0
-    answer: Answer | None = None
+    answers: list[Answer] | None = None
 
     @property
     def api_key(self) -> str:
@@ -210,12 +211,12 @@ class Exchange:
         self.waiting = True
         return self
 
-    def generating(self, prompt_tokens: int, answer: Answer) -> None:
-        """The request went to the engine: its tokens are counted when it ends, however it ends."""
-        self.prompt_tokens, self.answer = prompt_tokens, answer
+    def generating(self, prompt_tokens: int, answers: list[Answer]) -> None:
+        """The request went to the engine: its tokens (every choice's) are counted when it ends, however it ends."""
+        self.prompt_tokens, self.answers = prompt_tokens, answers
 
-    async def timed(self, texts: AsyncIterator[str], stream: bool) -> AsyncIterator[str]:
-        """`texts` (the first comes with the first token, the others are chunks of text), timed as
+    async def timed(self, texts: AsyncIterator[Piece], stream: bool) -> AsyncIterator[Piece]:
+        """`texts` (the first comes with the first token, the others are chunks of an answer's text), timed as
         each is handed on to be written: time to first token and between chunks, for streams (a whole
         answer's client sees only its end, which the e2e latency times)."""
         async with contextlib.aclosing(texts):
@@ -254,9 +255,9 @@ class Exchange:
         self.metrics.requests.labels(template, str(status), key).inc()
         if template in GENERATION_ROUTES and status == 200:
             self.metrics.e2e.labels(template, key).observe(time.monotonic() - self.arrived)
-        if self.answer is not None and self.last_chunk is not None:  # the engine answered
+        if self.answers is not None and self.last_chunk is not None:  # the engine answered
             self.metrics.prompt_tokens.labels(key).inc(self.prompt_tokens)
-            self.metrics.generation_tokens.labels(key).inc(self.answer.completion_tokens)
+            self.metrics.generation_tokens.labels(key).inc(sum(answer.completion_tokens for answer in self.answers))
         if self.key is not None:
             self.stop_waiting()
             self.metrics.in_flight.labels(self.key).dec()

@@ -26,27 +26,28 @@ class Reply:
         kind = ("chat.completion.chunk" if chunk else "chat.completion") if self.chat else "text_completion"
         return {"id": self.id, "object": kind, "created": self.created, "model": self.model}
 
-    def whole(self, text: str, finish_reason: str, usage: dict, message: dict | None = None,
-              logprobs: dict | None = None) -> dict:
-        """The whole answer; a chat `message` (tool calls) in place of the text where given."""
+    def choice(self, index: int, text: str, finish_reason: str, message: dict | None = None,
+               logprobs: dict | None = None) -> dict:
+        """One choice of a whole answer; a chat `message` (tool calls) in place of the text where given."""
         if self.chat:
             message = message or {"role": "assistant", "content": text, "refusal": None}
-            choice = {"index": 0, "message": message, "logprobs": logprobs, "finish_reason": finish_reason}
-        else:
-            choice = {"index": 0, "text": text, "logprobs": logprobs, "finish_reason": finish_reason}
-        return {**self.head(chunk=False), "choices": [choice], "usage": usage}
+            return {"index": index, "message": message, "logprobs": logprobs, "finish_reason": finish_reason}
+        return {"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish_reason}
 
-    def chunk(self, text: str | None, finish_reason: str | None = None, role: bool = False) -> dict:
+    def whole(self, choices: list[dict], usage: dict) -> dict:
+        return {**self.head(chunk=False), "choices": choices, "usage": usage}
+
+    def chunk(self, text: str | None, finish_reason: str | None = None, role: bool = False, index: int = 0) -> dict:
         if self.chat:
             delta = {"role": "assistant", "content": ""} if role else ({} if text is None else {"content": text})
-            choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+            choice = {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
         else:
-            choice = {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish_reason}
+            choice = {"index": index, "text": text or "", "logprobs": None, "finish_reason": finish_reason}
         return {**self.head(chunk=True), "choices": [choice]}
 
-    def delta_chunk(self, delta: dict) -> dict:
+    def delta_chunk(self, delta: dict, index: int = 0) -> dict:
         """A chat chunk with a delta of its own (tool calls)."""
-        return {**self.head(chunk=True), "choices": [{"index": 0, "delta": delta, "logprobs": None,
+        return {**self.head(chunk=True), "choices": [{"index": index, "delta": delta, "logprobs": None,
                                                       "finish_reason": None}]}
 
     def usage_chunk(self, usage: dict) -> dict:

@@ -91,6 +91,17 @@ def cannot_carry(model: Model, path: str) -> dict[str, str]:
     return cannot
 
 
+def sequence_index(event: dict, sequences: int) -> int:
+    """Which of the request's answers a response belongs to (sequence_index is sent only when there are
+    several)."""
+    if sequences == 1:
+        return 0
+    index = values(event, "sequence_index")
+    if not index or not 0 <= int(index[0]) < sequences:
+        raise ValueError(f"tensorrt_llm answered num_return_sequences {sequences} with sequence_index {index}")
+    return int(index[0])
+
+
 def triton_error(error: ModelError, stream: Stream) -> ApiError:
     """Triton's failure as a status the client can act on: 503 with Retry-After when Triton cannot be
     reached or is full (its HTTP 503, "Exceeds maximum queue size"), which the openai SDKs retry;
@@ -139,46 +150,58 @@ class Triton:
                 inputs["return_log_probs"] = [True]
             if job.top_logprobs:
                 inputs["num_top_log_probs"] = [job.top_logprobs]
+            if job.n > 1:
+                inputs["num_return_sequences"] = [job.n]
             return inputs
         # The chat template is applied here, so the ensemble gets the whole rendered prompt as text.
         return {"text_input": [self.model.tokenizer.decode(prompt_ids)], "max_tokens": [job.max_tokens],
                 "stream": [True], **sampling(job, ENSEMBLE_SAMPLING)}
 
-    async def pieces(self, job: Generation, prompt_ids: list[int], answer: Answer) -> AsyncIterator[str]:
-        """The answer's text as it streams. Leaving early (a stop sequence, a client gone, an error)
-        cancels the Triton request: the caller must close this generator (contextlib.aclosing)."""
+    async def pieces(self, job: Generation, prompt_ids: list[int],
+                     answers: list[Answer]) -> AsyncIterator[tuple[int, str]]:
+        """(choice index, text) as the answers stream: one answer per choice (`n`, num_return_sequences).
+        Leaving early (a stop sequence, a client gone, an error) cancels the Triton request: the caller
+        must close this generator (contextlib.aclosing)."""
         stream = self.loopback.stream(self.target, self.inputs(job, prompt_ids))
         try:
             if self.path == "direct":
-                async for piece in self.decode(stream, answer, set(job.stop_token_ids), job.top_logprobs):
-                    yield piece
+                async for item in self.decode(stream, answers, set(job.stop_token_ids), job.top_logprobs):
+                    yield item
             else:
-                async for piece in self.texts(stream, answer):
-                    yield piece
+                async for piece in self.texts(stream, answers[0]):
+                    yield 0, piece
         except ModelError as error:
             raise triton_error(error, stream) from None
         finally:
             # A no-op once the stream has ended; otherwise Triton sees a cancelled request.
             stream.cancel()
 
-    async def decode(self, stream: Stream, answer: Answer, stop_ids: set[int], top: int) -> AsyncIterator[str]:
-        """One piece per Triton response, "" included, so the first comes with the first token. A stop
-        token id ends the answer and, as in vLLM, its text is not part of it (it is counted)."""
-        text = StreamedText(self.model.fast, self.model.skip_special_tokens)
+    async def decode(self, stream: Stream, answers: list[Answer], stop_ids: set[int],
+                     top: int) -> AsyncIterator[tuple[int, str]]:
+        """One piece per Triton response, "" included, so the first comes with the first token. Each
+        response is one sequence's, named by its sequence_index where there are several. A stop token
+        id ends its answer and, as in vLLM, its text is not part of it (it is counted); the request is
+        cancelled once every answer has ended so."""
+        texts = [StreamedText(self.model.fast, self.model.skip_special_tokens) for _ in answers]
         async for event in stream.responses():
-            ids = token_ids(event)
+            index = sequence_index(event, len(answers))
+            answer, ids = answers[index], token_ids(event)
+            if answer.stopped:
+                continue
             answer.ids += ids
             if answer.logprobs is not None:
                 answer.logprobs += of_event(event, ids, top)
             answer.completion_tokens += len(ids)
             cut = next((i for i, token in enumerate(ids) if token in stop_ids), None)
-            yield text.add(ids if cut is None else ids[:cut])
+            yield index, texts[index].add(ids if cut is None else ids[:cut])
             if cut is not None:
                 answer.stopped = True
-                break
-        tail = text.tail(self.model.fast.decode(text.ids, skip_special_tokens=self.model.skip_special_tokens))
-        if tail:
-            yield tail
+                if all(each.stopped for each in answers):
+                    break
+        for index, text in enumerate(texts):
+            tail = text.tail(self.model.fast.decode(text.ids, skip_special_tokens=self.model.skip_special_tokens))
+            if tail:
+                yield index, tail
 
     async def texts(self, stream: Stream, answer: Answer) -> AsyncIterator[str]:
         """The ensemble streams text pieces; tokens are counted by encoding the text (close, not exact).

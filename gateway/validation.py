@@ -32,6 +32,7 @@ from gateway.errors import ApiError, unsupported
 
 MAX_STOP_SEQUENCES = 4  # OpenAI's limit
 MAX_TOP_LOGPROBS = {True: 20, False: 5}  # OpenAI's limits: chat's top_logprobs, completions' logprobs
+MAX_CHOICES = 128  # OpenAI's limit on n
 INT32_MAX = 2**31 - 1
 # OpenAI keys that change nothing in the text of an answer from this server, so they are dropped:
 # who asks (`user`, `safety_identifier`), what OpenAI would store or bill (`store`, `metadata`,
@@ -57,7 +58,7 @@ UNSUPPORTED = {
     "logit_bias": "TensorRT-LLM's backend takes no per-token bias",
     "functions": "the deprecated `functions`; send them as `tools`",
     "function_call": "the deprecated `function_call`; send `tool_choice`",
-    "best_of": "only one sequence is generated per request",
+    "best_of": "best_of (generate several, return the most likely) is not implemented; `n` returns them all",
     "echo": "the prompt is not echoed",
     "suffix": "insertion (suffix) is not implemented",
     "audio": "audio output is not implemented",
@@ -88,6 +89,9 @@ class Serving:
     # Why it returns no log probabilities (None where it does), and how many alternatives per token it can.
     no_logprobs: str | None = None
     max_top_logprobs: int = 0
+    # Why it cannot answer one prompt with several sequences (None where it can), and at most how many.
+    no_sequences: str | None = "this runtime answers one sequence per request"
+    max_sequences: int = 1
 
 
 @dataclass
@@ -117,6 +121,7 @@ class Generation:
     guide: tuple[str, str] | None = None
     logprobs: bool = False  # each token's log probability (return_log_probs)
     top_logprobs: int = 0  # and this many most likely alternatives (num_top_log_probs)
+    n: int = 1  # answers to the one prompt (num_return_sequences)
 
     @property
     def greedy(self) -> bool:
@@ -373,6 +378,21 @@ def _logprobs(body: dict, chat: bool, serving: Serving) -> tuple[bool, int]:
     return wanted, top
 
 
+def _choices(body: dict, serving: Serving) -> int:
+    """`n`: how many answers to the one prompt, each its own sequence in the engine's batch."""
+    n = _integer(body, "n")
+    if n is None:
+        return 1
+    if not 1 <= n <= MAX_CHOICES:
+        raise ApiError(f"n {n} is out of range: it must be between 1 and {MAX_CHOICES}", "n", code="invalid_value")
+    if n > 1 and serving.no_sequences:
+        raise unsupported("n", f"n={n}: {serving.no_sequences}")
+    if n > serving.max_sequences:
+        raise ApiError(f"n {n} is more than this deployment's max_batch_size {serving.max_sequences}: each answer "
+                       "is a sequence of the engine's batch", "n", code="invalid_value")
+    return n
+
+
 def _engine_ranges(generation: Generation) -> None:
     """What TensorRT-LLM itself refuses, named as the client named it (sampling_ranges.py)."""
     checks = [("seed", "seed", generation.seed), ("presence_penalty", "presence_penalty", generation.presence_penalty),
@@ -410,9 +430,6 @@ def parse(body: object, chat: bool, serving: Serving) -> Generation:
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise ApiError("you must provide a model parameter", "model", code="missing_required_parameter")
-    n = _integer(body, "n")
-    if n is not None and n != 1:
-        raise unsupported("n", f"n={n}; only one choice (n=1) is generated per request")
     stream = _boolean(body, "stream")
     include_usage, continuous_usage = _stream_options(body, stream)
     limit, defaults = serving.max_output_len, serving.defaults
@@ -448,6 +465,7 @@ def parse(body: object, chat: bool, serving: Serving) -> Generation:
             generation.tools = None  # the model answers in words, as if no tools had been offered
     _guide(generation, _response_format(body), serving)
     generation.logprobs, generation.top_logprobs = _logprobs(body, chat, serving)
+    generation.n = _choices(body, serving)
     if not chat:
         generation.prompt = _prompt(body)
     return generation

@@ -40,23 +40,27 @@ def gateway(triton, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gatewa
 
 @pytest.fixture(scope="module")
 def client(gateway) -> openai.OpenAI:
-    return gateway.client(timeout=120)
+    return gateway.client(timeout=300)
+
+
+def streamed_messages(stream) -> dict[int, tuple[dict, str]]:
+    """A stream's deltas merged as a client does it, per choice: content joined, each call's pieces joined by
+    index; with the choice's finish reason."""
+    merged: dict[int, tuple[str, dict, str | None]] = {}
+    for chunk in stream:
+        for choice in chunk.choices:
+            content, calls, reason = merged.get(choice.index, ("", {}, None))
+            for piece in choice.delta.tool_calls or []:
+                call = calls.setdefault(piece.index, {"id": piece.id, "name": "", "arguments": ""})
+                call["name"] += piece.function.name or ""
+                call["arguments"] += piece.function.arguments or ""
+            merged[choice.index] = (content + (choice.delta.content or ""), calls, choice.finish_reason or reason)
+    return {index: ({"content": content, "tool_calls": [calls[i] for i in sorted(calls)]}, reason)
+            for index, (content, calls, reason) in merged.items()}
 
 
 def streamed_message(stream) -> tuple[dict, str]:
-    """A stream's deltas merged as a client does it: content joined, each call's pieces joined by index."""
-    content, calls, reason = "", {}, None
-    for chunk in stream:
-        if not chunk.choices:
-            continue
-        choice = chunk.choices[0]
-        content += choice.delta.content or ""
-        for piece in choice.delta.tool_calls or []:
-            call = calls.setdefault(piece.index, {"id": piece.id, "name": "", "arguments": ""})
-            call["name"] += piece.function.name or ""
-            call["arguments"] += piece.function.arguments or ""
-        reason = choice.finish_reason or reason
-    return {"content": content, "tool_calls": [calls[i] for i in sorted(calls)]}, reason
+    return streamed_messages(stream)[0]
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
@@ -190,6 +194,48 @@ def test_more_alternatives_than_the_runtime_returns_are_refused_by_name(client):
     with pytest.raises(openai.BadRequestError) as raised:
         client.chat.completions.create(model=MODEL, messages=PLANETS, max_tokens=3, logprobs=True, top_logprobs=21)
     assert raised.value.body["param"] == "top_logprobs"
+
+
+def test_n_answers_each_with_its_own_text_logprobs_and_finish_and_usage_counts_them_all(client):
+    """n > 1 is the runtime's num_return_sequences: n sampled answers to one prompt, the same whole or
+    streamed (seeded), each choice with its own log probabilities; usage counts every answer's tokens."""
+    options = {"model": MODEL, "messages": PLANETS, "max_tokens": 10, "temperature": 1.0, "seed": 11, "n": 3,
+               "logprobs": True}
+    whole = client.chat.completions.create(**options)
+    assert [choice.index for choice in whole.choices] == [0, 1, 2]
+    texts = [choice.message.content for choice in whole.choices]
+    assert len(set(texts)) > 1, texts  # sampled, each its own sequence
+    for choice in whole.choices:
+        assert "".join(entry.token for entry in choice.logprobs.content) == choice.message.content
+        assert choice.finish_reason in ("stop", "length")
+    assert whole.usage.completion_tokens == sum(len(choice.logprobs.content) for choice in whole.choices)
+    chunks = list(client.chat.completions.create(**options, stream=True, stream_options={"include_usage": True}))
+    streamed = streamed_messages(chunks)
+    assert {index: message["content"] for index, (message, _) in streamed.items()} == dict(enumerate(texts))
+    assert [streamed[i][1] for i in range(3)] == [choice.finish_reason for choice in whole.choices]
+    assert chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
+
+
+def test_n_answers_are_each_held_to_the_schema_or_the_forced_call_and_cut_at_the_stop(client):
+    response_format = {"type": "json_schema", "json_schema": {"name": "person", "schema": PERSON, "strict": True}}
+    answer = client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "Invent a person."}], response_format=response_format,
+        max_tokens=60, temperature=1.0, seed=3, n=2)
+    for choice in answer.choices:
+        jsonschema.validate(json.loads(choice.message.content), PERSON)
+    calls = streamed_messages(client.chat.completions.create(
+        model=MODEL, messages=ASK, tools=[WEATHER], tool_choice="required", parallel_tool_calls=False, max_tokens=40,
+        temperature=1.0, seed=3, n=2, stream=True))
+    assert sorted(calls) == [0, 1]
+    for message, reason in calls.values():
+        assert reason == "tool_calls" and message["tool_calls"][0]["name"] == "get_weather", message
+        jsonschema.validate(json.loads(message["tool_calls"][0]["arguments"]), CITY)
+    cut = client.completions.create(model=MODEL, prompt="The capital of France is", max_tokens=12, temperature=1.0,
+                                    seed=5, n=2, stop=[" "], logprobs=1)
+    assert [choice.index for choice in cut.choices] == [0, 1]
+    for choice in cut.choices:
+        assert " " not in choice.text and choice.finish_reason == "stop", choice
+        assert choice.logprobs.text_offset[0] == 0
 
 
 def test_langchain_bind_tools_and_with_structured_output(gateway):

@@ -105,7 +105,7 @@ def test_what_a_build_cannot_enforce_or_return_is_refused_by_name(model):
     for where in (deployed(llmapi, "ensemble")[0], deployed(model, "ensemble")[0]):
         for body, param in [({"response_format": {"type": "json_object"}}, "response_format"),
                             ({"tools": [tool], "tool_choice": "required"}, "tool_choice"),
-                            ({"logprobs": True}, "logprobs")]:
+                            ({"logprobs": True}, "logprobs"), ({"n": 2}, "n")]:
             error = refused(ASK | body, where)
             assert (error.param, error.code) == (param, "unsupported_parameter"), error
         # tool_choice auto needs no grammar: the template renders the tools, the gateway reads the call
@@ -115,3 +115,16 @@ def test_what_a_build_cannot_enforce_or_return_is_refused_by_name(model):
                             serving=direct).guide == ("json", "")
     engine = dataclasses.replace(model, capabilities={**model.capabilities, "top_log_probs": 0})
     assert refused(ASK | {"logprobs": True, "top_logprobs": 2}, deployed(engine, "direct")[0]).param == "top_logprobs"
+
+
+def test_n_is_bounded_by_openais_limit_and_the_batch_each_answer_takes_a_row_of(model):
+    from gateway.app import serving as deployed
+
+    direct = deployed(model, "direct")[0]
+    assert validation.parse(ASK | {"n": model.max_batch_size}, chat=True, serving=direct).n == model.max_batch_size
+    for n, message in [(0, "n 0 is out of range: it must be between 1 and 128"),
+                       (model.max_batch_size + 1, f"n {model.max_batch_size + 1} is more than this deployment's "
+                        f"max_batch_size {model.max_batch_size}: each answer is a sequence of the engine's batch")]:
+        error = refused(ASK | {"n": n}, direct)
+        assert (error.param, error.message) == ("n", message)
+    assert refused(ASK | {"n": True}, direct).code == "invalid_type"
