@@ -560,16 +560,17 @@ def test_cli_prints_each_directory_and_exits_1_on_a_problem(
         "× 1 = 23\n"
         f"{PLACEHOLDERS}"
         "2 directories, 1 failed\n"
-        "The placeholders above are this template's stand-ins: replace them (docs/runbook.md step 4); "
+        "The placeholders above are this template's stand-ins: replace them (docs/runbook.md steps 3b, 8); "
         "tools/validate.py --before-push refuses them.\n"
     )
 
 
 PLACEHOLDERS = (
     f"   · placeholder: image '{TRITON_COPY}' (Deployment/triton fetch-model, Deployment/triton triton): project "
-    "example-project and the all-zero digest (docs/runbook.md step 4)\n"
+    "example-project and the all-zero digest (docs/runbook.md steps 3b, 8)\n"
     f"   · placeholder: image 'us-docker.pkg.dev/example-project/gke-triton-llm/gateway@sha256:{'0' * 64}' "
-    "(Deployment/triton gateway): project example-project and the all-zero digest (docs/runbook.md step 4)\n"
+    "(Deployment/triton gateway): project example-project and the all-zero digest "
+    "(docs/runbook.md steps 3b, 8)\n"
 )
 
 
@@ -1052,7 +1053,7 @@ def test_an_image_outside_the_pinned_one(repo: Path) -> None:
         f"Deployment/triton: container fetch-model image {image} is not from this project's Artifact Registry "
         "(us-docker.pkg.dev/example-project/gke-triton-llm/…, us-docker.pkg.dev/example-project/nvcr/…) nor a name "
         "the Binary Authorization policy allows (gitops/supply-chain/admission.yaml); copy it there (docs/runbook.md "
-        "step 4), where it is scanned, and pin the copy",
+        "step 3b), where it is scanned, and pin the copy",
     ]
 
 
@@ -1410,7 +1411,7 @@ def test_a_real_pin_needs_a_pushed_gateway_image(repo: Path) -> None:
 
 
 def own_project(repo: Path, project: str) -> None:
-    """What docs/runbook.md step 4 does: the supply chain and the Triton copy in the user's project."""
+    """What docs/runbook.md step 3b does: the supply chain and the Triton copy in the user's project."""
     edit(repo, "gitops/supply-chain/project.yaml", "project: example-project", f"project: {project}")
     edit(repo, "gitops/supply-chain/project.yaml", "projects/example-project", f"projects/{project}")
     edit(repo, "gitops/base/kustomization.yaml", "example-project/nvcr/", f"{project}/nvcr/")

@@ -258,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     failed = sum(1 for r in results if r.problems)
     print(f"{len(results)} director{'y' if len(results) == 1 else 'ies'}, {failed} failed")
     if any(r.placeholders for r in results):
-        print("The placeholders above are this template's stand-ins: replace them (docs/runbook.md step 4); "
+        print("The placeholders above are this template's stand-ins: replace them (docs/runbook.md steps 3b, 8); "
               "tools/validate.py --before-push refuses them.")
     return 1 if failed else 0
 

@@ -32,7 +32,7 @@ CLUSTER_MODE = FACTS["gke_binauthz_evaluation_mode"]["value"]
 # This template's stand-ins, named so that nobody mistakes them for real values.
 PLACEHOLDER_DIGEST = "sha256:" + "0" * 64
 PLACEHOLDER_KEY = "EXAMPLE-PUBLIC-KEY"
-RUNBOOK_STEP = "docs/runbook.md step 4"
+RUNBOOK_STEP = "docs/runbook.md steps 3b, 8"
 
 _POLICY, _ATTESTOR, _NOTE = "BinaryAuthorizationPolicy", "BinaryAuthorizationAttestor", "ContainerAnalysisNote"
 _RULES = ("clusterAdmissionRules", "kubernetesNamespaceAdmissionRules", "kubernetesServiceAccountAdmissionRules",
@@ -260,9 +260,8 @@ def placeholders(objects: list[dict]) -> list[str]:
             found.append(f"{ref(obj)}: project {EXAMPLE_PROJECT}")
         drydock = obj.get("spec", {}).get("userOwnedDrydockNote", {}) if obj.get("kind") == _ATTESTOR else {}
         for key in drydock.get("publicKeys", []):
-            pem = key.get("pkixPublicKey", {}).get("publicKeyPem", "")
-            if PLACEHOLDER_KEY in pem or EXAMPLE_PROJECT in key.get("id", ""):
-                found.append(f"{ref(obj)}: the example public key {key.get('id')} ({RUNBOOK_STEP})")
+            if PLACEHOLDER_KEY in key.get("pkixPublicKey", {}).get("publicKeyPem", ""):
+                found.append(f"{ref(obj)}: the example public key (gitops/supply-chain/image-gate.pem; {RUNBOOK_STEP})")
     return found
 
 
