@@ -156,11 +156,6 @@ def triton_image() -> str:
     return versions()["triton"]["image"]
 
 
-def triton_digest() -> str:
-    """The digest nvcr.io serves for triton_image(), which its Artifact Registry copy keeps."""
-    return versions()["triton"]["digest"]
-
-
 def triton_image_disk_gb() -> float:
     """What the pinned image takes on a node's boot disk (GB, 10^9): the pulled layers and their unpacked copy."""
     triton = versions()["triton"]

@@ -13,7 +13,7 @@ import catalog
 import pytest
 import validate
 import yaml
-from policy import capacity, kubeschema
+from policy import capacity, images, kubeschema
 
 ROOT = Path(__file__).resolve().parent.parent
 CRDS = validate.VENDORED_CRDS
@@ -278,7 +278,7 @@ HPA_BACK = """  - target:
 
 
 TRITON_ENTRY = "    newName: us-docker.pkg.dev/example-project/nvcr/nvidia/tritonserver\n    digest: sha256:"
-TRITON_COPY = f"us-docker.pkg.dev/example-project/nvcr/nvidia/tritonserver@{catalog.triton_digest()}"
+TRITON_COPY = f"us-docker.pkg.dev/example-project/nvcr/nvidia/tritonserver@{images.triton_digest()}"
 
 
 def test_image_that_differs_from_versions_toml_names_both_sides(repo: Path) -> None:
@@ -289,7 +289,7 @@ def test_image_that_differs_from_versions_toml_names_both_sides(repo: Path) -> N
         f"{OVERLAY} deploys {other}; rebuild it with the versions pinned in build/versions.toml, or change both "
         "together",
         f"Deployment/triton: container triton runs {other!r}, but build/versions.toml pins "
-        "'nvcr.io/nvidia/tritonserver:26.07-trtllm-python-py3' at " + catalog.triton_digest() + ", copied into "
+        "'nvcr.io/nvidia/tritonserver:26.07-trtllm-python-py3' at " + images.triton_digest() + ", copied into "
         "Artifact Registry (…/nvidia/tritonserver@ that digest); change the `images:` entry in gitops/base",
     ]
 

@@ -18,6 +18,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import catalog
+
 from .gateway import EXAMPLE_PROJECT
 from .k8s_objects import by_kind, containers, pod_spec, ref
 
@@ -90,6 +92,11 @@ class Registry:
     def example(self) -> str:
         where = ", ".join(f"{loc}-docker.pkg.dev/{self.project}/{name}/…" for name, loc in self.repositories.items())
         return where or "none: gitops/supply-chain has no ArtifactRegistryRepository"
+
+
+def triton_digest() -> str:
+    """The digest nvcr.io serves for build/versions.toml's Triton tag, which its Artifact Registry copy keeps."""
+    return catalog.versions()["triton"]["digest"]
 
 
 def is_copy(deployed: str, upstream: str, digest: str) -> bool:

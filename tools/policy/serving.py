@@ -472,7 +472,7 @@ def _triton_as_built(triton: dict) -> str:
     Artifact Registry copy by the recorded digest; otherwise what it runs, as it is."""
     deployed = triton.get("image", "")
     upstream = catalog.triton_image()
-    return upstream if images.is_copy(deployed, upstream, catalog.triton_digest()) else deployed
+    return upstream if images.is_copy(deployed, upstream, images.triton_digest()) else deployed
 
 
 def check_pin(
@@ -614,7 +614,7 @@ def check_serving(objects: list[dict], pin_path: Path, context: ServingContext) 
         if _triton_as_built(triton) != catalog.triton_image():
             problems.append(
                 f"{ref(deployment)}: container triton runs {triton.get('image')!r}, but build/versions.toml pins "
-                f"{catalog.triton_image()!r} at {catalog.triton_digest()}, copied into Artifact Registry "
+                f"{catalog.triton_image()!r} at {images.triton_digest()}, copied into Artifact Registry "
                 "(…/nvidia/tritonserver@ that digest); change the `images:` entry in gitops/base"
             )
         problems += _check_repository_path(deployment, pod, triton)
