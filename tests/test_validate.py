@@ -1053,7 +1053,7 @@ def test_an_image_outside_the_pinned_one(repo: Path) -> None:
         f"Deployment/triton: container fetch-model image {image} is not from this project's Artifact Registry "
         "(us-docker.pkg.dev/example-project/gke-triton-llm/…, us-docker.pkg.dev/example-project/nvcr/…) nor a name "
         "the Binary Authorization policy allows (gitops/supply-chain/admission.yaml); copy it there (docs/runbook.md "
-        "step 3b), where it is scanned, and pin the copy",
+        "steps 3b, 8), where it is scanned, and pin the copy",
     ]
 
 

@@ -86,8 +86,9 @@ class Registry:
         return repository if self.repositories.get(repository) == match["location"] else None
 
     def allows(self, image: Image) -> bool:
-        named = f"{image.name}:{image.tag}" if image.tag else image.name
-        return any(pattern_matches(p, image.name) or pattern_matches(p, named) for p in self.patterns)
+        # A pattern may name the image alone, or with its tag or digest.
+        names = {image.name, f"{image.name}:{image.tag}", f"{image.name}@{image.digest}"}
+        return any(pattern_matches(p, n) for p in self.patterns for n in names)
 
     def example(self) -> str:
         where = ", ".join(f"{loc}-docker.pkg.dev/{self.project}/{name}/…" for name, loc in self.repositories.items())
@@ -105,6 +106,14 @@ def is_copy(deployed: str, upstream: str, digest: str) -> bool:
     ours, theirs = parse(deployed), parse(upstream)
     return (bool(_AR_HOST.match(ours.host)) and ours.digest == digest and not ours.tag
             and ours.path.split("/", 2)[2:] == [theirs.path])
+
+
+def as_built(deployed: str) -> str:
+    """The image builds record for the one a Triton container runs: build/versions.toml's nvcr.io tag
+    where it runs that image's Artifact Registry copy by the recorded digest, else what it runs, as it is.
+    The pin gate compares this with a build's `triton_image` (tools/validate.py and tools/pin.py)."""
+    upstream = catalog.versions()["triton"]["image"]
+    return upstream if is_copy(deployed, upstream, triton_digest()) else deployed
 
 
 def pattern_matches(pattern: str, name: str) -> bool:

@@ -467,19 +467,12 @@ def read_pin(path: Path) -> tuple[dict[str, str] | None, list[str]]:
     return {key: str(data[key]) for key in keys}, []
 
 
-def _triton_as_built(triton: dict) -> str:
-    """The image builds record (build/versions.toml's nvcr.io tag) where container triton runs its
-    Artifact Registry copy by the recorded digest; otherwise what it runs, as it is."""
-    deployed = triton.get("image", "")
-    upstream = catalog.triton_image()
-    return upstream if images.is_copy(deployed, upstream, images.triton_digest()) else deployed
-
-
 def check_pin(
     pin: dict[str, str], deployment: dict, gpu: catalog.Gpu, count: int, triton: dict, pod: dict
 ) -> list[str]:
     """The compatibility gate (tools/policy/pin_gate.py), and the pin's URI where the init container fetches it."""
-    problems = pin_gate.problems(pin, f"this overlay's {ref(deployment)}", gpu, count, _triton_as_built(triton))
+    image = images.as_built(triton.get("image", ""))
+    problems = pin_gate.problems(pin, f"this overlay's {ref(deployment)}", gpu, count, image)
     if not (pin["uri"].startswith("gs://") and pin["uri"].endswith(f"/{pin['build_id']}/")):
         problems.append(f"model-pin uri {pin['uri']!r} must be gs://…/<model>/{pin['build_id']}/ (its build_id)")
     fetch = next((c for c in pod.get("initContainers", []) if c.get("name") == FETCH_CONTAINER), {})
@@ -611,7 +604,7 @@ def check_serving(objects: list[dict], pin_path: Path, context: ServingContext) 
                     on_spot = bool(capacity.spot_offers(pod, gpu.accelerator, context.node_pools, classes))
             if pin is not None:
                 problems += check_pin(pin, deployment, gpu, count, triton, pod)
-        if _triton_as_built(triton) != catalog.triton_image():
+        if images.as_built(triton.get("image", "")) != catalog.triton_image():
             problems.append(
                 f"{ref(deployment)}: container triton runs {triton.get('image')!r}, but build/versions.toml pins "
                 f"{catalog.triton_image()!r} at {images.triton_digest()}, copied into Artifact Registry "
