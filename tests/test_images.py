@@ -6,6 +6,10 @@ the policy, its attestor and their note agree; the template's stand-ins pass by 
 
 from __future__ import annotations
 
+import os
+import re
+import subprocess
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -13,6 +17,7 @@ import validate
 import yaml
 from policy import images
 
+ROOT = Path(__file__).resolve().parent.parent
 CRDS = validate.VENDORED_CRDS
 ZERO = "sha256:" + "0" * 64
 REAL = "sha256:" + "ab" * 32
@@ -111,14 +116,21 @@ def test_an_image_from_a_foreign_registry(repo: Path) -> None:
 
 
 def test_a_repository_in_another_location_than_the_image_says(repo: Path) -> None:
+    edit(repo, "gitops/supply-chain/project.yaml", "project: example-project", "project: my-project")
+    edit(repo, "gitops/supply-chain/project.yaml", "projects/example-project", "projects/my-project")
+    edit(repo, "gitops/base/kustomization.yaml", "example-project/nvcr/", "my-project/nvcr/")
     edit(repo, "gitops/supply-chain/repositories.yaml", "  name: nvcr\n  namespace: gke-platform\n  annotations:\n"
          "    cnrm.cloud.google.com/deletion-policy: abandon\nspec:\n  location: us\n",
          "  name: nvcr\n  namespace: gke-platform\n  annotations:\n"
          "    cnrm.cloud.google.com/deletion-policy: abandon\nspec:\n  location: europe\n")
-    [problem, _] = problems(repo, "gitops/base")
-    assert problem.startswith(f"Deployment/triton: container fetch-model image '{TRITON_COPY}@{ZERO}' is not from "
-                              "this project's Artifact Registry (us-docker.pkg.dev/example-project/gke-triton-llm/…, "
-                              "europe-docker.pkg.dev/example-project/nvcr/…)")
+    copy = f"us-docker.pkg.dev/my-project/nvcr/nvidia/tritonserver@{ZERO}"
+    assert problems(repo, "gitops/base") == [
+        f"Deployment/triton: container {name} image '{copy}' is not from this project's Artifact Registry "
+        "(us-docker.pkg.dev/my-project/gke-triton-llm/…, europe-docker.pkg.dev/my-project/nvcr/…) nor a name the "
+        "Binary Authorization policy allows (gitops/supply-chain/admission.yaml); copy it there (docs/runbook.md "
+        "steps 3b, 8), where it is scanned, and pin the copy"
+        for name in ("fetch-model", "triton")
+    ]
 
 
 def test_an_image_the_policy_allows_by_name(repo: Path) -> None:
@@ -209,3 +221,29 @@ def test_the_recorded_facts_match_the_vendored_crds() -> None:
     assert all(mode in rule["enforcementMode"]["description"] for mode in images.ENFORCEMENT_MODES.values())
     assert images.GLOBAL_POLICY in spec("BinaryAuthorizationPolicy")["globalPolicyEvaluationMode"]["description"]
     assert "evaluationMode" in spec("ContainerCluster")["binaryAuthorization"]["properties"]
+
+
+def test_the_runbooks_step_3b_edits_leave_only_the_gateway_to_step_8(
+    repo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The `sed` edits of docs/runbook.md step 3b, run as written on a copy, with the values gcloud and
+    # crane would give; the key is what `gcloud kms keys versions get-public-key` writes.
+    runbook = (ROOT / "docs/runbook.md").read_text()
+    section = runbook[runbook.index("## 3b."):runbook.index("## 4.")]
+    script = "\n".join(re.findall(r"```bash\n(.*?)```", section, re.S))
+    seds = re.findall(r"^sed -i .*?(?<!\\)$", script, re.M | re.S)
+    assert len(seds) == 4, seds  # project.yaml, versions.toml, gitops/base, admission.yaml (enforce)
+    (repo / "build").mkdir()
+    (repo / "build/versions.toml").write_text((ROOT / "build/versions.toml").read_text())
+    env = {**os.environ, "PROJECT_ID": "my-project", "TRITON_DIGEST": REAL}
+    for sed in seds:
+        subprocess.run(["bash", "-ceu", sed], cwd=repo, env=env, check=True)
+    (repo / "gitops/supply-chain/image-gate.pem").write_text(KEY)
+    digest = tomllib.loads((repo / "build/versions.toml").read_text())["triton"]["digest"]
+    monkeypatch.setattr(images, "triton_digest", lambda: digest)
+    assert digest == REAL
+    assert problems(repo, "gitops/supply-chain", before_push=True) == []
+    assert problems(repo, "overlays/cpu", before_push=True) == [
+        f"placeholder: image '{GATEWAY}@{ZERO}' (Deployment/triton gateway): project example-project and the "
+        "all-zero digest (docs/runbook.md steps 3b, 8)"
+    ]
