@@ -379,7 +379,7 @@ def test_compile_job_base_renders_for_its_example_gpu():
         "cpu": str(h100.pod_cpu), "memory": f"{h100.pod_memory_gib}Gi", "nvidia.com/gpu": "1"}
     # the image that builds is ours, built FROM the image that serves (the next test)
     assert [c["image"] for c in pod["containers"]] == [
-        "us-docker.pkg.dev/example-project/gke-triton-llm/compile-engine:example"]
+        f"us-docker.pkg.dev/example-project/gke-triton-llm/compile-engine@sha256:{'0' * 64}"]
     assert "initContainers" not in pod
     assert job["metadata"]["namespace"] == "triton-build"
     assert pod["serviceAccountName"] == by_kind(docs, "ServiceAccount")["metadata"]["name"]

@@ -13,7 +13,7 @@ import catalog
 import pytest
 import validate
 import yaml
-from policy import capacity, kubeschema
+from policy import capacity, images, kubeschema
 
 ROOT = Path(__file__).resolve().parent.parent
 CRDS = validate.VENDORED_CRDS
@@ -277,23 +277,30 @@ HPA_BACK = """  - target:
 """
 
 
+TRITON_ENTRY = "    newName: us-docker.pkg.dev/example-project/nvcr/nvidia/tritonserver\n    digest: sha256:"
+TRITON_COPY = f"us-docker.pkg.dev/example-project/nvcr/nvidia/tritonserver@{images.triton_digest()}"
+
+
 def test_image_that_differs_from_versions_toml_names_both_sides(repo: Path) -> None:
-    edit(repo, "gitops/base/kustomization.yaml", "newTag: 26.07-trtllm-python-py3", "newTag: 26.08-trtllm-python-py3")
+    edit(repo, "gitops/base/kustomization.yaml", TRITON_ENTRY + "0", TRITON_ENTRY + "1")
+    other = TRITON_COPY.replace("@sha256:0", "@sha256:1")
     assert problems(repo, "overlays/cpu") == [
         "build 2fbafdfb8e6455cc was made for image nvcr.io/nvidia/tritonserver:26.07-trtllm-python-py3 but "
-        f"{OVERLAY} deploys nvcr.io/nvidia/tritonserver:26.08-trtllm-python-py3; rebuild it with the versions "
-        "pinned in build/versions.toml, or change both together",
-        "Deployment/triton: container triton runs 'nvcr.io/nvidia/tritonserver:26.08-trtllm-python-py3', but "
-        "build/versions.toml pins 'nvcr.io/nvidia/tritonserver:26.07-trtllm-python-py3'; change the `images:` "
-        "entry in gitops/base",
+        f"{OVERLAY} deploys {other}; rebuild it with the versions pinned in build/versions.toml, or change both "
+        "together",
+        f"Deployment/triton: container triton runs {other!r}, but build/versions.toml pins "
+        "'nvcr.io/nvidia/tritonserver:26.07-trtllm-python-py3' at " + images.triton_digest() + ", copied into "
+        "Artifact Registry (…/nvidia/tritonserver@ that digest); change the `images:` entry in gitops/base",
     ]
 
 
-def test_unpinned_image(repo: Path) -> None:
-    edit(repo, "gitops/base/kustomization.yaml", "newTag: 26.07-trtllm-python-py3", "newTag: latest")
+def test_image_by_tag_alone(repo: Path) -> None:
+    by_tag = TRITON_ENTRY.replace("digest: sha256:", "newTag: latest\n#")
+    edit(repo, "gitops/base/kustomization.yaml", TRITON_ENTRY, by_tag)
+    image = "us-docker.pkg.dev/example-project/nvcr/nvidia/tritonserver:latest"
     assert problems(repo, "gitops/base") == [
-        f"Deployment/triton: container {name} image 'nvcr.io/nvidia/tritonserver:latest' is not pinned; give it a "
-        "version tag or a digest (kustomize `images:`), never latest"
+        f"Deployment/triton: container {name} image {image!r} is not pinned by digest (@sha256: and 64 hex "
+        "digits); pin it in the kustomization's `images:` with `digest:`, never a tag alone"
         for name in ("fetch-model", "triton")
     ]
 
@@ -545,13 +552,26 @@ def test_cli_prints_each_directory_and_exits_1_on_a_problem(
     edit(repo, "overlays/h100/gpu.yaml", 'cpu: "23"', 'cpu: "16"')
     assert validate.main(["--repo", str(repo), "--crds", str(CRDS), "overlays/cpu", "overlays/h100"]) == 1
     assert capsys.readouterr().out == (
-        f"CRD schemas from {CRDS} (13 kinds)\n"
+        f"CRD schemas from {CRDS} (18 kinds)\n"
         "✅ overlays/cpu (16 objects)\n"
+        f"{PLACEHOLDERS}"
         "❌ overlays/h100\n"
         "   - Deployment/triton: container triton requests cpu 16, but build/gpus.toml gives h100 pods 23 per GPU "
         "× 1 = 23\n"
+        f"{PLACEHOLDERS}"
         "2 directories, 1 failed\n"
+        "The placeholders above are this template's stand-ins: replace them (docs/runbook.md steps 3b, 8); "
+        "tools/validate.py --before-push refuses them.\n"
     )
+
+
+PLACEHOLDERS = (
+    f"   · placeholder: image '{TRITON_COPY}' (Deployment/triton fetch-model, Deployment/triton triton): project "
+    "example-project and the all-zero digest (docs/runbook.md steps 3b, 8)\n"
+    f"   · placeholder: image 'us-docker.pkg.dev/example-project/gke-triton-llm/gateway@sha256:{'0' * 64}' "
+    "(Deployment/triton gateway): project example-project and the all-zero digest "
+    "(docs/runbook.md steps 3b, 8)\n"
+)
 
 
 def test_cli_crd_directory_from_the_environment(
@@ -560,9 +580,9 @@ def test_cli_crd_directory_from_the_environment(
     monkeypatch.chdir(repo)
     monkeypatch.setenv(validate.CRDS_ENV, str(CRDS))
     assert validate.main(["--repo", str(repo), "gitops/nodepools"]) == 0
-    assert capsys.readouterr().out == (
-        f"CRD schemas from {CRDS} (13 kinds)\n✅ gitops/nodepools (11 objects)\n1 directory, 0 failed\n"
-    )
+    assert capsys.readouterr().out.splitlines()[:3] == [
+        f"CRD schemas from {CRDS} (18 kinds)", "✅ gitops/nodepools (11 objects)",
+        "   · placeholder: ContainerNodePool/triton-a100-80gb: project example-project"]
 
 
 def test_cli_checks_custom_resources_against_the_vendored_crds_by_default(
@@ -571,7 +591,7 @@ def test_cli_checks_custom_resources_against_the_vendored_crds_by_default(
     monkeypatch.chdir(repo)
     monkeypatch.delenv(validate.CRDS_ENV, raising=False)
     assert validate.main(["--repo", str(repo), "gitops/nodepools"]) == 0
-    assert capsys.readouterr().out.splitlines()[0] == f"CRD schemas from {CRDS} (13 kinds)"
+    assert capsys.readouterr().out.splitlines()[0] == f"CRD schemas from {CRDS} (18 kinds)"
 
 
 def test_cli_without_kustomize_is_a_tool_error(
@@ -1023,11 +1043,17 @@ def test_managed_certificate_in_a_wave_argo_cd_waits_on(repo: Path) -> None:
 def test_an_image_outside_the_pinned_one(repo: Path) -> None:
     edit(repo, "overlays/h100/gpu.yaml", "        - name: fetch-model\n",
          "        - name: fetch-model\n          image: gcr.io/google.com/cloudsdktool/google-cloud-cli:528.0.0-slim\n")
+    image = "'gcr.io/google.com/cloudsdktool/google-cloud-cli:528.0.0-slim'"
     assert problems(repo, "overlays/h100") == [
-        "Deployment/triton: container fetch-model runs 'gcr.io/google.com/cloudsdktool/google-cloud-cli:528.0.0-slim', "
-        "not the pinned Triton image 'nvcr.io/nvidia/tritonserver:26.07-trtllm-python-py3' that container triton "
-        "runs; the serving pod runs only the pinned image, so nothing in it can expire or drift (fetch-model copies "
-        "with it, gitops/base/deployment.yaml)"
+        f"Deployment/triton: container fetch-model runs {image}, not the pinned Triton image '{TRITON_COPY}' that "
+        "container triton runs; the serving pod runs only the pinned image, so nothing in it can expire or drift "
+        "(fetch-model copies with it, gitops/base/deployment.yaml)",
+        f"Deployment/triton: container fetch-model image {image} is not pinned by digest (@sha256: and 64 hex "
+        "digits); pin it in the kustomization's `images:` with `digest:`, never a tag alone",
+        f"Deployment/triton: container fetch-model image {image} is not from this project's Artifact Registry "
+        "(us-docker.pkg.dev/example-project/gke-triton-llm/…, us-docker.pkg.dev/example-project/nvcr/…) nor a name "
+        "the Binary Authorization policy allows (gitops/supply-chain/admission.yaml); copy it there (docs/runbook.md "
+        "steps 3b, 8), where it is scanned, and pin the copy",
     ]
 
 
@@ -1288,10 +1314,10 @@ def test_serving_pod_without_the_gateway(repo: Path) -> None:
     edit(repo, "gitops/base/deployment.yaml", "        - name: gateway\n", "        - name: api\n")
     assert problems(repo, "overlays/cpu") == [
         "Deployment/triton: no container gateway: nothing serves the OpenAI API (/v1) (gitops/base/deployment.yaml)",
-        "Deployment/triton: container api runs 'us-docker.pkg.dev/example-project/gke-triton-llm/gateway:example', "
-        "not the pinned Triton image 'nvcr.io/nvidia/tritonserver:26.07-trtllm-python-py3' that container triton "
-        "runs; the serving pod runs only the pinned image, so nothing in it can expire or drift (fetch-model copies "
-        "with it, gitops/base/deployment.yaml)",
+        f"Deployment/triton: container api runs 'us-docker.pkg.dev/example-project/gke-triton-llm/gateway@sha256:"
+        f"{'0' * 64}', not the pinned Triton image '{TRITON_COPY}' that container triton runs; the serving pod runs "
+        "only the pinned image, so nothing in it can expire or drift (fetch-model copies with it, "
+        "gitops/base/deployment.yaml)",
     ]
 
 
@@ -1377,15 +1403,23 @@ STAND_IN_NOTE = (
 def test_a_real_pin_needs_a_pushed_gateway_image(repo: Path) -> None:
     edit(repo, "overlays/h100/model-pin.yaml", STAND_IN_NOTE, "")
     assert problems(repo, "overlays/h100") == [
-        "Deployment/triton: container gateway runs 'us-docker.pkg.dev/example-project/gke-triton-llm/gateway:example', "
-        "in the example registry of example-project and not pinned by digest, but this overlay pins a real build "
+        "Deployment/triton: container gateway runs 'us-docker.pkg.dev/example-project/gke-triton-llm/gateway@sha256:"
+        f"{'0' * 64}', in the example registry of example-project, but this overlay pins a real build "
         "(model-pin.yaml is no stand-in); build and push the gateway image and pin it by digest in the overlay's "
         "`images:` (docs/runbook.md, step 8)"
     ]
 
 
+def own_project(repo: Path, project: str) -> None:
+    """What docs/runbook.md step 3b does: the supply chain and the Triton copy in the user's project."""
+    edit(repo, "gitops/supply-chain/project.yaml", "project: example-project", f"project: {project}")
+    edit(repo, "gitops/supply-chain/project.yaml", "projects/example-project", f"projects/{project}")
+    edit(repo, "gitops/base/kustomization.yaml", "example-project/nvcr/", f"{project}/nvcr/")
+
+
 def test_a_real_pin_with_the_gateway_image_by_tag(repo: Path) -> None:
     edit(repo, "overlays/h100/model-pin.yaml", STAND_IN_NOTE, "")
+    own_project(repo, "my-project")
     (repo / "overlays/h100/kustomization.yaml").write_text(
         (repo / "overlays/h100/kustomization.yaml").read_text()
         + "images:\n  - name: us-docker.pkg.dev/example-project/gke-triton-llm/gateway\n"
@@ -1394,13 +1428,17 @@ def test_a_real_pin_with_the_gateway_image_by_tag(repo: Path) -> None:
     assert problems(repo, "overlays/h100") == [
         "Deployment/triton: container gateway runs 'us-docker.pkg.dev/my-project/gke-triton-llm/gateway:0123456789ab', "
         "not pinned by digest, but this overlay pins a real build (model-pin.yaml is no stand-in); build and push the "
-        "gateway image and pin it by digest in the overlay's `images:` (docs/runbook.md, step 8)"
+        "gateway image and pin it by digest in the overlay's `images:` (docs/runbook.md, step 8)",
+        "Deployment/triton: container gateway image 'us-docker.pkg.dev/my-project/gke-triton-llm/gateway:0123456789ab' "
+        "is not pinned by digest (@sha256: and 64 hex digits); pin it in the kustomization's `images:` with "
+        "`digest:`, never a tag alone",
     ]
 
 
 def test_a_real_pin_with_the_pushed_gateway_image_by_digest(repo: Path) -> None:
     # What docs/runbook.md, step 8, appends to the overlay.
     edit(repo, "overlays/h100/model-pin.yaml", STAND_IN_NOTE, "")
+    own_project(repo, "my-project")
     (repo / "overlays/h100/kustomization.yaml").write_text(
         (repo / "overlays/h100/kustomization.yaml").read_text()
         + "images:\n  - name: us-docker.pkg.dev/example-project/gke-triton-llm/gateway\n"

@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "build"))
 
 import catalog  # noqa: E402
 import validate  # noqa: E402
-from policy import cold_start, pin_gate  # noqa: E402
+from policy import cold_start, images, pin_gate  # noqa: E402
 from publish import BUILD_JSON, PublishError, make_client, parse_gcs_uri  # noqa: E402
 
 PIN_FILE = "model-pin.yaml"
@@ -116,8 +116,8 @@ def overlay_gpu(overlay: Path, pinned: dict) -> catalog.Gpu:
 
 
 def overlay_deployment(overlay: Path) -> tuple[int, str, dict]:
-    """The nvidia.com/gpu request and the image of the overlay's Triton container, and the Deployment,
-    as kustomize renders it."""
+    """The nvidia.com/gpu request and the image of the overlay's Triton container (as builds name it), and
+    the Deployment, as kustomize renders it."""
     try:
         objects = validate.render(overlay)
     except (validate.RenderError, validate.ToolError) as e:
@@ -128,7 +128,8 @@ def overlay_deployment(overlay: Path) -> tuple[int, str, dict]:
             triton = next((c for c in containers if c.get("name") == "triton"), None)
             if triton is not None:
                 gpus = triton.get("resources", {}).get("requests", {}).get(pin_gate.GPU_RESOURCE, 0)
-                return int(gpus), triton.get("image", ""), obj
+                # The image builds record (the nvcr.io tag) for the Artifact Registry copy it runs.
+                return int(gpus), images.as_built(triton.get("image", "")), obj
     raise PinError(f"{overlay} renders no Deployment/triton with a container triton; restore it from git")
 
 

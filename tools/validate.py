@@ -11,7 +11,11 @@ Renders each overlay in overlays/ and each kustomization under gitops/ with plai
     Rules objects; the Cloud Monitoring dashboard's structure and namespace scoping --
     tools/policy/monitoring.py;
   * the pin gate: the build in model-pin.yaml must be for the overlay's GPU and image, and its
-    tp × pp the GPUs the overlay requests -- tools/policy/pin_gate.py, the gate tools/pin.py applies too.
+    tp × pp the GPUs the overlay requests -- tools/policy/pin_gate.py, the gate tools/pin.py applies too;
+  * images: every container pinned by digest, from this project's Artifact Registry or a name the
+    Binary Authorization policy allows; policy, attestor and note agree -- tools/policy/images.py.
+    The template's stand-ins (example-project, all-zero digests, the example key) are listed and
+    pass; --before-push refuses them.
 Prints ✅ or ❌ per directory with every problem, and exits 1 if there is any.
 """
 
@@ -31,12 +35,15 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "build"))
 
 import yaml  # noqa: E402
-from policy import capacity, k8s_objects, kubeschema, monitoring, serving  # noqa: E402
+from policy import capacity, images, k8s_objects, kubeschema, monitoring, serving  # noqa: E402
 
 CRDS_ENV = "GKE_TRITON_CRDS"
 # Upstream CRDs at pinned releases; tools/policy/crds/sources.toml says which, tools/update_crds.py refreshes them.
 VENDORED_CRDS = Path(__file__).resolve().parent / "policy" / "crds"
 KUSTOMIZATION_FILES = ("kustomization.yaml", "kustomization.yml", "Kustomization")
+# Bases whose example images every overlay, or every engine-build overlay build/runtimes/engine.py
+# prints, replaces by digest: --before-push refuses placeholders where they are deployed, not here.
+IMAGE_BASES = ("gitops/base", "gitops/jobs/compile-engine")
 _LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
@@ -53,6 +60,8 @@ class Result:
     directory: Path
     problems: list[str]
     objects: int
+    # Stand-ins of the template a user replaces before pushing (tools/policy/images.py placeholders).
+    placeholders: tuple[str, ...] = ()
 
 
 def kustomize_command() -> list[str]:
@@ -168,7 +177,9 @@ def _render_or_error(directory: Path) -> list[dict] | RenderError:
         return error
 
 
-def validate(root: Path, crds_dir: Path | None, directories: list[Path] | None = None) -> list[Result]:
+def validate(
+    root: Path, crds_dir: Path | None, directories: list[Path] | None = None, before_push: bool = False
+) -> list[Result]:
     """Render and check directories (default: all of root's); the Argo CD objects and node pools
     under root/gitops are rendered in any case, as the context the overlays are checked against."""
     crds = kubeschema.load_crds(crds_dir) if crds_dir is not None else None
@@ -186,7 +197,12 @@ def validate(root: Path, crds_dir: Path | None, directories: list[Path] | None =
         if isinstance(objects, RenderError):
             results.append(Result(directory, [f"kustomize failed: {objects}"], 0))
         else:
-            results.append(Result(directory, check_directory(directory, objects, root, crds, platform), len(objects)))
+            problems = check_directory(directory, objects, root, crds, platform)
+            # The bases' stand-in images are replaced in what is deployed (each overlay's and each run's
+            # `images:`), and refused there: a base keeps its example.
+            strict = before_push and directory.resolve() not in {(root / b).resolve() for b in IMAGE_BASES}
+            found, stand_ins = images.check(objects, platform, root / "docs" / "runbook.md", strict)
+            results.append(Result(directory, problems + found, len(objects), tuple(stand_ins)))
     dashboard = root / monitoring.DASHBOARD.relative_to(monitoring.REPO)
     if directories is None and dashboard.is_file():
         # Not a kustomization: the runbook creates it with gcloud; checked with everything.
@@ -209,6 +225,7 @@ def main(argv: list[str] | None = None) -> int:
             "examples:\n"
             "  python tools/validate.py                      # every overlay and gitops/ kustomization\n"
             "  python tools/validate.py overlays/h100        # one overlay\n"
+            "  python tools/validate.py --before-push        # also refuse the template's placeholders\n"
             "  python tools/validate.py --crds ~/my-cluster-crds   # CRDs of your cluster:\n"
             "      kubectl get crd podmonitorings.monitoring.googleapis.com -o yaml > ~/my-cluster-crds/pm.yaml\n"
             f"CRDs come from --crds, else ${CRDS_ENV}, else tools/policy/crds (tools/policy/crds/sources.toml)."
@@ -217,13 +234,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("paths", nargs="*", type=Path, help="kustomization directories (default: all)")
     parser.add_argument("--crds", metavar="DIR", help="directory of CustomResourceDefinition YAML")
     parser.add_argument("--repo", type=Path, default=REPO, help="repository root (default: this checkout)")
+    parser.add_argument("--before-push", action="store_true",
+                        help="refuse the template's placeholders (example-project, all-zero digests, example key)")
     args = parser.parse_args(argv)
 
     root = args.repo.resolve()
     crds_dir = crd_directory(args.crds)
     try:
         print(f"CRD schemas from {_shown(crds_dir)} ({len(kubeschema.load_crds(crds_dir).kinds)} kinds)")
-        results = validate(root, crds_dir, [p.resolve() for p in args.paths] or None)
+        results = validate(root, crds_dir, [p.resolve() for p in args.paths] or None, args.before_push)
     except (ToolError, kubeschema.CrdError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -234,8 +253,13 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"   - {problem}")
         else:
             print(f"✅ {_shown(result.directory)} ({result.objects} objects)")
+        for placeholder in result.placeholders:
+            print(f"   · placeholder: {placeholder}")
     failed = sum(1 for r in results if r.problems)
     print(f"{len(results)} director{'y' if len(results) == 1 else 'ies'}, {failed} failed")
+    if any(r.placeholders for r in results):
+        print("The placeholders above are this template's stand-ins: replace them (docs/runbook.md steps 3b, 8); "
+              "tools/validate.py --before-push refuses them.")
     return 1 if failed else 0
 
 

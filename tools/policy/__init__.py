@@ -13,11 +13,14 @@ printed them) and returns problems that name the object and what to change.
   access.py       Argo CD projects, credentials in env, installs and network of Jobs
   gateway.py      the OpenAI gateway container, its image, port, probes and route
   monitoring.py   alert rules and the Cloud Monitoring dashboard
+  images.py       every image by digest from this project's Artifact Registry (or the policy's names), the
+                  Binary Authorization policy, attestor and note agreeing, the template's placeholders
   pin_gate.py     can a published build run where an overlay pins it
   kubeschema.py   strict schema validation: built-in kinds and the CRDs in crds/
   k8s_objects.py  lookups on rendered objects that every module shares
 
-  gke_facts.toml, upstream_facts.toml   the GKE, Argo CD, Kubernetes and Triton behaviour the rules rely on,
+  gke_facts.toml, upstream_facts.toml, image_facts.toml   the GKE, Argo CD, Kubernetes, Triton, Artifact
+                                        Registry and Binary Authorization behaviour the rules rely on,
                                         each with its upstream file and line or doc URL
   crds/                                 vendored CustomResourceDefinitions (crds/sources.toml, tools/update_crds.py)
   checkov-requirements.txt, checkov-skips.yaml   checkov's pin and the checks it skips, with reasons

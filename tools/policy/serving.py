@@ -18,7 +18,7 @@ import layout
 import runtimes
 import yaml
 
-from . import access, capacity, cold_start, gateway, pin_gate
+from . import access, capacity, cold_start, gateway, images, pin_gate
 from .k8s_objects import by_kind, containers, env_value, find, flag_value, pod_spec, quantity, ref
 
 ACCELERATOR_LABEL = capacity.ACCELERATOR_LABEL
@@ -54,24 +54,6 @@ def _same_quantity(a: object, b: object) -> bool:
 
 
 # --- checks that hold in every rendered directory -------------------------------------------
-
-
-def check_images(objects: list[dict]) -> list[str]:
-    """Every container image pinned by tag or digest, never `latest`."""
-    problems = []
-    for obj in objects:
-        pod = pod_spec(obj)
-        for container in containers(pod or {}):
-            image = container.get("image", "")
-            # The tag is after the last ":" of the last path segment (a registry may have a port).
-            last = image.rpartition("/")[2]
-            tag = last.rpartition(":")[2] if ":" in last else ""
-            if "@sha256:" not in image and tag in ("", "latest"):
-                problems.append(
-                    f"{ref(obj)}: container {container.get('name')} image {image!r} is not pinned; "
-                    "give it a version tag or a digest (kustomize `images:`), never latest"
-                )
-    return problems
 
 
 def check_autoscaling(objects: list[dict]) -> list[str]:
@@ -128,8 +110,7 @@ def check_node_pools(objects: list[dict]) -> list[str]:
 
 def check_everywhere(objects: list[dict]) -> list[str]:
     return (
-        check_images(objects)
-        + check_autoscaling(objects)
+        check_autoscaling(objects)
         + check_node_pools(objects)
         + capacity.check_node_pools(objects)
         + capacity.check_compute_classes(objects)
@@ -490,7 +471,8 @@ def check_pin(
     pin: dict[str, str], deployment: dict, gpu: catalog.Gpu, count: int, triton: dict, pod: dict
 ) -> list[str]:
     """The compatibility gate (tools/policy/pin_gate.py), and the pin's URI where the init container fetches it."""
-    problems = pin_gate.problems(pin, f"this overlay's {ref(deployment)}", gpu, count, triton.get("image", ""))
+    image = images.as_built(triton.get("image", ""))
+    problems = pin_gate.problems(pin, f"this overlay's {ref(deployment)}", gpu, count, image)
     if not (pin["uri"].startswith("gs://") and pin["uri"].endswith(f"/{pin['build_id']}/")):
         problems.append(f"model-pin uri {pin['uri']!r} must be gs://…/<model>/{pin['build_id']}/ (its build_id)")
     fetch = next((c for c in pod.get("initContainers", []) if c.get("name") == FETCH_CONTAINER), {})
@@ -622,10 +604,11 @@ def check_serving(objects: list[dict], pin_path: Path, context: ServingContext) 
                     on_spot = bool(capacity.spot_offers(pod, gpu.accelerator, context.node_pools, classes))
             if pin is not None:
                 problems += check_pin(pin, deployment, gpu, count, triton, pod)
-        if triton.get("image") != catalog.triton_image():
+        if images.as_built(triton.get("image", "")) != catalog.triton_image():
             problems.append(
                 f"{ref(deployment)}: container triton runs {triton.get('image')!r}, but build/versions.toml pins "
-                f"{catalog.triton_image()!r}; change the `images:` entry in gitops/base"
+                f"{catalog.triton_image()!r} at {images.triton_digest()}, copied into Artifact Registry "
+                "(…/nvidia/tritonserver@ that digest); change the `images:` entry in gitops/base"
             )
         problems += _check_repository_path(deployment, pod, triton)
         problems += _check_probes(deployment, triton)
