@@ -50,7 +50,7 @@ def allowlist(tmp_path: Path, text: str) -> Path:
 
 def threshold(tmp_path: Path, level: str) -> Path:
     path = tmp_path / "image-gate.toml"
-    path.write_text(f'fail_at = "{level}"\n')
+    path.write_text(f'fail_at = "{level}"\nallowlist_days = 90\n')
     return path
 
 
@@ -124,7 +124,9 @@ def test_the_threshold_comes_from_the_policy_file(capsys, tmp_path: Path, level,
 
 def test_the_shipped_threshold_is_read_from_security_image_gate_toml() -> None:
     with (ROOT / "security" / "image-gate.toml").open("rb") as f:
-        assert vulnerabilities.read_threshold() == tomllib.load(f)["fail_at"] == "HIGH"
+        shipped = tomllib.load(f)
+    assert vulnerabilities.read_policy() == vulnerabilities.Policy(shipped["fail_at"], shipped["allowlist_days"])
+    assert shipped["fail_at"] == "HIGH"
     assert vulnerabilities.GATE_FILE == ROOT / "security" / "image-gate.toml"
 
 
@@ -192,6 +194,7 @@ def test_the_severities_are_grafeas_order() -> None:
 def _validate(tmp_path: Path, text: str) -> list[str]:
     (tmp_path / "security").mkdir(exist_ok=True)
     (tmp_path / "security" / "vulnerability-allowlist.toml").write_text(text)
+    (tmp_path / "security" / "image-gate.toml").write_text((ROOT / "security" / "image-gate.toml").read_text())
     [result] = validate.validate(tmp_path, None)  # no manifests in this scratch root: the allowlist alone
     assert result.directory == tmp_path / "security" / "vulnerability-allowlist.toml"
     return result.problems
@@ -210,20 +213,29 @@ def test_a_valid_entry_passes_validation(tmp_path: Path) -> None:
     "old, new, problem",
     [
         ('owner = "platform-team@example.com"\n', "", "entry 1 (CVE-2026-20001) has no owner"),
-        ("expires = 2999-01-31\n", "", "entry 1 (CVE-2026-20001) has no expires"),
-        ("2999-01-31", "2020-01-31",
+        ("expires = SOON\n", "", "entry 1 (CVE-2026-20001) has no expires"),
+        ("SOON", "2020-01-31",
          "entry 1 (CVE-2026-20001) expired on 2020-01-31: fix the image, "
          "or review the entry again and set a new expiry"),
-        ("2999-01-31", '"soon"',
+        ("SOON", "FAR",
+         "entry 1 (CVE-2026-20001) expires on FAR, more than 90 days ahead (image-gate.toml allowlist_days): "
+         "set an earlier expiry and review it again then"),
+        ("SOON", '"soon"',
          "entry 1 (CVE-2026-20001): expires must be a date (expires = 2027-01-31), not 'soon'"),
         ('owner = "platform-team@example.com"', 'owner = "platform-team@example.com"\nreviewer = "x"',
          "entry 1 (CVE-2026-20001) has an unknown field reviewer"),
     ],
 )
-def test_validate_refuses_an_entry_without_owner_or_expiry_or_past_it(tmp_path: Path, old, new, problem) -> None:
-    text = ENTRY.format(image="gateway").replace("2027-01-31", "2999-01-31")
+def test_validate_refuses_an_entry_without_owner_or_expiry_past_it_or_too_far_ahead(tmp_path: Path, old, new, problem):
+    today = datetime.date.today()
+    dates = {"SOON": (today + datetime.timedelta(days=30)).isoformat(),
+             "FAR": (today + datetime.timedelta(days=91)).isoformat()}
+    text = ENTRY.format(image="gateway").replace("2027-01-31", "SOON")
     assert old in text
-    assert _validate(tmp_path, text.replace(old, new)) == [problem]
+    text = text.replace(old, new)
+    for token, date in dates.items():
+        text, problem = text.replace(token, date), problem.replace(token, date)
+    assert _validate(tmp_path, text) == [problem]
 
 
 def test_validate_prints_the_allowlist_problem(tmp_path: Path, capsys) -> None:

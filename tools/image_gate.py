@@ -41,7 +41,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--scan", type=Path, required=True, help="list-vulnerabilities --format=json output")
     parser.add_argument("--image", required=True, help="the scanned image, IMAGE@sha256:DIGEST")
-    parser.add_argument("--policy", type=Path, default=vulnerabilities.GATE_FILE, help="threshold file")
+    parser.add_argument("--policy", type=Path, default=vulnerabilities.GATE_FILE, help="image-gate.toml")
     parser.add_argument("--allowlist", type=Path, default=vulnerabilities.ALLOWLIST_FILE, help="allowlist file")
     parser.add_argument("--today", type=_date, default=datetime.date.today(), help="the day expiries are judged on")
     return parser
@@ -54,15 +54,15 @@ def main(argv: list[str] | None = None) -> int:
         mismatch = vulnerabilities.scanned_other_image(findings, args.image)
         if mismatch:
             raise vulnerabilities.ScanError(mismatch)
-        threshold = vulnerabilities.read_threshold(args.policy)
-        allowlist, problems = vulnerabilities.read_allowlist(args.allowlist, args.today)
+        policy = vulnerabilities.read_policy(args.policy)
+        allowlist, problems = vulnerabilities.read_allowlist(args.allowlist, args.today, policy.allowlist_days)
     except vulnerabilities.ScanError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     for problem in problems:
         # An entry with a problem allows nothing; the gate says why, tools/validate.py fails on it.
         print(f"warning: {args.allowlist}: {problem}; the entry is ignored", file=sys.stderr)
-    decision = vulnerabilities.decide(findings, threshold, allowlist, args.image, args.today)
+    decision = vulnerabilities.decide(findings, policy.fail_at, allowlist, args.image, args.today)
     print(vulnerabilities.report(decision, args.image))
     return 0 if decision.passed else 1
 

@@ -167,13 +167,22 @@ def _load_toml(path: Path) -> dict:
         raise ScanError(f"{path} is not valid TOML: {e}") from e
 
 
-def read_threshold(path: Path = GATE_FILE) -> str:
-    """The lowest severity at which a fixable vulnerability fails an image."""
-    value = _load_toml(path).get("fail_at")
+@dataclass(frozen=True)
+class Policy:
+    fail_at: str  # the lowest severity at which a fixable vulnerability fails an image
+    allowlist_days: int  # how far ahead an allowlist entry may expire
+
+
+def read_policy(path: Path = GATE_FILE) -> Policy:
+    """security/image-gate.toml: the threshold and the longest an exception may be granted for."""
+    document = _load_toml(path)
+    value, days = document.get("fail_at"), document.get("allowlist_days")
     known = severities()
     if value not in known:
         raise ScanError(f"{path}: fail_at must be one of {', '.join(known)}, not {value!r}")
-    return value
+    if not isinstance(days, int) or isinstance(days, bool) or days < 1:
+        raise ScanError(f"{path}: allowlist_days must be a whole number of days, at least 1, not {days!r}")
+    return Policy(value, days)
 
 
 def image_name(reference: str) -> str:
@@ -184,8 +193,9 @@ def image_name(reference: str) -> str:
     return last.split(":", 1)[0]
 
 
-def entry_problems(entry: object, index: int, today: datetime.date) -> list[str]:
-    """What is wrong with one allowlist entry: a missing field, a date that is not one, an expiry past."""
+def entry_problems(entry: object, index: int, today: datetime.date, allowlist_days: int) -> list[str]:
+    """What is wrong with one allowlist entry: a missing field, a date that is not one, an expiry past
+    or further ahead than the policy's allowlist_days."""
     where = f"entry {index + 1}"
     if not isinstance(entry, dict):
         return [f"{where} is not a table ([[allow]])"]
@@ -201,10 +211,15 @@ def entry_problems(entry: object, index: int, today: datetime.date) -> list[str]
         problems.append(
             f"{where} expired on {expires.isoformat()}: fix the image, or review the entry again and set a new expiry"
         )
+    elif isinstance(expires, datetime.date) and (expires - today).days > allowlist_days:
+        problems.append(
+            f"{where} expires on {expires.isoformat()}, more than {allowlist_days} days ahead "
+            "(image-gate.toml allowlist_days): set an earlier expiry and review it again then"
+        )
     return problems
 
 
-def read_allowlist(path: Path, today: datetime.date) -> tuple[list[AllowEntry], list[str]]:
+def read_allowlist(path: Path, today: datetime.date, allowlist_days: int) -> tuple[list[AllowEntry], list[str]]:
     """The allowlist's entries and its problems (entries with problems are left out: they allow nothing)."""
     document = _load_toml(path)
     unknown = sorted(set(document) - {"allow"})
@@ -214,7 +229,7 @@ def read_allowlist(path: Path, today: datetime.date) -> tuple[list[AllowEntry], 
         return [], [*problems, "allow must be an array of tables ([[allow]])"]
     entries = []
     for index, entry in enumerate(raw):
-        found = entry_problems(entry, index, today)
+        found = entry_problems(entry, index, today, allowlist_days)
         problems += found
         if not found:
             entries.append(AllowEntry(**{field: entry[field] for field in ALLOWLIST_FIELDS}))
@@ -222,11 +237,13 @@ def read_allowlist(path: Path, today: datetime.date) -> tuple[list[AllowEntry], 
 
 
 def check_allowlist(path: Path, today: datetime.date | None = None) -> tuple[list[str], int]:
-    """tools/validate.py's check: the allowlist's problems (an entry without owner or expiry, or past
-    it, an unreadable file) and how many entries it has."""
+    """tools/validate.py's check: the allowlist's problems (an entry without owner or expiry, past it
+    or too far ahead, an unreadable file) and how many entries it has. The policy is image-gate.toml
+    beside it."""
     try:
         document = _load_toml(path)
-        _, problems = read_allowlist(path, today or datetime.date.today())
+        policy = read_policy(path.parent / GATE_FILE.name)
+        _, problems = read_allowlist(path, today or datetime.date.today(), policy.allowlist_days)
     except ScanError as e:
         return [str(e)], 0
     entries = document.get("allow", [])
