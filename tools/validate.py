@@ -35,7 +35,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "build"))
 
 import yaml  # noqa: E402
-from policy import capacity, images, k8s_objects, kubeschema, monitoring, serving  # noqa: E402
+from policy import capacity, images, k8s_objects, kubeschema, monitoring, serving, vulnerabilities  # noqa: E402
 
 CRDS_ENV = "GKE_TRITON_CRDS"
 # Upstream CRDs at pinned releases; tools/policy/crds/sources.toml says which, tools/update_crds.py refreshes them.
@@ -207,6 +207,10 @@ def validate(
     if directories is None and dashboard.is_file():
         # Not a kustomization: the runbook creates it with gcloud; checked with everything.
         results.append(Result(dashboard, monitoring.check_dashboard(dashboard), 1))
+    allowlist = root / vulnerabilities.ALLOWLIST_FILE.relative_to(vulnerabilities.REPO)
+    if directories is None and allowlist.is_file():
+        # The image gate's reviewed exceptions: an owner and an expiry each, none past it.
+        results.append(Result(allowlist, *vulnerabilities.check_allowlist(allowlist)))
     return results
 
 
