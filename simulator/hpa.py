@@ -18,7 +18,7 @@ from simulator import facts
 SELECTS = ("Max", "Min", "Disabled")
 POLICY_KINDS = ("Pods", "Percent")
 # Pod phases the HPA tells apart (the rest of a Kubernetes pod's phases do not reach a serving pod here).
-PHASES = ("Pending", "Running", "Failed")
+PHASES = ("Pending", "Running", "Succeeded", "Failed")
 
 
 @dataclass(frozen=True)
@@ -153,7 +153,7 @@ class PodSample:
     value: float | None  # what the metrics adapter returned; None = metric missing
     ready: bool  # its Ready condition: upstream reads it only for the CPU resource metric, never for a Pods metric
     started_at: float  # likewise read only for CPU (its initialization period)
-    phase: str = "Running"  # "Pending" (no node, image pull, init containers), "Running" or "Failed"
+    phase: str = "Running"  # "Pending" (no node, image pull, init containers), "Running", "Succeeded", "Failed"
     deleting: bool = False  # a deletionTimestamp is set
 
     def __post_init__(self) -> None:
@@ -170,9 +170,9 @@ def _milli(value: float) -> int:
     return math.ceil(value * 1000 - 1e-9)
 
 
-def _within(ratio: float, tolerance: float) -> bool:
-    # Tolerances.isWithin, with the same tolerance both ways (the per-direction field is alpha in 1.33).
-    return 1.0 - tolerance <= ratio <= 1.0 + tolerance
+def _within(ratio: float, tolerance_down: float, tolerance_up: float) -> bool:
+    # Tolerances.isWithin. HpaSpec has one tolerance both ways: the per-direction field is alpha in 1.33.
+    return 1.0 - tolerance_down <= ratio <= 1.0 + tolerance_up
 
 
 def _usage_ratio(metrics: dict[str, int], target_milli: int) -> tuple[float, int]:
@@ -181,33 +181,37 @@ def _usage_ratio(metrics: dict[str, int], target_milli: int) -> tuple[float, int
     return usage / target_milli, usage
 
 
+def group_pods(pods: list[PodSample]) -> tuple[int, set[str], set[str], set[str]]:
+    """groupPods for a metric other than CPU: (ready count, unready, missing, ignored). A Pods metric never
+    reads `ready` or `started_at`: a Running pod that reports counts, whatever its Ready condition."""
+    ready, unready, missing, ignored = 0, set(), set(), set()
+    for pod in pods:
+        if pod.deleting or pod.phase == "Failed":
+            ignored.add(pod.name)
+        elif pod.phase == "Pending":
+            unready.add(pod.name)
+        elif pod.value is None:
+            missing.add(pod.name)
+        else:
+            ready += 1
+    return ready, unready, missing, ignored
+
+
 def pods_metric_replicas(current_replicas: int, target_average_value: float, pods: list[PodSample],
-                         tolerance: float) -> tuple[int, int]:
+                         tolerance_down: float, tolerance_up: float) -> tuple[int, int]:
     """calcPlainMetricReplicas: the proposed replica count and the average usage (milli) it saw."""
     if not pods:
         raise MetricsUnavailable("no pods returned by selector while calculating replica count")
     target = _milli(target_average_value)
-    metrics: dict[str, int] = {}
-    ready = 0
-    unready: set[str] = set()
-    missing: set[str] = set()
-    for pod in pods:  # groupPods; a Pods metric never reads `ready` or `started_at`
-        if pod.deleting or pod.phase == "Failed":
-            continue
-        if pod.phase == "Pending":
-            unready.add(pod.name)
-            continue
-        if pod.value is None:
-            missing.add(pod.name)
-            continue
-        metrics[pod.name] = _milli(pod.value)
-        ready += 1
+    ready, unready, missing, ignored = group_pods(pods)
+    metrics = {p.name: _milli(p.value) for p in pods
+               if p.value is not None and p.name not in unready and p.name not in ignored}
     if not metrics:
         raise MetricsUnavailable("did not receive metrics for targeted pods (pods might be unready)")
     ratio, usage = _usage_ratio(metrics, target)
     scale_up_with_unready = bool(unready) and ratio > 1.0
     if not scale_up_with_unready and not missing:
-        if _within(ratio, tolerance):
+        if _within(ratio, tolerance_down, tolerance_up):
             return current_replicas, usage
         return math.ceil(ratio * ready), usage
     if missing:
@@ -217,7 +221,7 @@ def pods_metric_replicas(current_replicas: int, target_average_value: float, pod
     if scale_up_with_unready:
         metrics.update(dict.fromkeys(unready, 0))
     new_ratio, _ = _usage_ratio(metrics, target)
-    if _within(new_ratio, tolerance) or (ratio < 1.0 < new_ratio) or (ratio > 1.0 > new_ratio):
+    if _within(new_ratio, tolerance_down, tolerance_up) or (ratio < 1.0 < new_ratio) or (ratio > 1.0 > new_ratio):
         return current_replicas, usage
     proposal = math.ceil(new_ratio * len(metrics))
     if (new_ratio < 1.0 and proposal > current_replicas) or (new_ratio > 1.0 and proposal < current_replicas):
@@ -225,7 +229,7 @@ def pods_metric_replicas(current_replicas: int, target_average_value: float, pod
     return proposal, usage
 
 
-def _change_in_period(events: list[tuple[float, int]], period_s: float, now: float) -> int:
+def change_in_period(events: list[tuple[float, int]], period_s: float, now: float) -> int:
     # getReplicasChangePerPeriod: events strictly after now - period.
     return sum(change for at, change in events if at > now - period_s)
 
@@ -233,7 +237,7 @@ def _change_in_period(events: list[tuple[float, int]], period_s: float, now: flo
 def _period_start(current: int, up_events: list[tuple[float, int]], down_events: list[tuple[float, int]],
                   period_s: float, now: float) -> int:
     # periodStartReplicas: the count before the changes made within the policy's period.
-    return current - _change_in_period(up_events, period_s, now) + _change_in_period(down_events, period_s, now)
+    return current - change_in_period(up_events, period_s, now) + change_in_period(down_events, period_s, now)
 
 
 def scale_up_limit(current: int, up_events: list[tuple[float, int]], down_events: list[tuple[float, int]],
@@ -248,7 +252,8 @@ def scale_up_limit(current: int, up_events: list[tuple[float, int]], down_events
             proposals.append(start + policy.value)
         else:  # rounded up, or a small target would never grow
             proposals.append(math.ceil(start * (1 + policy.value / 100)))
-    return (min if rules.select == "Min" else max)(proposals)
+    # no policy: upstream's fold returns MinInt32, which the caller lifts to the current count
+    return (min if rules.select == "Min" else max)(proposals, default=current)
 
 
 def scale_down_limit(current: int, up_events: list[tuple[float, int]], down_events: list[tuple[float, int]],
@@ -263,7 +268,19 @@ def scale_down_limit(current: int, up_events: list[tuple[float, int]], down_even
             proposals.append(start - policy.value)
         else:
             proposals.append(int(start * (1 - policy.value / 100)))  # Go's int32() truncates
-    return (max if rules.select == "Min" else min)(proposals)
+    return (max if rules.select == "Min" else min)(proposals, default=current)
+
+
+def convert_with_rules(current: int, desired: int, min_replicas: int, max_replicas: int) -> tuple[int, str]:
+    """convertDesiredReplicasWithRules (no spec.behavior): min/max, and at most max(2 x current, 4) up."""
+    limit = facts.value("hpa", "legacy_scale_up_limit")
+    ceiling = int(max(limit["factor"] * current, limit["minimum"]))
+    allowed, reason = (ceiling, "ScaleUpLimit") if max_replicas > ceiling else (max_replicas, "TooManyReplicas")
+    if desired < min_replicas:
+        return min_replicas, "TooFewReplicas"
+    if desired > allowed:
+        return allowed, reason
+    return desired, "DesiredWithinRange"
 
 
 @dataclass
@@ -274,10 +291,16 @@ class Hpa:
     recommendations: list[tuple[float, int]] = field(default_factory=list)
     up_events: list[tuple[float, int]] = field(default_factory=list)
     down_events: list[tuple[float, int]] = field(default_factory=list)
+    started: bool = False  # recordInitialRecommendation has run
 
     def sync(self, now: float, current_replicas: int, pods: list[PodSample]) -> int:
         """reconcileAutoscaler: the new desired replicas (the Deployment's spec.replicas) after one sync."""
         spec = self.spec
+        if not self.started:
+            # recordInitialRecommendation: the count at the first sync is a recommendation, so a new HPA
+            # does not scale down before its window has passed.
+            self.recommendations.append((now, current_replicas))
+            self.started = True
         if current_replicas == 0 and spec.min_replicas != 0:
             return 0  # scaling is disabled for a target scaled to zero by hand
         if current_replicas > spec.max_replicas:
@@ -286,7 +309,8 @@ class Hpa:
             desired = spec.min_replicas
         else:
             try:
-                proposal, _ = pods_metric_replicas(current_replicas, spec.target_average_value, pods, spec.tolerance)
+                proposal, _ = pods_metric_replicas(current_replicas, spec.target_average_value, pods,
+                                                   spec.tolerance, spec.tolerance)
             except MetricsUnavailable:
                 return current_replicas
             desired = max(proposal, 0)
@@ -300,25 +324,40 @@ class Hpa:
 
     def normalize(self, now: float, current: int, desired: int) -> int:
         """normalizeDesiredReplicas (no spec.behavior): stabilize down over the flag's window, limit up."""
-        window = self.spec.scale_down.window_s
-        stabilized = max([desired, *(r for at, r in self.recommendations if at >= now - window)])
-        self.recommendations = [(at, r) for at, r in self.recommendations if at >= now - window]
+        stabilized = self.stabilize_recommendation(now, desired)
+        return convert_with_rules(current, stabilized, self.spec.min_replicas, self.spec.max_replicas)[0]
+
+    def stabilize_recommendation(self, now: float, desired: int) -> int:
+        """stabilizeRecommendation: the highest recommendation within the downscale-stabilization window."""
+        cutoff = now - self.spec.scale_down.window_s
+        self.recommendations = [(at, r) for at, r in self.recommendations if at > cutoff]
+        stabilized = max([desired, *(r for _, r in self.recommendations)])
         self.recommendations.append((now, desired))
-        limit = facts.value("hpa", "legacy_scale_up_limit")
-        ceiling = min(self.spec.max_replicas, int(max(limit["factor"] * current, limit["minimum"])))
-        return max(self.spec.min_replicas, min(stabilized, ceiling))
+        return stabilized
 
     def normalize_with_behaviors(self, now: float, current: int, desired: int) -> int:
         """normalizeDesiredReplicasWithBehaviors: stabilization windows, then the policies' rate limits."""
-        stabilized = self.stabilize(now, current, desired)
+        return self.convert_with_behavior_rate(now, current, self.stabilize(now, current, desired))[0]
+
+    def convert_with_behavior_rate(self, now: float, current: int, desired: int) -> tuple[int, str]:
+        """convertDesiredReplicasWithBehaviorRate: the count the policies and min/max allow, and upstream's
+        reason (the HPA's ScalingLimited condition)."""
         spec = self.spec
-        if stabilized > current:
-            ceiling = max(scale_up_limit(current, self.up_events, self.down_events, spec.scale_up, now), current)
-            return min(stabilized, spec.max_replicas, ceiling)
-        if stabilized < current:
-            floor = min(scale_down_limit(current, self.up_events, self.down_events, spec.scale_down, now), current)
-            return max(stabilized, spec.min_replicas, floor)
-        return stabilized
+        if desired > current:
+            limit = max(scale_up_limit(current, self.up_events, self.down_events, spec.scale_up, now), current)
+            allowed, reason = (limit, "ScaleUpLimit")
+            if spec.max_replicas <= limit:
+                allowed, reason = spec.max_replicas, "TooManyReplicas"
+            if desired > allowed:
+                return allowed, reason
+        elif desired < current:
+            limit = min(scale_down_limit(current, self.up_events, self.down_events, spec.scale_down, now), current)
+            allowed, reason = (limit, "ScaleDownLimit")
+            if spec.min_replicas >= limit:
+                allowed, reason = spec.min_replicas, "TooFewReplicas"
+            if desired < allowed:
+                return allowed, reason
+        return desired, "DesiredWithinRange"
 
     def stabilize(self, now: float, current: int, desired: int) -> int:
         """stabilizeRecommendationWithBehaviors: the count moves only as far as every recommendation within
@@ -328,7 +367,7 @@ class Hpa:
         up = min([desired, *(r for at, r in self.recommendations if at > up_cutoff)])
         down = max([desired, *(r for at, r in self.recommendations if at > down_cutoff)])
         # Upstream overwrites one sample older than both windows; dropping them all leaves the same answers.
-        self.recommendations = [(at, r) for at, r in self.recommendations if at >= min(up_cutoff, down_cutoff)]
+        self.recommendations = [(at, r) for at, r in self.recommendations if at > min(up_cutoff, down_cutoff)]
         self.recommendations.append((now, desired))
         return min(max(current, up), down)
 
