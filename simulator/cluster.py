@@ -47,12 +47,16 @@ class PoolSpec:
             raise ValueError(f"pool {self.name}: only a Spot pool is preempted, at a rate >= 0")
 
 
-def pool_from_catalog(gpu_name: str, spot: bool, max_nodes: int, **extra) -> PoolSpec:
-    """A pool of one-GPU nodes of a catalog target: cold-start phases from build/gpus.toml, price from
-    build/prices.toml (through build/estimate.py); the cold-start phases are the catalog's worst-case budgets."""
+def pool_from_catalog(gpu_name: str, spot: bool, max_nodes: int, gpus_per_node: int = 1, **extra) -> PoolSpec:
+    """A pool of a catalog target's nodes (the machine type with gpus_per_node GPUs, one serving pod each):
+    cold-start phases from build/gpus.toml, price from build/prices.toml through build/estimate.py. The phases
+    are the catalog's worst-case budgets, not typical times."""
     gpu = catalog.gpu(gpu_name)
-    machine = gpu.machine_types.get(1) or gpu.machine_types.get(0)
-    hourly = estimate.machine_hourly(machine, 1)
+    machine = gpu.machine_types.get(gpus_per_node)
+    if machine is None:
+        raise ValueError(f"{gpu_name} has no machine type with {gpus_per_node} GPUs; "
+                         f"it has {sorted(gpu.machine_types)} (build/gpus.toml)")
+    hourly = estimate.machine_hourly(machine, gpus_per_node)
     if hourly is None:
         raise ValueError(f"no price recorded for {machine} (build/prices.toml)")
     cold = gpu.cold_start
@@ -61,7 +65,7 @@ def pool_from_catalog(gpu_name: str, spot: bool, max_nodes: int, **extra) -> Poo
                     node_provisioning_s=cold.node_provisioning.seconds,
                     pod_start_s=cold.image_pull.seconds + cold.model_copy.seconds + cold.engine_load.seconds,
                     pod_pending_s=cold.image_pull.seconds + cold.model_copy.seconds,
-                    **extra)
+                    gpus_per_node=gpus_per_node, **extra)
 
 
 @dataclass
@@ -92,15 +96,16 @@ class Cluster:
     scan_interval_s: float = facts.value("cluster_autoscaler", "scan_interval_s")
     scale_down_unneeded_s: float = facts.value("cluster_autoscaler", "scale_down_unneeded_s")
     scale_down_delay_after_add_s: float = facts.value("cluster_autoscaler", "scale_down_delay_after_add_s")
-    now: float = 0.0
-    _pods: dict[str, _Pod] = field(default_factory=dict)
-    _nodes: list[_Node] = field(default_factory=list)  # every node ever made, for the bill
-    _lost: list[str] = field(default_factory=list)
-    _became_ready: list[str] = field(default_factory=list)
-    _stockout_until: dict[str, float] = field(default_factory=dict)
-    _last_scale_up: float = -math.inf
-    _serial: int = 0
-    _timers: list[tuple[float, int, str]] = field(default_factory=list)  # node ready, pod ready, preemption
+    now: float = field(default=0.0, init=False)
+    _pods: dict[str, _Pod] = field(default_factory=dict, init=False)
+    _nodes: list[_Node] = field(default_factory=list, init=False)  # every node ever made, for the bill
+    _lost: list[str] = field(default_factory=list, init=False)
+    _became_ready: list[str] = field(default_factory=list, init=False)
+    _stockout_until: dict[str, float] = field(default_factory=dict, init=False)
+    _last_scale_up: float = field(default=-math.inf, init=False)
+    _serial: int = field(default=0, init=False)
+    # node ready, pod ready and preemption times, as (time, serial, "kind:name")
+    _timers: list[tuple[float, int, str]] = field(default_factory=list, init=False)
 
     def __post_init__(self) -> None:
         if not self.pools:

@@ -352,3 +352,14 @@ def test_upstream_change_per_period_case(case: dict) -> None:
 def test_the_case_file_says_what_it_left_out() -> None:
     assert all(item["why"] for item in CASES["left_out"])
     assert sum(len(v) for k, v in CASES.items() if isinstance(v, list) and k != "left_out") >= 80
+
+
+def test_a_multi_gpu_pool_costs_its_machine_and_counts_its_gpus() -> None:
+    pool = cluster.pool_from_catalog("h100", spot=False, max_nodes=2, gpus_per_node=2)
+    assert pool.price_per_node_hour == estimate.machine_hourly("a3-highgpu-2g", 2)[0]
+    c = cluster.Cluster([pool])
+    c.set_desired_pods(0, 1)
+    c.advance(3610)
+    assert math.isclose(c.gpu_hours(), 2 * 3600 / 3600) and math.isclose(c.cost(), pool.price_per_node_hour)
+    with pytest.raises(ValueError, match="h100 has no machine type with 3 GPUs"):
+        cluster.pool_from_catalog("h100", spot=False, max_nodes=2, gpus_per_node=3)
