@@ -16,12 +16,16 @@ import heapq
 import math
 import random
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import catalog
 import estimate
+import yaml
 
 from simulator import facts
 from simulator.hpa import PodSample
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @dataclass(frozen=True)
@@ -56,11 +60,48 @@ def pool_from_catalog(gpu_name: str, spot: bool, max_nodes: int, gpus_per_node: 
     if machine is None:
         raise ValueError(f"{gpu_name} has no machine type with {gpus_per_node} GPUs; "
                          f"it has {sorted(gpu.machine_types)} (build/gpus.toml)")
+    return _pool(f"{gpu_name}-{'spot' if spot else 'on-demand'}", gpu, machine, gpus_per_node, spot, max_nodes, extra)
+
+
+def pools_from_nodepools(gpu_name: str, spot_extra: dict | None = None, folder: Path | None = None) -> list[PoolSpec]:
+    """The pools gitops/nodepools gives a target, in its ComputeClass's order (triton-<gpu>: Spot first, the
+    fallback after), or its one node pool: Spot, machine type and totalMaxNodeCount from each ContainerNodePool.
+    spot_extra (a preemption rate, the stockout after one) applies to the Spot pools."""
+    folder = folder or ROOT / "gitops" / "nodepools"
+    objects = [o for path in sorted(folder.glob("*.yaml")) for o in yaml.safe_load_all(path.read_text()) if o]
+    node_pools = {o["metadata"]["name"]: o for o in objects if o["kind"] == "ContainerNodePool"}
+    name = f"triton-{gpu_name}"
+    compute_class = next((o for o in objects if o["kind"] == "ComputeClass" and o["metadata"]["name"] == name), None)
+    if compute_class is None:
+        order = [name]
+    else:
+        order = []
+        for i, priority in enumerate(compute_class["spec"]["priorities"], 1):
+            if "nodepools" not in priority:
+                kind = "flex-start" if "flexStart" in priority else "auto-created"
+                raise ValueError(f"ComputeClass {name} priority {i} is a {kind} {priority.get('machineType')}: "
+                                 "build/prices.toml records no price for it; give the pools with pool_from_catalog")
+            order += priority["nodepools"]
+    if name not in node_pools:
+        raise ValueError(f"no ContainerNodePool {name} in {folder}")
+    pools = []
+    for pool_name in order:
+        spec = node_pools[pool_name]["spec"]
+        accelerator = spec["nodeConfig"]["guestAccelerator"][0]
+        gpu = catalog.gpu_by_accelerator(accelerator["type"])
+        spot = bool(spec["nodeConfig"].get("spot"))
+        pools.append(_pool(pool_name, gpu, spec["nodeConfig"]["machineType"], int(accelerator["count"]), spot,
+                           int(spec["autoscaling"]["totalMaxNodeCount"]), (spot_extra or {}) if spot else {}))
+    return pools
+
+
+def _pool(name: str, gpu: catalog.Gpu, machine: str, gpus_per_node: int, spot: bool, max_nodes: int,
+          extra: dict) -> PoolSpec:
     hourly = estimate.machine_hourly(machine, gpus_per_node)
     if hourly is None:
         raise ValueError(f"no price recorded for {machine} (build/prices.toml)")
     cold = gpu.cold_start
-    return PoolSpec(name=f"{gpu_name}-{'spot' if spot else 'on-demand'}", spot=spot, max_nodes=max_nodes,
+    return PoolSpec(name=name, spot=spot, max_nodes=max_nodes,
                     price_per_node_hour=hourly[1] if spot else hourly[0],
                     node_provisioning_s=cold.node_provisioning.seconds,
                     pod_start_s=cold.image_pull.seconds + cold.model_copy.seconds + cold.engine_load.seconds,
@@ -124,7 +165,7 @@ class Cluster:
         for _ in range(n - len(live)):
             self._new_pod(now)
         if n < len(live):
-            order = sorted(live, key=lambda p: (p.node is not None, p.ready, -p.bound_at))
+            order = sorted(live, key=lambda p: (p.node is not None, self._running(p), p.ready, -p.bound_at))
             for pod in order[: len(live) - n]:
                 self._remove_pod(pod, now)
 
@@ -185,13 +226,16 @@ class Cluster:
         """The Deployment's pods as the HPA sees them now; read(pod) is the metric path's answer for a pod."""
         out = []
         for pod in self._pods.values():
-            node = pod.node
-            running = node is not None and self.now >= pod.bound_at + node.pool.pod_pending_s
+            running = self._running(pod)
             out.append(PodSample(pod.name, read(pod.name) if running else None, pod.ready, pod.created_at,
                                  phase="Running" if running else "Pending"))
         return out
 
     # --- inside ---------------------------------------------------------------------------------------
+
+    def _running(self, pod: _Pod) -> bool:
+        """Past image pull and init containers: phase Running (Ready or not)."""
+        return pod.node is not None and self.now >= pod.bound_at + pod.node.pool.pod_pending_s
 
     def _next_scan(self) -> float:
         return (math.floor(self.now / self.scan_interval_s) + 1) * self.scan_interval_s

@@ -363,3 +363,13 @@ def test_a_multi_gpu_pool_costs_its_machine_and_counts_its_gpus() -> None:
     assert math.isclose(c.gpu_hours(), 2 * 3600 / 3600) and math.isclose(c.cost(), pool.price_per_node_hour)
     with pytest.raises(ValueError, match="h100 has no machine type with 3 GPUs"):
         cluster.pool_from_catalog("h100", spot=False, max_nodes=2, gpus_per_node=3)
+
+
+def test_the_l4_compute_class_gives_spot_then_on_demand_pools_as_gitops_declares_them() -> None:
+    pools = cluster.pools_from_nodepools("l4", spot_extra={"preemptions_per_node_hour": 0.1})
+    assert [(p.name, p.spot, p.max_nodes) for p in pools] == [("triton-l4", True, 5), ("triton-l4-on-demand", False, 5)]
+    assert pools[0].preemptions_per_node_hour == 0.1 and pools[1].preemptions_per_node_hour == 0.0
+    assert pools[1].price_per_node_hour == estimate.machine_hourly("g2-standard-8", 1)[0]
+    assert [p.name for p in cluster.pools_from_nodepools("a100-80gb")] == ["triton-a100-80gb"]
+    with pytest.raises(ValueError, match="ComputeClass triton-h100 priority 2 is a flex-start a3-highgpu-1g"):
+        cluster.pools_from_nodepools("h100")
