@@ -1,0 +1,1 @@
+"""The capacity simulator: replays a request trace against a deployment (README, "Capacity simulator")."""
