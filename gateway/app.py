@@ -218,7 +218,8 @@ class Gateway:
             raise ApiError(f"The model `{job.model}` does not exist; this server serves `{self.model.name}`",
                            "model", status=404, code="model_not_found")
         param = "messages" if chat else "prompt"
-        texts = [value for message in job.messages for value in message.values()] if chat else [job.prompt]
+        texts = ([value for message in job.messages for value in message.values()] if chat
+                 else [job.prompt] if isinstance(job.prompt, str) else [])
         prompts.check_characters(self.model, texts, param)
         encode = (functools.partial(prompts.chat_ids, self.model, job.messages, job.tools, self.tool_format) if chat
                   else functools.partial(prompts.completion_ids, self.model, job.prompt))

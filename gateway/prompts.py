@@ -28,8 +28,11 @@ def chat_ids(model: Model, messages: list[dict], tools: Tools | None = None,
     return list(encoded["input_ids"])
 
 
-def completion_ids(model: Model, prompt: str) -> list[int]:
-    # The tokenizer's own special tokens (a BOS where it has one), as transformers' generate would see them.
+def completion_ids(model: Model, prompt: str | list[int]) -> list[int]:
+    """Token ids are the prompt as given; text gets the tokenizer's own special tokens (a BOS where it has
+    one), as transformers' generate would see them."""
+    if isinstance(prompt, list):
+        return prompt
     return list(model.tokenizer.encode(prompt, add_special_tokens=True))
 
 

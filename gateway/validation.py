@@ -115,7 +115,7 @@ class Generation:
     stop_token_ids: list[int] = field(default_factory=list)
     continuous_usage: bool = False  # usage so far on every chunk (stream_options.continuous_usage_stats)
     messages: list[dict] = field(default_factory=list)  # chat: role/content (name, tool calls), content as text
-    prompt: str = ""  # completions
+    prompt: str | list[int] = ""  # completions: text, or token ids
     tools: tool_calls.Tools | None = None  # chat: functions the model may call, and how
     # (guided_decoding_guide_type, guided_decoding_guide) for the engine, as TensorRT-LLM names them
     guide: tuple[str, str] | None = None
@@ -309,13 +309,18 @@ def _token_ids(value: object) -> bool:
     return isinstance(value, list) and bool(value) and all(type(each) is int for each in value)
 
 
-def _prompt(body: dict) -> str:
+def _prompt(body: dict, vocab_size: int) -> str | list[int]:
+    """The prompt as text, or as token ids (OpenAI and vLLM take both; lm-eval sends ids by default), alone
+    or as a batch of one."""
     prompt = body.get("prompt")
-    # vLLM takes a prompt as token ids (one list, or a batch of them), which lm-eval sends by default
-    if _token_ids(prompt) or isinstance(prompt, list) and prompt and all(_token_ids(each) for each in prompt):
-        raise unsupported("prompt", "a prompt given as token ids; send it as text")
-    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
-        return prompt[0]
+    if isinstance(prompt, list) and len(prompt) == 1 and (isinstance(prompt[0], str) or _token_ids(prompt[0])):
+        prompt = prompt[0]
+    if _token_ids(prompt):
+        foreign = sorted({i for i in prompt if not 0 <= i < vocab_size})
+        if foreign:
+            raise ApiError(f"prompt has token ids that are not of this model (0 to {vocab_size - 1}): {foreign[:5]}",
+                           "prompt", code="invalid_value")
+        return prompt
     if isinstance(prompt, list) and len(prompt) > 1:
         raise unsupported("prompt", "a batch of prompts; send one prompt per request")
     if not isinstance(prompt, str):
@@ -467,7 +472,7 @@ def parse(body: object, chat: bool, serving: Serving) -> Generation:
     generation.logprobs, generation.top_logprobs = _logprobs(body, chat, serving)
     generation.n = _choices(body, serving)
     if not chat:
-        generation.prompt = _prompt(body)
+        generation.prompt = _prompt(body, serving.vocab_size)
     return generation
 
 

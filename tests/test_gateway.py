@@ -312,12 +312,10 @@ def recommending(triton, tmp_path_factory: pytest.TempPathFactory) -> Iterator[G
 # (1024 tokens: minutes on this CPU), where with a model's recommendations it answers.
 CLIENT_BODIES = sorted((ROOT / "tests" / "fixtures" / "clients").glob("*.json"))
 # Default bodies this server refuses, and the 400 that names why: a feature it does not have
-# (lm-eval's loglikelihood tasks need log probabilities of the prompt, echoed; its token-id prompts
-# text), or a prompt this build cannot take: open-webui's 28 built-in tools come to ~6,000 tokens of
-# prompt, past the embedded model's CPU build (max_input_len 1024; SmolLM2-135M's whole context is 8192).
+# (lm-eval's loglikelihood tasks need log probabilities of the prompt, echoed), or a prompt this build
+# cannot take: open-webui's 28 built-in tools come to ~6,000 tokens of prompt, past the embedded model's
+# CPU build (max_input_len 1024; SmolLM2-135M's whole context is 8192).
 REFUSED = {
-    "lm-eval-0.4.13-local-completions-generate":
-        ("prompt", "prompt is not supported by this server: a prompt given as token ids; send it as text"),
     "lm-eval-0.4.13-local-completions-loglikelihood":
         ("echo", "echo is not supported by this server: the prompt is not echoed"),
     "open-webui-0.12.4-chat-builtin-tools":

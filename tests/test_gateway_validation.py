@@ -128,3 +128,17 @@ def test_n_is_bounded_by_openais_limit_and_the_batch_each_answer_takes_a_row_of(
         error = refused(ASK | {"n": n}, direct)
         assert (error.param, error.message) == ("n", message)
     assert refused(ASK | {"n": True}, direct).code == "invalid_type"
+
+
+def test_a_prompt_of_token_ids_is_taken_as_given_and_foreign_ids_are_refused(model):
+    direct = serving(model, "direct")
+    ids = model.tokenizer.encode("The capital of France is")
+    for prompt in (ids, [ids]):  # lm-eval sends a batch of one
+        assert validation.parse({"model": "m", "prompt": prompt}, chat=False, serving=direct).prompt == ids
+    with pytest.raises(ApiError) as raised:
+        validation.parse({"model": "m", "prompt": [5, 49152, -1]}, chat=False, serving=direct)
+    assert (raised.value.param, raised.value.message) == (
+        "prompt", "prompt has token ids that are not of this model (0 to 49151): [-1, 49152]")
+    with pytest.raises(ApiError) as raised:
+        validation.parse({"model": "m", "prompt": [ids, ids]}, chat=False, serving=direct)
+    assert raised.value.code == "unsupported_parameter"
