@@ -11,13 +11,16 @@ CLIENTS_VENV := .venv-clients
 
 .PHONY: demo test lint install checkov clients prometheus
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml gateway/requirements.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	# torch first, at the release these machines carry as a CPU wheel: left to the resolver, torch
 	# comes as the multi-GB CUDA build. Elsewhere, preinstall the CPU wheel from download.pytorch.org/whl/cpu.
 	$(PY) -m pip install --quiet "torch==2.13.0"
-	$(PY) -m pip install --quiet -e ".[test]"
+	# The gateway's image pins (gateway/requirements.txt) constrain the ranges, so the tests run the
+	# versions the image ships, not whatever newer release the ranges allow (constraints take no extras).
+	sed 's/\[[a-z,]*\]//' gateway/requirements.txt > $(VENV)/gateway-constraints.txt
+	$(PY) -m pip install --quiet -e ".[test]" -c $(VENV)/gateway-constraints.txt
 	touch $@
 
 # The monitoring tests run Debian's prometheus (promtool too); installed where we are root with apt,
