@@ -15,7 +15,6 @@ import shutil
 import subprocess
 import sys
 import time
-import tomllib
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -253,7 +252,7 @@ configMapGenerator:
 # The image built from this checkout (gitops/jobs/compile-engine/cloudbuild.yaml), by digest.
 images:
   - name: us-docker.pkg.dev/example-project/gke-triton-llm/compile-engine
-    digest: sha256:REPLACE-ME
+    digest: sha256:0000000000000000000000000000000000000000000000000000000000000000
 patches:
   - target:
       kind: Job
@@ -309,9 +308,13 @@ def test_engine_unavailable_message_gives_the_job_to_run():
         + "EOF\n"
         "kubectl apply -k gitops/jobs/runs/compile-h100-llama-3-1-70b\n"
         "kubectl -n triton-build logs -f job/compile-h100-llama-3-1-70b\n\n"
-        "Build the Job's image from this checkout and set its digest in `images:` (the Job installs nothing "
-        "itself): gcloud builds submit --config gitops/jobs/compile-engine/cloudbuild.yaml "
-        "--substitutions=_IMAGE=us-docker.pkg.dev/example-project/gke-triton-llm/compile-engine:0123456789ab ."
+        "`images:` pins the compile image by the digest gitops/jobs/compile-engine pins "
+        f"(sha256:{'0' * 64}). If that is not a build of this checkout, build the Job's image (the Job "
+        "installs nothing itself): gcloud builds submit --config gitops/jobs/compile-engine/cloudbuild.yaml "
+        "--substitutions=_IMAGE=us-docker.pkg.dev/example-project/gke-triton-llm/compile-engine:0123456789ab . "
+        "and pin the digest it prints: python tools/pin_image.py "
+        "us-docker.pkg.dev/example-project/gke-triton-llm/compile-engine@sha256:<digest> gitops/jobs/compile-engine "
+        "gitops/jobs/runs/compile-h100-llama-3-1-70b"
     )
 
 
@@ -324,9 +327,13 @@ def test_engine_unavailable_message_says_what_to_fill_in_without_publish_or_remo
     assert "      - PUBLISH=gs://REPLACE-ME/models\n" in message
     assert message.endswith(
         "Set PUBLISH to your bucket: compile.py was run without --publish.\n"
-        "Build the Job's image from this checkout and set its digest in `images:` (the Job installs nothing "
-        "itself): gcloud builds submit --config gitops/jobs/compile-engine/cloudbuild.yaml "
-        "--substitutions=_IMAGE=us-docker.pkg.dev/example-project/gke-triton-llm/compile-engine:TAG ."
+        "`images:` pins the compile image by the digest gitops/jobs/compile-engine pins "
+        f"(sha256:{'0' * 64}). If that is not a build of this checkout, build the Job's image (the Job "
+        "installs nothing itself): gcloud builds submit --config gitops/jobs/compile-engine/cloudbuild.yaml "
+        "--substitutions=_IMAGE=us-docker.pkg.dev/example-project/gke-triton-llm/compile-engine:TAG . "
+        "and pin the digest it prints: python tools/pin_image.py "
+        "us-docker.pkg.dev/example-project/gke-triton-llm/compile-engine@sha256:<digest> gitops/jobs/compile-engine "
+        "gitops/jobs/runs/compile-l4-smollm2-135m"
     )
 
 
@@ -386,9 +393,43 @@ def test_compile_job_base_renders_for_its_example_gpu():
 
 
 def test_compile_job_image_is_built_from_the_image_versions_toml_pins():
-    froms = [line.split()[1] for line in (JOB / "Dockerfile").read_text().splitlines() if line.startswith("FROM ")]
-    pinned = tomllib.loads((ROOT / "build" / "versions.toml").read_text())["triton"]["image"]
-    assert froms == [pinned]
+    # FROM the build ARG the compile cloudbuild derives from build/versions.toml: its Triton image's scanned
+    # copy by the [triton] digest (tests/test_image_builds.py runs that step), never nvcr.io's tag.
+    lines = (JOB / "Dockerfile").read_text().splitlines()
+    assert [line for line in lines if line.startswith("FROM ")] == ["FROM ${TRITON_IMAGE}"]
+    assert "ARG TRITON_IMAGE" in lines
+    assert catalog.triton_image() not in "\n".join(line for line in lines if not line.startswith("#"))
+
+
+@needs_kubectl
+def test_the_printed_job_overlay_passes_the_image_rules_naming_its_stand_in_then_pins_the_real_digest(
+    repo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # What unavailable_message prints, written where it says, validated as a user would before applying it.
+    plan = make_plan("SmolLM2-135M", "l4")
+    run_dir = repo / engine.RUNS_DIR / engine.job_name(plan)
+    run_dir.mkdir(parents=True)
+
+    def overlay() -> str:  # read again once the base is pinned
+        return engine.job_kustomization(plan, build_gpus=1, model_source="org/m", publish="gs://b/p",
+                                        image_digest=engine.job_image_digest())
+
+    (run_dir / "kustomization.yaml").write_text(overlay())
+    [found] = validate.validate(repo, validate.VENDORED_CRDS, [run_dir])
+    zero = f"sha256:{'0' * 64}"
+    assert found.problems == []  # the stand-in is a digest, not "not pinned by digest"
+    assert found.placeholders == (
+        f"image '{engine.job_image()}@{zero}' (Job/{engine.job_name(plan)} compile): project example-project and "
+        "the all-zero digest (docs/runbook.md steps 3b, 8)",)
+    [refused] = validate.validate(repo, validate.VENDORED_CRDS, [run_dir], before_push=True)
+    assert refused.problems == [f"placeholder: {found.placeholders[0]}"]
+    # Once tools/pin_image.py pinned a gated build in the base, the printed overlay carries that digest.
+    monkeypatch.setattr(engine.layout, "ROOT", repo)
+    real = "us-docker.pkg.dev/my-project/gke-triton-llm/compile-engine@sha256:" + "cd" * 32
+    pin = [sys.executable, str(ROOT / "tools" / "pin_image.py"), real, str(repo / "gitops/jobs/compile-engine")]
+    assert subprocess.run(pin, capture_output=True, text=True).returncode == 0
+    assert engine.job_image_digest() == "sha256:" + "cd" * 32
+    assert "    digest: sha256:" + "cd" * 32 + "\n" in overlay()
 
 
 @needs_kubectl

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from policy import images  # the validator's rule for what is versions.toml's Triton copy
 
 ROOT = Path(__file__).resolve().parent.parent
 BUILDS = {
@@ -68,7 +69,9 @@ def test_every_image_the_project_builds_has_a_gated_build_beside_its_dockerfile(
     for build, dockerfile in BUILDS.items():
         if dockerfile:
             assert Path(build).parent == Path(dockerfile).parent
-            assert steps(build)["build"]["args"][:3] == ["build", "-f", dockerfile]
+            step = steps(build)["build"]
+            command = step["args"] if step.get("entrypoint") != "bash" else step["args"][-1].split()[1:]
+            assert command[:3] == ["build", "-f", dockerfile]
 
 
 @pytest.mark.parametrize("build", BUILDS)
@@ -124,6 +127,46 @@ def test_the_gate_step_runs_here_and_fails_the_build_on_a_fixable_critical(tmp_p
     done = subprocess.run([step["entrypoint"], *step["args"][:-1], text], cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == code, done.stdout + done.stderr
     assert done.stdout.rstrip().endswith("PASSED" if code == 0 else "allowlist them")
+
+
+def base_step(tmp_path: Path, versions: str) -> subprocess.CompletedProcess:
+    """The compile image's `base` step, run here on a checkout whose build/versions.toml is `versions`."""
+    build = "gitops/jobs/compile-engine/cloudbuild.yaml"
+    checkout = tmp_path / "checkout"
+    (checkout / "build").mkdir(parents=True)
+    (checkout / "build" / "versions.toml").write_text(versions)
+    step = steps(build)["base"]
+    text = script(step, {**load(build)["substitutions"], "PROJECT_ID": "my-project"}, tmp_path)
+    text = text.replace("python3 ", f"{sys.executable} ")  # the step image's python: this one
+    return subprocess.run(["bash", "-ceu", text], cwd=checkout, capture_output=True, text=True)
+
+
+def test_the_compile_image_is_built_from_the_scanned_triton_copy_by_digest(tmp_path: Path) -> None:
+    pinned = (ROOT / "build" / "versions.toml").read_text()
+    digest = "sha256:" + "5e" * 32
+    versions = re.sub(r'(?m)^digest = ".*"$', f'digest = "{digest}"', pinned)
+    done = base_step(tmp_path, versions)
+    assert done.returncode == 0, done.stderr
+    base = (tmp_path / "base.txt").read_text().strip()
+    upstream = tomllib.loads(pinned)["triton"]["image"]
+    assert base == f"us-docker.pkg.dev/my-project/nvcr/{upstream.removeprefix('nvcr.io/').rsplit(':', 1)[0]}@{digest}"
+    assert images.is_copy(base, upstream, digest)
+    # the nvcr repository is gitops/supply-chain's, in the us location the step names
+    repositories = yaml.safe_load_all((ROOT / "gitops/supply-chain/repositories.yaml").read_text())
+    assert {r["metadata"]["name"]: r["spec"]["location"] for r in repositories}["nvcr"] == "us"
+    # the build step hands it to the Dockerfile's only FROM, an ARG with no default
+    build = steps("gitops/jobs/compile-engine/cloudbuild.yaml")["build"]["args"][-1]
+    assert '--build-arg TRITON_IMAGE="$$(cat /workspace/base.txt)"' in build
+    dockerfile = (ROOT / "gitops/jobs/compile-engine/Dockerfile").read_text().splitlines()
+    assert [line for line in dockerfile if line.startswith(("ARG ", "FROM "))] == ["ARG TRITON_IMAGE",
+                                                                                "FROM ${TRITON_IMAGE}"]
+
+
+def test_the_compile_image_build_stops_on_the_stand_in_triton_digest(tmp_path: Path) -> None:
+    done = base_step(tmp_path, (ROOT / "build" / "versions.toml").read_text())  # this template's all zeros
+    assert done.returncode == 1
+    assert done.stderr.strip() == ("build/versions.toml [triton] digest is the all-zero stand-in: copy Triton "
+                                   "through the image gate and pin it first (docs/runbook.md step 3b)")
 
 
 def test_the_sbom_step_runs_here(tmp_path: Path) -> None:

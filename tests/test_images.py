@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -223,21 +224,31 @@ def test_the_recorded_facts_match_the_vendored_crds() -> None:
     assert "evaluationMode" in spec("ContainerCluster")["binaryAuthorization"]["properties"]
 
 
-def test_the_runbooks_step_3b_edits_leave_only_the_gateway_to_step_8(
+def runbook_section(title: str, until: str) -> str:
+    """The bash blocks of docs/runbook.md from the heading `title` to the next `until`, one script."""
+    runbook = (ROOT / "docs/runbook.md").read_text()
+    section = runbook[runbook.index(title):runbook.index(until, runbook.index(title) + len(title))]
+    return "\n".join(re.findall(r"```bash\n(.*?)```", section, re.S))
+
+
+def test_the_runbooks_step_3b_as_written_leaves_only_the_gateway_to_step_8(
     repo: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # The `sed` edits of docs/runbook.md step 3b, run as written on a copy, with the values gcloud and
-    # crane would give; the key is what `gcloud kms keys versions get-public-key` writes.
-    runbook = (ROOT / "docs/runbook.md").read_text()
-    section = runbook[runbook.index("## 3b."):runbook.index("## 4.")]
-    script = "\n".join(re.findall(r"```bash\n(.*?)```", section, re.S))
+    # docs/runbook.md step 3b on a copy: its one sed (the project), the key gcloud writes, and the Triton
+    # lines (the copy's name from build/versions.toml, then tools/pin_image.py with the digest the gated
+    # mirror build printed), run as written. No hand edit of a digest is left in it.
+    script = runbook_section("## 3b.", "\n## ")
     seds = re.findall(r"^sed -i .*?(?<!\\)$", script, re.M | re.S)
-    assert len(seds) == 4, seds  # project.yaml, versions.toml, gitops/base, admission.yaml (enforce)
+    assert len(seds) == 1 and "gitops/supply-chain/project.yaml" in seds[0], seds
+    starts = ("TRITON=", "TRITON_COPY=", ".venv/bin/python tools/pin_image.py")
+    triton = [line for line in script.splitlines() if line.startswith(starts)]
+    assert len(triton) == 3, triton
     (repo / "build").mkdir()
     (repo / "build/versions.toml").write_text((ROOT / "build/versions.toml").read_text())
     env = {**os.environ, "PROJECT_ID": "my-project", "TRITON_DIGEST": REAL}
-    for sed in seds:
-        subprocess.run(["bash", "-ceu", sed], cwd=repo, env=env, check=True)
+    commands = [*seds, "\n".join(triton).replace(".venv/bin/python tools/", f"{sys.executable} {ROOT}/tools/")]
+    for command in commands:
+        subprocess.run(["bash", "-ceu", command], cwd=repo, env=env, check=True, capture_output=True)
     (repo / "gitops/supply-chain/image-gate.pem").write_text(KEY)
     digest = tomllib.loads((repo / "build/versions.toml").read_text())["triton"]["digest"]
     monkeypatch.setattr(images, "triton_digest", lambda: digest)
@@ -247,3 +258,52 @@ def test_the_runbooks_step_3b_edits_leave_only_the_gateway_to_step_8(
         f"placeholder: image '{GATEWAY}@{ZERO}' (Deployment/triton gateway): project example-project and the "
         "all-zero digest (docs/runbook.md steps 3b, 8)"
     ]
+
+
+def test_the_runbooks_continuous_validation_policy_requires_the_admission_attestors_key(repo: Path) -> None:
+    # docs/runbook.md step 13 writes the platform policy from the attestor's key file and the project, as
+    # step 3b left them; run as written, it must name what the rendered attestor names.
+    script = runbook_section("### Continuous validation", "\n## ")
+    writer = script[script.index("KEY_ID="):script.index("gcloud beta container binauthz policy create")]
+    edit(repo, "gitops/supply-chain/project.yaml", "project: example-project", "project: my-project")
+    edit(repo, "gitops/supply-chain/project.yaml", "projects/example-project", "projects/my-project")
+    (repo / "gitops/supply-chain/image-gate.pem").write_text(KEY)
+    env = {**os.environ, "PROJECT_ID": "my-project", "TARGET": "cpu", "COMPILE_NAMESPACE": "triton-build"}
+    subprocess.run(["bash", "-ceu", writer.replace("/tmp/image-gate-cv.yaml", "cv.yaml")], cwd=repo, env=env,
+                   check=True)
+    policy = yaml.safe_load((repo / "cv.yaml").read_text())
+    rendered = validate.render(repo / "gitops/supply-chain")
+    [attestor] = [o for o in rendered if o["kind"] == "BinaryAuthorizationAttestor"]
+    [admission] = [o for o in rendered if o["kind"] == "BinaryAuthorizationPolicy"]
+    [key] = attestor["spec"]["userOwnedDrydockNote"]["publicKeys"]
+    required = admission["spec"]["defaultAdmissionRule"]["requireAttestationsBy"]
+    assert required == [{"name": attestor["metadata"]["name"]}]
+    *scoped, catch_all = policy["gkePolicy"]["checkSets"]
+    assert [s["scope"]["kubernetesNamespace"] for s in scoped] == ["triton-cpu", "triton-build"]
+    assert "scope" not in catch_all and catch_all["checks"] == []  # the facts: the last set has no scope
+    for check_set in scoped:
+        [check] = check_set["checks"]
+        signing = check["simpleSigningAttestationCheck"]
+        assert signing["containerAnalysisAttestationProjects"] == [admission["spec"]["projectRef"]["external"]]
+        [authenticator] = signing["attestationAuthenticators"]
+        [pkix] = authenticator["pkixPublicKeySet"]["pkixPublicKeys"]
+        assert pkix == {"keyId": key["id"], "signatureAlgorithm": key["pkixPublicKey"]["signatureAlgorithm"],
+                        "publicKeyPem": key["pkixPublicKey"]["publicKeyPem"]}
+    facts = images.FACTS["cv_platform_policy"]["value"]
+    assert key["pkixPublicKey"]["signatureAlgorithm"] in facts["signature_algorithms"]
+
+    def fields(node: object) -> set[str]:
+        if isinstance(node, dict):
+            return set(node).union(*(fields(v) for v in node.values()))
+        return set().union(*(fields(v) for v in node)) if isinstance(node, list) else set()
+
+    assert fields(policy) <= set(facts["fields"])
+
+
+def test_the_runbook_binds_the_platform_policy_with_the_recorded_mode() -> None:
+    script = runbook_section("### Continuous validation", "\n## ")
+    recorded = images.FACTS["cv_evaluation_mode"]["value"]
+    assert f"--binauthz-evaluation-mode={recorded['mode']}" in script
+    binding = recorded["binding"].format(project="${PROJECT_ID}", policy="image-gate")
+    assert f"--binauthz-policy-bindings=name={binding}" in script
+    assert "gcloud beta container binauthz policy create image-gate --platform=gke" in script

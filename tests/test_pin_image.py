@@ -4,6 +4,7 @@ gitops/ and overlays/ (the `repo` fixture), rendered with the real kustomize aft
 from __future__ import annotations
 
 import os
+import tomllib
 from pathlib import Path
 
 import pin_image
@@ -11,6 +12,7 @@ import pytest
 import validate
 import yaml
 
+ROOT = Path(__file__).resolve().parent.parent
 DIGEST = "sha256:" + "a" * 64
 NEWER = "sha256:" + "b" * 64
 GATEWAY = f"us-docker.pkg.dev/my-project/gke-triton-llm/gateway@{DIGEST}"
@@ -114,3 +116,45 @@ def test_a_failed_write_leaves_every_file_whole_as_it_was(repo: Path, monkeypatc
     for directory in overlays:
         assert (directory / "kustomization.yaml").read_text() == before[directory]
         assert [p.name for p in directory.iterdir() if p.name.startswith(".")] == []  # no temporary left
+
+
+def copy_versions(repo: Path) -> Path:
+    """build/versions.toml in the scratch checkout, as the template has it (the all-zero digest)."""
+    (repo / "build").mkdir()
+    versions = repo / "build" / "versions.toml"
+    versions.write_text((ROOT / "build" / "versions.toml").read_text())
+    return versions
+
+
+def test_the_triton_copy_is_pinned_in_the_base_and_in_versions_toml_in_one_step(repo: Path, capsys) -> None:
+    versions = copy_versions(repo)
+    base = repo / "gitops" / "base"
+    copy = f"us-docker.pkg.dev/my-project/nvcr/nvidia/tritonserver@{DIGEST}"
+    before = versions.read_text()
+    assert pin_image.main([copy, str(base)]) == 0
+    pinned = tomllib.loads(versions.read_text())["triton"]
+    assert pinned["digest"] == DIGEST
+    assert pinned["image"] == tomllib.loads(before)["triton"]["image"]  # the tag builds record stays
+    # only the digest line changed, comments and every other table as they were
+    assert [a for a, b in zip(before.splitlines(), versions.read_text().splitlines(), strict=True) if a != b] == [
+        f'digest = "sha256:{"0" * 64}"']
+    assert entries(base)[0] == {"name": "tritonserver", "newName": copy.split("@")[0], "digest": DIGEST}
+    assert images_of(base, "triton") == {copy}
+    assert f"{base / 'kustomization.yaml'} {versions}" in capsys.readouterr().out  # the commit names both
+
+
+def test_a_triton_image_that_is_not_the_pinned_ones_copy_is_refused_and_nothing_changes(repo: Path, capsys):
+    versions = copy_versions(repo)
+    base = repo / "gitops" / "base"
+    before = {f: f.read_text() for f in (versions, base / "kustomization.yaml")}
+    other = f"us-docker.pkg.dev/my-project/nvcr/nvidia/other/tritonserver@{DIGEST}"
+    assert pin_image.main([other, str(base)]) == 1
+    assert (f"{other} is not nvcr.io/nvidia/tritonserver:26.07-trtllm-python-py3 copied into Artifact Registry"
+            in capsys.readouterr().err)
+    assert {f: f.read_text() for f in before} == before
+
+
+def test_pinning_triton_outside_a_checkout_with_versions_toml_is_refused(repo: Path, capsys) -> None:
+    base = repo / "gitops" / "base"
+    assert pin_image.main([f"us-docker.pkg.dev/my-project/nvcr/nvidia/tritonserver@{DIGEST}", str(base)]) == 1
+    assert "pinning Triton writes build/versions.toml too; 0 such files hold" in capsys.readouterr().err

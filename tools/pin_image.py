@@ -9,6 +9,10 @@ directory with no entry gets one, named as kustomize renders the image there (an
 base's image). Every file is checked before any is written, each is replaced whole (never half
 written), and the directories are rendered afterwards: each must run the image by exactly that digest,
 else every file is put back. Comments outside the rewritten entry are kept.
+
+Triton's copy (build/versions.toml's [triton] image, copied into Artifact Registry by
+security/mirror-cloudbuild.yaml) also gets its digest written as versions.toml's [triton] `digest`, in
+the same all-or-nothing step: the validator holds the two equal, and the compile image builds FROM it.
 """
 
 from __future__ import annotations
@@ -19,11 +23,17 @@ import re
 import shlex
 import sys
 import tempfile
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
 import validate
 import yaml
+from policy import images
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "build"))  # validate adds it too; said here
+
+import catalog  # noqa: E402
 
 # registry host, path, then @sha256: and 64 hex digits; a tag in front of the digest is refused too,
 # since kustomize would keep only one of them.
@@ -181,6 +191,44 @@ def plan(directory: Path, reference: str) -> Edit:
     return Edit(file, old, new)
 
 
+def _versions_file(directories: list[Path]) -> Path:
+    """build/versions.toml of the checkout that holds the directories."""
+    found = {
+        parent / "build" / "versions.toml"
+        for directory in directories
+        for parent in [directory.resolve(), *directory.resolve().parents]
+        if (parent / "build" / "versions.toml").is_file()
+    }
+    if len(found) != 1:
+        raise PinError(f"pinning Triton writes build/versions.toml too; {len(found)} such files hold "
+                       f"{', '.join(map(str, directories))}: pin in one checkout, from its root")
+    return found.pop()
+
+
+def triton_edit(reference: str, directories: list[Path]) -> Edit | None:
+    """For the Triton image, the edit of build/versions.toml's [triton] digest; None for any other image."""
+    new_name, digest = parse_reference(reference)
+    if short_name(new_name) != short_name(catalog.triton_image()):
+        return None
+    file = _versions_file(directories)
+    old = file.read_text()
+    upstream = tomllib.loads(old)["triton"]["image"]
+    if not images.is_copy(reference, upstream, digest):
+        raise PinError(f"{reference} is not {upstream} copied into Artifact Registry: pin the copy "
+                       "security/mirror-cloudbuild.yaml made, LOCATION-docker.pkg.dev/PROJECT/REPOSITORY/"
+                       f"{images.parse(upstream).path}@sha256:…, as its build printed it")
+    table = re.search(r"(?ms)^\[triton\]\n.*?(?=^\[|\Z)", old)
+    line = re.compile(r'(?m)^digest = "[^"\n]*"$')
+    if table is None or len(line.findall(table[0])) != 1:
+        raise PinError(f"{file}: no `digest = \"…\"` line in [triton] to write; restore it from git")
+    new = old[:table.start()] + line.sub(f'digest = "{digest}"', table[0]) + old[table.end():]
+    expected = tomllib.loads(old)
+    expected["triton"]["digest"] = digest
+    if tomllib.loads(new) != expected:
+        raise PinError(f"{file}: cannot rewrite [triton] digest in place; edit it by hand")
+    return Edit(file, old, new)
+
+
 def write_whole(path: Path, text: str) -> None:
     """Replace path with text in one rename: a reader sees the old file or the new one, never a part."""
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
@@ -197,7 +245,8 @@ def write_whole(path: Path, text: str) -> None:
 def pin(reference: str, directories: list[Path]) -> list[Edit]:
     """Pin `reference` in every directory; the edits that changed a file. All or nothing."""
     edits = [plan(d, reference) for d in directories]
-    changed = [e for e in edits if e.new != e.old]
+    versions = triton_edit(reference, directories)
+    changed = [e for e in [*edits, *([versions] if versions else [])] if e.new != e.old]
     written: list[Edit] = []
     try:
         for edit in changed:
@@ -224,6 +273,8 @@ def _parser() -> argparse.ArgumentParser:
             "      overlays/*\n"
             "  python tools/pin_image.py us-docker.pkg.dev/my-project/gke-triton-llm/compile-engine@sha256:<d> \\\n"
             "      gitops/jobs/compile-engine\n"
+            "  python tools/pin_image.py us-docker.pkg.dev/my-project/nvcr/nvidia/tritonserver@sha256:<d> \\\n"
+            "      gitops/base        # and build/versions.toml's [triton] digest\n"
             "\nThen python tools/validate.py, git commit and git push: Argo CD rolls the pods over to the digest."
         ),
     )

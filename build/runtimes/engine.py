@@ -182,12 +182,23 @@ def job_name(plan: Plan) -> str:
     return slug[:63].rstrip("-")
 
 
-def job_image() -> str:
-    """The compile Job's image name (without tag), as the base kustomization sets it."""
+def _job_image_entry() -> dict:
+    """The base kustomization's `images:` entry for the compile Job's image."""
     import yaml  # only where a Job overlay is printed: the Job's own image needs no pyyaml
 
     kustomization = yaml.safe_load((layout.ROOT / JOB_DIR / "kustomization.yaml").read_text())
-    return next(i["newName"] for i in kustomization["images"] if i["name"] == "compile-engine")
+    return next(i for i in kustomization["images"] if i["name"] == "compile-engine")
+
+
+def job_image() -> str:
+    """The compile Job's image name (without tag), as the base kustomization sets it."""
+    return _job_image_entry()["newName"]
+
+
+def job_image_digest() -> str:
+    """The digest the base pins the compile image by: the one tools/pin_image.py wrote after a gated build,
+    or this template's all-zero stand-in, which tools/validate.py reports and --before-push refuses."""
+    return _job_image_entry()["digest"]
 
 
 def job_kustomization(plan: Plan, *, build_gpus: int, model_source: str, publish: str, image_digest: str) -> str:
@@ -273,15 +284,16 @@ def unavailable_message(
     if publish is None:
         notes.append("Set PUBLISH to your bucket: compile.py was run without --publish.")
     tag = source_revision[:12] if source_revision else "TAG"
-    notes.append(
-        "Build the Job's image from this checkout and set its digest in `images:` (the Job installs nothing "
-        f"itself): gcloud builds submit --config {JOB_DIR}/cloudbuild.yaml "
-        f"--substitutions=_IMAGE={job_image()}:{tag} ."
-    )
     run_dir = f"{RUNS_DIR}/{job_name(plan)}"
+    notes.append(
+        f"`images:` pins the compile image by the digest {JOB_DIR} pins ({job_image_digest()}). If that is not "
+        "a build of this checkout, build the Job's image (the Job installs nothing itself): gcloud builds submit "
+        f"--config {JOB_DIR}/cloudbuild.yaml --substitutions=_IMAGE={job_image()}:{tag} . and pin the digest "
+        f"it prints: python tools/pin_image.py {job_image()}@sha256:<digest> {JOB_DIR} {run_dir}"
+    )
     overlay = job_kustomization(
         plan, build_gpus=build.build_gpus if build else plan.tp * plan.pp, model_source=model_source,
-        publish=publish or "gs://REPLACE-ME/models", image_digest="sha256:REPLACE-ME",
+        publish=publish or "gs://REPLACE-ME/models", image_digest=job_image_digest(),
     )
     return (
         f"TensorRT-LLM is not installed here ({'; '.join(missing)}). Engines are built on the GPU that "
