@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import shutil
 import subprocess
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -208,6 +210,20 @@ def test_the_hpa_series_counts_each_waiting_request_once_and_exists_without_the_
                                                          "tests": tests}))
     done = subprocess.run([promtool, "test", "rules", "tests.yaml"], capture_output=True, text=True, cwd=tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_the_hpa_reads_a_recorded_series_that_keeps_what_the_adapter_finds_it_by() -> None:
+    """GMP sets project_id, location, cluster and namespace on what a Rules object records; the adapter
+    finds a Pods metric by those and the `pod` label, which only the rule's own aggregation can keep."""
+    facts = tomllib.loads((ROOT / "tools/policy/upstream_facts.toml").read_text())["gke"]["rules_recording_labels"]
+    objects = validate.render(ROOT / "overlays" / "cpu")
+    [hpa] = [o for o in objects if o["kind"] == "HorizontalPodAutoscaler"]
+    name = hpa["spec"]["metrics"][0]["pods"]["metric"]["name"].split("|")[1]
+    [rule] = [r for g in rendered_rules("cpu")["spec"]["groups"] for r in g["rules"] if r.get("record") == name]
+    grouping = re.fullmatch(r"sum by \(([^)]*)\) \(.*\)", rule["expr"], re.S).group(1)
+    kept = {label.strip() for label in grouping.split(",")}
+    assert facts["adapter_pod_label"] in kept
+    assert set(facts["adapter_resource_labels"]) <= set(facts["recorded_labels"]) | kept
 
 
 def test_every_runbook_url_names_a_section_of_the_runbook() -> None:
