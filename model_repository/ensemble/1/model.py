@@ -200,7 +200,7 @@ class TritonPythonModel:
         self.loopback = loopback(config)
         self.metrics = AnswerMetrics(args["model_name"], args["model_version"])
         # execute() blocks while every slot is taken, so the backlog stays in Triton's queue, where
-        # the pending-request metric (and so the autoscaler) can see it.
+        # the pending-request metric (a part of the HPA's series, with the waiting gauge) can see it.
         self.slots = threading.BoundedSemaphore(parameter(config, "max_concurrent_requests", int))
         # (whether tritonserver refused the latest new connection asked of it, and when)
         self.refused = (False, 0.0)
