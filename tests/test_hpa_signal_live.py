@@ -1,18 +1,21 @@
-"""The HPA's series, llm_pod_requests_waiting, live: more streams than the CPU runtime has batch slots, once
-straight to Triton's ensemble and once through the gateway's direct path, against a real Prometheus that
+"""The HPA's series, llm_pod_requests_waiting, live: more streams than the CPU runtime has batch slots, half
+straight to Triton's ensemble and half through the gateway's direct path, against a real Prometheus that
 scrapes the real tritonserver (tests/conftest.py's, the session's) and the gateway with the labels Managed
 Prometheus adds, and evaluates the cpu overlay's rendered rules, the recording rule included.
 
-While the batch's max_batch_size rows decode, the other streams have no first token: the series, read as
-the Custom Metrics Stackdriver Adapter reads it, must count exactly those, and fall back to 0 once all
-are answered. Every stream asks min_tokens = max_tokens, so the first wave holds every row for the same
-number of decode steps, long enough for several scrapes.
+The batch's max_batch_size rows are filled first (half each way) with long answers (min_tokens =
+max_tokens); once each has its first token the series must read 0 (a request with a slot is not
+waiting), and then more streams are sent (half each way): they have no
+batch slot until a row frees, many decode steps later. The series, read as the Custom Metrics
+Stackdriver Adapter reads it, must count exactly those, from both ways in, and fall back to 0 once all
+are answered.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
 import json
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -28,8 +31,13 @@ from test_monitoring_live import adapter_query, cpu_objects, wait_for
 
 pytestmark = pytest.mark.triton
 
-WAITING_BEYOND_BATCH = 6  # streams beyond the batch's rows: what the series must show while the rows decode
-TOKENS = 24
+WAITERS_EACH_WAY = 3  # streams sent, each way, once the batch is full: what the series must show
+HOLD_TOKENS = 48  # the rows' answers: at ~0.26 s a step (8 rows, README) the waiters wait ~8 s, several scrapes
+WAITER_TOKENS = 4
+# The series' parts by way in (docs/manifests.md, "Autoscaling").
+GATEWAY_PART = 'sum(gateway_requests_waiting{triton_model="tensorrt_llm"})'
+ENSEMBLE_PART = ('sum(nv_inference_pending_request_count{model="ensemble"})'
+                 ' + sum(llm_requests_waiting{model="ensemble"})')
 
 
 @dataclass
@@ -53,7 +61,7 @@ def signal(triton, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Signal]
     (work / "rules.yaml").write_text(yaml.safe_dump(promlocal.rule_file(rules, f"{promlocal.SCRAPE_SECONDS}s")))
     batch = json.loads((triton.repository / "build.json").read_text())["limits"]["max_batch_size"]
     # One worker whose bound lets every stream in: none is shed, all wait in the pod.
-    options = ("--workers", "1", "--max-in-flight", str(2 * (batch + WAITING_BEYOND_BATCH)))
+    options = ("--workers", "1", "--max-in-flight", str(batch + 2 * WAITERS_EACH_WAY))
     with running_gateway(triton.repository, triton.http, work, options=options) as gateway, \
             promlocal.RecordedExporter([]) as recorded, \
             promlocal.running(work, free_port(), f"127.0.0.1:{triton.metrics_port}", recorded.address,
@@ -62,36 +70,64 @@ def signal(triton, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Signal]
         yield Signal(prom, adapter_query(objects), triton.http, gateway.url, batch)
 
 
-def ensemble_stream(signal: Signal, n: int) -> int:
-    """One stream straight to Triton's ensemble (as tritonclient or genai-perf send it): its text events."""
-    payload = {"text_input": f"Count to {n}.", "max_tokens": TOKENS, "min_tokens": TOKENS, "stream": True}
+def ensemble_stream(signal: Signal, n: int, tokens: int, first: threading.Event) -> int:
+    """One stream straight to Triton's ensemble (as tritonclient or genai-perf send it): its text events;
+    `first` is set when the first comes."""
+    payload = {"text_input": f"Count to {n}.", "max_tokens": tokens, "min_tokens": tokens, "stream": True}
     with requests.post(f"http://{signal.triton_http}/v2/models/ensemble/generate_stream", json=payload, stream=True,
-                       timeout=300) as response:
-        return sum(1 for line in response.iter_lines() if line.startswith(b"data:") and b'"error"' not in line)
+                       timeout=600) as response:
+        events = 0
+        for line in response.iter_lines():
+            if line.startswith(b"data:") and b'"error"' not in line:
+                events += 1
+                first.set()
+        return events
 
 
-def gateway_stream(signal: Signal, n: int) -> int:
-    """One chat stream through the gateway (its direct path to tensorrt_llm): its content chunks."""
-    body = {"model": MODEL, "messages": [{"role": "user", "content": f"Count to {n}."}], "max_tokens": TOKENS,
-            "min_tokens": TOKENS, "stream": True}
-    with httpx.Client(timeout=300) as client, \
+def gateway_stream(signal: Signal, n: int, tokens: int, first: threading.Event) -> int:
+    """One chat stream through the gateway (its direct path to tensorrt_llm): its content chunks; `first`
+    is set when the first comes."""
+    body = {"model": MODEL, "messages": [{"role": "user", "content": f"Count to {n}."}], "max_tokens": tokens,
+            "min_tokens": tokens, "stream": True}
+    with httpx.Client(timeout=600) as client, \
             client.stream("POST", f"{signal.gateway_url}/v1/chat/completions", json=body) as response:
         assert response.status_code == 200
-        return sum(1 for line in response.iter_lines() if '"content"' in line)
+        chunks = 0
+        for line in response.iter_lines():
+            if '"content"' in line:
+                chunks += 1
+                first.set()
+        return chunks
 
 
-def watched(signal: Signal, stream: Callable[[Signal, int], int]) -> list[float]:
-    """batch + WAITING_BEYOND_BATCH streams at once; the series' values, read every quarter second until
-    all have ended."""
-    values: list[float] = []
-    streams = signal.batch + WAITING_BEYOND_BATCH
-    with concurrent.futures.ThreadPoolExecutor(streams) as pool:
-        answered = [pool.submit(stream, signal, n) for n in range(streams)]
-        while not all(f.done() for f in answered):
-            values += [float(s["value"][1]) for s in signal.prometheus.query(signal.query)]
+def value(prometheus: promlocal.Prometheus, query: str) -> float:
+    return sum(float(s["value"][1]) for s in prometheus.query(query))
+
+
+@pytest.fixture(scope="module")
+def observed(signal: Signal) -> list[tuple[float, float, float]]:
+    """(the series, its gateway part, its ensemble part) every quarter second, from the moment the waiters
+    are sent until every stream has ended."""
+    ways: list[Callable] = [ensemble_stream, gateway_stream]
+    samples = []
+    with concurrent.futures.ThreadPoolExecutor(signal.batch + 2 * WAITERS_EACH_WAY) as pool:
+        held = [threading.Event() for _ in range(signal.batch)]
+        streams = [pool.submit(ways[n % 2], signal, n, HOLD_TOKENS, event) for n, event in enumerate(held)]
+        deadline = time.monotonic() + 600
+        while not all(e.is_set() for e in held):
+            assert time.monotonic() < deadline and not any(f.done() for f in streams), "the rows never all answered"
+            time.sleep(0.1)
+        # Every row has its slot: nothing waits, as Prometheus sees it too, before the waiters come.
+        assert wait_for(signal.prometheus, f"{signal.query} == 0"), signal.prometheus.query(signal.query)
+        assert not any(f.done() for f in streams), "a row ended before the waiters came: raise HOLD_TOKENS"
+        streams += [pool.submit(way, signal, 100 + n, WAITER_TOKENS, threading.Event())
+                    for way in ways for n in range(WAITERS_EACH_WAY)]
+        while not all(f.done() for f in streams):
+            samples.append((value(signal.prometheus, signal.query), value(signal.prometheus, GATEWAY_PART),
+                            value(signal.prometheus, ENSEMBLE_PART)))
             time.sleep(0.25)
-    assert all(f.result() > 0 for f in answered)
-    return values
+    assert all(f.result() > 0 for f in streams)
+    return samples
 
 
 def test_the_series_exists_at_zero_before_any_load(signal: Signal) -> None:
@@ -99,11 +135,13 @@ def test_the_series_exists_at_zero_before_any_load(signal: Signal) -> None:
     assert float(sample["value"][1]) == 0 and sample["metric"]["pod"] == promlocal.POD
 
 
-@pytest.mark.parametrize("stream", [ensemble_stream, gateway_stream], ids=["straight-to-triton", "through-gateway"])
-def test_the_series_counts_the_streams_beyond_the_batch_and_falls_back_to_zero(signal: Signal, stream) -> None:
-    values = watched(signal, stream)
-    # While the first max_batch_size rows decode, exactly the rest wait (before that, rows in prefill count
-    # too, never more than every stream; the same request is never counted twice).
-    assert WAITING_BEYOND_BATCH in values, values
-    assert max(values) <= signal.batch + WAITING_BEYOND_BATCH, values
+def test_the_series_counts_the_streams_beyond_the_batch_from_both_ways_in(observed: list) -> None:
+    # While the rows decode, exactly the waiters wait, half through the gateway and half straight to Triton;
+    # never more than all the waiters (no request counted twice), then fewer as rows free.
+    waiters = 2 * WAITERS_EACH_WAY
+    assert (waiters, WAITERS_EACH_WAY, WAITERS_EACH_WAY) in observed, observed
+    assert max(total for total, *_ in observed) <= waiters, observed
+
+
+def test_the_series_falls_back_to_zero_once_all_are_answered(signal: Signal, observed: list) -> None:
     assert wait_for(signal.prometheus, f"{signal.query} == 0"), signal.prometheus.query(signal.query)
