@@ -234,7 +234,7 @@ class Gateway:
         return await self.complete(request, chat=False)
 
     async def complete(self, request: Request, chat: bool) -> Response:
-        exchange = metrics.exchange(request).admitted()
+        exchange = metrics.exchange(request).admitted(self.triton.target)
         job, ids = await self.job(request, chat)
         reply = Reply.new(chat, self.model.name)
         answers = [Answer([], running_count=job.continuous_usage, logprobs=[] if job.logprobs else None)

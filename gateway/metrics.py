@@ -115,8 +115,12 @@ class Metrics:
                              "arrival to the last byte written", ["route", *key], E2E_BUCKETS)
         self.in_flight = gauge("gateway_requests_in_flight", "Generation requests admitted and not yet answered "
                                "to the end (waiting ones included)", key)
+        # triton_model: the Triton model the gateway calls (tensorrt_llm on the direct path, ensemble on the
+        # ensemble path). The HPA's series (gitops/components/monitoring/rules.yaml) adds only the direct
+        # path's: a request sent to the ensemble is counted there, by the ensemble's own waiting gauge.
         self.waiting = gauge("gateway_requests_waiting", "Generation requests admitted whose first token has not "
-                             "come yet (tokenizing, queued in Triton, prefill)", key)
+                             "come yet (tokenizing, queued in Triton, prefill), by the Triton model called",
+                             [*key, "triton_model"])
         self.in_flight_limit = gauge("gateway_requests_in_flight_limit", "The admission bound: generation "
                                      "requests in flight beyond which requests get a 429, summed over workers", [])
         self.prompt_tokens = counter("gateway_prompt_tokens_total", "Prompt tokens of requests the engine "
@@ -193,6 +197,7 @@ class Exchange:
     state: dict  # the request's scope["state"], where admission puts the key name
     arrived: float
     key: str | None = None  # set when admitted, so the gauges go down under the label they went up under
+    triton_model: str = ""  # the model the route calls, set when admitted
     waiting: bool = False
     last_chunk: float | None = None
     gaps: Histogram | None = None  # the ITL series of this request's key, looked up once: it is per token
@@ -203,11 +208,12 @@ class Exchange:
     def api_key(self) -> str:
         return self.state.get("api_key_name", UNAUTHENTICATED)
 
-    def admitted(self) -> Exchange:
-        """A generation request the route handles: in flight, and waiting for its first token."""
-        self.key = self.api_key
+    def admitted(self, triton_model: str) -> Exchange:
+        """A generation request the route handles, calling `triton_model`: in flight, and waiting for its
+        first token."""
+        self.key, self.triton_model = self.api_key, triton_model
         self.metrics.in_flight.labels(self.key).inc()
-        self.metrics.waiting.labels(self.key).inc()
+        self.metrics.waiting.labels(self.key, triton_model).inc()
         self.waiting = True
         return self
 
@@ -237,7 +243,7 @@ class Exchange:
 
     def stop_waiting(self) -> None:
         if self.waiting:
-            self.metrics.waiting.labels(self.key).dec()
+            self.metrics.waiting.labels(self.key, self.triton_model).dec()
             self.waiting = False
 
     def refused(self, body: bytes) -> None:

@@ -136,7 +136,6 @@ def test_each_runtime_is_one_module_behind_the_interface(name: str) -> None:
     runtime = runtimes.get(name)
     assert isinstance(runtime, runtimes.Runtime) and runtime.name == name
     assert (ROOT / "model_repository" / "tensorrt_llm" / name / "config.pbtxt").is_file()
-    assert (runtime.queue_metric is None) == bool(runtime.queue_metric_missing)
 
 
 def test_the_catalog_runs_only_runtimes_that_exist() -> None:

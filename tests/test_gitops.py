@@ -132,7 +132,7 @@ def test_a_new_pin_changes_only_the_model_location_in_the_pod_template(tmp_path:
     ]
 
 
-def test_cpu_overlay_runs_without_gpus_and_scales_on_tritons_queue() -> None:
+def test_cpu_overlay_runs_without_gpus_and_scales_on_the_pods_waiting_requests() -> None:
     objects = rendered("overlays/cpu")
     pod = one(objects, "Deployment")["spec"]["template"]["spec"]
     assert "nodeSelector" not in pod and "tolerations" not in pod
@@ -140,20 +140,14 @@ def test_cpu_overlay_runs_without_gpus_and_scales_on_tritons_queue() -> None:
         "requests": {"cpu": "4", "memory": "8Gi", "ephemeral-storage": "2Gi"}, "limits": {"memory": "8Gi"}
     }
     metric = one(objects, "HorizontalPodAutoscaler")["spec"]["metrics"][0]["pods"]["metric"]
-    assert metric == {
-        "name": "prometheus.googleapis.com|nv_inference_pending_request_count|gauge",
-        "selector": {"matchLabels": {"metric.labels.model": "tensorrt_llm"}},
-    }
+    assert metric == {"name": "prometheus.googleapis.com|llm_pod_requests_waiting|gauge"}
 
 
 @pytest.mark.parametrize("target", GPU_TARGETS)
-def test_gpu_overlays_scale_on_the_tensorrt_llm_waiting_gauge(target: str) -> None:
+def test_gpu_overlays_scale_on_the_same_waiting_requests_as_the_cpu_one(target: str) -> None:
     objects = rendered(f"overlays/{target}")
     metric = one(objects, "HorizontalPodAutoscaler")["spec"]["metrics"][0]["pods"]["metric"]
-    assert metric == {
-        "name": "prometheus.googleapis.com|nv_trt_llm_request_metrics|gauge",
-        "selector": {"matchLabels": {"metric.labels.request_type": "waiting"}},
-    }
+    assert metric == {"name": "prometheus.googleapis.com|llm_pod_requests_waiting|gauge"}
     assert {"name": "TRTLLM_ORCHESTRATOR", "value": "1"} in triton(objects)["env"]
 
 

@@ -37,7 +37,6 @@ ENGINE = 'model="tensorrt_llm",version="1"'
 GPU = 'gpu="0",UUID="GPU-4b1d0c2e",modelName="NVIDIA H100 80GB HBM3",Hostname="gke-triton-h100-0"'
 RECORDED = {
     "nv_inference_first_response_histogram_ms_bucket": "Triton 26.07 with histogram_latencies; the local 2.51 has none",
-    "nv_trt_llm_request_metrics": "the TensorRT-LLM C++ backend (engine runtime)",
     "nv_trt_llm_kv_cache_block_metrics": "the TensorRT-LLM C++ backend (engine runtime)",
     "DCGM_FI_DEV_GPU_UTIL": "GKE managed DCGM (GPU nodes)",
     "DCGM_FI_DEV_FB_USED": "GKE managed DCGM (GPU nodes)",
@@ -51,7 +50,6 @@ RECORDED = {
 SAMPLES = [
     *[("nv_inference_first_response_histogram_ms_bucket", f'model="ensemble",version="1",le="{le}"', 0, rate)
       for le, rate in (("100", 1), ("500", 6), ("2000", 9), ("5000", 10), ("+Inf", 10))],
-    ("nv_trt_llm_request_metrics", f'{ENGINE},request_type="waiting"', 0, 0),
     ("nv_trt_llm_kv_cache_block_metrics", f'{ENGINE},kv_cache_block_type="fraction"', 0.42, 0),
     ("DCGM_FI_DEV_GPU_UTIL", GPU, 63, 0),
     ("DCGM_FI_DEV_FB_USED", GPU, 73000, 0),
@@ -96,7 +94,8 @@ def adapter_query(objects: list[dict]) -> str:
     metric = hpa["spec"]["metrics"][0]["pods"]["metric"]
     family, name, kind = metric["name"].split("|")
     assert (family, kind) == ("prometheus.googleapis.com", "gauge")
-    matchers = [f'{k.removeprefix("metric.labels.")}="{v}"' for k, v in metric["selector"]["matchLabels"].items()]
+    matchers = [f'{k.removeprefix("metric.labels.")}="{v}"'
+                for k, v in metric.get("selector", {}).get("matchLabels", {}).items()]
     matchers.append(f'namespace="{hpa["metadata"]["namespace"]}"')
     return f"{name}{{{','.join(matchers)}}}"
 
@@ -180,6 +179,14 @@ def live(triton, tmp_path_factory: pytest.TempPathFactory) -> Live:
         yield Live(prometheus, at_rest, peak, rules, statuses)
 
 
+def test_every_selector_of_the_hpas_recording_rule_returns_data(live: Live) -> None:
+    """Each part of llm_pod_requests_waiting is a series the pod serves, by that name and those labels."""
+    [rule] = [r for g in live.rules["spec"]["groups"] for r in g["rules"]
+              if r.get("record") == "llm_pod_requests_waiting"]
+    for selector in selectors(rule["expr"]):
+        assert live.prometheus.query(selector), selector
+
+
 def test_the_hpa_metric_exists_at_zero_load_and_rises_under_load(live: Live) -> None:
     assert [float(s["value"][1]) for s in live.queue_at_rest] == [0.0]
     assert live.queue_at_rest[0]["metric"]["pod"] == promlocal.POD
@@ -190,7 +197,9 @@ def test_recorded_metrics_are_absent_from_the_local_scrapes_and_every_other_one_
     scraped = {s["metric"]["__name__"] for s in live.prometheus.query('count by (__name__) ({job="triton"})')}
     queries = [q for _, q in dashboard_queries()] + [r["expr"] for r in monitoring.alerts(live.rules)]
     used = {re.match(r"[\w:]+", s).group(0) for q in queries for s in selectors(q)}
-    assert sorted(used - scraped - set(RECORDED)) == [], "metrics used that neither the pod nor the stand-in exports"
+    made = monitoring.recorded([live.rules])  # by the Rules' own recording rules, from the scrapes
+    assert sorted(used - scraped - set(RECORDED) - made) == [], \
+        "metrics used that neither the pod, the stand-in nor a recording rule makes"
     assert sorted(set(RECORDED) & scraped) == [], "the local pod exports these now: take them off RECORDED"
     assert {m for m, *_ in SAMPLES} == set(RECORDED)
 
@@ -245,7 +254,9 @@ def test_the_gateways_series_come_from_both_its_workers_by_status_key_and_parame
 def test_prometheus_evaluates_every_rule_without_error(live: Live) -> None:
     groups = live.prometheus.get("/api/v1/rules")["groups"]
     evaluated = {r["name"]: r for g in groups for r in g["rules"]}
-    assert sorted(evaluated) == sorted(r["alert"] for r in monitoring.alerts(live.rules))
+    assert sorted(evaluated) == sorted([r["alert"] for r in monitoring.alerts(live.rules)]
+                                       + list(monitoring.recorded([live.rules])))
     assert {name: r["health"] for name, r in evaluated.items() if r["health"] != "ok"} == {}
-    # A healthy deployment under a short load: nothing fires (TritonAnswersFailing waits its 5 min `for`).
-    assert [r["name"] for r in evaluated.values() if r["state"] == "firing"] == []
+    # A healthy deployment under a short load: nothing fires (TritonAnswersFailing waits its 5 min `for`;
+    # a recording rule has no state).
+    assert [r["name"] for r in evaluated.values() if r.get("state") == "firing"] == []

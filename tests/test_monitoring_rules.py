@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import shutil
 import subprocess
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -75,13 +77,13 @@ CASES = {
         bucket_series("llm_inter_token_latency_seconds", ENSEMBLE,
                       {"0.1": "0+10x40", "0.5": "0+10x40", "1": "0+10x40", "+Inf": "0+10x40"}),
     ),
-    "TritonQueueGrowingAtMaxReplicas": (
-        [series("nv_inference_pending_request_count", f'{NS},{POD},model="tensorrt_llm"', "0+1x40"),
+    "TritonQueueGrowingAtMaxReplicas": (  # through the recorded llm_pod_requests_waiting
+        [series("llm_requests_waiting", f'{ENSEMBLE},{POD}', "0+1x40"),
          series("kube_horizontalpodautoscaler_status_current_replicas", HPA, "4x40"),
          series("kube_horizontalpodautoscaler_spec_max_replicas", HPA, "4x40")],
         {"namespace": promlocal.NAMESPACE},
         # growing too, but the HPA still has room: it is scaling, not stuck
-        [series("nv_inference_pending_request_count", f'{NS},{POD},model="tensorrt_llm"', "0+1x40"),
+        [series("llm_requests_waiting", f'{ENSEMBLE},{POD}', "0+1x40"),
          series("kube_horizontalpodautoscaler_status_current_replicas", HPA, "2x40"),
          series("kube_horizontalpodautoscaler_spec_max_replicas", HPA, "4x40")],
     ),
@@ -154,7 +156,8 @@ def test_promtool_checks_every_overlays_rules(promtool: str, tmp_path: Path) -> 
         files[-1].write_text(yaml.safe_dump(promlocal.rule_file(rendered_rules(target))))
     done = subprocess.run([promtool, "check", "rules", *map(str, files)], capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert done.stdout.count(f"SUCCESS: {len(CASES)} rules found") == len(OVERLAYS), done.stdout
+    recording = len(monitoring.recorded([rendered_rules("cpu")]))
+    assert done.stdout.count(f"SUCCESS: {len(CASES) + recording} rules found") == len(OVERLAYS), done.stdout
 
 
 def test_every_alert_fires_on_its_series_and_stays_silent_on_a_healthy_deployment(promtool: str,
@@ -180,6 +183,47 @@ def test_every_alert_fires_on_its_series_and_stays_silent_on_a_healthy_deploymen
                                                          "tests": tests}))
     done = subprocess.run([promtool, "test", "rules", "tests.yaml"], capture_output=True, text=True, cwd=tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_the_hpa_series_counts_each_waiting_request_once_and_exists_without_the_gateways(promtool: str,
+                                                                                        tmp_path: Path) -> None:
+    """llm_pod_requests_waiting per pod: the gateway's direct-path waiting (every key), Triton's queue in
+    front of the ensemble and the ensemble's waiting; not the gateway's ensemble-path waiting (those
+    requests are the ensemble's too), not tensorrt_llm's own queue (the gateway's and the ensemble's
+    requests again), and still there, from Triton's series alone, before the gateway served anyone."""
+    (tmp_path / "rules.yaml").write_text(yaml.safe_dump(promlocal.rule_file(rendered_rules("cpu"))))
+    gateway = f'{NS},{POD},container="gateway"'
+    other = 'pod="triton-5d9c7b8f4-b2"'
+    busy = [series("gateway_requests_waiting", f'{gateway},api_key="alice",triton_model="tensorrt_llm"', "2x10"),
+            series("gateway_requests_waiting", f'{gateway},api_key="bench",triton_model="tensorrt_llm"', "1x10"),
+            series("gateway_requests_waiting", f'{gateway},api_key="bench",triton_model="ensemble"', "5x10"),
+            series("nv_inference_pending_request_count", f'{ENSEMBLE},{POD}', "4x10"),
+            series("llm_requests_waiting", f'{ENSEMBLE},{POD}', "8x10"),
+            series("nv_inference_pending_request_count", f'{NS},{POD},model="tensorrt_llm",version="1"', "6x10"),
+            series("nv_inference_pending_request_count", f'{ENSEMBLE},{other}', "0x10"),
+            series("llm_requests_waiting", f'{ENSEMBLE},{other}', "1x10")]
+    tests = [{"name": "the sum per pod", "interval": "1m", "input_series": busy,
+              "promql_expr_test": [{"expr": "llm_pod_requests_waiting", "eval_time": "5m", "exp_samples": [
+                  {"labels": f'llm_pod_requests_waiting{{{NS},{POD}}}', "value": 2 + 1 + 4 + 8},
+                  {"labels": f'llm_pod_requests_waiting{{{NS},{other}}}', "value": 1}]}]}]
+    (tmp_path / "tests.yaml").write_text(yaml.safe_dump({"rule_files": ["rules.yaml"], "evaluation_interval": "15s",
+                                                         "tests": tests}))
+    done = subprocess.run([promtool, "test", "rules", "tests.yaml"], capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_the_hpa_reads_a_recorded_series_that_keeps_what_the_adapter_finds_it_by() -> None:
+    """GMP sets project_id, location, cluster and namespace on what a Rules object records; the adapter
+    finds a Pods metric by those and the `pod` label, which only the rule's own aggregation can keep."""
+    facts = tomllib.loads((ROOT / "tools/policy/upstream_facts.toml").read_text())["gke"]["rules_recording_labels"]
+    objects = validate.render(ROOT / "overlays" / "cpu")
+    [hpa] = [o for o in objects if o["kind"] == "HorizontalPodAutoscaler"]
+    name = hpa["spec"]["metrics"][0]["pods"]["metric"]["name"].split("|")[1]
+    [rule] = [r for g in rendered_rules("cpu")["spec"]["groups"] for r in g["rules"] if r.get("record") == name]
+    grouping = re.fullmatch(r"sum by \(([^)]*)\) \(.*\)", rule["expr"], re.S).group(1)
+    kept = {label.strip() for label in grouping.split(",")}
+    assert facts["adapter_pod_label"] in kept
+    assert set(facts["adapter_resource_labels"]) <= set(facts["recorded_labels"]) | kept
 
 
 def test_every_runbook_url_names_a_section_of_the_runbook() -> None:

@@ -52,10 +52,6 @@ class Runtime:
     builds_engine: bool  # the build needs GPUs of its own (build/build_memory.py)
     takes_token_ids: bool  # preprocessing and postprocessing sit in front of it; else it takes text
     lay_out: Callable[[Path, Plan, StepSources], None]  # writes <repository>/tensorrt_llm
-    # What its pod needs: the queue gauge the HPA scales on, exported from model load on; None where
-    # the runtime has none, and queue_metric_missing says why.
-    queue_metric: str | None
-    queue_metric_missing: str = ""
     # What its tensorrt_llm step enforces and returns beyond text (structured output, logprobs, n).
     capabilities: Capabilities = Capabilities()
 

@@ -44,8 +44,6 @@ RUNTIME = Runtime(
     builds_engine=False,
     takes_token_ids=True,
     lay_out=lay_out,
-    # Our python model queues in Triton's scheduler.
-    queue_metric="nv_inference_pending_request_count",
     capabilities=Capabilities(guide_types=tokenizer_info.GUIDE_TYPES, log_probs=True, top_log_probs=MAX_TOP_LOG_PROBS,
                               return_sequences=True),
 )

@@ -423,8 +423,6 @@ RUNTIME = Runtime(
     builds_engine=True,
     takes_token_ids=True,
     lay_out=lay_out,
-    # The C++ backend's own queue (its custom metrics), exported from model load on.
-    queue_metric="nv_trt_llm_request_metrics",
     # Its inputs, at the pinned version (build/tensorrtllm_backend.toml): guided decoding, return_log_probs
     # and num_return_sequences; no top-N alternatives per token.
     capabilities=Capabilities(guide_types=tokenizer_info.GUIDE_TYPES, log_probs=True, return_sequences=True,

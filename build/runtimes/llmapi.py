@@ -96,11 +96,6 @@ RUNTIME = Runtime(
     builds_engine=False,
     takes_token_ids=False,
     lay_out=lay_out,
-    queue_metric=None,
-    queue_metric_missing=(
-        "its model returns from execute() at once, so nv_inference_pending_request_count stays near 0, and "
-        "nv_trt_llm_request_metrics comes only from the C++ TensorRT-LLM backend"
-    ),
     # tools/policy/upstream_facts.toml, tensorrt_llm.llmapi_outputs: what NVIDIA's model reads and returns.
     capabilities=Capabilities(missing=(
         f"NVIDIA's llmapi model in TensorRT-LLM {catalog.versions()['tensorrt_llm']['version']} takes no "

@@ -67,6 +67,12 @@ def alerts(rules: dict) -> list[dict]:
     return [r for g in rules.get("spec", {}).get("groups", []) for r in g.get("rules", []) if "alert" in r]
 
 
+def recorded(objects: list[dict]) -> set[str]:
+    """The series the rendered Rules objects record (their `record` rules)."""
+    return {r["record"] for obj in by_kind(objects, "Rules") for g in obj.get("spec", {}).get("groups", [])
+            for r in g.get("rules", []) if "record" in r}
+
+
 def read_thresholds(path: Path) -> dict[str, str] | None:
     """The data of an overlay's alert-thresholds.yaml; None where the directory has none."""
     if not path.is_file():

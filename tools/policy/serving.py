@@ -15,10 +15,9 @@ from pathlib import Path
 
 import catalog
 import layout
-import runtimes
 import yaml
 
-from . import access, capacity, cold_start, gateway, images, pin_gate
+from . import access, capacity, cold_start, gateway, images, monitoring, pin_gate
 from .k8s_objects import by_kind, containers, env_value, find, flag_value, pod_spec, quantity, ref
 
 ACCELERATOR_LABEL = capacity.ACCELERATOR_LABEL
@@ -538,11 +537,15 @@ def _check_node_pool_exists(deployment: dict, gpu: catalog.Gpu, count: int, pool
     ]
 
 
-def _check_hpa_for(objects: list[dict], deployment: dict, runtime: str | None) -> list[str]:
+def _check_hpa_for(objects: list[dict], deployment: dict) -> list[str]:
+    """The HPA scales on a Managed Prometheus series a rendered Rules object records: every runtime's
+    waiting requests are a sum of the pod's scrapes (components/monitoring rules.yaml), and a series
+    nothing records would leave the HPA without a metric."""
     hpas = capacity.hpas_for(objects, deployment)
     if not hpas:
         return [f"{ref(deployment)}: no HorizontalPodAutoscaler scales it (components/autoscaling)"]
     problems = []
+    recorded = monitoring.recorded(objects)
     for hpa in hpas:
         for metric in hpa["spec"].get("metrics", []):
             family, _, scraped = metric.get("pods", {}).get("metric", {}).get("name", "").partition("|")
@@ -553,19 +556,12 @@ def _check_hpa_for(objects: list[dict], deployment: dict, runtime: str | None) -
                     f"{ref(hpa)}: scales on a Managed Prometheus metric, but no PodMonitoring scrapes Triton"
                 )
             scraped = scraped.partition("|")[0]
-            if runtime is None:
-                continue
-            exported = runtimes.get(runtime).queue_metric
-            if exported is None:
+            if scraped not in recorded:
                 problems.append(
-                    f"{ref(hpa)}: scales on {scraped}, which the {runtime} runtime does not export: "
-                    f"{runtimes.get(runtime).queue_metric_missing}; an {runtime} build cannot autoscale here, "
-                    "pin an engine build (docs/manifests.md, known limitations)"
-                )
-            elif scraped != exported:
-                problems.append(
-                    f"{ref(hpa)}: scales on {scraped}, which a {runtime} build does not export (the HPA would "
-                    f"find no metric); scale on {exported}"
+                    f"{ref(hpa)}: scales on {scraped}, which no Rules object here records (the HPA would find no "
+                    f"metric on some runtimes, or miss waiting requests); scale on "
+                    f"{' or '.join(sorted(recorded)) or 'the series the monitoring component records'} "
+                    "(docs/manifests.md, Autoscaling)"
                 )
     return problems
 
@@ -621,9 +617,7 @@ def check_serving(objects: list[dict], pin_path: Path, context: ServingContext) 
         problems += gateway.check(objects, deployment, pod, triton) + gateway.check_image(deployment, pod, stand_in)
         # Cold start, prunes, the fetch step, local disk (tools/policy/cold_start.py).
         problems += cold_start.check(objects, deployment, pod, triton, gpu, pin, context.application)
-        # A runtime the GPU cannot run is reported by the pin gate; do not also judge the HPA by it.
-        runtime = pin["runtime"] if pin and gpu and pin["runtime"] in gpu.runtimes else None
-        problems += _check_hpa_for(objects, deployment, runtime)
+        problems += _check_hpa_for(objects, deployment)
     problems += cold_start.check_slow_kinds_last(objects)
     problems += check_network_policy(objects)
     problems += check_ingress(objects)

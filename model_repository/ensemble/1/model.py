@@ -169,11 +169,19 @@ class Outbox:
 class Tracked:
     """One client request and the tensorrt_llm streams it has open, so a cancellation reaches them."""
 
-    def __init__(self, request):
+    def __init__(self, request, metrics: AnswerMetrics):
         self.request = request
+        self.metrics = metrics
         self.streams: list[Stream] = []
         self.cancelled = False
         self.answer = Answer()  # its output tokens, for the answer metrics
+        self.waiting = True  # no response from tensorrt_llm yet (the waiting gauge counts it)
+
+    def responded(self) -> None:
+        """A response came from tensorrt_llm: the request has its batch slot."""
+        if self.waiting:
+            self.waiting = False
+            self.metrics.responded()
 
     def cancel(self) -> None:
         self.cancelled = True
@@ -192,7 +200,7 @@ class TritonPythonModel:
         self.loopback = loopback(config)
         self.metrics = AnswerMetrics(args["model_name"], args["model_version"])
         # execute() blocks while every slot is taken, so the backlog stays in Triton's queue, where
-        # the pending-request metric (and so the autoscaler) can see it.
+        # the pending-request metric (a part of the HPA's series, with the waiting gauge) can see it.
         self.slots = threading.BoundedSemaphore(parameter(config, "max_concurrent_requests", int))
         # (whether tritonserver refused the latest new connection asked of it, and when)
         self.refused = (False, 0.0)
@@ -204,12 +212,15 @@ class TritonPythonModel:
         self.watcher = asyncio.run_coroutine_threadsafe(self.watch_cancellations(), self.loop)
 
     def execute(self, requests):
-        for request in requests:
+        # All counted before the first waits for a slot: the rest of the batch is out of Triton's queue
+        # (its pending count) from now, and waits here just as much.
+        for _ in requests:
             self.metrics.accepted()
+        for request in requests:
             if not self.place():
                 request.get_response_sender().send(
                     error_response(SHUTTING_DOWN, unavailable=True), flags=FINAL)
-                self.metrics.finished("error", Answer())
+                self.metrics.finished("error", Answer(), waiting=True)
                 continue
             future = asyncio.run_coroutine_threadsafe(self.serve(request), self.loop)
             future.add_done_callback(self.release)
@@ -273,7 +284,7 @@ class TritonPythonModel:
 
     async def serve(self, request) -> None:
         sender = request.get_response_sender()
-        tracked = Tracked(request)
+        tracked = Tracked(request, self.metrics)
         self.tracked.add(tracked)
         outcome = "error"
         try:
@@ -293,7 +304,7 @@ class TritonPythonModel:
             sender.send(error_response(f"internal error: {error!r}"), flags=FINAL)
         finally:
             self.tracked.discard(tracked)
-            self.metrics.finished(outcome, tracked.answer)
+            self.metrics.finished(outcome, tracked.answer, tracked.waiting)
 
     async def answer(self, request, sender, tracked: Tracked) -> None:
         stream_tensor = pb_utils.get_input_tensor_by_name(request, "stream")
@@ -344,6 +355,7 @@ class TritonPythonModel:
         opened, prompt = await self.tensorrt_llm_stream(request, tracked, row)
         ids: list[int] = []
         async for event in opened.responses():
+            tracked.responded()
             ids += token_ids(event)
         tracked.answer.count(len(ids))
         return prompt + ids if keeps_prompt(request, row) else ids
@@ -356,6 +368,7 @@ class TritonPythonModel:
         outbox = Outbox(sender, asyncio.get_running_loop())
         opened, _ = await self.tensorrt_llm_stream(request, tracked, 0)
         async for event in opened.responses():
+            tracked.responded()
             ids = token_ids(event)
             tracked.answer.add(len(ids))
             outbox.put(text.add(ids))
@@ -393,6 +406,7 @@ class TritonPythonModel:
             pieces = list(inputs["text_input"]) if not stream and keeps_prompt(request, row) else []
             opened = self.open(tracked, "tensorrt_llm", inputs)
             async for event in opened.responses():
+                tracked.responded()
                 piece = "".join(values(event, "text_output"))
                 if stream and piece:
                     sender.send(text_response([piece]))

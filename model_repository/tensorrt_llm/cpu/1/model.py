@@ -15,7 +15,8 @@ Batching is in-flight, as TensorRT-LLM's inflight batcher does it: execute() onl
 requests, and one decode thread owns the model. Before each decode step it lets waiting sequences into
 the running batch (at most max_batch_size rows), and finished or cancelled ones leave it at once.
 execute() returns when its requests are in the batch, so while the batch is full the rest wait in
-Triton's queue, where the pending-request metric (the cpu autoscaling signal) counts them.
+Triton's queue (or in this execute()). The HPA counts them before they get here, as requests with no
+first token yet (gitops/components/autoscaling).
 """
 
 from __future__ import annotations
