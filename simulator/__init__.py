@@ -1,2 +1,1 @@
-"""The capacity simulator: a request trace replayed through the plan's engine model, a load balancer, and
-(with the control plane) the HPA and the cluster autoscaler. tools/simulate.py is its command."""
+"""The capacity simulator: replays a request trace against a deployment (README, "Capacity simulator")."""
