@@ -50,7 +50,7 @@ class StepModel:
     def from_plan(cls, plan: Plan, gpu: catalog.Gpu) -> StepModel:
         if gpu.is_cpu:
             raise ValueError("the cpu target has no catalog bandwidth to estimate steps from; "
-                             "give measured coefficients (a step model file)")
+                             "give coefficients measured on the machine (a step model file, --step-model)")
         hbm = gpu.hbm_bandwidth_gb_per_s * 1e9 * estimate.BANDWIDTH_EFFICIENCY
         sequence = estimate.sequence_seconds(gpu, plan.kv_bytes_per_token, 0,
                                              estimate.allreduce_bytes(plan.num_layers, plan.hidden_size, plan.tp))

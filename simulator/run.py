@@ -44,6 +44,8 @@ class Run:
     first_token_s: np.ndarray  # absolute times
     done_s: np.ndarray
     replica: np.ndarray  # which replica served each request
+    fleet: list[tuple[float, int, int]]  # (from time, replicas ready, nodes held), in time order
+    trace_end_s: float  # the end of the traced window (at least its last arrival)
     wall_s: float  # how long the simulation took to run
 
     @property
@@ -62,8 +64,10 @@ class Run:
             return np.where(gaps > 0, (self.done_s - self.first_token_s) / gaps, math.nan)
 
 
-def simulate(trace: Trace, *, limits: Limits, model: StepModel, replicas: int, balancer: str) -> Run:
-    """Replay `trace` (within `limits`: see clip) on a fixed number of replicas."""
+def simulate(trace: Trace, *, limits: Limits, model: StepModel, replicas: int, balancer: str,
+             duration_s: float | None = None) -> Run:
+    """Replay `trace` (within `limits`: see clip) on a fixed number of replicas, one per node, for
+    `duration_s` (the trace's last arrival if not given)."""
     if replicas < 1:
         raise ValueError(f"replicas {replicas} must be at least 1")
     too_long = trace.input_tokens + trace.output_tokens > limits.max_seq_len
@@ -84,5 +88,6 @@ def simulate(trace: Trace, *, limits: Limits, model: StepModel, replicas: int, b
             choose(pool).add(request)
     for replica in pool:
         replica.advance(INF)
+    end = max(duration_s or 0.0, float(trace.arrival_s[-1]))
     return Run(trace, replicas, balancer, np.array(requests.first_token), np.array(requests.done),
-               np.array(requests.replica), time.perf_counter() - started)
+               np.array(requests.replica), [(0.0, replicas, replicas)], end, time.perf_counter() - started)

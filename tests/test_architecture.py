@@ -22,7 +22,7 @@ COMMANDS = sorted(p for p in (ROOT / "tools").glob("*.py"))
 # Folders of installed or generated code, never the project's modules.
 NOT_OURS = {".venv", ".venv-checkov", ".venv-clients", ".cache", "out", "__pycache__"}
 # The folders whose modules the README and docs/architecture.md list one by one.
-LISTED_FOLDERS = ["build", "build/runtimes", "tools", "tools/policy", "tools/harness", "tests/support"]
+LISTED_FOLDERS = ["build", "build/runtimes", "tools", "tools/policy", "tools/harness", "tests/support", "simulator"]
 
 
 def _module_name(root: Path, path: Path) -> str | None:
