@@ -149,7 +149,7 @@ def _family(machine_type: str) -> str:
     return machine_type.rsplit("-", 1)[0]
 
 
-def _hourly(machine_type: str, gpus: int) -> tuple[float, float] | None:
+def machine_hourly(machine_type: str, gpus: int) -> tuple[float, float] | None:
     """(on-demand, Spot) $/h of one machine: its own entry, else its family's price per GPU."""
     machine = prices().get("machines", {}).get(machine_type)
     if machine is not None:
@@ -162,7 +162,7 @@ def _hourly(machine_type: str, gpus: int) -> tuple[float, float] | None:
 
 def cost(plan: Plan, gpu: catalog.Gpu, tokens_per_s: float) -> Cost | None:
     gpus = next(n for n, machine in gpu.machine_types.items() if machine == plan.machine_type)
-    hourly = _hourly(plan.machine_type, gpus)
+    hourly = machine_hourly(plan.machine_type, gpus)
     if hourly is None or tokens_per_s <= 0:
         return None
     replicas = gpus // plan.tp
