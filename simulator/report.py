@@ -27,18 +27,8 @@ class Slo:
             raise ValueError(f"an SLO needs times above 0 and a percentile between 0 and 100, not {self}")
 
 
-@dataclass(frozen=True)
-class Pricing:
-    """What one node costs and carries: one serving pod per node."""
-
-    machine_type: str
-    per_node_hour: float | None  # None where build/prices.toml has no price for it
-    gpus_per_node: int
-    spot: bool
-
-
 def _ms(values: np.ndarray) -> dict[str, float | None]:
-    values = values[~np.isnan(values)]
+    values = values[np.isfinite(values)]  # failed requests (no replica) are counted apart
     if not len(values):
         return {f"p{p}": None for p in PERCENTILES}
     found = np.percentile(values, PERCENTILES)
@@ -63,17 +53,17 @@ def timeline(run: Run, slo: Slo, bin_s: float) -> list[dict]:
     arrival, ttft, itl = run.trace.arrival_s, run.ttft_s, run.itl_s
     starts = np.arange(0.0, duration_s(run), bin_s)
     edges = np.searchsorted(arrival, np.append(starts, math.inf))  # arrivals are sorted: bins are slices
-    times = np.array([t for t, _, _ in run.fleet])
+    times = np.array([point.t for point in run.fleet])
     rows = []
     for i, start in enumerate(starts):
         lo, hi = edges[i], edges[i + 1]
         at = max(0, int(np.searchsorted(times, start, side="right")) - 1)
-        _, replicas, nodes = run.fleet[at]
+        point = run.fleet[at]
         rows.append({
             "t_s": round(float(start), 3),
             "arrivals_per_s": round((hi - lo) / bin_s, 3),
-            "replicas": replicas,
-            "nodes": nodes,
+            "replicas": point.replicas,
+            "nodes": point.nodes,
             f"ttft_p{slo.percentile:g}_ms": _bin_ms(ttft[lo:hi], slo.percentile),
             f"itl_p{slo.percentile:g}_ms": _bin_ms(itl[lo:hi], slo.percentile),
         })
@@ -81,31 +71,43 @@ def timeline(run: Run, slo: Slo, bin_s: float) -> list[dict]:
 
 
 def _bin_ms(values: np.ndarray, percentile: float) -> float | None:
+    """The percentile of these requests, a failed one (inf) counting as slower than any."""
     values = values[~np.isnan(values)]
-    return round(float(np.percentile(values, percentile)) * 1e3, 2) if len(values) else None
+    if not len(values):
+        return None
+    found = float(np.percentile(values, percentile))
+    return round(found * 1e3, 2) if math.isfinite(found) else None
 
 
-def node_hours(run: Run) -> float:
-    """Nodes held over time, integrated over the paid window."""
+def integrate(run: Run, value) -> float | None:
+    """value(point) held over the paid window, in value-hours; None if any value is None."""
     end = duration_s(run)
-    points = [(t, nodes) for t, _, nodes in run.fleet if t < end] + [(end, 0)]
-    return sum((b[0] - a[0]) * a[1] for a, b in zip(points, points[1:], strict=False)) / 3600
+    points = [p for p in run.fleet if p.t < end]
+    total = 0.0
+    for point, until in zip(points, [p.t for p in points[1:]] + [end], strict=True):
+        v = value(point)
+        if v is None:
+            return None
+        total += v * (until - point.t)
+    return total / 3600
 
 
-def summarize(run: Run, slo: Slo, pricing: Pricing, bin_s: float) -> dict:
+def summarize(run: Run, slo: Slo, bin_s: float) -> dict:
     ttft, itl, e2e = _ms(run.ttft_s), _ms(run.itl_s), _ms(run.e2e_s)
     p = f"p{slo.percentile:g}"
     measured = {"ttft": _bin_ms(run.ttft_s, slo.percentile), "itl": _bin_ms(run.itl_s, slo.percentile)}
-    hours = node_hours(run)
-    cost = None if pricing.per_node_hour is None else hours * pricing.per_node_hour
+    hours = integrate(run, lambda point: point.nodes)
+    cost = integrate(run, lambda point: point.usd_per_hour)
     window = duration_s(run)
     return {
         "requests": len(run.trace),
         "duration_s": round(window, 3),
         "mean_rate_per_s": round(len(run.trace) / window, 3) if window else None,
         "balancer": run.balancer,
-        "replicas_max": max(r for _, r, _ in run.fleet),
-        "nodes_max": max(n for _, _, n in run.fleet),
+        "failed_no_replica": int(run.failed.sum()),
+        "replicas_min": min(point.replicas for point in run.fleet),
+        "replicas_max": max(point.replicas for point in run.fleet),
+        "nodes_max": max(point.nodes for point in run.fleet),
         "ttft_ms": ttft,
         "itl_ms": itl,
         "e2e_ms": e2e,
@@ -116,10 +118,8 @@ def summarize(run: Run, slo: Slo, pricing: Pricing, bin_s: float) -> dict:
                     and (measured["itl"] is None or measured["itl"] <= slo.itl_s * 1e3)),
             "attainment": round(attainment(run, slo), 4),
         },
-        "machine_type": pricing.machine_type,
-        "spot": pricing.spot,
         "node_hours": round(hours, 3),
-        "gpu_hours": round(hours * pricing.gpus_per_node, 3),
+        "gpu_hours": round(integrate(run, lambda point: point.gpus), 3),
         "cost_usd": None if cost is None else round(cost, 2),
         "cost_per_day_usd": None if cost is None or not window else round(cost * 86400 / window, 2),
         "timeline": timeline(run, slo, bin_s),

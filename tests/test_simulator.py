@@ -16,8 +16,14 @@ import pytest
 import simulate
 from conftest import ROOT
 
+from simulator.autoscale import Autoscaled
+from simulator.cluster import Cluster, PoolSpec
+from simulator.hpa import Hpa, hpa_spec_from_object
+from simulator.metric_path import MetricPath
 from simulator.replica import Limits, StepModel
-from simulator.run import simulate as replay
+from simulator.report import Slo, summarize
+from simulator.run import replay
+from simulator.run import simulate as replay_static
 from simulator.trace import Trace, TraceError, diurnal, load, read_csv, scale
 
 LLAMA_8B = ROOT / "tests" / "fixtures" / "models" / "Llama-3.1-8B"
@@ -40,7 +46,8 @@ def test_one_replica_times_match_a_hand_computation(balancer: str) -> None:
     # A (t=0, 100 in, 5 out): step 1 prefills it alone, max(10 ms, 100 x 1 ms) = 100 ms: first token at 0.100.
     # B (t=0.05, 20 in, 3 out) joins at the next step: A's decode token + B's 20 prompt tokens = 21 ms,
     # B's first token at 0.121. Then 10 ms decode steps: 0.131, 0.141 (B's 3rd token: done), 0.151 (A's 5th).
-    run = replay(_trace([(0.0, 100, 5), (0.05, 20, 3)]), limits=_limits(), model=HAND, replicas=1, balancer=balancer)
+    run = replay_static(_trace([(0.0, 100, 5), (0.05, 20, 3)]), limits=_limits(), model=HAND, replicas=1,
+                        balancer=balancer)
     assert run.first_token_s == pytest.approx([0.100, 0.121])
     assert run.ttft_s == pytest.approx([0.100, 0.071])
     assert run.e2e_s == pytest.approx([0.151, 0.091])
@@ -49,7 +56,7 @@ def test_one_replica_times_match_a_hand_computation(balancer: str) -> None:
 
 def _two_at_once(limits: Limits) -> list[float]:
     # two requests of 10 prompt tokens and 2 output tokens, both at t=0
-    return list(replay(_trace([(0.0, 10, 2), (0.0, 10, 2)]), limits=limits, model=HAND, replicas=1,
+    return list(replay_static(_trace([(0.0, 10, 2), (0.0, 10, 2)]), limits=limits, model=HAND, replicas=1,
                        balancer="round_robin").ttft_s)
 
 
@@ -67,7 +74,8 @@ def test_least_outstanding_beats_round_robin_on_a_skewed_trace() -> None:
     # every other request is long (3 s of decode): a long one every 0.5 s keeps 6 busy, within the 8 slots of
     # two replicas; round robin sends them all to one replica, whose 4 slots fill and queue
     rows = [(i * 0.25, 10, 300 if i % 2 == 0 else 2) for i in range(200)]
-    runs = {name: replay(_trace(rows), limits=_limits(max_batch_size=4), model=HAND, replicas=2, balancer=name)
+    runs = {name: replay_static(_trace(rows), limits=_limits(max_batch_size=4), model=HAND, replicas=2,
+                                balancer=name)
             for name in ("round_robin", "least_outstanding")}
     p90 = {name: float(np.percentile(run.ttft_s, 90)) for name, run in runs.items()}
     assert p90["least_outstanding"] < p90["round_robin"] / 2, p90
@@ -144,3 +152,47 @@ def test_bad_traces_are_refused_naming_the_problem(tmp_path: Path, capsys: pytes
     assert "no input_tokens or ContextTokens column" in capsys.readouterr().err
     assert simulate.main(["--model", str(ROOT / "tests" / "fixtures" / "models" / "SmolLM2-135M"), "--gpu", "cpu"]) == 2
     assert "cpu target has no catalog bandwidth" in capsys.readouterr().err
+
+
+def _hpa_object(min_replicas: int, max_replicas: int, target: str) -> dict:
+    """An HPA as the overlays render it (overlays/h100's behavior), on a Pods metric."""
+    metric = {"metric": {"name": "waiting"}, "target": {"type": "AverageValue", "averageValue": target}}
+    return {"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler", "metadata": {"name": "triton"},
+            "spec": {"minReplicas": min_replicas, "maxReplicas": max_replicas,
+                     "metrics": [{"type": "Pods", "pods": metric}],
+                     "behavior": {"scaleUp": {"stabilizationWindowSeconds": 0,
+                                              "policies": [{"type": "Pods", "value": 2, "periodSeconds": 60}]},
+                                  "scaleDown": {"stabilizationWindowSeconds": 600,
+                                                "policies": [{"type": "Pods", "value": 1, "periodSeconds": 300}]}}}}
+
+
+def test_the_hpa_and_the_cluster_add_replicas_that_then_take_requests() -> None:
+    # one replica of 4 slots, 1 s answers at 8 requests/s: requests wait; the HPA (target 2 waiting per pod)
+    # asks for more, the cluster brings each up after 60 s of provisioning and 60 s of pod start
+    pool = PoolSpec(name="fast", spot=False, max_nodes=4, price_per_node_hour=10.0, node_provisioning_s=60,
+                    pod_start_s=60, gpus_per_node=1)
+    fleet = Autoscaled(Hpa(hpa_spec_from_object(_hpa_object(1, 4, "2"))), Cluster([pool]), MetricPath(15, 0, 300),
+                       "waiting")
+    rows = [(i / 8, 10, 100) for i in range(8 * 900)]
+    run = replay(_trace(rows), limits=_limits(max_batch_size=4), model=HAND, balancer="least_outstanding",
+                 fleet=fleet, duration_s=900)
+    assert run.fleet[0].replicas == 1 and max(p.replicas for p in run.fleet) == 4
+    first_added = next(p.t for p in run.fleet if p.replicas > 1)
+    assert 120 <= first_added <= 15 + 15 + 10 + 120 + 15  # a sync, a scan, provisioning, pod start, a scrape
+    assert set(run.replica[run.trace.arrival_s > first_added + 15]) >= {0, 1}  # the new replica serves
+    nodes = [(p.t, p.nodes) for p in run.fleet]
+    node_hours = sum(n * (b - a) for (a, n), (b, _) in zip(nodes, nodes[1:] + [(900, 0)], strict=True)) / 3600
+    assert summarize(run, Slo(1.0, 0.1), 60)["cost_usd"] == pytest.approx(10 * node_hours, abs=0.01)
+    assert not run.failed.any()
+
+
+def test_the_command_autoscales_with_an_overlays_hpa(capsys: pytest.CaptureFixture) -> None:
+    code = simulate.main(["--model", str(LLAMA_8B), "--gpu", "h100", "--rate", "5", "--duration", "60",
+                          "--hpa-from", str(ROOT / "overlays" / "h100"), "--hpa-max", "3", "--json"])
+    assert code == 0
+    document = json.loads(capsys.readouterr().out)
+    fleet = document["settings"]["fleet"]
+    # minReplicas and the metric's target as overlays/h100 renders them; maxReplicas as overridden
+    assert (fleet["min_replicas"], fleet["max_replicas"], fleet["target_average_value"]) == (2, 3, 4.0)
+    assert [pool["max_nodes"] for pool in fleet["pools"]] == [3]
+    assert document["runs"]["round_robin"]["replicas_min"] == 2  # warm at minReplicas when the trace starts

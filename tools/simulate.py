@@ -16,11 +16,16 @@ Examples:
       --peak-rate 60 --trough-rate 5 --bursts-per-hour 2 --duration 86400 --replicas 4 --json
   python tools/simulate.py --model tests/fixtures/models/Llama-3.1-8B --gpu h100 --trace my.csv --spot \\
       --step-model calibrated.json --replicas 3
+  python tools/simulate.py --model tests/fixtures/models/Llama-3.1-8B --gpu l4 --profile diurnal --peak-rate 8 \\
+      --trough-rate 1 --duration 86400 --hpa-from overlays/l4 --hpa-max 12 --plot out/l4-hpa.png
+  python tools/simulate.py --model tests/fixtures/models/Llama-3.1-8B --gpu h100 --rate 30 --duration 7200 \\
+      --hpa-from overlays/h100 --hpa-target 2 --hpa-metric outstanding --spot --preemptions-per-node-hour 0.05
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -36,9 +41,12 @@ import model_source  # noqa: E402
 import planner  # noqa: E402
 import runtimes  # noqa: E402
 
-from simulator import balancer, report, trace  # noqa: E402
+from simulator import balancer, cluster, report, trace  # noqa: E402
+from simulator.autoscale import METRICS, Autoscaled  # noqa: E402
+from simulator.hpa import Hpa, HpaSpec, hpa_spec_from_object  # noqa: E402
+from simulator.metric_path import MetricPath  # noqa: E402
 from simulator.replica import Limits, StepModel  # noqa: E402
-from simulator.run import clip, simulate  # noqa: E402
+from simulator.run import Fleet, StaticFleet, clip, replay  # noqa: E402
 
 DEFAULT_CACHE = Path(os.environ.get("GKE_TRITON_CACHE", ROOT / ".cache"))
 # The default SLO: first token within 2 s for 90% of requests (a chat user's patience, our choice), and the
@@ -72,11 +80,30 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="step-time coefficients (JSON/TOML: overhead_s, weights_s, kv_token_s, sequence_s, "
                              "token_s), e.g. calibrated on a real server; default: the plan's estimate "
                              "(required for the cpu target)")
-    deploy.add_argument("--replicas", type=int, default=1, help="serving pods, one per node (default 1)")
+    deploy.add_argument("--replicas", type=int, default=1,
+                        help="serving pods, one per node, fixed: static provisioning (default 1; without --hpa-from)")
     deploy.add_argument("--balancer", choices=[*balancer.NAMES, "both"], default="round_robin",
                         help="round_robin (a GKE Ingress, the default), least_outstanding (an inference-aware "
                              "gateway), or both, to see what routing is worth")
-    deploy.add_argument("--spot", action="store_true", help="price nodes at Spot rates")
+    deploy.add_argument("--spot", action="store_true",
+                        help="Spot nodes: static ones priced at Spot rates; with an HPA, a Spot pool first and an "
+                             "on-demand fallback pool after it (as a ComputeClass orders them)")
+    scale = parser.add_argument_group("autoscaling (the HPA, its metric path and the cluster autoscaler)")
+    scale.add_argument("--hpa-from", type=Path, metavar="OVERLAY",
+                       help="autoscale with the HorizontalPodAutoscaler this kustomization renders "
+                            "(e.g. overlays/h100), its behavior and upstream's defaults")
+    scale.add_argument("--hpa-min", type=int, help="override its minReplicas")
+    scale.add_argument("--hpa-max", type=int, help="override its maxReplicas")
+    scale.add_argument("--hpa-target", type=float, help="override its target averageValue per pod")
+    scale.add_argument("--hpa-metric", choices=list(METRICS), default="waiting",
+                       help="the per-pod gauge the HPA reads: waiting (every request not yet admitted, the "
+                            "executor's queue included; default) or outstanding (waiting + running)")
+    scale.add_argument("--pools", choices=["catalog", "nodepools"], default="catalog",
+                       help="node pools: catalog (this target's machine, --spot adds a Spot pool first; at most "
+                            "maxReplicas nodes each) or nodepools (gitops/nodepools: the ComputeClass's order, "
+                            "Spot flags and node limits)")
+    scale.add_argument("--preemptions-per-node-hour", type=float, default=0.0,
+                       help="Spot preemption rate (Google publishes none; default 0)")
     load = parser.add_argument_group("traffic")
     load.add_argument("--trace", default="conv", help="conv, code (bundled) or a CSV file (default conv)")
     load.add_argument("--rate", type=float, help="scale the trace to this many requests/s")
@@ -122,12 +149,47 @@ def _traffic(args: argparse.Namespace) -> trace.Trace:
                        output_scale=args.output_scale)
 
 
-def _pricing(plan, gpu: catalog.Gpu, spot: bool) -> report.Pricing:
-    gpus = next(n for n, machine in gpu.machine_types.items() if machine == plan.machine_type)
-    est = estimate.estimate(plan, gpu)
-    cost = est.cost if est else None
-    price = None if cost is None else (cost.spot_per_hour if spot else cost.on_demand_per_hour)
-    return report.Pricing(plan.machine_type, price, gpus, spot)
+def _node_gpus(plan, gpu: catalog.Gpu) -> int:
+    return next(n for n, machine in gpu.machine_types.items() if machine == plan.machine_type)
+
+
+def _static(args: argparse.Namespace, plan, gpu: catalog.Gpu) -> StaticFleet:
+    if args.replicas < 1:
+        raise SimulateError(f"--replicas {args.replicas} must be at least 1")
+    hourly = estimate.machine_hourly(plan.machine_type, _node_gpus(plan, gpu))
+    price = None if hourly is None else hourly[1] if args.spot else hourly[0]
+    return StaticFleet(args.replicas, _node_gpus(plan, gpu), price)
+
+
+def _hpa_spec(args: argparse.Namespace) -> HpaSpec:
+    import validate
+
+    try:
+        objects = validate.render(args.hpa_from)
+    except (validate.RenderError, validate.ToolError) as error:
+        raise SimulateError(f"--hpa-from {args.hpa_from}: {error}") from None
+    hpas = [o for o in objects if o.get("kind") == "HorizontalPodAutoscaler"]
+    if len(hpas) != 1:
+        raise SimulateError(f"{args.hpa_from} renders {len(hpas)} HorizontalPodAutoscalers; the simulator needs one")
+    spec = hpa_spec_from_object(hpas[0])
+    overrides = {name: value for name, value in (("min_replicas", args.hpa_min), ("max_replicas", args.hpa_max),
+                                                 ("target_average_value", args.hpa_target)) if value is not None}
+    return dataclasses.replace(spec, **overrides)
+
+
+def _autoscaled(args: argparse.Namespace, plan, gpu: catalog.Gpu, seed: int) -> Autoscaled:
+    spec = _hpa_spec(args)
+    spot_extra = {"preemptions_per_node_hour": args.preemptions_per_node_hour}
+    if args.pools == "nodepools":
+        pools = cluster.pools_from_nodepools(gpu.name, spot_extra)
+    else:
+        gpus = _node_gpus(plan, gpu)
+        pools = [cluster.pool_from_catalog(gpu.name, False, spec.max_replicas, gpus)]
+        if args.spot:
+            pools.insert(0, cluster.pool_from_catalog(gpu.name, True, spec.max_replicas, gpus, **spot_extra))
+    if args.preemptions_per_node_hour and not any(pool.spot for pool in pools):
+        raise SimulateError("--preemptions-per-node-hour needs a Spot pool: add --spot (or nodepools with one)")
+    return Autoscaled(Hpa(spec), cluster.Cluster(pools, seed=seed), MetricPath.from_manifests(), args.hpa_metric)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -143,28 +205,42 @@ def run(args: argparse.Namespace) -> int:
     clipped = clip(_traffic(args), limits)
     if not len(clipped.trace):
         raise SimulateError("the trace has no requests within the duration")
-    pricing = _pricing(plan, gpu, args.spot)
     names = list(balancer.NAMES) if args.balancer == "both" else [args.balancer]
     summaries = {}
+    fleet: Fleet | None = None
     for name in names:
-        result = simulate(clipped.trace, limits=limits, model=model, replicas=args.replicas, balancer=name,
-                          duration_s=args.duration)
+        # each balancer gets the same fleet from the same start (and the same Spot preemption clock)
+        fleet = _autoscaled(args, plan, gpu, args.seed) if args.hpa_from else _static(args, plan, gpu)
+        result = replay(clipped.trace, limits=limits, model=model, balancer=name, fleet=fleet,
+                        duration_s=args.duration)
         bin_s = args.bin_s or max(1.0, report.duration_s(result) / TIMELINE_BINS)
-        summaries[name] = report.summarize(result, slo, pricing, bin_s)
+        summaries[name] = report.summarize(result, slo, bin_s)
+    if isinstance(fleet, Autoscaled):
+        spec = fleet.hpa.spec
+        deployment = {"hpa_from": str(args.hpa_from), "min_replicas": spec.min_replicas,
+                      "max_replicas": spec.max_replicas, "target_average_value": spec.target_average_value,
+                      "metric": args.hpa_metric, "pools": [dataclasses.asdict(p) for p in fleet.cluster.pools]}
+        fleet_text = f"HPA {spec.min_replicas}-{spec.max_replicas} replicas at {spec.target_average_value:g} " \
+                     f"{args.hpa_metric} per pod (from {args.hpa_from})"
+    else:
+        deployment = {"replicas": args.replicas, "machine_type": plan.machine_type, "spot": args.spot}
+        fleet_text = f"{args.replicas} replicas (static)"
     settings = {
         "model": plan.model, "gpu": plan.gpu, "precision": plan.precision, "tp": plan.tp,
+        "machine_type": plan.machine_type,
         "limits": {**plan.limits(), "kv_tokens": plan.kv_tokens},
-        "step_model": model.__dict__,
+        "step_model": dataclasses.asdict(model),
         "trace": {"name": clipped.trace.name, "requests": len(clipped.trace),
                   "inputs_cut_to_max_input_len": clipped.inputs_cut,
                   "outputs_cut_to_max_seq_len": clipped.outputs_cut},
-        "replicas": args.replicas,
-        "prices": f"{estimate.prices()['region']}, {estimate.prices()['date']}",
+        "fleet": deployment,
+        "fleet_text": fleet_text,
+        "prices": f"{estimate.prices()['region']}, {estimate.prices()['date']}" + (", Spot" if args.spot else ""),
     }
     if args.plot:
         for name, summary in summaries.items():
             path = args.plot if len(summaries) == 1 else args.plot.with_name(f"{args.plot.stem}-{name}.png")
-            report.plot(summary, slo, path, f"{plan.model} on {args.replicas} x {plan.gpu}, {name}, "
+            report.plot(summary, slo, path, f"{plan.model} on {plan.gpu}: {fleet_text}, {name}, "
                                             f"{clipped.trace.name}")
             _log(f"* plot: {path}")
     if args.json:
@@ -182,8 +258,8 @@ def format_text(settings: dict, summaries: dict[str, dict], slo: report.Slo) -> 
     t = settings["trace"]
     first = next(iter(summaries.values()))
     lines = [
-        f"{settings['model']} on {settings['gpu']} ({settings['precision']}, TP {settings['tp']}), "
-        f"{settings['replicas']} replicas; limits {settings['limits']}",
+        f"{settings['model']} on {settings['gpu']} ({settings['precision']}, TP {settings['tp']}, "
+        f"{settings['machine_type']}), {settings['fleet_text']}; limits {settings['limits']}",
         f"step model: {settings['step_model']['source']}",
         f"trace {t['name']}: {t['requests']:,} requests in {first['duration_s']:,.0f} s "
         f"({first['mean_rate_per_s']:,.2f}/s); prompts cut to max_input_len: {t['inputs_cut_to_max_input_len']:,}, "
@@ -192,7 +268,7 @@ def format_text(settings: dict, summaries: dict[str, dict], slo: report.Slo) -> 
         f"{slo.itl_s * 1e3:g} ms (a simulation, not a measurement)",
         "",
         f"{'balancer':<18} {'TTFT ms p50/p90/p99':>22} {'ITL ms p50/p90/p99':>20} {'e2e s p50/p90':>14} "
-        f"{'SLO':>4} {'attained':>9} {'GPU-h':>7} {'cost $':>9} {'$/day':>9}",
+        f"{'SLO':>4} {'attained':>9} {'failed':>6} {'replicas':>8} {'GPU-h':>7} {'cost $':>9} {'$/day':>9}",
     ]
     for name, s in summaries.items():
         e2e = "/".join(f"{v / 1e3:.1f}" for v in list(s["e2e_ms"].values())[:2])
@@ -200,9 +276,9 @@ def format_text(settings: dict, summaries: dict[str, dict], slo: report.Slo) -> 
         day = "-" if s["cost_per_day_usd"] is None else f"{s['cost_per_day_usd']:,.0f}"
         lines.append(f"{name:<18} {_triple(s['ttft_ms']):>22} {_triple(s['itl_ms']):>20} {e2e:>14} "
                      f"{'yes' if s['slo']['met'] else 'no':>4} {s['slo']['attainment']:>9.1%} "
+                     f"{s['failed_no_replica']:>6,} {s['replicas_min']:>3}-{s['replicas_max']:<4} "
                      f"{s['gpu_hours']:>7,.1f} {cost:>9} {day:>9}")
-    lines.append(f"machine {first['machine_type']} ({'Spot' if first['spot'] else 'on-demand'}, "
-                 f"{settings['prices']}); simulated in "
+    lines.append(f"prices: {settings['prices']}; simulated in "
                  + ", ".join(f"{s['simulation_wall_s']:.1f} s" for s in summaries.values()))
     return "\n".join(lines)
 
