@@ -144,7 +144,9 @@ class Replica:
         self.queue.append(request)
         self.outstanding += 1
         self.requests.replica[request] = self.index
-        self._update_next_change()
+        # it finishes one step after its arrival at the earliest; the others no sooner than before
+        shortest = self.model.overhead_s + self.model.weights_s
+        self.next_change = min(self.next_change, max(self.t_free, self.requests.arrival[request]) + shortest)
 
     def _head_fits(self) -> bool:
         return (len(self.prefilling) + len(self.decoding) < self.limits.max_batch_size
@@ -245,13 +247,16 @@ class Replica:
     def _update_next_change(self) -> None:
         """A lower bound on the next finish: until then membership only grows, so no step is shorter
         than a decode step of the requests decoding now."""
-        steps = [self.decoding[0][0] - self.steps] if self.decoding else []
-        if self.queue and self._head_fits():
-            steps.append(1)  # admitted at the next step; it may finish with it
-        steps += [self.requests.outputs[entry[0]] for entry in self.prefilling]
-        if not steps:
+        steps = self.decoding[0][0] - self.steps if self.decoding else INF
+        outputs = self.requests.outputs
+        for entry in self.prefilling:
+            if outputs[entry[0]] < steps:
+                steps = outputs[entry[0]]
+        if steps > 1 and self.queue and self._head_fits():
+            steps = 1  # admitted at the next step; it may finish with it
+        if steps == INF:
             self.next_change = INF
             return
         n = len(self.decoding)
-        self.next_change = max(self.step_end,
-                               self.t_free + min(steps) * self.model.step(n, self.kv_base + n * self.steps, n))
+        step = self.model.step(n, self.kv_base + n * self.steps, n)
+        self.next_change = max(self.step_end, self.t_free + steps * step)

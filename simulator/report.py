@@ -154,7 +154,7 @@ def plot(summary: dict, slo: Slo, path: Path, title: str) -> None:
     latency.set_ylabel("ms")
     latency.set_xlabel("minutes")
     latency.legend(loc="upper left")
-    fig.suptitle(title)
+    fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
