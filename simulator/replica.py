@@ -130,10 +130,6 @@ class Replica:
     def waiting(self) -> int:
         return len(self.queue)
 
-    @property
-    def running(self) -> int:
-        return len(self.prefilling) + len(self.decoding)
-
     def _reserve(self, request: int) -> int:
         block = self.limits.tokens_per_block
         return -(-(self.requests.inputs[request] + self.requests.outputs[request]) // block) * block

@@ -120,16 +120,6 @@ class Run:
             return np.where(gaps > 0, (self.done_s - self.first_token_s) / gaps, math.nan)
 
 
-def simulate(trace: Trace, *, limits: Limits, model: StepModel, replicas: int, balancer: str,
-             duration_s: float | None = None, gpus_per_node: int = 1,
-             usd_per_node_hour: float | None = None) -> Run:
-    """Replay `trace` (within `limits`: see clip) on a fixed number of replicas, one per node."""
-    if replicas < 1:
-        raise ValueError(f"replicas {replicas} must be at least 1")
-    return replay(trace, limits=limits, model=model, balancer=balancer, duration_s=duration_s,
-                  fleet=StaticFleet(replicas, gpus_per_node, usd_per_node_hour))
-
-
 def replay(trace: Trace, *, limits: Limits, model: StepModel, balancer: str, fleet: Fleet,
            duration_s: float | None = None) -> Run:
     too_long = trace.input_tokens + trace.output_tokens > limits.max_seq_len

@@ -22,8 +22,7 @@ from simulator.hpa import Hpa, hpa_spec_from_object
 from simulator.metric_path import MetricPath
 from simulator.replica import Limits, StepModel
 from simulator.report import Slo, summarize
-from simulator.run import replay
-from simulator.run import simulate as replay_static
+from simulator.run import StaticFleet, replay
 from simulator.trace import Trace, TraceError, diurnal, load, read_csv, scale
 
 LLAMA_8B = ROOT / "tests" / "fixtures" / "models" / "Llama-3.1-8B"
@@ -34,6 +33,10 @@ HAND = StepModel(overhead_s=0.0, weights_s=0.010, kv_token_s=0.0, sequence_s=0.0
 def _limits(max_batch_size: int = 64, kv_tokens: int = 1 << 20) -> Limits:
     return Limits(max_batch_size=max_batch_size, max_num_tokens=4096, kv_tokens=kv_tokens, max_input_len=2048,
                   max_seq_len=4096)
+
+
+def replay_static(trace: Trace, *, limits: Limits, model: StepModel, replicas: int, balancer: str):
+    return replay(trace, limits=limits, model=model, balancer=balancer, fleet=StaticFleet(replicas, 1, None))
 
 
 def _trace(rows: list[tuple[float, int, int]]) -> Trace:
