@@ -155,6 +155,9 @@ def test_bad_traces_are_refused_naming_the_problem(tmp_path: Path, capsys: pytes
     assert "no input_tokens or ContextTokens column" in capsys.readouterr().err
     assert simulate.main(["--model", str(ROOT / "tests" / "fixtures" / "models" / "SmolLM2-135M"), "--gpu", "cpu"]) == 2
     assert "cpu target has no catalog bandwidth" in capsys.readouterr().err
+    assert simulate.main(["--model", str(LLAMA_8B), "--gpu", "h100", "--profile", "diurnal", "--peak-rate", "2",
+                          "--trough-rate", "1", "--duration", "-60"]) == 2
+    assert "duration, period and burst length must be above 0" in capsys.readouterr().err
 
 
 def _hpa_object(min_replicas: int, max_replicas: int, target: str) -> dict:

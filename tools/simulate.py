@@ -140,6 +140,8 @@ def _traffic(args: argparse.Namespace) -> trace.Trace:
     if args.profile == "diurnal":
         if args.peak_rate is None or args.trough_rate is None or args.duration is None:
             raise SimulateError("--profile diurnal needs --peak-rate, --trough-rate and --duration")
+        if args.rate is not None:
+            raise SimulateError("--rate scales a trace; a diurnal profile's rates are --peak-rate and --trough-rate")
         made = trace.diurnal(duration_s=args.duration, peak_rate=args.peak_rate, trough_rate=args.trough_rate,
                              lengths=source, period_s=args.period, peak_at_s=args.peak_at,
                              bursts_per_hour=args.bursts_per_hour, burst_factor=args.burst_factor,
