@@ -101,7 +101,8 @@ def test_the_engine_model_reproduces_the_plans_estimate() -> None:
 
 def test_a_trace_scales_to_a_rate_and_duration_and_a_diurnal_day_is_seeded() -> None:
     conv = load("conv")
-    assert len(conv) == 19366 and conv.arrival_s[0] == 0  # the bundled Azure conversation trace
+    assert len(conv) == 19366 and conv.arrival_s[0] == 0  # the bundled Azure traces, as upstream counts them
+    assert len(load("code")) == 8819
     scaled = scale(conv, rate=100, duration_s=600, output_scale=2)
     assert len(scaled) / 600 == pytest.approx(100, rel=0.02) and scaled.arrival_s[-1] < 600
     assert np.all(np.diff(scaled.arrival_s) >= 0)
@@ -133,6 +134,19 @@ def test_the_command_reports_json_and_plots(tmp_path: Path, capsys: pytest.Captu
         assert run["cost_per_day_usd"] == pytest.approx(2 * 24 * price, abs=1)
         assert len(run["timeline"]) == 120 and run["timeline"][0]["replicas"] == 2
         assert (tmp_path / f"sim-{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_measured_step_coefficients_load_from_a_file(tmp_path: Path) -> None:
+    # the calibration hook: what a later measurement on a real server writes, read back exactly
+    coefficients = {"overhead_s": 0.001, "weights_s": 0.02, "kv_token_s": 1e-7, "sequence_s": 1e-5, "token_s": 2e-4}
+    path = tmp_path / "cpu-steps.json"
+    path.write_text(json.dumps({**coefficients, "source": "measured on the CPU runtime"}))
+    model = StepModel.from_file(path)
+    assert model == StepModel(**coefficients, source="measured on the CPU runtime")
+    assert model.step(2, 100, 2) == pytest.approx(0.001 + max(0.02 + 1e-5 + 2e-5, 4e-4))
+    path.write_text(json.dumps({"overhead_s": 0.001, "weights_s": -1}))
+    with pytest.raises(ValueError, match="lacks kv_token_s, sequence_s, token_s"):
+        StepModel.from_file(path)
 
 
 def _csv(tmp_path: Path, text: str) -> Path:

@@ -183,7 +183,10 @@ def _autoscaled(args: argparse.Namespace, plan, gpu: catalog.Gpu, seed: int) -> 
     spec = _hpa_spec(args)
     spot_extra = {"preemptions_per_node_hour": args.preemptions_per_node_hour}
     if args.pools == "nodepools":
-        pools = cluster.pools_from_nodepools(gpu.name, spot_extra)
+        try:
+            pools = cluster.pools_from_nodepools(gpu.name, spot_extra)
+        except ValueError as error:
+            raise SimulateError(f"--pools nodepools: {error} (--pools catalog models the target's machine)") from None
     else:
         gpus = _node_gpus(plan, gpu)
         pools = [cluster.pool_from_catalog(gpu.name, False, spec.max_replicas, gpus)]
