@@ -6,7 +6,7 @@ fleet's times nothing is looked at, so a pod that turns Ready takes requests fro
 sync (at most one scrape interval late).
 
 Before the trace starts the cluster has run long enough for the HPA's minReplicas to be Ready at time 0
-(warm): the window the report prices starts at 0.
+(warm, WARMUP_STARTS cold starts): the window the report prices starts at 0.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from simulator.metric_path import MetricPath
 from simulator.replica import Replica
 from simulator.run import FleetPoint
 
+WARMUP_STARTS = 3  # the warm-up lasts this many cold starts (each a scan, a node and a pod start)
 # The per-pod gauge the HPA scales on, from a replica's state. waiting: requests routed to the pod that
 # the engine has not admitted (every waiting request, the executor's own queue included);
 # outstanding: waiting plus running.
@@ -48,14 +49,16 @@ class Autoscaled:
     def start(self) -> list[str]:
         """Warm the cluster up to time 0 with minReplicas pods (at least one) and return them."""
         pods = max(1, self.hpa.spec.min_replicas)
-        pool = self.cluster.pools[0]
-        warmup = self.cluster.scan_interval_s + pool.node_provisioning_s + pool.pod_start_s + 1.0
+        slowest = max(pool.node_provisioning_s + pool.pod_start_s for pool in self.cluster.pools)
+        # long enough for a pod lost to a Spot preemption on the way to be replaced too
+        warmup = WARMUP_STARTS * (self.cluster.scan_interval_s + slowest + 1.0)
         self.cluster.now = -math.ceil(warmup)
         self.cluster.set_desired_pods(self.cluster.now, pods)
-        ready, _ = self.cluster.advance(0.0)
+        self.cluster.advance(0.0)
+        ready = self.cluster.ready_pods()
         if len(ready) < pods:
-            raise ValueError(f"only {len(ready)} of {pods} pods were Ready before the trace: "
-                             "the node pools have too few nodes")
+            raise ValueError(f"only {len(ready)} of {pods} pods were Ready before the trace: the node pools have "
+                             "too few nodes, or Spot preemptions are so frequent that pods do not stay up")
         return ready
 
     def next_time(self) -> float:

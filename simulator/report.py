@@ -12,6 +12,7 @@ import numpy as np
 from simulator.run import Run
 
 PERCENTILES = (50, 90, 99)
+FAILED = 1e300  # stands for a failed request's infinite latency where percentiles interpolate
 
 
 @dataclass(frozen=True)
@@ -75,8 +76,8 @@ def _bin_ms(values: np.ndarray, percentile: float) -> float | None:
     values = values[~np.isnan(values)]
     if not len(values):
         return None
-    found = float(np.percentile(values, percentile))
-    return round(found * 1e3, 2) if math.isfinite(found) else None
+    found = float(np.percentile(np.minimum(values, FAILED), percentile))
+    return round(found * 1e3, 2) if found < FAILED else None
 
 
 def integrate(run: Run, value) -> float | None:

@@ -216,3 +216,18 @@ def test_the_command_autoscales_with_an_overlays_hpa(capsys: pytest.CaptureFixtu
     assert (fleet["min_replicas"], fleet["max_replicas"], fleet["target_average_value"]) == (2, 3, 4.0)
     assert [pool["max_nodes"] for pool in fleet["pools"]] == [3]
     assert document["runs"]["round_robin"]["replicas_min"] == 2  # warm at minReplicas when the trace starts
+
+
+def test_requests_fail_while_spot_preemptions_leave_no_replica() -> None:
+    # one Spot pod, preempted every 2 minutes on average, a minute to replace: some arrivals find none Ready
+    pool = PoolSpec(name="spot", spot=True, max_nodes=1, price_per_node_hour=1.0, node_provisioning_s=30,
+                    pod_start_s=30, preemptions_per_node_hour=30, gpus_per_node=1)
+    fleet = Autoscaled(Hpa(hpa_spec_from_object(_hpa_object(1, 1, "2"))), Cluster([pool], seed=1),
+                       MetricPath(15, 0, 300), "waiting")
+    run = replay(_trace([(i / 2, 10, 5) for i in range(2 * 1800)]), limits=_limits(), model=HAND,
+                 balancer="round_robin", fleet=fleet, duration_s=1800)
+    summary = summarize(run, Slo(1.0, 0.1), 60)
+    assert 0 < summary["failed_no_replica"] < len(run.trace)
+    assert summary["slo"]["attainment"] <= 1 - summary["failed_no_replica"] / len(run.trace) + 1e-4  # rounded
+    assert min(p.replicas for p in run.fleet) == 0 and summary["replicas_max"] == 1
+    json.dumps(summary, allow_nan=False)  # failed requests leave no inf or nan in the report
