@@ -5,6 +5,7 @@ trace scaling, the command's report and plot, and bad input named."""
 from __future__ import annotations
 
 import json
+import tomllib
 from pathlib import Path
 
 import catalog
@@ -97,6 +98,28 @@ def test_the_engine_model_reproduces_the_plans_estimate() -> None:
                                                                                             abs=0.01)
     tokens = est.ttft_input_tokens
     assert model.step(1, tokens, tokens) * 1e3 == pytest.approx(est.ttft_ms, abs=0.1)
+
+
+def _published_cases() -> list[tuple[dict, str, int]]:
+    published = tomllib.loads((ROOT / "build" / "published_throughput.toml").read_text())
+    return [(case, lengths, tokens) for case in published["case"] for lengths, tokens in case["tokens_per_s"].items()]
+
+
+def test_the_simulated_engine_is_within_2x_of_nvidias_published_throughput() -> None:
+    # trtllm-bench's runs, replayed: every request of exactly ISL in and OSL out queued at once, three times
+    # as many as the plan runs together; output tokens over the time the last one ends
+    ratios = {}
+    for case, lengths, tokens in _published_cases():
+        gpu = catalog.gpu(case["gpu"])
+        plan = planner.plan(hf_config.load(ROOT / "tests" / "fixtures" / "models" / case["model"]), gpu,
+                            runtime="engine", precision=case["precision"], tp=case["tp"])
+        isl, osl = map(int, lengths.split("/"))
+        n = 3 * min(plan.max_batch_size, plan.kv_tokens // (isl + osl))
+        run = replay_static(_trace([(0.0, isl, osl)] * n), limits=Limits.from_plan(plan),
+                            model=StepModel.from_plan(plan, gpu), replicas=1, balancer="round_robin")
+        ratios[f"{case['model']} {case['gpu']} {lengths}"] = n * osl / run.done_s.max() / tokens
+    assert all(0.5 <= r <= 2.0 for r in ratios.values()), ratios
+    assert len(ratios) == 32
 
 
 def test_a_trace_scales_to_a_rate_and_duration_and_a_diurnal_day_is_seeded() -> None:
