@@ -1,7 +1,7 @@
 """Which ready replica a new request goes to.
 
-round_robin: each backend in turn, blind to load, as a GKE Ingress (the Application Load Balancer's
-default ROUND_ROBIN locality policy over the NEG's endpoints) or a Service spreading connections does.
+round_robin: each backend in turn, blind to load, as a GKE Ingress does (the Application Load Balancer's
+default locality policy over the NEG's endpoints, engine_facts.toml [load_balancer]).
 least_outstanding: the replica with the fewest requests in flight (waiting or running), as an
 inference-aware gateway routes; ties go to the first ready replica. The difference between the two on a
 trace is what load-aware routing is worth.
@@ -9,14 +9,22 @@ trace is what load-aware routing is worth.
 
 from __future__ import annotations
 
+import tomllib
 from collections.abc import Callable, Sequence
 from operator import attrgetter
+from pathlib import Path
 
 from simulator.replica import Replica
 
 # A balancer picks one replica of the ready list; it may keep state between calls (round robin does).
 Balancer = Callable[[Sequence[Replica]], Replica]
 NAMES = ("round_robin", "least_outstanding")
+FACTS = Path(__file__).resolve().parent / "engine_facts.toml"
+
+
+def gke_ingress_default() -> str:
+    """The balancer a GKE Ingress is: its backend service's default locality policy (engine_facts.toml)."""
+    return tomllib.loads(FACTS.read_text())["load_balancer"]["locality_lb_policy_default"].lower()
 
 
 def round_robin() -> Balancer:

@@ -17,6 +17,7 @@ import pytest
 import simulate
 from conftest import ROOT
 
+from simulator import balancer
 from simulator.autoscale import Autoscaled
 from simulator.cluster import Cluster, PoolSpec
 from simulator.hpa import Hpa, hpa_spec_from_object
@@ -84,6 +85,9 @@ def test_least_outstanding_beats_round_robin_on_a_skewed_trace() -> None:
     p90 = {name: float(np.percentile(run.ttft_s, 90)) for name, run in runs.items()}
     assert p90["least_outstanding"] < p90["round_robin"] / 2, p90
     assert set(runs["round_robin"].replica[::2]) == {0}  # the skew is what round robin does with it
+    # round robin is what a GKE Ingress does (its backend service's default policy, a recorded fact)
+    default = simulate.parse_args(["--model", "m", "--gpu", "l4"]).balancer
+    assert balancer.gke_ingress_default() == "round_robin" == default
 
 
 def test_the_engine_model_reproduces_the_plans_estimate() -> None:

@@ -82,7 +82,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              "(required for the cpu target)")
     deploy.add_argument("--replicas", type=int, default=1,
                         help="serving pods, one per node, fixed: static provisioning (default 1; without --hpa-from)")
-    deploy.add_argument("--balancer", choices=[*balancer.NAMES, "both"], default="round_robin",
+    deploy.add_argument("--balancer", choices=[*balancer.NAMES, "both"], default=balancer.gke_ingress_default(),
                         help="round_robin (a GKE Ingress, the default), least_outstanding (an inference-aware "
                              "gateway), or both, to see what routing is worth")
     deploy.add_argument("--spot", action="store_true",
