@@ -1,7 +1,7 @@
 """Which ready replica a new request goes to.
 
-round_robin: each backend in turn, blind to load, as a GKE Ingress does (the Application Load Balancer's
-default locality policy over the NEG's endpoints, engine_facts.toml [load_balancer]).
+round_robin: each backend in turn, blind to load: a backend service's default locality policy, taken as
+the GKE Ingress's spread over its endpoints (engine_facts.toml [load_balancer], with its caveat).
 least_outstanding: the replica with the fewest requests in flight (waiting or running), as an
 inference-aware gateway routes; ties go to the first ready replica. The difference between the two on a
 trace is what load-aware routing is worth.
