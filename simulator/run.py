@@ -122,6 +122,8 @@ class Run:
 
 def replay(trace: Trace, *, limits: Limits, model: StepModel, balancer: str, fleet: Fleet,
            duration_s: float | None = None) -> Run:
+    """Replay `trace` (within `limits`: see clip) on the fleet's replicas, routed by `balancer`, over a
+    window from 0 to `duration_s` (at least the last arrival)."""
     too_long = trace.input_tokens + trace.output_tokens > limits.max_seq_len
     if too_long.any():
         raise ValueError(f"{int(too_long.sum())} requests exceed max_seq_len {limits.max_seq_len}; clip the trace")
