@@ -119,7 +119,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     load.add_argument("--bursts-per-hour", type=float, default=0.0)
     load.add_argument("--burst-factor", type=float, default=3.0, help="a burst multiplies the rate by this")
     load.add_argument("--burst-s", type=float, default=120.0, help="how long a burst lasts")
-    load.add_argument("--seed", type=int, default=0)
+    load.add_argument("--seed", type=int, default=0, help="seeds the diurnal profile and the Spot preemption clock")
     out = parser.add_argument_group("SLO and report")
     out.add_argument("--slo-ttft-ms", type=float, default=DEFAULT_TTFT_MS)
     out.add_argument("--slo-itl-ms", type=float, default=DEFAULT_ITL_MS)
