@@ -1,0 +1,258 @@
+"""One serving replica as TensorRT-LLM's executor batches in flight, iteration by iteration.
+
+Each iteration (step) the scheduler admits waiting requests first come, first served while a batch slot
+is free (max_batch_size) and the KV budget holds the request's whole length, rounded up to KV blocks
+(the guaranteed_no_evict policy build/runtimes/engine.py configures: a started request always finishes);
+the first request that does not fit waits, and so does everything behind it. The step then carries one
+token of every decoding request plus context (prefill) chunks of the admitted requests, first admitted
+first, up to max_num_tokens in all. A request's last context chunk yields its first token; every later
+step one more. Times come from a StepModel: the plan's estimate (build/estimate.py) unless calibrated.
+
+For speed, a run of decode-only steps between events is taken at once (no per-token Python work): the
+step time of such a run is evaluated at its middle KV length, and a run is at most MAX_RUN steps, so
+the KV length an estimate reads is never more than MAX_RUN / 2 tokens per sequence off.
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+import math
+import tomllib
+from collections import deque
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import catalog
+import estimate
+from catalog import GIB
+from memory import TOKENS_PER_BLOCK
+from plan import Plan
+
+MAX_RUN = 64
+INF = math.inf
+
+
+@dataclass(frozen=True)
+class StepModel:
+    """One step: overhead_s + max(weights_s + kv_token_s x KV tokens read + sequence_s x sequences,
+    token_s x tokens computed). from_plan gives build/estimate.py's decode step and prefill exactly;
+    a calibration measures these coefficients on a real server and loads them with from_file."""
+
+    overhead_s: float  # fixed per step (the all-reduces' latency with TP > 1)
+    weights_s: float  # reading this GPU's weights once
+    kv_token_s: float  # reading one token of KV
+    sequence_s: float  # per running sequence besides its KV (its share of the all-reduces)
+    token_s: float  # the matmuls of one token (prefill and decode alike)
+    source: str = "build/estimate.py"
+
+    @classmethod
+    def from_plan(cls, plan: Plan, gpu: catalog.Gpu) -> StepModel:
+        if gpu.is_cpu:
+            raise ValueError("the cpu target has no catalog bandwidth to estimate steps from; "
+                             "give coefficients measured on the machine (a step model file, --step-model)")
+        hbm = gpu.hbm_bandwidth_gb_per_s * 1e9 * estimate.BANDWIDTH_EFFICIENCY
+        sequence = estimate.sequence_seconds(gpu, plan.kv_bytes_per_token, 0,
+                                             estimate.allreduce_bytes(plan.num_layers, plan.hidden_size, plan.tp))
+        return cls(overhead_s=estimate.allreduce_latency_s(plan.num_layers, plan.tp),
+                   weights_s=plan.weights_per_gpu_gib * GIB / hbm,
+                   kv_token_s=plan.kv_bytes_per_token / hbm,
+                   sequence_s=sequence,
+                   token_s=estimate.prefill_seconds(gpu, plan.active_parameters, plan.precision, plan.tp, 1),
+                   source=f"build/estimate.py for {plan.model} on {plan.gpu} ({plan.precision}, TP {plan.tp})")
+
+    @classmethod
+    def from_file(cls, path: Path | str) -> StepModel:
+        """Coefficients from a JSON or TOML file with the five fields (the calibration hook)."""
+        path = Path(path)
+        text = path.read_text()
+        raw = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
+        names = [f.name for f in fields(cls) if f.name != "source"]
+        missing = [n for n in names if n not in raw]
+        if missing:
+            raise ValueError(f"{path}: step model lacks {', '.join(missing)} (needs {', '.join(names)})")
+        bad = [n for n in names if not isinstance(raw[n], int | float) or raw[n] < 0]
+        if bad:
+            raise ValueError(f"{path}: {', '.join(bad)} must be numbers of seconds, at least 0")
+        return cls(**{n: float(raw[n]) for n in names}, source=str(raw.get("source", path)))
+
+    def step(self, sequences: int, kv_tokens: float, tokens: int) -> float:
+        return self.overhead_s + max(self.weights_s + self.kv_token_s * kv_tokens + self.sequence_s * sequences,
+                                     self.token_s * tokens)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What the engine was built and configured with (the plan's)."""
+
+    max_batch_size: int
+    max_num_tokens: int
+    kv_tokens: int
+    max_input_len: int
+    max_seq_len: int
+    tokens_per_block: int = TOKENS_PER_BLOCK
+
+    @classmethod
+    def from_plan(cls, plan: Plan) -> Limits:
+        return cls(plan.max_batch_size, plan.max_num_tokens, plan.kv_tokens, plan.max_input_len, plan.max_seq_len)
+
+
+class Requests:
+    """Every request of a run, as plain lists (scalar access to them is what the loop does most)."""
+
+    def __init__(self, arrival: list[float], inputs: list[int], outputs: list[int]):
+        self.arrival = arrival
+        self.inputs = inputs
+        self.outputs = outputs
+        self.first_token = [math.nan] * len(arrival)
+        self.done = [math.nan] * len(arrival)
+        self.replica = [-1] * len(arrival)
+
+
+class Replica:
+    def __init__(self, index: int, limits: Limits, model: StepModel, requests: Requests):
+        self.index = index
+        self.limits = limits
+        self.model = model
+        self.requests = requests
+        self.t_free = 0.0  # when the step in progress ends (the engine is free to start the next)
+        self.steps = 0  # steps completed
+        self.queue: deque[int] = deque()  # arrived, not admitted
+        self.prefilling: list[list[int]] = []  # [request, context tokens done], admission order
+        self.decoding: list[tuple[int, int]] = []  # heap of (step its last token ends, request)
+        self.kv_reserved = 0  # tokens of KV the admitted requests reserved
+        self.kv_base = 0  # sum over decoding requests of (input + 1 - step it started decoding)
+        self.outstanding = 0  # routed here, not finished
+        self.next_change = INF  # no request finishes before this time unless another arrives
+        self.step_end = 0.0  # the end of the step begun at t_free, where known (it only grows if more join)
+
+    @property
+    def waiting(self) -> int:
+        return len(self.queue)
+
+    def _reserve(self, request: int) -> int:
+        block = self.limits.tokens_per_block
+        return -(-(self.requests.inputs[request] + self.requests.outputs[request]) // block) * block
+
+    def add(self, request: int) -> None:
+        """A request routed here as it arrives; requests must come in arrival order. The engine need not
+        have been advanced to its arrival: no step that starts before it admits it."""
+        self.queue.append(request)
+        self.outstanding += 1
+        self.requests.replica[request] = self.index
+        # it finishes one step after its arrival at the earliest; the others no sooner than before
+        shortest = self.model.overhead_s + self.model.weights_s
+        self.next_change = min(self.next_change, max(self.t_free, self.requests.arrival[request]) + shortest)
+
+    def _head_fits(self) -> bool:
+        return (len(self.prefilling) + len(self.decoding) < self.limits.max_batch_size
+                and self.kv_reserved + self._reserve(self.queue[0]) <= self.limits.kv_tokens)
+
+    def _admit(self, start: float) -> None:
+        queue, arrival = self.queue, self.requests.arrival
+        limit, budget = self.limits.max_batch_size, self.limits.kv_tokens
+        while queue and arrival[queue[0]] <= start and len(self.prefilling) + len(self.decoding) < limit:
+            need = self._reserve(queue[0])
+            if self.kv_reserved + need > budget:
+                return
+            self.kv_reserved += need
+            self.prefilling.append([queue.popleft(), 0])
+
+    def _finish(self, request: int, at: float) -> None:
+        self.requests.done[request] = at
+        self.kv_reserved -= self._reserve(request)
+        self.outstanding -= 1
+
+    def _finish_decoded(self, at: float) -> None:
+        """Those whose last token ended with the step just completed."""
+        inputs, outputs = self.requests.inputs, self.requests.outputs
+        while self.decoding and self.decoding[0][0] <= self.steps:
+            last, request = heapq.heappop(self.decoding)
+            self.kv_base -= inputs[request] + 1 - (last - outputs[request] + 1)  # what it added (below)
+            self._finish(request, at)
+
+    def advance(self, until: float) -> None:
+        """Run every step that ends by `until` (all of them for INF)."""
+        model, arrival = self.model, self.requests.arrival
+        while True:
+            if not self.prefilling and not self.decoding:
+                if not self.queue or arrival[self.queue[0]] > until:
+                    break
+                self.t_free = max(self.t_free, arrival[self.queue[0]])  # idle until it arrives
+            start = self.t_free
+            self._admit(start)
+            n = len(self.decoding)
+            if self.prefilling:
+                if not self._prefill_step(start, until, n):
+                    break
+                continue
+            if not n:
+                break
+            # a run of decode-only steps: to the next finish, the next admission chance, or MAX_RUN
+            run = min(self.decoding[0][0] - self.steps, MAX_RUN)
+            step = model.step(n, self.kv_base + n * (self.steps + run / 2), n)
+            if self.queue and arrival[self.queue[0]] > start:
+                run = min(run, max(1, math.ceil((arrival[self.queue[0]] - start) / step)))
+            if until != INF:
+                run = min(run, int((until - start) / step))
+                if run <= 0:
+                    break
+            self.steps += run
+            self.t_free = start + run * step
+            self._finish_decoded(self.t_free)
+        self._update_next_change()
+
+    def _prefill_step(self, start: float, until: float, n: int) -> bool:
+        """One step with context chunks; False (nothing done) if it would end after `until`."""
+        inputs, outputs = self.requests.inputs, self.requests.outputs
+        room = max(1, self.limits.max_num_tokens - n)
+        chunks = []
+        kv = self.kv_base + n * self.steps
+        for entry in self.prefilling:
+            if room <= 0:
+                break
+            request, done = entry
+            take = min(inputs[request] - done, room)
+            room -= take
+            kv += done + take
+            chunks.append((entry, take))
+        tokens = sum(take for _, take in chunks)
+        end = start + self.model.step(n + len(chunks), kv, n + tokens)
+        if end > until:
+            # the step from t_free has begun by `until`: no later arrival joins it, none finishes before it ends
+            self.step_end = end
+            return False
+        self.steps += 1
+        self.t_free = end
+        self._finish_decoded(end)
+        for entry, take in chunks:
+            entry[1] += take
+            request = entry[0]
+            if entry[1] < inputs[request]:
+                continue
+            self.requests.first_token[request] = end
+            if outputs[request] == 1:
+                self._finish(request, end)
+            else:
+                # it decodes from the next step on; its last token ends step steps + outputs - 1
+                heapq.heappush(self.decoding, (self.steps + outputs[request] - 1, request))
+                self.kv_base += inputs[request] + 1 - self.steps
+        self.prefilling = [entry for entry in self.prefilling if entry[1] < inputs[entry[0]]]
+        return True
+
+    def _update_next_change(self) -> None:
+        """A lower bound on the next finish: until then membership only grows, so no step is shorter
+        than a decode step of the requests decoding now."""
+        steps = self.decoding[0][0] - self.steps if self.decoding else INF
+        outputs = self.requests.outputs
+        for entry in self.prefilling:
+            if outputs[entry[0]] < steps:
+                steps = outputs[entry[0]]
+        if steps > 1 and self.queue and self._head_fits():
+            steps = 1  # admitted at the next step; it may finish with it
+        if steps == INF:
+            self.next_change = INF
+            return
+        n = len(self.decoding)
+        step = self.model.step(n, self.kv_base + n * self.steps, n)
+        self.next_change = max(self.step_end, self.t_free + steps * step)
