@@ -198,8 +198,8 @@ def search(setup: Setup, peak: int, *, targets: tuple[float, ...] = TARGETS, spo
     maxes = sorted({peak, max(peak, math.ceil(peak * MAX_HEADROOM))})
     for share in sorted(spot, reverse=True):  # Spot first: a cheap success early lets the cost floor skip more
         node_day = hourly(setup, share) * 24  # $/day of one node held all day
-        for maximum in maxes:
-            low = min(max(1, floors.get(share, 1)), maximum)
+        low = max(1, floors.get(share, 1))
+        for maximum in sorted({max(m, low) for m in maxes}):
             met = _frontier(setup, done, targets, maximum, share, low, node_day,
                             best.cost_per_day if best else math.inf)
             for outcome in met:

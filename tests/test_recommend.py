@@ -106,5 +106,8 @@ def test_bad_requests_are_refused_by_name(tmp_path: Path, capsys: pytest.Capture
     assert recommend.main(["--model", str(LLAMA_8B), "--gpu", "l4", "--rate", "1", "--duration", "60",
                            "--write", str(tmp_path)]) == 2
     assert "no kustomization.yaml there" in capsys.readouterr().err
+    assert recommend.main(["--model", str(LLAMA_8B), "--gpu", "l4", "--rate", "1", "--capacity", "on-demand",
+                           "--write", str(ROOT / "overlays" / "l4")]) == 2
+    assert "--capacity on-demand, but" in capsys.readouterr().err
     assert recommend.main(["--model", str(LLAMA_8B), "--gpu", "l4", "--rate", "1", "--attainment", "1.5"]) == 2
     assert "between 0 and 1" in capsys.readouterr().err

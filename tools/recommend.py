@@ -76,7 +76,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              "overlays/<gpu>)")
     parser.add_argument("--hpa-metric", choices=list(METRICS), default=DEFAULT_METRIC)
     parser.add_argument("--capacity", choices=["search", "spot", "on-demand"], default="search",
-                        help="search both Spot (with on-demand fallback) and on-demand only, or keep to one")
+                        help="search both Spot (with on-demand fallback) and on-demand only, or keep to one "
+                             "(with --write: the written overlay's own)")
     parser.add_argument("--preemptions-per-node-hour", type=float, default=0.0,
                         help="Spot preemption rate (Google publishes none; default 0)")
     parser.add_argument("--balancer", choices=list(balancer.NAMES), default=balancer.gke_ingress_default())
@@ -141,10 +142,16 @@ def run(args: argparse.Namespace) -> int:
     plan = planner.plan(hf_config.load(source.checkpoint_dir, name=source.name), gpu, runtime=gpu.runtimes[0])
     model = StepModel.from_file(args.step_model) if args.step_model else StepModel.from_plan(plan, gpu)
     limits = Limits.from_plan(plan)
-    overlay = args.hpa_from or ROOT / "overlays" / gpu.name
+    if args.write is not None:
+        _check_writable(args)
+    overlay = args.hpa_from or args.write or ROOT / "overlays" / gpu.name
     current_spec, overlay_spot = overlay_hpa(overlay)
     if args.write is not None:
-        _check_writable(args, overlay_spot)
+        write_spot = overlay_hpa(args.write)[1]
+        if args.capacity != "search" and (args.capacity == "spot") != write_spot:
+            raise RecommendError(f"--capacity {args.capacity}, but {args.write} runs "
+                                 f"{'on Spot (a spot component)' if write_spot else 'on demand'}; --write sets the "
+                                 "HPA and the alerts, not the overlay's components")
     clipped = clip(_traffic(args), limits)
     if not len(clipped.trace):
         raise RecommendError("the trace has no requests within the duration")
@@ -158,6 +165,8 @@ def run(args: argparse.Namespace) -> int:
     peak = search.static_peak(setup, args.max_replicas_limit)
     peak_replicas = peak.summary["replicas_max"]
     shares = {"search": (True, False), "spot": (True,), "on-demand": (False,)}[args.capacity]
+    if args.write is not None and args.capacity == "search":
+        shares = (write_spot,)  # --write sets the HPA, not the overlay's components: keep to its capacity
     _log(f"* static peak: {peak_replicas} replicas; searching the HPA over {len(search.TARGETS)} targets")
     best, tried = search.search(setup, peak_replicas, spot=shares,
                                 min_floor={True: capacity.SPOT_MIN_REPLICAS, False: 1})
@@ -186,7 +195,7 @@ def run(args: argparse.Namespace) -> int:
                     f"{plan.model} on {plan.gpu}: recommended {best.settings}, {clipped.trace.name}")
         _log(f"* plot: {args.plot}")
     if args.write is not None and best is not None:
-        result["written"] = [str(p) for p in write(args.write, best.candidate, overlay_spot, args)]
+        result["written"] = [str(p) for p in write(args.write, best.candidate, write_spot, args)]
     print(json.dumps(result, indent=2) if args.json else format_text(result))
     return 0 if best is not None else 1
 
@@ -198,12 +207,12 @@ def format_text(result: dict) -> str:
              f"{result['requests']:,} requests in {result['duration_s']:,.0f} s; HPA metric {result['metric']}",
              f"SLO: {slo['attainment']:.1%} of requests with first token <= {slo['ttft_ms']:g} ms and inter-token "
              f"latency <= {slo['itl_ms']:g} ms (a simulation, not a measurement)", "",
-             f"{'':<22} {'settings':<44} {'meets':>5} {'attained':>8} {'TTFT ' + p:>9} {'ITL ' + p:>7} "
+             f"{'':<22} {'settings':<47} {'meets':>5} {'attained':>8} {'TTFT ' + p:>9} {'ITL ' + p:>7} "
              f"{'replicas':>8} {'$/day':>9}"]
     for row in result["rows"]:
         cost = "no price" if row["cost_per_day_usd"] is None else f"{row['cost_per_day_usd']:,.0f}"
         ttft, itl = row[f"ttft_{p}_ms"], row[f"itl_{p}_ms"]
-        lines.append(f"{row['label'][:22]:<22} {row['settings']:<44} {'yes' if row['meets'] else 'no':>5} "
+        lines.append(f"{row['label'][:22]:<22} {row['settings']:<47} {'yes' if row['meets'] else 'no':>5} "
                      f"{row['attainment']:>8.1%} {'-' if ttft is None else f'{ttft:,.0f}':>9} "
                      f"{'-' if itl is None else f'{itl:,.1f}':>7} {row['replicas_min']:>3}-{row['replicas_max']:<4} "
                      f"{cost:>9}")
@@ -215,7 +224,7 @@ def format_text(result: dict) -> str:
     return "\n".join(lines)
 
 
-def _check_writable(args: argparse.Namespace, overlay_spot: bool) -> None:
+def _check_writable(args: argparse.Namespace) -> None:
     """Refuse, before any simulation, what the written overlay could not hold."""
     if not (args.write / "kustomization.yaml").is_file():
         raise RecommendError(f"--write {args.write}: no kustomization.yaml there (an overlays/<target> folder)")
@@ -225,11 +234,6 @@ def _check_writable(args: argparse.Namespace, overlay_spot: bool) -> None:
         raise RecommendError(f"--attainment {args.attainment} is below the alerts' percentile "
                              f"({ALERT_PERCENTILE:.0%}): thresholds set to the SLO's targets would fire on the "
                              "recommended settings")
-    write_spot = {"search": None, "spot": True, "on-demand": False}[args.capacity]
-    if write_spot is not None and write_spot != overlay_spot:
-        raise RecommendError(f"--capacity {args.capacity}, but {args.write} runs "
-                             f"{'on Spot (a spot component)' if overlay_spot else 'on demand'}; --write changes "
-                             "the HPA and alerts only, not the overlay's components")
 
 
 def _patch_text(candidate: search.Candidate, args: argparse.Namespace) -> str:
