@@ -137,7 +137,8 @@ def run_static(setup: Setup, replicas: int, spot: bool = False) -> Outcome:
     run = replay(setup.trace, limits=setup.limits, model=setup.model, balancer=setup.balancer, fleet=fleet,
                  duration_s=setup.duration_s)
     summary = _summary(setup, run)
-    return Outcome("static", f"{replicas} replicas fixed, {'Spot' if spot else 'on-demand'}", None,
+    held = f"{replicas} {'replica' if replicas == 1 else 'replicas'} fixed, {'Spot' if spot else 'on-demand'}"
+    return Outcome("static", held, None,
                    _meets(setup, summary), summary)
 
 

@@ -173,8 +173,8 @@ def run(args: argparse.Namespace) -> int:
     current = search.run_candidate(
         setup, search.Candidate(current_spec.target_average_value, current_spec.min_replicas,
                                 current_spec.max_replicas, overlay_spot), f"current ({overlay.name})")
-    # the peak's count on Spot behaves as on demand (no preemption without a rate), priced at Spot
-    peak_spot = search.run_static(setup, peak_replicas, spot=True)
+    # the peak's count on Spot, at least the two a Spot overlay must keep (tools/policy/capacity.py)
+    peak_spot = search.run_static(setup, max(peak_replicas, capacity.SPOT_MIN_REPLICAS), spot=True)
     rows = [current, dataclasses.replace(peak, label="static peak"),
             dataclasses.replace(peak_spot, label="static peak, Spot")]
     rows += [dataclasses.replace(best, label="recommended")] if best else []
