@@ -76,6 +76,8 @@ def test_write_gives_an_overlay_that_validates(repo: Path) -> None:
     recommend.write(overlay, candidate, True, _args())
     recommend.write(overlay, candidate, True, _args())  # again: the patch is listed once
     assert (overlay / "kustomization.yaml").read_text().count(recommend.HPA_PATCH) == 1
+    assert {(p.name, p.stat().st_mode & 0o777) for p in overlay.iterdir()} >= {("hpa.yaml", 0o644),
+                                                                                 ("kustomization.yaml", 0o644)}
     results = validate.validate(repo, validate.crd_directory(None), [overlay])
     assert [p for r in results for p in r.problems] == []
     hpa = next(o for o in validate.render(overlay) if o["kind"] == "HorizontalPodAutoscaler")

@@ -240,7 +240,7 @@ def _patch_text(candidate: search.Candidate, args: argparse.Namespace) -> str:
     return (f"# Written by tools/recommend.py: the HPA settings that met the SLO at the lowest simulated cost\n"
             f"# ({args.attainment:.1%} of requests with first token <= {args.slo_ttft_ms:g} ms and inter-token "
             f"latency <= {args.slo_itl_ms:g} ms;\n# trace {args.trace}, profile {args.profile}). "
-            "A JSON patch on components/autoscaling's HPA, applied after the overlay's components.\n"
+            "A JSON patch on components/autoscaling's HPA,\n# applied after the overlay's components.\n"
             f"- op: replace\n  path: /spec/minReplicas\n  value: {candidate.min_replicas}\n"
             f"- op: replace\n  path: /spec/maxReplicas\n  value: {candidate.max_replicas}\n"
             f"- op: replace\n  path: /spec/metrics/0/pods/target/averageValue\n  value: \"{candidate.target:g}\"\n")
@@ -311,9 +311,12 @@ def write(overlay: Path, candidate: search.Candidate, overlay_spot: bool, args: 
                              + "\n  ".join(problems))
     written = []
     for name, text in files.items():  # each file replaced whole: a reader sees the old text or the new
+        target = overlay / name
         with tempfile.NamedTemporaryFile("w", dir=overlay, prefix=f".{name}.", delete=False) as handle:
             handle.write(text)
-        os.replace(handle.name, overlay / name)
+        # a temporary file is private (0600); the overlay's files keep their mode, a new one gets a file's usual
+        os.chmod(handle.name, target.stat().st_mode & 0o777 if target.exists() else 0o644)
+        os.replace(handle.name, target)
         written.append(overlay / name)
     return written
 
