@@ -5,9 +5,9 @@ of simulator/autoscale.py.
 
 Kept small by what is known without simulating:
   * static provisioning for the peak (the baseline) is the fewest fixed replicas that meet the SLO,
-    found by doubling then bisecting; an autoscaled fleet never needs more than that at its peak, so
-    maxReplicas is tried at that count first and at MAX_HEADROOM times it only where that fails (the HPA
-    reacts a cold start late, so a ramp may need more pods than the steady peak);
+    found by doubling then bisecting; it is what an autoscaled fleet needs at the peak, so maxReplicas is
+    tried at that count first, and at MAX_HEADROOM times it only where the least minReplicas allowed
+    missed (the HPA reacts a cold start late: a fleet that starts lower may need more pods to catch up);
   * for one Spot share and maxReplicas, a higher minReplicas holds at least as many pods at every moment,
     and a lower target scales up sooner: either meets the SLO if the other candidate does. So for each
     minReplicas only the largest target that meets matters (the cheapest there), and a staircase walk
