@@ -21,10 +21,14 @@ from simulator.replica import Replica
 from simulator.run import FleetPoint
 
 WARMUP_STARTS = 3  # the warm-up lasts this many cold starts (each a scan, a node and a pod start)
-# The per-pod gauge the HPA scales on, from a replica's state. waiting: requests routed to the pod that
-# the engine has not admitted (every waiting request, the executor's own queue included);
+# The per-pod gauge the HPA scales on, from a replica's state. requests_waiting: the requests routed to
+# the pod that have no first token yet, queued or in prefill: what every overlay's HPA reads
+# (llm_pod_requests_waiting, recorded by gitops/components/monitoring/rules.yaml; docs/manifests.md,
+# "Autoscaling"); waiting: only those the engine has not admitted (the executor's own queue included);
 # outstanding: waiting plus running.
+DEFAULT_METRIC = "requests_waiting"
 METRICS = {
+    "requests_waiting": lambda replica: len(replica.queue) + len(replica.prefilling),
     "waiting": lambda replica: replica.waiting,
     "outstanding": lambda replica: replica.outstanding,
 }
@@ -35,7 +39,7 @@ class Autoscaled:
     hpa: Hpa
     cluster: Cluster
     metric_path: MetricPath
-    metric: str = "waiting"
+    metric: str = DEFAULT_METRIC
     _next_scrape: float = field(default=0.0, init=False)
     _next_sync: float = field(default=0.0, init=False)
 

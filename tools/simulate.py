@@ -42,7 +42,7 @@ import planner  # noqa: E402
 import runtimes  # noqa: E402
 
 from simulator import balancer, cluster, report, trace  # noqa: E402
-from simulator.autoscale import METRICS, Autoscaled  # noqa: E402
+from simulator.autoscale import DEFAULT_METRIC, METRICS, Autoscaled  # noqa: E402
 from simulator.hpa import Hpa, HpaSpec, hpa_spec_from_object  # noqa: E402
 from simulator.metric_path import MetricPath  # noqa: E402
 from simulator.replica import Limits, StepModel  # noqa: E402
@@ -95,9 +95,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     scale.add_argument("--hpa-min", type=int, help="override its minReplicas")
     scale.add_argument("--hpa-max", type=int, help="override its maxReplicas")
     scale.add_argument("--hpa-target", type=float, help="override its target averageValue per pod")
-    scale.add_argument("--hpa-metric", choices=list(METRICS), default="waiting",
-                       help="the per-pod gauge the HPA reads: waiting (every request not yet admitted, the "
-                            "executor's queue included; default) or outstanding (waiting + running)")
+    scale.add_argument("--hpa-metric", choices=list(METRICS), default=DEFAULT_METRIC,
+                       help="the per-pod gauge the HPA reads: requests_waiting (requests with no first token "
+                            "yet, queued or in prefill: the overlays' llm_pod_requests_waiting; default), waiting "
+                            "(not yet admitted, the executor's queue included) or outstanding (waiting + running)")
     scale.add_argument("--pools", choices=["catalog", "nodepools"], default="catalog",
                        help="node pools: catalog (this target's machine, --spot adds a Spot pool first; at most "
                             "maxReplicas nodes each) or nodepools (gitops/nodepools: the ComputeClass's order, "
