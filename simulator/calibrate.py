@@ -58,6 +58,16 @@ class Fit:
     mixed_rms_s: dict[str, float]  # each form's error on the mixed steps: "max", "separate" (empty: none measured)
 
 
+def medians(samples: list[DecodeSample]) -> list[DecodeSample]:
+    """One sample per batch size of a run: the median step and KV length. A busy machine stalls single
+    steps now and then; the median keeps those out of the fit, which squares them."""
+    by_size: dict[int, list[DecodeSample]] = {}
+    for sample in samples:
+        by_size.setdefault(sample.sequences, []).append(sample)
+    return [DecodeSample(n, float(np.median([s.kv_tokens for s in group])),
+                         float(np.median([s.seconds for s in group]))) for n, group in sorted(by_size.items())]
+
+
 def nonnegative_lstsq(columns: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Least squares with every coefficient at least 0: the most negative one is fixed at 0 and the rest
     refitted until none is negative (enough for three columns; a term the data cannot see drops out)."""

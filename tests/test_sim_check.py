@@ -161,3 +161,10 @@ def test_mixed_steps_are_read_off_while_a_later_row_is_still_joining() -> None:
     assert (samples[0].decoding, samples[0].kv_tokens, samples[0].prompt_tokens) == (1, 130.0, 64)
     assert samples[0].seconds == pytest.approx(0.3499)
     assert sim_check.mixed_samples([a, b], prompt_tokens=32, chunk=64) == []
+
+
+def test_decode_steps_are_reduced_to_medians_per_batch_size() -> None:
+    # one stalled step (a busy machine) does not move the median
+    steps = [calibrate.DecodeSample(2, kv, t) for kv, t in ((100, 0.1), (102, 0.1), (104, 0.9))]
+    steps.append(calibrate.DecodeSample(1, 60, 0.05))
+    assert calibrate.medians(steps) == [calibrate.DecodeSample(1, 60.0, 0.05), calibrate.DecodeSample(2, 102.0, 0.1)]

@@ -53,9 +53,9 @@ LOADS = (0.2, 0.6, 0.9)  # light, ~60% and ~90% of the measured capacity (issue 
 # Calibration grid: batch sizes (capped at max_batch_size) and prompt lengths for decode steps; prompt
 # lengths for lone prefills (capped at max_input_len), each measured twice.
 DECODE_BATCHES = (1, 2, 4, 8)
-DECODE_PROMPTS = (32, 512)
+DECODE_PROMPTS = (32, 256)
 DECODE_STEADY_STEPS = 16  # decode steps measured after the last row of a run joined
-PREFILL_PROMPTS = (8, 32, 64, 128, 256, 512, 1024)
+PREFILL_PROMPTS = (8, 32, 64, 128, 256, 512)
 PREFILL_REPEATS = 2
 STREAM_TIMEOUT_S = 300.0
 
@@ -218,11 +218,11 @@ def measure_steps(streams: Streams, engine: Engine, rng: np.random.Generator, sa
             ids = [streams.send(prompt(rng, engine, prompt_tokens), output) for _ in range(batch)]
             streams.wait(ids)
             times = [np.array(streams.tokens[r]) for r in ids]
-            run = decode_samples(times, prompt_tokens)
+            run = calibrate.medians(decode_samples(times, prompt_tokens))
             decode += run
             mixed += mixed_samples(times, prompt_tokens, engine.chunk_tokens)
             say(f"  decode: {batch} x {prompt_tokens}-token prompts: median step "
-                f"{np.median([s.seconds for s in run]) * 1e3:.1f} ms over {len(run)} steps")
+                + ", ".join(f"{s.seconds * 1e3:.1f} ms at {s.sequences} rows" for s in reversed(run)))
     prefill = []
     for prompt_tokens in sorted({min(p, engine.max_input_len) for p in PREFILL_PROMPTS}):
         for _ in range(PREFILL_REPEATS):
