@@ -168,3 +168,15 @@ def test_decode_steps_are_reduced_to_medians_per_batch_size() -> None:
     steps = [calibrate.DecodeSample(2, kv, t) for kv, t in ((100, 0.1), (102, 0.1), (104, 0.9))]
     steps.append(calibrate.DecodeSample(1, 60, 0.05))
     assert calibrate.medians(steps) == [calibrate.DecodeSample(1, 60.0, 0.05), calibrate.DecodeSample(2, 102.0, 0.1)]
+
+
+def test_every_load_replays_the_same_arrivals_at_its_own_rate() -> None:
+    # one sequence at a mean of 1 request/s, each load dividing it by its rate: the same requests, in the
+    # same order and proportions of gaps; seeded, so a rerun replays it again
+    arrivals = sim_check.arrival_sequence(None, 2000, seed=7)
+    assert np.array_equal(arrivals, sim_check.arrival_sequence(None, 2000, seed=7))
+    assert 2000 / arrivals[-1] == pytest.approx(1.0, rel=0.1)
+    from_trace = sim_check.arrival_sequence("code", 50, seed=0)
+    assert len(from_trace) == 50 and (np.diff(from_trace) >= 0).all()
+    with pytest.raises(sim_check.CheckError, match="fewer than --requests"):
+        sim_check.arrival_sequence("code", 10**9, seed=0)
