@@ -37,7 +37,9 @@ INF = math.inf
 class StepModel:
     """One step: overhead_s + max(weights_s + kv_token_s x KV tokens read + sequence_s x sequences,
     token_s x tokens computed). from_plan gives build/estimate.py's decode step and prefill exactly;
-    a calibration measures these coefficients on a real server and loads them with from_file."""
+    a calibration measures these coefficients on a real server and loads them with from_file.
+    separate_prefill: the runtime feeds prompt chunks in a forward of their own before the batch's decode
+    forward (the CPU runtime's Decoder.step), so a step with prompt tokens costs both, added."""
 
     overhead_s: float  # fixed per step (the all-reduces' latency with TP > 1)
     weights_s: float  # reading this GPU's weights once
@@ -45,6 +47,7 @@ class StepModel:
     sequence_s: float  # per running sequence besides its KV (its share of the all-reduces)
     token_s: float  # the matmuls of one token (prefill and decode alike)
     source: str = "build/estimate.py"
+    separate_prefill: bool = False
 
     @classmethod
     def from_plan(cls, plan: Plan, gpu: catalog.Gpu) -> StepModel:
@@ -67,16 +70,25 @@ class StepModel:
         path = Path(path)
         text = path.read_text()
         raw = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
-        names = [f.name for f in fields(cls) if f.name != "source"]
+        names = [f.name for f in fields(cls) if f.name not in ("source", "separate_prefill")]
         missing = [n for n in names if n not in raw]
         if missing:
             raise ValueError(f"{path}: step model lacks {', '.join(missing)} (needs {', '.join(names)})")
         bad = [n for n in names if not isinstance(raw[n], int | float) or raw[n] < 0]
         if bad:
             raise ValueError(f"{path}: {', '.join(bad)} must be numbers of seconds, at least 0")
-        return cls(**{n: float(raw[n]) for n in names}, source=str(raw.get("source", path)))
+        if not isinstance(raw.get("separate_prefill", False), bool):
+            raise ValueError(f"{path}: separate_prefill must be true or false")
+        return cls(**{n: float(raw[n]) for n in names}, source=str(raw.get("source", path)),
+                   separate_prefill=raw.get("separate_prefill", False))
 
-    def step(self, sequences: int, kv_tokens: float, tokens: int) -> float:
+    def step(self, sequences: int, kv_tokens: float, tokens: int, prompt_tokens: int = 0) -> float:
+        """A step of `sequences` (decoding, and prompts chunked), reading `kv_tokens`, computing `tokens`, of which
+        `prompt_tokens` are prompt chunks."""
+        if self.separate_prefill and prompt_tokens:
+            decoding = tokens - prompt_tokens
+            prefill = self.overhead_s + self.token_s * prompt_tokens
+            return prefill + (self.step(decoding, kv_tokens, decoding) if decoding else 0.0)
         return self.overhead_s + max(self.weights_s + self.kv_token_s * kv_tokens + self.sequence_s * sequences,
                                      self.token_s * tokens)
 
@@ -141,7 +153,9 @@ class Replica:
         self.outstanding += 1
         self.requests.replica[request] = self.index
         # it finishes one step after its arrival at the earliest; the others no sooner than before
-        shortest = self.model.overhead_s + self.model.weights_s
+        model = self.model
+        least = min(model.weights_s, model.token_s) if model.separate_prefill else model.weights_s
+        shortest = model.overhead_s + least
         self.next_change = min(self.next_change, max(self.t_free, self.requests.arrival[request]) + shortest)
 
     def _head_fits(self) -> bool:
@@ -217,7 +231,7 @@ class Replica:
             kv += done + take
             chunks.append((entry, take))
         tokens = sum(take for _, take in chunks)
-        end = start + self.model.step(n + len(chunks), kv, n + tokens)
+        end = start + self.model.step(n + len(chunks), kv, n + tokens, tokens)
         if end > until:
             # the step from t_free has begun by `until`: no later arrival joins it, none finishes before it ends
             self.step_end = end

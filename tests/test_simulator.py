@@ -258,3 +258,14 @@ def test_requests_fail_while_spot_preemptions_leave_no_replica() -> None:
     assert summary["slo"]["attainment"] <= 1 - summary["failed_no_replica"] / len(run.trace) + 1e-4  # rounded
     assert min(p.replicas for p in run.fleet) == 0 and summary["replicas_max"] == 1
     json.dumps(summary, allow_nan=False)  # failed requests leave no inf or nan in the report
+
+
+def test_a_separate_prefill_step_adds_the_prompt_forward_to_the_decode_forward() -> None:
+    # The CPU runtime's form: A (t=0, 100 in, 3 out) prefills alone in 100 ms (first token at 0.100); B (t=0.05,
+    # 20 in, 2 out) then takes a step of its 20-token prompt forward (20 ms) plus A's decode step (10 ms): 0.130.
+    # Then one 10 ms decode step of both: A's third and B's second token at 0.140.
+    model = StepModel(**{**vars(HAND), "separate_prefill": True})
+    run = replay_static(_trace([(0.0, 100, 3), (0.05, 20, 2)]), limits=_limits(), model=model, replicas=1,
+                        balancer="round_robin")
+    assert run.first_token_s == pytest.approx([0.100, 0.130])
+    assert run.done_s == pytest.approx([0.140, 0.140])

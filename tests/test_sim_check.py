@@ -1,0 +1,182 @@
+"""The single-replica check's pieces that need no server (its run against the real tritonserver is the
+README's table): the step-model fit recovers known coefficients, the file it writes is the one the
+simulator reads, decode steps are read off token times, the comparison table, and the command's help
+and bad input."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import sim_check
+from conftest import ROOT
+
+from simulator import calibrate, validation
+from simulator.replica import StepModel
+
+TRUE = StepModel(overhead_s=0.020, weights_s=0.030, kv_token_s=2e-6, sequence_s=0.004, token_s=0.003, source="known")
+REQUEST_OVERHEAD_S = 0.005
+
+
+def synthetic(noise_s: float, seed: int = 0) -> tuple[list[calibrate.DecodeSample], list[calibrate.PrefillSample]]:
+    """Measurements as the true model makes them, with Gaussian noise of `noise_s`."""
+    rng = np.random.default_rng(seed)
+    decode = []
+    for n in (1, 2, 4, 8):
+        for length in (32, 300, 900):
+            kv = n * length
+            seconds = TRUE.overhead_s + TRUE.weights_s + TRUE.kv_token_s * kv + TRUE.sequence_s * n
+            decode.append(calibrate.DecodeSample(n, kv, seconds + rng.normal(0, noise_s)))
+    prefill = []
+    for tokens in (8, 32, 64, 128, 256, 512, 1024):
+        forwards = -(-tokens // 64)
+        seconds = REQUEST_OVERHEAD_S + TRUE.overhead_s * forwards + TRUE.token_s * tokens
+        prefill.append(calibrate.PrefillSample(tokens, forwards, seconds + rng.normal(0, noise_s)))
+    return decode, prefill
+
+
+def test_the_fit_recovers_known_coefficients_exactly_without_noise() -> None:
+    decode, prefill = synthetic(noise_s=0.0)
+    result = calibrate.fit(decode, prefill, "synthetic")
+    for name in ("overhead_s", "weights_s", "kv_token_s", "sequence_s", "token_s"):
+        assert getattr(result.model, name) == pytest.approx(getattr(TRUE, name), rel=1e-6), name
+    assert result.request_overhead_s == pytest.approx(REQUEST_OVERHEAD_S, rel=1e-6)
+    assert result.decode_rms_s == pytest.approx(0.0, abs=1e-9)
+
+
+def test_the_fit_stays_close_with_a_millisecond_of_noise() -> None:
+    decode, prefill = synthetic(noise_s=0.001, seed=3)
+    model = calibrate.fit(decode, prefill, "synthetic").model
+    # what the simulator reads: whole steps, within a few percent
+    for n, kv in ((1, 64), (8, 8 * 600)):
+        assert model.step(n, kv, n) == pytest.approx(TRUE.step(n, kv, n), rel=0.05)
+    assert model.step(1, 64, 64) == pytest.approx(TRUE.step(1, 64, 64), rel=0.05)
+    assert model.token_s == pytest.approx(TRUE.token_s, rel=0.05)
+
+
+def test_a_coefficient_the_data_cannot_see_is_zero_not_negative() -> None:
+    # y = 2 + 3x exactly, plus a column whose best unconstrained coefficient is negative
+    x = np.arange(6.0)
+    columns = np.column_stack([np.ones(6), x, [0, 0, 0, 0, 0, 1.0]])
+    y = 2 + 3 * x - np.array([0, 0, 0, 0, 0, 0.5])
+    unconstrained, *_ = np.linalg.lstsq(columns, y, rcond=None)
+    assert unconstrained[2] == pytest.approx(-0.5)
+    two, *_ = np.linalg.lstsq(columns[:, :2], y, rcond=None)
+    assert calibrate.nonnegative_lstsq(columns, y) == pytest.approx([*two, 0.0])
+
+
+def test_too_few_measurements_are_refused_by_name() -> None:
+    decode, prefill = synthetic(noise_s=0.0)
+    with pytest.raises(ValueError, match="decode fit needs"):
+        calibrate.fit(decode[:2], prefill, "x")
+    with pytest.raises(ValueError, match="prefill fit needs"):
+        calibrate.fit(decode, [p for p in prefill if p.forwards == 1], "x")
+
+
+def test_the_written_file_is_the_step_model_the_simulator_reads(tmp_path) -> None:
+    decode, prefill = synthetic(noise_s=0.0)
+    result = calibrate.fit(decode, prefill, "tools/sim_check.py on here")
+    path = tmp_path / "steps.toml"
+    calibrate.write(path, result, machine="2 cores, no GPU", command="python tools/sim_check.py",
+                    measured_at="2026-12-07T07:00:00+00:00", decode=decode, prefill=prefill)
+    assert StepModel.from_file(path) == StepModel(**{k: pytest.approx(v, rel=1e-5) for k, v in
+                                                     vars(result.model).items() if k != "source"},
+                                                  source="tools/sim_check.py on here")
+    text = path.read_text()
+    assert 'machine = "2 cores, no GPU"' in text and 'command = "python tools/sim_check.py"' in text
+
+
+def test_decode_steps_are_read_off_token_times_once_every_row_has_joined() -> None:
+    # Two rows sent together with 10-token prompts: row 0's first token at 1.0, then a step every 0.1 s;
+    # row 1 joins at 1.3 (its first two tokens come from that one step) and both decode at 0.1 s steps
+    # until row 0 ends at 1.8; row 1 goes on alone at 0.05 s steps.
+    row0 = np.round(np.arange(1.0, 1.85, 0.1), 6)
+    row1 = np.array([1.3, 1.3001, 1.4, 1.5, 1.6, 1.7, 1.8, 1.85, 1.9])
+    samples = sim_check.decode_samples([row0, row1], prompt_tokens=10)
+    assert [s.sequences for s in samples] == [2, 2, 2, 2, 2, 1, 1]
+    assert [round(s.seconds, 3) for s in samples] == [0.1, 0.1, 0.1, 0.1, 0.1, 0.05, 0.05]
+    # the first step: row 0 holds 10 + 4 tokens, row 1 10 + 2
+    assert samples[0].kv_tokens == 26
+
+
+def test_the_table_gives_percentiles_ratio_and_the_20_percent_verdict() -> None:
+    measured = {"TTFT": np.array([1.0, 2.0, 3.0]), "e2e": np.array([10.0, 10.0, 10.0])}
+    simulated = {"TTFT": np.array([1.1, 2.1, 3.1]), "e2e": np.array([13.0, 13.0, 13.0])}
+    rows = validation.rows("60%", 0.5, measured, simulated)
+    assert [r.metric for r in rows] == ["TTFT p50", "TTFT p90", "e2e p50", "e2e p90"]
+    assert rows[0].measured_s == 2.0 and rows[0].simulated_s == pytest.approx(2.1)
+    assert rows[0].ratio == pytest.approx(1.05) and rows[0].within()
+    assert rows[2].ratio == pytest.approx(1.3) and not rows[2].within()
+    table = validation.table(rows)
+    assert "| 60% | 0.5 | e2e p50 | 10.000 s | 13.000 s | 1.30 | NO |" in table
+    assert "| 60% | 0.5 | TTFT p50 | 2.000 s | 2.100 s | 1.05 | yes |" in table
+    with pytest.raises(ValueError, match="same requests"):
+        validation.rows("light", 0.1, measured, {"TTFT": simulated["TTFT"][:2], "e2e": simulated["e2e"]})
+
+
+def test_the_chunk_size_is_read_from_the_cpu_runtime() -> None:
+    assert sim_check.chunk_tokens(ROOT / "model_repository" / "tensorrt_llm" / "cpu" / "1" / "model.py") == 64
+
+
+def command(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "tools" / "sim_check.py"), *args], capture_output=True,
+                          text=True)
+
+
+def test_help_shows_examples() -> None:
+    result = command("--help")
+    assert result.returncode == 0
+    assert "Examples:" in result.stdout and "--step-model" in result.stdout
+
+
+def test_bad_input_is_refused_by_name(tmp_path) -> None:
+    result = command("--loads", "0.2,lots")
+    assert result.returncode == 2 and "--loads" in result.stderr
+    result = command("--repository", str(tmp_path))
+    assert result.returncode == 2 and "no CPU tensorrt_llm" in result.stderr
+
+
+@pytest.mark.parametrize("separate", [True, False])
+def test_the_mixed_steps_choose_how_a_prompt_chunk_and_decoding_add_up(separate: bool) -> None:
+    truth = StepModel(**{**vars(TRUE), "separate_prefill": separate})
+    decode, prefill = synthetic(noise_s=0.0)
+    mixed = [calibrate.MixedSample(n, n * 500.0, 64, truth.step(n + 1, n * 500.0, n + 64, 64)) for n in (1, 3, 7)]
+    result = calibrate.fit(decode, prefill, "synthetic", mixed)
+    assert result.model.separate_prefill is separate
+    chosen, other = ("separate", "max") if separate else ("max", "separate")
+    assert result.mixed_rms_s[chosen] == pytest.approx(0.0, abs=1e-9)
+    assert result.mixed_rms_s[other] > 0.001
+
+
+def test_mixed_steps_are_read_off_while_a_later_row_is_still_joining() -> None:
+    # Two 128-token prompts (2 chunks each) sent together: A's prompt takes two steps (its first two tokens
+    # at 0.6), then B's two chunks go in beside A's decoding (steps ending 0.95 and 1.3, B joining with the
+    # second); only the first of those is a step with a chunk and no joining row.
+    a = np.array([0.6, 0.6001, 0.95, 1.3, 1.4, 1.5])
+    b = np.array([1.3, 1.3001, 1.4, 1.5, 1.6, 1.7])
+    samples = sim_check.mixed_samples([a, b], prompt_tokens=128, chunk=64)
+    assert len(samples) == 1
+    assert (samples[0].decoding, samples[0].kv_tokens, samples[0].prompt_tokens) == (1, 130.0, 64)
+    assert samples[0].seconds == pytest.approx(0.3499)
+    assert sim_check.mixed_samples([a, b], prompt_tokens=32, chunk=64) == []
+
+
+def test_decode_steps_are_reduced_to_medians_per_batch_size() -> None:
+    # one stalled step (a busy machine) does not move the median
+    steps = [calibrate.DecodeSample(2, kv, t) for kv, t in ((100, 0.1), (102, 0.1), (104, 0.9))]
+    steps.append(calibrate.DecodeSample(1, 60, 0.05))
+    assert calibrate.medians(steps) == [calibrate.DecodeSample(1, 60.0, 0.05), calibrate.DecodeSample(2, 102.0, 0.1)]
+
+
+def test_every_load_replays_the_same_arrivals_at_its_own_rate() -> None:
+    # one sequence at a mean of 1 request/s, each load dividing it by its rate: the same requests, in the
+    # same order and proportions of gaps; seeded, so a rerun replays it again
+    arrivals = sim_check.arrival_sequence(None, 2000, seed=7)
+    assert np.array_equal(arrivals, sim_check.arrival_sequence(None, 2000, seed=7))
+    assert 2000 / arrivals[-1] == pytest.approx(1.0, rel=0.1)
+    from_trace = sim_check.arrival_sequence("code", 50, seed=0)
+    assert len(from_trace) == 50 and (np.diff(from_trace) >= 0).all()
+    with pytest.raises(sim_check.CheckError, match="fewer than --requests"):
+        sim_check.arrival_sequence("code", 10**9, seed=0)
