@@ -5,8 +5,10 @@ is free (max_batch_size) and the KV budget holds the request's whole length, rou
 (the guaranteed_no_evict policy build/runtimes/engine.py configures: a started request always finishes);
 the first request that does not fit waits, and so does everything behind it. The step then carries one
 token of every decoding request plus context (prefill) chunks of the admitted requests, first admitted
-first, up to max_num_tokens in all. A request's last context chunk yields its first token; every later
-step one more. Times come from a StepModel: the plan's estimate (build/estimate.py) unless calibrated.
+first, up to max_num_tokens in all. A request's last context chunk yields its first token (and, where the
+step model says the runtime decodes a joining row in its joining step, as the CPU runtime does, its second);
+every later step one more. Times come from a StepModel: the plan's estimate (build/estimate.py) unless
+calibrated; a calibrated one may add each request's latency outside steps to its first token and its end.
 
 For speed, a run of decode-only steps between events is taken at once (no per-token Python work): the
 step time of such a run is evaluated at its middle KV length, and a run is at most MAX_RUN steps, so
@@ -20,7 +22,7 @@ import json
 import math
 import tomllib
 from collections import deque
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 import catalog
@@ -33,21 +35,39 @@ MAX_RUN = 64
 INF = math.inf
 
 
+# How a step's cost grows with the sequences it decodes (StepModel.sequence_form): n itself (the estimate's
+# share per sequence), or concave in n, as a batched forward on a CPU measured (calibrate.py picks the form).
+SEQUENCE_FORMS = {"linear": float, "sqrt": math.sqrt, "log": lambda n: math.log(n) if n else 0.0}
+
+
 @dataclass(frozen=True)
 class StepModel:
-    """One step: overhead_s + max(weights_s + kv_token_s x KV tokens read + sequence_s x sequences,
-    token_s x tokens computed). from_plan gives build/estimate.py's decode step and prefill exactly;
-    a calibration measures these coefficients on a real server and loads them with from_file.
+    """One step: overhead_s + max(weights_s + kv_token_s x KV tokens read + sequence_s x g(sequences)
+    + multi_row_s if more than one sequence, token_s x tokens computed), g the sequence_form (n itself by
+    default). from_plan gives build/estimate.py's decode step and prefill exactly (the later fields at their
+    defaults); a calibration measures these coefficients on a real server and loads them with from_file.
     separate_prefill: the runtime feeds prompt chunks in a forward of their own before the batch's decode
-    forward (the CPU runtime's Decoder.step), so a step with prompt tokens costs both, added."""
+    forward (the CPU runtime's Decoder.step), so a step with prompt tokens costs both, added.
+    joining_row_decodes: a request whose prompt's last chunk goes in decodes in the same step, so it gets
+    two tokens from its joining step (the CPU runtime merges it into the running batch before that batch's
+    forward); TensorRT-LLM's executor gives it one. request_latency_s: each request's time outside steps
+    (the client's round trip, the server's queue and hand-over), added to its first token and its end."""
 
     overhead_s: float  # fixed per step (the all-reduces' latency with TP > 1)
     weights_s: float  # reading this GPU's weights once
     kv_token_s: float  # reading one token of KV
-    sequence_s: float  # per running sequence besides its KV (its share of the all-reduces)
+    sequence_s: float  # per running sequence besides its KV (its share of the all-reduces), times g(n)
     token_s: float  # the matmuls of one token (prefill and decode alike)
     source: str = "build/estimate.py"
     separate_prefill: bool = False
+    sequence_form: str = "linear"
+    multi_row_s: float = 0.0  # added to a step of two or more sequences (a batched forward's extra cost)
+    joining_row_decodes: bool = False
+    request_latency_s: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.sequence_form not in SEQUENCE_FORMS:
+            raise ValueError(f"sequence_form {self.sequence_form!r} is not one of {', '.join(SEQUENCE_FORMS)}")
 
     @classmethod
     def from_plan(cls, plan: Plan, gpu: catalog.Gpu) -> StepModel:
@@ -66,21 +86,28 @@ class StepModel:
 
     @classmethod
     def from_file(cls, path: Path | str) -> StepModel:
-        """Coefficients from a JSON or TOML file with the five fields (the calibration hook)."""
+        """Coefficients from a JSON or TOML file with the five fields (the calibration hook); the later
+        ones are optional (a file without them is read as the engine model: linear, one token per step)."""
         path = Path(path)
         text = path.read_text()
         raw = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
-        names = [f.name for f in fields(cls) if f.name not in ("source", "separate_prefill")]
+        names = ["overhead_s", "weights_s", "kv_token_s", "sequence_s", "token_s"]
         missing = [n for n in names if n not in raw]
         if missing:
             raise ValueError(f"{path}: step model lacks {', '.join(missing)} (needs {', '.join(names)})")
-        bad = [n for n in names if not isinstance(raw[n], int | float) or raw[n] < 0]
+        optional = [n for n in ("multi_row_s", "request_latency_s") if n in raw]
+        bad = [n for n in names + optional if not isinstance(raw[n], int | float) or raw[n] < 0]
         if bad:
             raise ValueError(f"{path}: {', '.join(bad)} must be numbers of seconds, at least 0")
-        if not isinstance(raw.get("separate_prefill", False), bool):
-            raise ValueError(f"{path}: separate_prefill must be true or false")
-        return cls(**{n: float(raw[n]) for n in names}, source=str(raw.get("source", path)),
-                   separate_prefill=raw.get("separate_prefill", False))
+        flags = [n for n in ("separate_prefill", "joining_row_decodes") if n in raw]
+        for name in flags:
+            if not isinstance(raw[name], bool):
+                raise ValueError(f"{path}: {name} must be true or false")
+        form = raw.get("sequence_form", "linear")
+        if form not in SEQUENCE_FORMS:
+            raise ValueError(f"{path}: sequence_form {form!r} must be one of {', '.join(SEQUENCE_FORMS)}")
+        return cls(**{n: float(raw[n]) for n in names + optional}, **{n: raw[n] for n in flags},
+                   source=str(raw.get("source", path)), sequence_form=form)
 
     def step(self, sequences: int, kv_tokens: float, tokens: int, prompt_tokens: int = 0) -> float:
         """A step of `sequences` (decoding, and prompts chunked), reading `kv_tokens`, computing `tokens`, of which
@@ -89,8 +116,10 @@ class StepModel:
             decoding = tokens - prompt_tokens
             prefill = self.overhead_s + self.token_s * prompt_tokens
             return prefill + (self.step(decoding, kv_tokens, decoding) if decoding else 0.0)
-        return self.overhead_s + max(self.weights_s + self.kv_token_s * kv_tokens + self.sequence_s * sequences,
-                                     self.token_s * tokens)
+        batch = self.sequence_s * SEQUENCE_FORMS[self.sequence_form](sequences)
+        if sequences > 1:
+            batch += self.multi_row_s
+        return self.overhead_s + max(self.weights_s + self.kv_token_s * kv_tokens + batch, self.token_s * tokens)
 
 
 @dataclass(frozen=True)
@@ -173,7 +202,7 @@ class Replica:
             self.prefilling.append([queue.popleft(), 0])
 
     def _finish(self, request: int, at: float) -> None:
-        self.requests.done[request] = at
+        self.requests.done[request] = at + self.model.request_latency_s
         self.kv_reserved -= self._reserve(request)
         self.outstanding -= 1
 
@@ -182,7 +211,8 @@ class Replica:
         inputs, outputs = self.requests.inputs, self.requests.outputs
         while self.decoding and self.decoding[0][0] <= self.steps:
             last, request = heapq.heappop(self.decoding)
-            self.kv_base -= inputs[request] + 1 - (last - outputs[request] + 1)  # what it added (below)
+            # what it added (below): input + given - joined, where joined = last - outputs + given
+            self.kv_base -= inputs[request] + outputs[request] - last
             self._finish(request, at)
 
     def advance(self, until: float) -> None:
@@ -231,7 +261,11 @@ class Replica:
             kv += done + take
             chunks.append((entry, take))
         tokens = sum(take for _, take in chunks)
-        end = start + self.model.step(n + len(chunks), kv, n + tokens, tokens)
+        # with joining_row_decodes a prompt that completes here decodes in this step's forward too (but a
+        # one-token answer is done with its first token and leaves before that forward)
+        joining = sum(1 for entry, take in chunks if entry[1] + take == inputs[entry[0]] and outputs[entry[0]] > 1
+                      ) if self.model.joining_row_decodes else 0
+        end = start + self.model.step(n + len(chunks), kv, n + joining + tokens, tokens)
         if end > until:
             # the step from t_free has begun by `until`: no later arrival joins it, none finishes before it ends
             self.step_end = end
@@ -244,13 +278,16 @@ class Replica:
             request = entry[0]
             if entry[1] < inputs[request]:
                 continue
-            self.requests.first_token[request] = end
-            if outputs[request] == 1:
+            self.requests.first_token[request] = end + self.model.request_latency_s
+            # tokens this step gave it: its first, and with joining_row_decodes its second
+            given = min(outputs[request], 2 if self.model.joining_row_decodes else 1)
+            if outputs[request] == given:
                 self._finish(request, end)
             else:
-                # it decodes from the next step on; its last token ends step steps + outputs - 1
-                heapq.heappush(self.decoding, (self.steps + outputs[request] - 1, request))
-                self.kv_base += inputs[request] + 1 - self.steps
+                # it decodes from the next step on; its last token ends step steps + outputs - given, and its
+                # KV at step s is input + given + (s - 1 - steps), kv_base's term input + given - steps
+                heapq.heappush(self.decoding, (self.steps + outputs[request] - given, request))
+                self.kv_base += inputs[request] + given - self.steps
         self.prefilling = [entry for entry in self.prefilling if entry[1] < inputs[entry[0]]]
         return True
 
@@ -259,9 +296,10 @@ class Replica:
         than a decode step of the requests decoding now."""
         steps = self.decoding[0][0] - self.steps if self.decoding else INF
         outputs = self.requests.outputs
+        spare = 1 if self.model.joining_row_decodes else 0  # its joining step gives it a second token
         for entry in self.prefilling:
-            if outputs[entry[0]] < steps:
-                steps = outputs[entry[0]]
+            if max(1, outputs[entry[0]] - spare) < steps:
+                steps = max(1, outputs[entry[0]] - spare)
         if steps > 1 and self.queue and self._head_fits():
             steps = 1  # admitted at the next step; it may finish with it
         if steps == INF:

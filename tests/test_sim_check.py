@@ -1,12 +1,16 @@
 """The single-replica check's pieces that need no server (its run against the real tritonserver is the
-README's table): the step-model fit recovers known coefficients, the file it writes is the one the
-simulator reads, decode steps are read off token times, the comparison table, and the command's help
+README's table): the step-model fit recovers known coefficients (the batch term's form, a lone row's
+cheaper step, the request latency outside steps), the file it writes is the one the simulator reads and
+--refit fits again, decode steps are read off token times, the comparison table, and the command's help
 and bad input."""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
+import tomllib
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -16,23 +20,31 @@ from conftest import ROOT
 from simulator import calibrate, validation
 from simulator.replica import StepModel
 
-TRUE = StepModel(overhead_s=0.020, weights_s=0.030, kv_token_s=2e-6, sequence_s=0.004, token_s=0.003, source="known")
-REQUEST_OVERHEAD_S = 0.005
+TRUE = StepModel(overhead_s=0.020, weights_s=0.030, kv_token_s=2e-6, sequence_s=0.004, token_s=0.003, source="known",
+                 request_latency_s=0.005)
+# as the CPU runtime measured: a lone row's step well below the line through the batched ones, a joining
+# row decoding in its joining step (its first token delivered after that forward)
+ONE_ROW = replace(TRUE, sequence_s=0.002, multi_row_s=0.035, joining_row_decodes=True, request_latency_s=0.012)
+COEFFICIENTS = ("overhead_s", "weights_s", "kv_token_s", "sequence_s", "multi_row_s", "token_s", "request_latency_s")
 
 
-def synthetic(noise_s: float, seed: int = 0) -> tuple[list[calibrate.DecodeSample], list[calibrate.PrefillSample]]:
-    """Measurements as the true model makes them, with Gaussian noise of `noise_s`."""
+def synthetic(noise_s: float, seed: int = 0, truth: StepModel = TRUE
+              ) -> tuple[list[calibrate.DecodeSample], list[calibrate.PrefillSample]]:
+    """Measurements as the true model makes them, with Gaussian noise of `noise_s`: decode steps, and lone
+    prompts' first tokens (after their prompt forwards, and their joining step's decode forward where a
+    joining row decodes), each seen request_latency_s later."""
     rng = np.random.default_rng(seed)
     decode = []
     for n in (1, 2, 4, 8):
         for length in (32, 300, 900):
             kv = n * length
-            seconds = TRUE.overhead_s + TRUE.weights_s + TRUE.kv_token_s * kv + TRUE.sequence_s * n
-            decode.append(calibrate.DecodeSample(n, kv, seconds + rng.normal(0, noise_s)))
+            decode.append(calibrate.DecodeSample(n, kv, truth.step(n, kv, n) + rng.normal(0, noise_s)))
     prefill = []
     for tokens in (8, 32, 64, 128, 256, 512, 1024):
         forwards = -(-tokens // 64)
-        seconds = REQUEST_OVERHEAD_S + TRUE.overhead_s * forwards + TRUE.token_s * tokens
+        seconds = truth.request_latency_s + truth.overhead_s * forwards + truth.token_s * tokens
+        if truth.joining_row_decodes:
+            seconds += truth.step(1, tokens, 1)
         prefill.append(calibrate.PrefillSample(tokens, forwards, seconds + rng.normal(0, noise_s)))
     return decode, prefill
 
@@ -40,10 +52,45 @@ def synthetic(noise_s: float, seed: int = 0) -> tuple[list[calibrate.DecodeSampl
 def test_the_fit_recovers_known_coefficients_exactly_without_noise() -> None:
     decode, prefill = synthetic(noise_s=0.0)
     result = calibrate.fit(decode, prefill, "synthetic")
-    for name in ("overhead_s", "weights_s", "kv_token_s", "sequence_s", "token_s"):
-        assert getattr(result.model, name) == pytest.approx(getattr(TRUE, name), rel=1e-6), name
-    assert result.request_overhead_s == pytest.approx(REQUEST_OVERHEAD_S, rel=1e-6)
+    for name in COEFFICIENTS:
+        assert getattr(result.model, name) == pytest.approx(getattr(TRUE, name), rel=1e-6, abs=1e-12), name
+    assert result.model.sequence_form == "linear"  # the one-row form fits as well: the simpler one is kept
     assert result.decode_rms_s == pytest.approx(0.0, abs=1e-9)
+    assert result.decode_forms_rms_s["linear"] == pytest.approx(0.0, abs=1e-9)
+    assert result.decode_forms_rms_s["sqrt"] > 0.001
+
+
+def test_the_fit_recovers_a_lone_rows_cheaper_step_and_the_request_latency() -> None:
+    decode, prefill = synthetic(noise_s=0.0, truth=ONE_ROW)
+    result = calibrate.fit(decode, prefill, "synthetic", joining_row_decodes=True)
+    assert (result.model.sequence_form, result.model.joining_row_decodes) == ("linear", True)
+    for name in COEFFICIENTS:
+        assert getattr(result.model, name) == pytest.approx(getattr(ONE_ROW, name), rel=1e-6), name
+    assert result.decode_forms_rms_s["one_row"] == pytest.approx(0.0, abs=1e-9)
+    assert min(result.decode_forms_rms_s[f] for f in ("linear", "sqrt", "log")) > 0.005
+    # read as if the runtime gave one token per joining step, the decode forward's fixed part would pass for
+    # latency outside steps (its KV part for prompt tokens' cost)
+    unaware = calibrate.fit(decode, prefill, "synthetic").model
+    assert unaware.request_latency_s == pytest.approx(ONE_ROW.request_latency_s + ONE_ROW.step(1, 0, 1), rel=1e-6)
+
+
+def test_with_noise_the_one_row_form_is_still_chosen_and_a_lone_rows_step_is_close() -> None:
+    decode, prefill = synthetic(noise_s=0.001, seed=5, truth=ONE_ROW)
+    model = calibrate.fit(decode, prefill, "synthetic", joining_row_decodes=True).model
+    assert model.multi_row_s == pytest.approx(ONE_ROW.multi_row_s, rel=0.1)
+    for n, kv in ((1, 64), (2, 600), (8, 8 * 600)):
+        assert model.step(n, kv, n) == pytest.approx(ONE_ROW.step(n, kv, n), rel=0.05)
+    assert model.request_latency_s == pytest.approx(ONE_ROW.request_latency_s, abs=0.003)
+
+
+@pytest.mark.parametrize("form", ["sqrt", "log"])
+def test_a_concave_batch_term_is_chosen_and_recovered(form: str) -> None:
+    truth = replace(TRUE, sequence_form=form, sequence_s=0.030)
+    decode, prefill = synthetic(noise_s=0.0, truth=truth)
+    result = calibrate.fit(decode, prefill, "synthetic")
+    assert result.model.sequence_form == form and result.model.multi_row_s == 0.0
+    for name in COEFFICIENTS:
+        assert getattr(result.model, name) == pytest.approx(getattr(truth, name), rel=1e-6, abs=1e-12), name
 
 
 def test_the_fit_stays_close_with_a_millisecond_of_noise() -> None:
@@ -81,11 +128,38 @@ def test_the_written_file_is_the_step_model_the_simulator_reads(tmp_path) -> Non
     path = tmp_path / "steps.toml"
     calibrate.write(path, result, machine="2 cores, no GPU", command="python tools/sim_check.py",
                     measured_at="2026-12-07T07:00:00+00:00", decode=decode, prefill=prefill)
-    assert StepModel.from_file(path) == StepModel(**{k: pytest.approx(v, rel=1e-5) for k, v in
-                                                     vars(result.model).items() if k != "source"},
-                                                  source="tools/sim_check.py on here")
+    read = StepModel.from_file(path)
+    for name, value in vars(result.model).items():
+        assert getattr(read, name) == (value if isinstance(value, str | bool) else pytest.approx(value, rel=1e-5))
     text = path.read_text()
     assert 'machine = "2 cores, no GPU"' in text and 'command = "python tools/sim_check.py"' in text
+
+
+def test_refit_fits_a_files_recorded_samples_again_without_a_server(tmp_path) -> None:
+    # the shipped calibration, refitted by the command: same samples and provenance, the model from them
+    path = tmp_path / "cpu_step_model.toml"
+    shutil.copy(ROOT / "simulator" / "cpu_step_model.toml", path)
+    before = tomllib.loads(path.read_text())
+    result = command("--refit", str(path))
+    assert result.returncode == 0, result.stderr
+    assert "each form left one out" in result.stderr
+    after = tomllib.loads(path.read_text())
+    for key in ("decode_samples", "prefill_samples", "mixed_samples"):
+        assert np.allclose(after[key], before[key], rtol=1e-5), key
+    for key in ("machine", "command", "measured_at"):
+        assert after[key] == before[key], key
+    assert after["refitted"] == f"python tools/sim_check.py --refit {path}"
+    model = StepModel.from_file(path)
+    assert model.joining_row_decodes is sim_check.JOINING_ROW_DECODES
+    assert model.sequence_form == "linear" if after["multi_row_s"] else model.sequence_form in ("sqrt", "log")
+    refitted = calibrate.fit([calibrate.DecodeSample(*row) for row in after["decode_samples"]],
+                             [calibrate.PrefillSample(*row) for row in after["prefill_samples"]], model.source,
+                             [calibrate.MixedSample(*row) for row in after["mixed_samples"]], model.joining_row_decodes)
+    assert model.step(1, 200, 1) == pytest.approx(refitted.model.step(1, 200, 1), rel=1e-5)
+    # a file with no samples is refused by name
+    path.write_text("overhead_s = 0.01\n")
+    result = command("--refit", str(path))
+    assert result.returncode == 2 and "no decode_samples, prefill_samples" in result.stderr
 
 
 def test_decode_steps_are_read_off_token_times_once_every_row_has_joined() -> None:
@@ -99,6 +173,17 @@ def test_decode_steps_are_read_off_token_times_once_every_row_has_joined() -> No
     assert [round(s.seconds, 3) for s in samples] == [0.1, 0.1, 0.1, 0.1, 0.1, 0.05, 0.05]
     # the first step: row 0 holds 10 + 4 tokens, row 1 10 + 2
     assert samples[0].kv_tokens == 26
+
+
+def test_rows_whose_tokens_of_one_step_reach_the_client_apart_are_counted_in_that_step() -> None:
+    # Two rows that joined together and end together; the runtime sends each step's responses one after
+    # another, so row 0's tokens arrive 1 ms before row 1's: the last step still carries both rows.
+    row0 = np.round(np.arange(1.0, 1.65, 0.1), 6)
+    row1 = row0 + 0.001
+    row1[0] = row0[0] + 0.0015  # the reference: its first token came last
+    samples = sim_check.decode_samples([row0, row1], prompt_tokens=10)
+    assert [s.sequences for s in samples] == [2] * 5
+    assert samples[-1].kv_tokens == 2 * (10 + 6)
 
 
 def test_the_table_gives_percentiles_ratio_and_the_20_percent_verdict() -> None:

@@ -5,6 +5,7 @@ trace scaling, the command's report and plot, and bad input named."""
 from __future__ import annotations
 
 import json
+import math
 import tomllib
 from pathlib import Path
 
@@ -97,6 +98,9 @@ def test_the_engine_model_reproduces_the_plans_estimate() -> None:
     plan = planner.plan(hf_config.load(LLAMA_8B), gpu, runtime="engine")
     est = estimate.estimate(plan, gpu)
     model = StepModel.from_plan(plan, gpu)
+    # the estimate's own form: n, no multi-row step, one token per joining step, no latency outside steps
+    assert (model.sequence_form, model.multi_row_s, model.joining_row_decodes, model.request_latency_s) == \
+        ("linear", 0.0, False, 0.0)
     batch = plan.max_batch_size
     assert model.step(batch, batch * est.mean_sequence_tokens, batch) * 1e3 == pytest.approx(est.decode_step_ms,
                                                                                             abs=0.01)
@@ -269,3 +273,50 @@ def test_a_separate_prefill_step_adds_the_prompt_forward_to_the_decode_forward()
                         balancer="round_robin")
     assert run.first_token_s == pytest.approx([0.100, 0.130])
     assert run.done_s == pytest.approx([0.140, 0.140])
+
+
+@pytest.mark.parametrize("balancer", ["round_robin", "least_outstanding"])
+def test_a_joining_row_decodes_in_its_joining_step_as_the_cpu_runtime_runs_it(balancer: str) -> None:
+    # The CPU runtime's form (separate prompt and decode forwards; a row whose prompt completes decodes in the
+    # same step), with a 4 ms step for a batch of two or more rows and 5 ms per request outside steps.
+    # A (t=0, 100 in, 3 out): its joining step is its 100 ms prompt forward plus a 10 ms decode forward of A
+    # alone, which gives A two tokens at 0.110. B (t=0.05, 20 in, 2 out) joins at the next step: its 20 ms
+    # prompt forward plus a decode forward of A and B (10 + 4 ms), ending 0.144 with A's third token and B's
+    # first two: both done. Seen by the client 5 ms later.
+    model = StepModel(**{**vars(HAND), "separate_prefill": True, "joining_row_decodes": True,
+                         "multi_row_s": 0.004, "request_latency_s": 0.005})
+    run = replay_static(_trace([(0.0, 100, 3), (0.05, 20, 2)]), limits=_limits(), model=model, replicas=1,
+                        balancer=balancer)
+    assert run.first_token_s == pytest.approx([0.115, 0.149])
+    assert run.done_s == pytest.approx([0.149, 0.149])
+    # a one-token answer is done with its first token and takes no part in the step's decode forward: A's
+    # joining step is its prompt forward alone (100 ms); B's (0.1 s) the same, 20 ms
+    run = replay_static(_trace([(0.0, 100, 1), (0.1, 20, 1)]), limits=_limits(), model=model, replicas=1,
+                        balancer=balancer)
+    assert run.done_s == pytest.approx([0.105, 0.125])
+
+
+def test_the_batch_term_takes_the_calibrated_form() -> None:
+    # log n (concave): 1, 2 and 8 rows cost weights + 0 / log 2 / log 8 x sequence_s, plus multi_row_s above one row
+    model = StepModel(overhead_s=0.001, weights_s=0.050, kv_token_s=0.0, sequence_s=0.020, token_s=0.0,
+                      sequence_form="log", multi_row_s=0.003)
+    assert [model.step(n, 0, n) for n in (1, 2, 8)] == pytest.approx(
+        [0.051, 0.054 + 0.020 * math.log(2), 0.054 + 0.020 * math.log(8)])
+    with pytest.raises(ValueError, match="sequence_form 'cubic'"):
+        StepModel(**{**vars(model), "sequence_form": "cubic"})
+
+
+def test_a_step_model_file_without_the_later_fields_reads_as_before(tmp_path: Path) -> None:
+    # a file written before the batch form, the joining row and the request latency were fitted
+    coefficients = {"overhead_s": 0.02, "weights_s": 0.06, "kv_token_s": 7e-6, "sequence_s": 0.006, "token_s": 0.003}
+    path = tmp_path / "old.toml"
+    path.write_text("".join(f"{k} = {v}\n" for k, v in coefficients.items()) + "separate_prefill = true\n"
+                    "request_overhead_s = 0.059\n")
+    model = StepModel.from_file(path)
+    assert model == StepModel(**coefficients, source=str(path), separate_prefill=True)
+    path.write_text("".join(f"{k} = {v}\n" for k, v in coefficients.items()) + 'sequence_form = "cubic"\n')
+    with pytest.raises(ValueError, match="sequence_form 'cubic' must be one of linear, sqrt, log"):
+        StepModel.from_file(path)
+    path.write_text("".join(f"{k} = {v}\n" for k, v in coefficients.items()) + "joining_row_decodes = 1\n")
+    with pytest.raises(ValueError, match="joining_row_decodes must be true or false"):
+        StepModel.from_file(path)
