@@ -8,9 +8,10 @@ Two kinds of measurement, each fitted by linear least squares (numpy):
   the line through the batched ones); each candidate's leave-one-out error is recorded (in-sample error
   always favours the form with more coefficients; left-out samples judge each on data it was not fitted to).
 - prefill: the time to first token of a lone request with a P-token prompt, fed in F forwards (chunks):
-  ttft = request_latency_s + overhead_s x F + token_s x P, plus, where the runtime decodes a joining row in
-  its joining step (joining_row_decodes: the CPU runtime), that step's decode forward of the one row (the
-  decode fit's, subtracted first: the first token is delivered with the second, after it).
+  ttft = request_latency_s + overhead_s x F + token_s x P, fitted to residuals relative to each time (the
+  prompts' times span 20-fold). Each asks for one token, so it is done with its first and leaves before
+  any decode forward, even where the runtime decodes a joining row in its joining step
+  (joining_row_decodes, which the caller says: it is how the runtime's step loop is written).
 The step model's form is overhead_s + max(weights_s + kv_token_s x KV + batch term, token_s x tokens), so
 the decode intercept a is overhead_s + weights_s. How a step that carries both decoding rows and a prompt
 chunk costs is not in either fit: mixed steps (rows decoding while another request's prompt goes in) are
@@ -134,21 +135,19 @@ def fit(decode: list[DecodeSample], prefill: list[PrefillSample], source: str,
     d_c = nonnegative_lstsq(d_x, d_y)
     intercept, kv_token_s, sequence_s = d_c[:3]
     sequence_form, multi_row = DECODE_FORMS[form]
-    decoding = StepModel(overhead_s=0.0, weights_s=float(intercept), kv_token_s=float(kv_token_s),
-                         sequence_s=float(sequence_s), token_s=0.0, sequence_form=sequence_form,
-                         multi_row_s=float(d_c[3]) if multi_row else 0.0)
     p_y = np.array([s.seconds for s in prefill])
-    if joining_row_decodes:  # the joining step's decode forward of the lone row, delivered with its first token
-        p_y = p_y - np.array([decoding.step(1, s.tokens, 1) for s in prefill])
     p_x = np.array([[1.0, s.forwards, s.tokens] for s in prefill])
-    p_c = nonnegative_lstsq(p_x, p_y)
+    # relative residuals: the prompts' times span 20-fold, and a busy machine stretches a long measurement
+    # by more seconds than a short one, so plain squares would let one stalled long prompt set the fit
+    p_c = nonnegative_lstsq(p_x / p_y[:, None], np.ones(len(p_y)))
     request_latency_s, overhead_s, token_s = p_c
     # the decode intercept is one forward's fixed cost plus reading the weights; what the prefill fit calls
     # a forward's fixed cost is the overhead, the rest is the weights (never below 0)
     overhead_s = min(overhead_s, intercept)
-    model = replace(decoding, overhead_s=float(overhead_s), weights_s=float(intercept - overhead_s),
-                    token_s=float(token_s), source=source, joining_row_decodes=joining_row_decodes,
-                    request_latency_s=float(request_latency_s))
+    model = StepModel(overhead_s=float(overhead_s), weights_s=float(intercept - overhead_s),
+                      kv_token_s=float(kv_token_s), sequence_s=float(sequence_s), token_s=float(token_s),
+                      source=source, sequence_form=sequence_form, multi_row_s=float(d_c[3]) if multi_row else 0.0,
+                      joining_row_decodes=joining_row_decodes, request_latency_s=float(request_latency_s))
     mixed_errors = {}
     if mixed:
         m_y = np.array([s.seconds for s in mixed])
