@@ -271,3 +271,78 @@ def test_every_load_replays_the_same_arrivals_at_its_own_rate() -> None:
     assert len(from_trace) == 50 and (np.diff(from_trace) >= 0).all()
     with pytest.raises(sim_check.CheckError, match="fewer than --requests"):
         sim_check.arrival_sequence("code", 10**9, seed=0)
+
+
+class StandInStreams:
+    """Stands in for the gRPC streams to tritonserver (a fast test has none): answers each run of requests
+    as the CPU runtime's step loop does, one prompt at a time in 64-token forwards beside the rows decoding,
+    a joining row decoding in its joining step, every step timed by `truth`."""
+
+    def __init__(self, truth: StepModel):
+        self.truth = truth
+        self.sent: dict[str, float] = {}
+        self.tokens: dict[str, list[float]] = {}
+        self.pending: list[tuple[str, int, int]] = []
+        self.clock = 0.0
+
+    def send(self, prompt: np.ndarray, output_tokens: int) -> str:
+        request = str(len(self.sent) + 1)
+        self.sent[request] = self.clock
+        self.tokens[request] = []
+        self.pending.append((request, len(prompt), output_tokens))
+        return request
+
+    def wait(self, request_ids: list[str]) -> None:
+        truth, t = self.truth, self.clock
+        queue, self.pending = self.pending, []
+        running: dict[str, int] = {}  # request: tokens still to come
+        context: dict[str, int] = {}
+        joining: list | None = None  # [request, prompt tokens, answer tokens, fed]
+        while queue or running or joining:
+            if joining is None and queue:
+                joining = [*queue.pop(0), 0]
+            chunk, joined = 0, None
+            if joining:
+                chunk = min(64, joining[1] - joining[3])
+                joining[3] += chunk
+                if joining[3] == joining[1]:
+                    joined, joining = joining, None
+            rows = list(running) + ([joined[0]] if joined and joined[2] > 1 else [])
+            kv = sum(context.values()) + (joined[1] if joined else 0)
+            t += truth.overhead_s + truth.token_s * chunk if chunk else 0.0
+            t += truth.step(len(rows), kv, len(rows)) if rows else 0.0
+            if joined:
+                request, prompt_tokens, answer, _ = joined
+                self.tokens[request].append(t + truth.request_latency_s)
+                running[request], context[request] = answer - 1, prompt_tokens + 1
+            # the step's responses go out one after another: the last row's (the joining row's second token
+            # where one joined) 0.1 ms after the others
+            for request in rows:
+                self.tokens[request].append(t + truth.request_latency_s + 1e-4 * (request in rows[-1:]))
+                running[request] -= 1
+                context[request] += 1
+                if not running[request]:
+                    del running[request], context[request]
+            for request in [r for r, left in running.items() if not left]:  # a one-token answer, done as it joined
+                del running[request], context[request]
+        self.clock = t + 1.0
+
+
+def test_the_calibration_path_with_a_stand_in_server_writes_a_model_close_to_the_truth(tmp_path) -> None:
+    # measure_steps -> fit -> the file -> the simulator's StepModel, as --write-step-model runs them, on a
+    # stand-in for the server (a mock: the real run needs tritonserver and a quiet machine)
+    truth = replace(ONE_ROW, separate_prefill=True)
+    engine = sim_check.Engine(max_batch_size=8, max_input_len=512, max_output_len=64, chunk_tokens=64, end_id=2,
+                              vocab_size=1000)
+    said: list[str] = []
+    decode, prefill, mixed = sim_check.measure_steps(StandInStreams(truth), engine, np.random.default_rng(0),
+                                                     said.append)
+    assert any("first two tokens 0.1 ms apart" in line for line in said)
+    result = calibrate.fit(decode, prefill, "stand-in", mixed, sim_check.JOINING_ROW_DECODES)
+    path = tmp_path / "steps.toml"
+    calibrate.write(path, result, machine="stand-in", command="test", measured_at="now", decode=decode,
+                    prefill=prefill, mixed=mixed)
+    model = StepModel.from_file(path)
+    assert model.separate_prefill and model.joining_row_decodes and model.sequence_form == "linear"
+    for name in COEFFICIENTS:
+        assert getattr(model, name) == pytest.approx(getattr(truth, name), rel=0.01), name
