@@ -116,7 +116,9 @@ class StepModel:
             decoding = tokens - prompt_tokens
             prefill = self.overhead_s + self.token_s * prompt_tokens
             return prefill + (self.step(decoding, kv_tokens, decoding) if decoding else 0.0)
-        batch = self.sequence_s * SEQUENCE_FORMS[self.sequence_form](sequences)
+        # the estimate's form spelled out: the loop calls this for every step or run of steps
+        batch = self.sequence_s * (sequences if self.sequence_form == "linear"
+                                   else SEQUENCE_FORMS[self.sequence_form](sequences))
         if sequences > 1:
             batch += self.multi_row_s
         return self.overhead_s + max(self.weights_s + self.kv_token_s * kv_tokens + batch, self.token_s * tokens)
