@@ -1,5 +1,6 @@
 """Request traces: arrival time, input tokens, output tokens. Read from CSV, scaled to any rate and length
-mix, or made up as a diurnal profile with bursts (seeded).
+mix, run over a day by warping the trace's own clock to a diurnal rate, or made up as Poisson arrivals on
+that diurnal rate (seeded where random: the bursts, the Poisson arrivals and their lengths).
 
 A CSV has a header and one request per row. The columns are named either as the simulator writes them
 (arrival_s: seconds, input_tokens, output_tokens) or as the Azure LLM inference traces 2023 name them
@@ -158,23 +159,33 @@ def diurnal_rate(t: np.ndarray, *, peak_rate: float, trough_rate: float, period_
     return trough_rate + (peak_rate - trough_rate) * (1 + phase) / 2
 
 
-def diurnal(*, duration_s: float, peak_rate: float, trough_rate: float, lengths: Trace,
-            period_s: float = 86400.0, peak_at_s: float = 14 * 3600.0, bursts_per_hour: float = 0.0,
-            burst_factor: float = 3.0, burst_s: float = 120.0, seed: int = 0) -> Trace:
-    """Poisson arrivals whose rate follows a diurnal cosine, times `burst_factor` during bursts (a Poisson
-    number of them, `burst_s` long, at random times); each request's lengths drawn from `lengths`."""
+def _envelope(*, duration_s: float, peak_rate: float, trough_rate: float, period_s: float, peak_at_s: float,
+              bursts_per_hour: float, burst_factor: float, burst_s: float,
+              rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """A day's rate as 1 s steps (the diurnal cosine, times `burst_factor` during a Poisson number of bursts,
+    `burst_s` long, at random times from `rng`): the step edges and the expected requests up to each."""
     if not 0 <= trough_rate <= peak_rate or peak_rate <= 0:
         raise TraceError(f"rates must satisfy 0 <= trough ({trough_rate}) <= peak ({peak_rate}), peak above 0")
     if duration_s <= 0 or period_s <= 0 or burst_factor < 1 or burst_s <= 0 or bursts_per_hour < 0:
         raise TraceError("duration, period and burst length must be above 0, burst factor at least 1, "
                          "bursts per hour at least 0")
-    rng = np.random.default_rng(seed)
     grid = np.arange(0.0, duration_s + 1.0)  # 1 s steps: the rate is piecewise constant per second
     rate = diurnal_rate(grid[:-1], peak_rate=peak_rate, trough_rate=trough_rate, period_s=period_s,
                         peak_at_s=peak_at_s)
     for start in rng.uniform(0, duration_s, rng.poisson(bursts_per_hour * duration_s / 3600)):
         rate[int(start):int(start + burst_s)] *= burst_factor
-    cumulative = np.concatenate([[0.0], np.cumsum(rate)])
+    return grid, np.concatenate([[0.0], np.cumsum(rate)])
+
+
+def diurnal(*, duration_s: float, peak_rate: float, trough_rate: float, lengths: Trace,
+            period_s: float = 86400.0, peak_at_s: float = 14 * 3600.0, bursts_per_hour: float = 0.0,
+            burst_factor: float = 3.0, burst_s: float = 120.0, seed: int = 0) -> Trace:
+    """Poisson arrivals whose rate follows a diurnal cosine, times `burst_factor` during bursts (a Poisson
+    number of them, `burst_s` long, at random times); each request's lengths drawn from `lengths`."""
+    rng = np.random.default_rng(seed)
+    grid, cumulative = _envelope(duration_s=duration_s, peak_rate=peak_rate, trough_rate=trough_rate,
+                                 period_s=period_s, peak_at_s=peak_at_s, bursts_per_hour=bursts_per_hour,
+                                 burst_factor=burst_factor, burst_s=burst_s, rng=rng)
     # arrivals of a non-homogeneous Poisson process: uniform in cumulative intensity, mapped back to time
     points = np.sort(rng.uniform(0, cumulative[-1], rng.poisson(cumulative[-1])))
     arrival = np.interp(points, cumulative, grid)
@@ -182,3 +193,34 @@ def diurnal(*, duration_s: float, peak_rate: float, trough_rate: float, lengths:
     pick = rng.integers(0, len(lengths), len(arrival))
     return Trace(f"diurnal {trough_rate:g}-{peak_rate:g}/s", arrival, lengths.input_tokens[pick],
                  lengths.output_tokens[pick])
+
+
+def diurnal_warp(trace: Trace, *, duration_s: float, peak_rate: float, trough_rate: float,
+                 period_s: float = 86400.0, peak_at_s: float = 14 * 3600.0, bursts_per_hour: float = 0.0,
+                 burst_factor: float = 3.0, burst_s: float = 120.0, seed: int = 0) -> Trace:
+    """The trace itself over a day: repeated back to back in its own order and lengths, its clock warped so
+    that each gap is divided by the diurnal rate (with any bursts) over the trace's mean rate. Its own bursts
+    and lulls ride on the daily curve: request k of the repeated trace, which the trace's mean rate expects
+    after k' = rate * (its own time) requests, arrives when the day's expected count reaches k'. At a constant
+    rate this is `scale(trace, rate=..., duration_s=...)` exactly."""
+    grid, cumulative = _envelope(duration_s=duration_s, peak_rate=peak_rate, trough_rate=trough_rate,
+                                 period_s=period_s, peak_at_s=peak_at_s, bursts_per_hour=bursts_per_hour,
+                                 burst_factor=burst_factor, burst_s=burst_s,
+                                 rng=np.random.default_rng(seed))
+    own = trace.arrival_s - trace.arrival_s[0]
+    copies = int(np.ceil(cumulative[-1] / len(trace))) + 1  # one pass of the trace is len(trace) expected
+    expected = ((own[None, :] + trace.span_s * np.arange(copies)[:, None]) * trace.rate).ravel()
+    arrival = np.interp(expected, cumulative, grid)
+    keep = (expected < cumulative[-1]) & (arrival < duration_s)
+    return Trace(f"{trace.name} over diurnal {trough_rate:g}-{peak_rate:g}/s", arrival[keep],
+                 np.tile(trace.input_tokens, copies)[keep], np.tile(trace.output_tokens, copies)[keep])
+
+
+
+def _poisson_day(trace: Trace, **day: float) -> Trace:
+    return diurnal(lengths=trace, **day)
+
+
+# The commands' day profiles (--profile beside "trace", the trace scaled by --rate): the trace and the day's
+# rate curve (diurnal_warp's keyword arguments) in, the day's requests out.
+DAY_PROFILES = {"diurnal": diurnal_warp, "diurnal-poisson": _poisson_day}

@@ -26,7 +26,7 @@ from simulator.metric_path import MetricPath
 from simulator.replica import Limits, StepModel
 from simulator.report import Slo, summarize
 from simulator.run import StaticFleet, replay
-from simulator.trace import Trace, TraceError, diurnal, load, read_csv, scale
+from simulator.trace import Trace, TraceError, diurnal, diurnal_rate, diurnal_warp, load, read_csv, scale
 
 LLAMA_8B = ROOT / "tests" / "fixtures" / "models" / "Llama-3.1-8B"
 # Decode steps of 10 ms whatever the batch; 1 ms per computed token, so a prefill of N tokens takes N ms.
@@ -143,6 +143,37 @@ def test_a_trace_scales_to_a_rate_and_duration_and_a_diurnal_day_is_seeded() -> 
     assert np.array_equal(a.arrival_s, b.arrival_s)
     per_hour = np.histogram(a.arrival_s, bins=24, range=(0, 86400))[0] / 3600
     assert per_hour[14] > 1.5 and per_hour[2] < 0.6  # the peak at 14:00, the trough at 02:00
+
+
+def test_the_trace_itself_runs_over_a_day_its_clock_warped_to_the_diurnal_rate() -> None:
+    conv = load("conv")
+    # at a constant rate the warp is exactly the trace scaled to that rate and repeated
+    flat = diurnal_warp(conv, duration_s=1800, peak_rate=20, trough_rate=20)
+    scaled = scale(conv, rate=20, duration_s=1800)
+    assert len(flat) == len(scaled) and np.allclose(flat.arrival_s, scaled.arrival_s, rtol=0, atol=1e-6)
+    day = diurnal_warp(conv, duration_s=86400, peak_rate=8, trough_rate=1)
+    # the trace's own order and lengths, repeated back to back
+    copies = -(-len(day) // len(conv))
+    assert np.array_equal(day.input_tokens, np.tile(conv.input_tokens, copies)[: len(day)])
+    assert np.array_equal(day.output_tokens, np.tile(conv.output_tokens, copies)[: len(day)])
+    assert np.all(np.diff(day.arrival_s) >= 0) and day.arrival_s[-1] < 86400
+    # the count follows the day's expected count, off by no more than the trace's own bursts and lulls do
+    # from its mean rate (about 1,000 requests for conv)
+    own_lead = np.abs(np.arange(len(conv)) - conv.rate * conv.arrival_s).max()
+    hours = np.arange(0, 86401, 3600)
+    expected = np.concatenate([[0.0], np.cumsum(diurnal_rate(np.arange(86400.0), peak_rate=8, trough_rate=1,
+                                                             period_s=86400, peak_at_s=14 * 3600))])[hours]
+    assert np.abs(np.searchsorted(day.arrival_s, hours) - expected).max() <= own_lead + 1
+    per_hour = np.diff(np.searchsorted(day.arrival_s, hours)) / 3600
+    assert per_hour[13:15].min() > 7 and per_hour[1:3].max() < 1.6  # the peak at 14:00, the trough at 02:00
+    # ... and the trace's bursts ride on it: busier minutes than Poisson arrivals at the same rates
+    poisson = diurnal(duration_s=86400, peak_rate=8, trough_rate=1, lengths=conv)
+    busiest = [np.histogram(t.arrival_s, bins=1440, range=(0, 86400))[0].max() for t in (day, poisson)]
+    assert busiest[0] > 1.2 * busiest[1]
+    # bursts on the rate curve are seeded
+    bursty = dict(duration_s=86400, peak_rate=8, trough_rate=1, bursts_per_hour=1, seed=3)
+    assert np.array_equal(diurnal_warp(conv, **bursty).arrival_s, diurnal_warp(conv, **bursty).arrival_s)
+    assert len(diurnal_warp(conv, **bursty)) > len(day)
 
 
 def test_the_command_reports_json_and_plots(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -87,7 +87,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     load.add_argument("--trace", default="conv", help="conv, code (bundled) or a CSV file (default conv)")
     load.add_argument("--rate", type=float, help="scale the trace to this many requests/s")
     load.add_argument("--duration", type=float, help="seconds of traffic: the trace repeated or cut to it")
-    load.add_argument("--profile", choices=["trace", "diurnal"], default="trace")
+    load.add_argument("--profile", choices=["trace", *trace.DAY_PROFILES], default="trace",
+                      help="diurnal: the trace itself over a day, its clock warped to a daily cosine's rate; "
+                           "diurnal-poisson: Poisson arrivals on that cosine, lengths from --trace")
     load.add_argument("--peak-rate", type=float)
     load.add_argument("--trough-rate", type=float)
     load.add_argument("--peak-at", type=float, default=14 * 3600)
@@ -112,12 +114,14 @@ def _log(message: str) -> None:
 
 def _traffic(args: argparse.Namespace) -> trace.Trace:
     source = trace.load(args.trace)
-    if args.profile == "diurnal":
+    if args.profile != "trace":
         if args.peak_rate is None or args.trough_rate is None or args.duration is None:
-            raise RecommendError("--profile diurnal needs --peak-rate, --trough-rate and --duration")
-        return trace.diurnal(duration_s=args.duration, peak_rate=args.peak_rate, trough_rate=args.trough_rate,
-                             lengths=source, peak_at_s=args.peak_at, bursts_per_hour=args.bursts_per_hour,
-                             seed=args.seed)
+            raise RecommendError(f"--profile {args.profile} needs --peak-rate, --trough-rate and --duration")
+        if args.rate is not None:
+            raise RecommendError("--rate scales a trace; a diurnal profile's rates are --peak-rate and --trough-rate")
+        return trace.DAY_PROFILES[args.profile](
+            source, duration_s=args.duration, peak_rate=args.peak_rate, trough_rate=args.trough_rate,
+            peak_at_s=args.peak_at, bursts_per_hour=args.bursts_per_hour, seed=args.seed)
     return trace.scale(source, rate=args.rate, duration_s=args.duration)
 
 

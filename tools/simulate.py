@@ -6,7 +6,8 @@ latency over time. A simulation, not a measurement: README, "Capacity simulator"
 
 Traces: `conv` and `code` (the Azure LLM inference traces 2023, simulator/traces/SOURCE.md), or a CSV
 of arrival_s,input_tokens,output_tokens; --rate and --duration scale one to any load, --profile diurnal
-makes a day with bursts whose request lengths are drawn from the trace.
+runs the trace itself over a day (its own bursts and lengths, its clock warped to a daily rate curve), and
+--profile diurnal-poisson makes Poisson arrivals on that curve with lengths drawn from the trace.
 
 Examples:
   python tools/simulate.py --model tests/fixtures/models/Llama-3.1-8B --gpu h100 --rate 40 --replicas 2
@@ -111,8 +112,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     load.add_argument("--duration", type=float, help="seconds of traffic: the trace repeated or cut to it")
     load.add_argument("--input-scale", type=float, default=1.0, help="multiply every prompt length")
     load.add_argument("--output-scale", type=float, default=1.0, help="multiply every answer length")
-    load.add_argument("--profile", choices=["trace", "diurnal"], default="trace",
-                      help="diurnal: Poisson arrivals following a daily cosine with bursts, lengths from --trace")
+    load.add_argument("--profile", choices=["trace", *trace.DAY_PROFILES], default="trace",
+                      help="diurnal: the trace itself, repeated, its gaps divided by a daily cosine's rate (with "
+                           "bursts) over its mean rate; diurnal-poisson: Poisson arrivals on that cosine, lengths "
+                           "drawn from --trace")
     load.add_argument("--peak-rate", type=float, help="diurnal: requests/s at the peak")
     load.add_argument("--trough-rate", type=float, help="diurnal: requests/s at the trough")
     load.add_argument("--peak-at", type=float, default=14 * 3600, help="diurnal: seconds from start to the peak")
@@ -138,15 +141,15 @@ def _log(message: str) -> None:
 
 def _traffic(args: argparse.Namespace) -> trace.Trace:
     source = trace.load(args.trace)
-    if args.profile == "diurnal":
+    if args.profile != "trace":
         if args.peak_rate is None or args.trough_rate is None or args.duration is None:
-            raise SimulateError("--profile diurnal needs --peak-rate, --trough-rate and --duration")
+            raise SimulateError(f"--profile {args.profile} needs --peak-rate, --trough-rate and --duration")
         if args.rate is not None:
             raise SimulateError("--rate scales a trace; a diurnal profile's rates are --peak-rate and --trough-rate")
-        made = trace.diurnal(duration_s=args.duration, peak_rate=args.peak_rate, trough_rate=args.trough_rate,
-                             lengths=source, period_s=args.period, peak_at_s=args.peak_at,
-                             bursts_per_hour=args.bursts_per_hour, burst_factor=args.burst_factor,
-                             burst_s=args.burst_s, seed=args.seed)
+        made = trace.DAY_PROFILES[args.profile](
+            source, duration_s=args.duration, peak_rate=args.peak_rate, trough_rate=args.trough_rate,
+            period_s=args.period, peak_at_s=args.peak_at, bursts_per_hour=args.bursts_per_hour,
+            burst_factor=args.burst_factor, burst_s=args.burst_s, seed=args.seed)
         return trace.scale(made, input_scale=args.input_scale, output_scale=args.output_scale)
     return trace.scale(source, rate=args.rate, duration_s=args.duration, input_scale=args.input_scale,
                        output_scale=args.output_scale)
