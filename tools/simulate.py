@@ -351,17 +351,16 @@ def format_compare(settings: dict, runs: dict[str, dict[float, dict]], chosen: d
         f"{slo.itl_s * 1e3:g} ms (a simulation, not a measurement); * = the signal's target judged: the cheapest "
         "that meets the SLO, else the best attainment",
         "",
-        f"{'signal':<17} {'target':>7} {'SLO':>4} {'attained':>9} {'TTFT ms':>9} {'ITL ms':>7} "
+        f"{'signal':<17} {'target':>7} {'SLO':>4} {'attained':>9} {'TTFT ms p90/p99':>16} {'ITL ms p90/p99':>15} "
         f"{'replicas':>8} {'$/day':>8}  deployed series",
     ]
     for metric, by_target in runs.items():
         for target, s in by_target.items():
-            p = f"p{slo.percentile:g}"
-            ttft, itl = s["slo"][f"ttft_{p}_ms"], s["slo"][f"itl_{p}_ms"]
+            ttft, itl = (f"{_number(s[key]['p90'])}/{_number(s[key]['p99'])}" for key in ("ttft_ms", "itl_ms"))
             day = "-" if s["cost_per_day_usd"] is None else f"{s['cost_per_day_usd']:,.0f}"
             mark = "*" if target == chosen[metric] else " "
             lines.append(f"{metric:<17} {target:>6g}{mark} {'yes' if s['slo']['met'] else 'no':>4} "
-                         f"{s['slo']['attainment']:>9.1%} {_number(ttft):>9} {_number(itl):>7} "
+                         f"{s['slo']['attainment']:>9.1%} {ttft:>16} {itl:>15} "
                          f"{s['replicas_min']:>3}-{s['replicas_max']:<4} {day:>8}  {signals[metric]['series']}")
     lines.append(f"prices: {settings['prices']}")
     return "\n".join(lines)
