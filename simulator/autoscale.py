@@ -12,7 +12,10 @@ Before the trace starts the cluster has run long enough for the HPA's minReplica
 from __future__ import annotations
 
 import math
+import tomllib
 from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
 
 from simulator.cluster import Cluster
 from simulator.hpa import Hpa
@@ -20,18 +23,35 @@ from simulator.metric_path import MetricPath
 from simulator.replica import Replica
 from simulator.run import FleetPoint
 
+ENGINE_FACTS = Path(__file__).resolve().parent / "engine_facts.toml"
 WARMUP_STARTS = 3  # the warm-up lasts this many cold starts (each a scan, a node and a pod start)
-# The per-pod gauge the HPA scales on, from a replica's state. requests_waiting: the requests routed to
-# the pod that have no first token yet, queued or in prefill: what every overlay's HPA reads
-# (llm_pod_requests_waiting, recorded by gitops/components/monitoring/rules.yaml; docs/manifests.md,
-# "Autoscaling"); waiting: only those the engine has not admitted (the executor's own queue included);
-# outstanding: waiting plus running.
+
+
+def _trt_llm_waiting(replica: Replica) -> int:
+    active, scheduled = replica.executor_counts()
+    return active - scheduled
+
+
+# The per-pod gauge the HPA scales on, from a replica's state: each candidate signal as its deployed series
+# would read it (engine_facts.toml [hpa_signal.*]: the series, the formula these follow, and the sources).
+# requests_waiting is what every overlay's HPA reads (llm_pod_requests_waiting).
 DEFAULT_METRIC = "requests_waiting"
 METRICS = {
     "requests_waiting": lambda replica: len(replica.queue) + len(replica.prefilling),
-    "waiting": lambda replica: replica.waiting,
+    "trt_llm_waiting": _trt_llm_waiting,
+    "trt_llm_active": lambda replica: replica.executor_counts()[0],
     "outstanding": lambda replica: replica.outstanding,
+    "not_admitted": lambda replica: len(replica.queue),
 }
+
+
+@cache
+def signal_facts() -> dict[str, dict]:
+    """engine_facts.toml's [hpa_signal] tables: per candidate, its deployed `series`, `reads`, `fact`, `source`."""
+    signals = tomllib.loads(ENGINE_FACTS.read_text())["hpa_signal"]
+    if set(signals) != set(METRICS):
+        raise ValueError(f"{ENGINE_FACTS} records signals {sorted(signals)}; the simulator reads {sorted(METRICS)}")
+    return signals
 
 
 @dataclass

@@ -169,9 +169,30 @@ class Replica:
         self.next_change = INF  # no request finishes before this time unless another arrives
         self.step_end = 0.0  # the end of the step begun at t_free, where known (it only grows if more join)
 
-    @property
-    def waiting(self) -> int:
-        return len(self.queue)
+    def executor_counts(self) -> tuple[int, int]:
+        """(active, scheduled) as TensorRT-LLM's executor would count them for the next step
+        (engine_facts.toml [executor]): a queued request with a free batch slot is active; the decoding
+        requests, and those that KV (first come, first served) and the token budget give a chunk, are
+        scheduled. Read, not changed: the step itself admits as _admit and _prefill_step do."""
+        limits, inputs = self.limits, self.requests.inputs
+        running = len(self.prefilling) + len(self.decoding)
+        slotted = min(len(self.queue), max(0, limits.max_batch_size - running))
+        room = max(1, limits.max_num_tokens - len(self.decoding))
+        scheduled = len(self.decoding)
+        for request, done in self.prefilling:
+            if room <= 0:
+                break
+            room -= inputs[request] - done
+            scheduled += 1
+        kv = self.kv_reserved
+        for position in range(slotted):
+            request = self.queue[position]
+            kv += self._reserve(request)
+            if room <= 0 or kv > limits.kv_tokens:
+                break
+            room -= inputs[request]
+            scheduled += 1
+        return running + slotted, scheduled
 
     def _reserve(self, request: int) -> int:
         block = self.limits.tokens_per_block

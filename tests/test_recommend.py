@@ -32,9 +32,9 @@ def test_the_hpa_metric_counts_requests_until_their_first_token() -> None:
     replica.add(1)
     replica.advance(0.05)
     # in prefill, A has no first token yet: llm_pod_requests_waiting counts it, the queue alone does not
-    assert (METRICS["requests_waiting"](replica), METRICS["waiting"](replica)) == (2, 1)
+    assert (METRICS["requests_waiting"](replica), METRICS["not_admitted"](replica)) == (2, 1)
     replica.advance(0.2)
-    assert (METRICS["requests_waiting"](replica), METRICS["waiting"](replica)) == (1, 1)
+    assert (METRICS["requests_waiting"](replica), METRICS["not_admitted"](replica)) == (1, 1)
 
 
 def test_the_recommendation_meets_the_slo_for_less_than_static_peak(capsys: pytest.CaptureFixture) -> None:

@@ -254,7 +254,7 @@ def test_the_hpa_and_the_cluster_add_replicas_that_then_take_requests() -> None:
     pool = PoolSpec(name="fast", spot=False, max_nodes=4, price_per_node_hour=10.0, node_provisioning_s=60,
                     pod_start_s=60, gpus_per_node=1)
     fleet = Autoscaled(Hpa(hpa_spec_from_object(_hpa_object(1, 4, "2"))), Cluster([pool]), MetricPath(15, 0, 300),
-                       "waiting")
+                       "not_admitted")
     rows = [(i / 8, 10, 100) for i in range(8 * 900)]
     run = replay(_trace(rows), limits=_limits(max_batch_size=4), model=HAND, balancer="least_outstanding",
                  fleet=fleet, duration_s=900)
@@ -285,7 +285,7 @@ def test_requests_fail_while_spot_preemptions_leave_no_replica() -> None:
     pool = PoolSpec(name="spot", spot=True, max_nodes=1, price_per_node_hour=1.0, node_provisioning_s=30,
                     pod_start_s=30, preemptions_per_node_hour=30, gpus_per_node=1)
     fleet = Autoscaled(Hpa(hpa_spec_from_object(_hpa_object(1, 1, "2"))), Cluster([pool], seed=1),
-                       MetricPath(15, 0, 300), "waiting")
+                       MetricPath(15, 0, 300), "not_admitted")
     run = replay(_trace([(i / 2, 10, 5) for i in range(2 * 1800)]), limits=_limits(), model=HAND,
                  balancer="round_robin", fleet=fleet, duration_s=1800)
     summary = summarize(run, Slo(1.0, 0.1), 60)

@@ -21,6 +21,9 @@ Examples:
       --trough-rate 1 --duration 86400 --hpa-from overlays/l4 --hpa-max 12 --plot out/l4-hpa.png
   python tools/simulate.py --model tests/fixtures/models/Llama-3.1-8B --gpu h100 --rate 30 --duration 7200 \\
       --hpa-from overlays/h100 --hpa-target 2 --hpa-metric outstanding --spot --preemptions-per-node-hour 0.05
+  python tools/simulate.py --model tests/fixtures/models/Llama-3.1-8B --gpu l4 --max-batch-size 16 --profile diurnal \
+      --peak-rate 8 --trough-rate 1 --duration 86400 --hpa-from overlays/l4 --hpa-max 16 --hpa-metric compare \
+      --compare-targets 1,2,4,8
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ import planner  # noqa: E402
 import runtimes  # noqa: E402
 
 from simulator import balancer, cluster, report, trace  # noqa: E402
-from simulator.autoscale import DEFAULT_METRIC, METRICS, Autoscaled  # noqa: E402
+from simulator.autoscale import DEFAULT_METRIC, METRICS, Autoscaled, signal_facts  # noqa: E402
 from simulator.hpa import Hpa, HpaSpec, hpa_spec_from_object  # noqa: E402
 from simulator.metric_path import MetricPath  # noqa: E402
 from simulator.replica import Limits, StepModel  # noqa: E402
@@ -55,6 +58,7 @@ DEFAULT_CACHE = Path(os.environ.get("GKE_TRITON_CACHE", ROOT / ".cache"))
 DEFAULT_TTFT_MS = 2000.0
 DEFAULT_ITL_MS = estimate.MAX_TIME_PER_OUTPUT_TOKEN_S * 1e3
 TIMELINE_BINS = 120  # rows of the timeline (and steps of the plot) unless --bin-s is given
+COMPARE = "compare"  # --hpa-metric compare: every signal in turn
 
 
 class SimulateError(ValueError):
@@ -96,10 +100,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     scale.add_argument("--hpa-min", type=int, help="override its minReplicas")
     scale.add_argument("--hpa-max", type=int, help="override its maxReplicas")
     scale.add_argument("--hpa-target", type=float, help="override its target averageValue per pod")
-    scale.add_argument("--hpa-metric", choices=list(METRICS), default=DEFAULT_METRIC,
-                       help="the per-pod gauge the HPA reads: requests_waiting (requests with no first token "
-                            "yet, queued or in prefill: the overlays' llm_pod_requests_waiting; default), waiting "
-                            "(not yet admitted, the executor's queue included) or outstanding (waiting + running)")
+    scale.add_argument("--hpa-metric", choices=[*METRICS, COMPARE], default=DEFAULT_METRIC,
+                       help="the per-pod gauge the HPA reads, as its deployed series would read the replica "
+                            "(simulator/engine_facts.toml [hpa_signal]): requests_waiting (no first token yet, "
+                            "queued or in prefill: the overlays' llm_pod_requests_waiting; default), trt_llm_waiting "
+                            "(the C++ backend's waiting gauge: active less scheduled, not the executor's queue), "
+                            "trt_llm_active (its active gauge, GKE's batch size), outstanding (waiting + running) or "
+                            "not_admitted (every request not admitted, a gauge no runtime exports); compare: "
+                            "the same trace and HPA once per signal, side by side")
+    scale.add_argument("--compare-targets", type=_targets, metavar="LIST",
+                       help="with --hpa-metric compare: comma-separated targets (averageValue per pod) tried for "
+                            "every signal; each signal's row is its cheapest target that meets the SLO, else its "
+                            "best attainment (default: the HPA's one target)")
     scale.add_argument("--pools", choices=["catalog", "nodepools"], default="catalog",
                        help="node pools: catalog (this target's machine, --spot adds a Spot pool first; at most "
                             "maxReplicas nodes each) or nodepools (gitops/nodepools: the ComputeClass's order, "
@@ -133,6 +145,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     out.add_argument("--json", action="store_true", help="print the report as JSON")
     out.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE, help="model cache for hub ids")
     return parser.parse_args(argv)
+
+
+def _targets(text: str) -> list[float]:
+    try:
+        values = [float(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of numbers") from None
+    if any(value <= 0 for value in values):
+        raise argparse.ArgumentTypeError(f"{text!r}: every target must be above 0")
+    return values
 
 
 def _log(message: str) -> None:
@@ -183,8 +205,7 @@ def _hpa_spec(args: argparse.Namespace) -> HpaSpec:
     return dataclasses.replace(spec, **overrides)
 
 
-def _autoscaled(args: argparse.Namespace, plan, gpu: catalog.Gpu, seed: int) -> Autoscaled:
-    spec = _hpa_spec(args)
+def _autoscaled(args: argparse.Namespace, plan, gpu: catalog.Gpu, spec: HpaSpec, metric: str) -> Autoscaled:
     spot_extra = {"preemptions_per_node_hour": args.preemptions_per_node_hour}
     if args.pools == "nodepools":
         try:
@@ -198,7 +219,7 @@ def _autoscaled(args: argparse.Namespace, plan, gpu: catalog.Gpu, seed: int) -> 
             pools.insert(0, cluster.pool_from_catalog(gpu.name, True, spec.max_replicas, gpus, **spot_extra))
     if args.preemptions_per_node_hour and not any(pool.spot for pool in pools):
         raise SimulateError("--preemptions-per-node-hour needs a Spot pool: add --spot (or nodepools with one)")
-    return Autoscaled(Hpa(spec), cluster.Cluster(pools, seed=seed), MetricPath.from_manifests(), args.hpa_metric)
+    return Autoscaled(Hpa(spec), cluster.Cluster(pools, seed=args.seed), MetricPath.from_manifests(), metric)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -214,16 +235,37 @@ def run(args: argparse.Namespace) -> int:
     clipped = clip(_traffic(args), limits)
     if not len(clipped.trace):
         raise SimulateError("the trace has no requests within the duration")
+    if args.hpa_metric == COMPARE:
+        if not args.hpa_from:
+            raise SimulateError("--hpa-metric compare compares HPA signals: give --hpa-from")
+        if args.balancer == "both":
+            raise SimulateError("--hpa-metric compare runs one balancer: choose round_robin or least_outstanding")
+        if args.plot:
+            raise SimulateError("--plot draws one run; --hpa-metric compare makes one per signal and target")
+    elif args.compare_targets:
+        raise SimulateError("--compare-targets goes with --hpa-metric compare")
+
+    spec = _hpa_spec(args) if args.hpa_from else None  # rendered once
+
+    def simulate(balancer_name: str, metric: str, target: float | None = None) -> tuple[dict, Fleet]:
+        # every run gets the same fleet from the same start (and the same Spot preemption clock)
+        if spec is None:
+            fleet = _static(args, plan, gpu)
+        else:
+            run_spec = spec if target is None else dataclasses.replace(spec, target_average_value=target)
+            fleet = _autoscaled(args, plan, gpu, run_spec, metric)
+        result = replay(clipped.trace, limits=limits, model=model, balancer=balancer_name, fleet=fleet,
+                        duration_s=args.duration)
+        bin_s = args.bin_s or max(1.0, report.duration_s(result) / TIMELINE_BINS)
+        return report.summarize(result, slo, bin_s), fleet
+
+    if args.hpa_metric == COMPARE:
+        return _compare(args, plan, clipped, slo, model, spec, simulate)
     names = list(balancer.NAMES) if args.balancer == "both" else [args.balancer]
     summaries = {}
     fleet: Fleet | None = None
     for name in names:
-        # each balancer gets the same fleet from the same start (and the same Spot preemption clock)
-        fleet = _autoscaled(args, plan, gpu, args.seed) if args.hpa_from else _static(args, plan, gpu)
-        result = replay(clipped.trace, limits=limits, model=model, balancer=name, fleet=fleet,
-                        duration_s=args.duration)
-        bin_s = args.bin_s or max(1.0, report.duration_s(result) / TIMELINE_BINS)
-        summaries[name] = report.summarize(result, slo, bin_s)
+        summaries[name], fleet = simulate(name, args.hpa_metric)
     if isinstance(fleet, Autoscaled):
         spec = fleet.hpa.spec
         deployment = {"hpa_from": str(args.hpa_from), "min_replicas": spec.min_replicas,
@@ -234,18 +276,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         deployment = {"replicas": args.replicas, "machine_type": plan.machine_type, "spot": args.spot}
         fleet_text = f"{args.replicas} replicas (static)"
-    settings = {
-        "model": plan.model, "gpu": plan.gpu, "precision": plan.precision, "tp": plan.tp,
-        "machine_type": plan.machine_type,
-        "limits": {**plan.limits(), "kv_tokens": plan.kv_tokens},
-        "step_model": dataclasses.asdict(model),
-        "trace": {"name": clipped.trace.name, "requests": len(clipped.trace),
-                  "inputs_cut_to_max_input_len": clipped.inputs_cut,
-                  "outputs_cut_to_max_seq_len": clipped.outputs_cut},
-        "fleet": deployment,
-        "fleet_text": fleet_text,
-        "prices": f"{estimate.prices()['region']}, {estimate.prices()['date']}" + (", Spot" if args.spot else ""),
-    }
+    settings = {**_settings_head(plan, clipped, fleet_text, model, args), "fleet": deployment}
     if args.plot:
         for name, summary in summaries.items():
             path = args.plot if len(summaries) == 1 else args.plot.with_name(f"{args.plot.stem}-{name}.png")
@@ -257,6 +288,89 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(format_text(settings, summaries, slo))
     return 0
+
+
+def _settings_head(plan, clipped, fleet_text: str, model: StepModel, args: argparse.Namespace) -> dict:
+    return {
+        "model": plan.model, "gpu": plan.gpu, "precision": plan.precision, "tp": plan.tp,
+        "machine_type": plan.machine_type,
+        "limits": {**plan.limits(), "kv_tokens": plan.kv_tokens},
+        "step_model": dataclasses.asdict(model),
+        "trace": {"name": clipped.trace.name, "requests": len(clipped.trace),
+                  "inputs_cut_to_max_input_len": clipped.inputs_cut,
+                  "outputs_cut_to_max_seq_len": clipped.outputs_cut},
+        "fleet_text": fleet_text,
+        "prices": f"{estimate.prices()['region']}, {estimate.prices()['date']}" + (", Spot" if args.spot else ""),
+    }
+
+
+def best_target(runs: dict[float, dict]) -> float:
+    """A signal's fair target among those tried: the cheapest that meets the SLO, else the best attainment."""
+    met = [target for target, s in runs.items() if s["slo"]["met"]]
+    if met:
+        return min(met, key=lambda target: (runs[target]["cost_per_day_usd"] or 0.0, -target))
+    return max(runs, key=lambda target: (runs[target]["slo"]["attainment"], -target))
+
+
+def _compare(args: argparse.Namespace, plan, clipped, slo: report.Slo, model: StepModel, spec: HpaSpec,
+             simulate) -> int:
+    """The same trace, balancer and HPA once per candidate signal (and per target tried), side by side."""
+    targets = args.compare_targets or [spec.target_average_value]
+    signals = signal_facts()
+    runs: dict[str, dict[float, dict]] = {}
+    for metric in METRICS:
+        runs[metric] = {}
+        for target in targets:
+            runs[metric][target], _ = simulate(args.balancer, metric, target)
+            _log(f"* {metric} at {target:g}: attainment {runs[metric][target]['slo']['attainment']:.1%}")
+    chosen = {metric: best_target(by_target) for metric, by_target in runs.items()}
+    fleet_text = (f"HPA {spec.min_replicas}-{spec.max_replicas} replicas (from {args.hpa_from}), {args.balancer}, "
+                  f"each signal at {', '.join(f'{t:g}' for t in targets)} per pod")
+    settings = _settings_head(plan, clipped, fleet_text, model, args)
+    if args.json:
+        print(json.dumps({"settings": settings, "compare": {
+            metric: {"series": signals[metric]["series"], "reads": signals[metric]["reads"],
+                     "chosen_target": chosen[metric],
+                     "runs": {f"{t:g}": {k: v for k, v in s.items() if k != "timeline"} for t, s in by_target.items()}}
+            for metric, by_target in runs.items()}}, indent=2))
+    else:
+        print(format_compare(settings, runs, chosen, slo))
+    return 0
+
+
+def format_compare(settings: dict, runs: dict[str, dict[float, dict]], chosen: dict[str, float],
+                   slo: report.Slo) -> str:
+    """One row per signal and target; * marks the target each signal is judged at (best_target)."""
+    signals = signal_facts()
+    first = next(iter(next(iter(runs.values())).values()))
+    t = settings["trace"]
+    lines = [
+        f"{settings['model']} on {settings['gpu']} ({settings['precision']}, TP {settings['tp']}, "
+        f"{settings['machine_type']}), {settings['fleet_text']}; limits {settings['limits']}",
+        f"step model: {settings['step_model']['source']}",
+        f"trace {t['name']}: {t['requests']:,} requests in {first['duration_s']:,.0f} s "
+        f"({first['mean_rate_per_s']:,.2f}/s)",
+        f"SLO: p{slo.percentile:g} time to first token <= {slo.ttft_s * 1e3:g} ms and inter-token latency <= "
+        f"{slo.itl_s * 1e3:g} ms (a simulation, not a measurement); * = the signal's target judged: the cheapest "
+        "that meets the SLO, else the best attainment",
+        "",
+        f"{'signal':<17} {'target':>7} {'SLO':>4} {'attained':>9} {'TTFT ms p90/p99':>16} {'ITL ms p90/p99':>15} "
+        f"{'replicas':>8} {'$/day':>8}  deployed series",
+    ]
+    for metric, by_target in runs.items():
+        for target, s in by_target.items():
+            ttft, itl = (f"{_number(s[key]['p90'])}/{_number(s[key]['p99'])}" for key in ("ttft_ms", "itl_ms"))
+            day = "-" if s["cost_per_day_usd"] is None else f"{s['cost_per_day_usd']:,.0f}"
+            mark = "*" if target == chosen[metric] else " "
+            lines.append(f"{metric:<17} {target:>6g}{mark} {'yes' if s['slo']['met'] else 'no':>4} "
+                         f"{s['slo']['attainment']:>9.1%} {ttft:>16} {itl:>15} "
+                         f"{s['replicas_min']:>3}-{s['replicas_max']:<4} {day:>8}  {signals[metric]['series']}")
+    lines.append(f"prices: {settings['prices']}")
+    return "\n".join(lines)
+
+
+def _number(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.0f}" if value >= 100 else f"{value:.1f}"
 
 
 def _triple(values: dict) -> str:
