@@ -113,6 +113,9 @@ def test_bad_requests_are_refused_by_name(tmp_path: Path, capsys: pytest.Capture
     assert "--capacity on-demand, but" in capsys.readouterr().err
     assert recommend.main(["--model", str(LLAMA_8B), "--gpu", "l4", "--rate", "1", "--attainment", "1.5"]) == 2
     assert "between 0 and 1" in capsys.readouterr().err
+    assert recommend.main(["--model", str(LLAMA_8B), "--gpu", "l4", "--rate", "1", "--hpa-metric", "outstanding",
+                           "--write", str(ROOT / "overlays" / "l4")]) == 2
+    assert "--hpa-metric outstanding with --write" in capsys.readouterr().err
     assert recommend.main(["--model", str(LLAMA_8B), "--gpu", "l4", "--profile", "diurnal", "--peak-rate", "2",
                            "--trough-rate", "1", "--duration", "60", "--rate", "3"]) == 2
     assert "--rate scales a trace; a diurnal profile's rates are" in capsys.readouterr().err

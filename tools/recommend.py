@@ -234,6 +234,10 @@ def _check_writable(args: argparse.Namespace) -> None:
         raise RecommendError(f"--write {args.write}: no kustomization.yaml there (an overlays/<target> folder)")
     if not (args.write / monitoring.THRESHOLDS_FILE).is_file():
         raise RecommendError(f"--write {args.write}: no {monitoring.THRESHOLDS_FILE} to set the alert thresholds in")
+    if args.hpa_metric != DEFAULT_METRIC:
+        raise RecommendError(f"--hpa-metric {args.hpa_metric} with --write: the overlays' HPA reads "
+                             f"{DEFAULT_METRIC} (llm_pod_requests_waiting), so a target searched on another signal "
+                             "would be written onto the wrong one; search with the default to write")
     if args.attainment < ALERT_PERCENTILE:
         raise RecommendError(f"--attainment {args.attainment} is below the alerts' percentile "
                              f"({ALERT_PERCENTILE:.0%}): thresholds set to the SLO's targets would fire on the "
