@@ -43,7 +43,9 @@ def free_port() -> int:
 
 @pytest.fixture(scope="session")
 def cpu_repository() -> Path:
-    """The embedded default model built for the CPU target, exactly as the README's command does it."""
+    """The embedded default model built for the CPU target, exactly as the README's command does it.
+    `make test` runs the same command first, beside its other installs (Makefile: cpu-repository), so
+    there this finds the build up to date and goes on at once."""
     result = subprocess.run([sys.executable, str(ROOT / "build" / "compile.py"), "--gpu", "cpu",
                              "--out", str(CPU_REPOSITORY)], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
