@@ -17,11 +17,14 @@ the decode intercept a is overhead_s + weights_s. How a step that carries both d
 chunk costs is not in either fit: mixed steps (rows decoding while another request's prompt goes in) are
 measured too, and the form that predicts them better is kept: the roofline max of one fused forward (as
 TensorRT-LLM batches), or a prompt forward and a decode forward added (separate_prefill, as the CPU
-runtime's Decoder.step runs them); both errors are recorded. request_latency_s (the client's round trip,
-Triton's queue, the python backend handing the request over and its responses back) is simulated as a
-delay added to each request's first token and end: the measurements cannot tell the way in from the way
+runtime's Decoder.step runs them, the prompt forward's fixed cost beside a decode forward, prompt_forward_s,
+being the mixed steps' mean excess over the decode forward and the prompt's tokens: the runtime's per-step
+work outside its forwards is not paid twice); both errors are recorded. request_latency_s (the client's
+round trip, Triton's queue, the python backend handing the request over and its responses back) is simulated
+as a delay added to each request's first token and end: the measurements cannot tell the way in from the way
 out. A coefficient that comes out negative (noise on a term too small to see) is fixed at 0 and the rest
-refitted. refit() fits a step-model file's recorded samples again, without a server.
+refitted.
+refit() fits a step-model file's recorded samples again, without a server.
 """
 
 from __future__ import annotations
@@ -151,12 +154,15 @@ def fit(decode: list[DecodeSample], prefill: list[PrefillSample], source: str,
     mixed_errors = {}
     if mixed:
         m_y = np.array([s.seconds for s in mixed])
-        for name, separate in (("max", False), ("separate", True)):
-            candidate = replace(model, separate_prefill=separate)
-            predicted = [candidate.step(s.decoding + 1, s.kv_tokens, s.decoding + s.prompt_tokens, s.prompt_tokens)
-                         for s in mixed]
-            mixed_errors[name] = rms(np.array(predicted) - m_y)
-        model = replace(model, separate_prefill=mixed_errors["separate"] < mixed_errors["max"])
+
+        def predicted(candidate: StepModel) -> np.ndarray:
+            return np.array([candidate.step(s.decoding + 1, s.kv_tokens, s.decoding + s.prompt_tokens,
+                                            s.prompt_tokens) for s in mixed])
+
+        excess = m_y - predicted(replace(model, separate_prefill=True, prompt_forward_s=0.0))
+        separate = replace(model, separate_prefill=True, prompt_forward_s=max(0.0, float(np.mean(excess))))
+        mixed_errors = {"max": rms(predicted(model) - m_y), "separate": rms(predicted(separate) - m_y)}
+        model = separate if mixed_errors["separate"] < mixed_errors["max"] else model
     return Fit(model, rms(d_x @ d_c - d_y), rms(p_x @ p_c - p_y), errors, mixed_errors)
 
 
@@ -195,6 +201,8 @@ def to_toml(result: Fit, *, machine: str, command: str, measured_at: str, decode
         f"token_s = {model.token_s:.6g}",
         "# a step with a prompt chunk: a prompt forward plus the decode forward (true), or one fused forward",
         f"separate_prefill = {flag(model.separate_prefill)}",
+        *([f"prompt_forward_s = {model.prompt_forward_s:.6g}  # the prompt forward's fixed cost beside a decode one"]
+          if model.prompt_forward_s is not None else []),
         "# a row whose prompt's last chunk goes in decodes in the same step: two tokens from its joining step",
         f"joining_row_decodes = {flag(model.joining_row_decodes)}",
         "# each request's latency outside steps (client, Triton's queue, hand-over), added to first token and end",

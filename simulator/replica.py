@@ -47,7 +47,9 @@ class StepModel:
     default). from_plan gives build/estimate.py's decode step and prefill exactly (the later fields at their
     defaults); a calibration measures these coefficients on a real server and loads them with from_file.
     separate_prefill: the runtime feeds prompt chunks in a forward of their own before the batch's decode
-    forward (the CPU runtime's Decoder.step), so a step with prompt tokens costs both, added.
+    forward (the CPU runtime's Decoder.step), so a step with prompt tokens costs both, added; the prompt
+    forward's fixed cost beside a decode forward is prompt_forward_s (None: a whole step's overhead_s; a
+    calibration measures it, as the runtime's per-step work outside the forwards is paid once).
     joining_row_decodes: a request whose prompt's last chunk goes in decodes in the same step, so it gets
     two tokens from its joining step (the CPU runtime merges it into the running batch before that batch's
     forward); TensorRT-LLM's executor gives it one. request_latency_s: each request's time outside steps
@@ -64,6 +66,7 @@ class StepModel:
     multi_row_s: float = 0.0  # added to a step of two or more sequences (a batched forward's extra cost)
     joining_row_decodes: bool = False
     request_latency_s: float = 0.0
+    prompt_forward_s: float | None = None
 
     def __post_init__(self) -> None:
         if self.sequence_form not in SEQUENCE_FORMS:
@@ -95,7 +98,7 @@ class StepModel:
         missing = [n for n in names if n not in raw]
         if missing:
             raise ValueError(f"{path}: step model lacks {', '.join(missing)} (needs {', '.join(names)})")
-        optional = [n for n in ("multi_row_s", "request_latency_s") if n in raw]
+        optional = [n for n in ("multi_row_s", "request_latency_s", "prompt_forward_s") if n in raw]
         bad = [n for n in names + optional if not isinstance(raw[n], int | float) or raw[n] < 0]
         if bad:
             raise ValueError(f"{path}: {', '.join(bad)} must be numbers of seconds, at least 0")
@@ -114,8 +117,10 @@ class StepModel:
         `prompt_tokens` are prompt chunks."""
         if self.separate_prefill and prompt_tokens:
             decoding = tokens - prompt_tokens
-            prefill = self.overhead_s + self.token_s * prompt_tokens
-            return prefill + (self.step(decoding, kv_tokens, decoding) if decoding else 0.0)
+            if not decoding:
+                return self.overhead_s + self.token_s * prompt_tokens
+            fixed = self.overhead_s if self.prompt_forward_s is None else self.prompt_forward_s
+            return fixed + self.token_s * prompt_tokens + self.step(decoding, kv_tokens, decoding)
         # the estimate's form spelled out: the loop calls this for every step or run of steps
         batch = self.sequence_s * (sequences if self.sequence_form == "linear"
                                    else SEQUENCE_FORMS[self.sequence_form](sequences))
