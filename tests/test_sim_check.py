@@ -359,14 +359,3 @@ def test_the_calibration_path_with_a_stand_in_server_writes_a_model_close_to_the
     assert model.separate_prefill and model.joining_row_decodes and model.sequence_form == "linear"
     for name in COEFFICIENTS:
         assert getattr(model, name) == pytest.approx(getattr(truth, name), rel=0.01), name
-
-
-def test_a_model_scaled_for_a_slower_machine_takes_that_much_longer_for_every_kind_of_step() -> None:
-    model = replace(ONE_ROW, separate_prefill=True, prompt_forward_s=0.01)
-    slower = sim_check.scaled(model, 1.25)
-    for sequences, kv, tokens, prompt_tokens in ((1, 100.0, 1, 0), (4, 900.0, 4, 0), (4, 900.0, 67, 64),
-                                                 (1, 0.0, 64, 64)):
-        assert slower.step(sequences, kv, tokens, prompt_tokens) == pytest.approx(
-            1.25 * model.step(sequences, kv, tokens, prompt_tokens))
-    assert slower.request_latency_s == pytest.approx(1.25 * model.request_latency_s)
-    assert (slower.separate_prefill, slower.joining_row_decodes) == (True, True)

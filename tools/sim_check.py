@@ -7,10 +7,6 @@ batch sizes and context lengths, lone prefills at several prompt lengths) and fi
 completed per second); then replays one seeded Poisson arrival sequence (or a trace's arrivals) at three
 loads, every request streamed from the tensorrt_llm model with exactly --input-tokens in and
 --output-tokens out (min_tokens holds the end id back), and simulates the same sends on one replica.
-The machine's speed drifts by tens of percent over minutes on shared cores, so right after calibrating and
-again before each load it times a fixed probe (PROBE_* below: a few requests sent at once, their median
-time to complete over PROBE_REPEATS) and the step model simulating that load is scaled by the probe's time
-then over its time at calibration (printed per load; 1 with --step-model, which has no probe of its own).
 Prints measured beside simulated: p50 and p90 time to first token and end-to-end, with their ratio and
 whether each is within 20% (issue 21). Exit status 1 if any is not. --refit fits a step-model file's
 recorded samples again and rewrites it, with no server.
@@ -37,7 +33,7 @@ import sys
 import threading
 import time
 from collections import defaultdict
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -63,9 +59,6 @@ DECODE_PROMPTS = (32, 256)
 DECODE_STEADY_STEPS = 16  # decode steps measured after the last row of a run joined
 PREFILL_PROMPTS = (8, 32, 64, 128, 256, 512)
 PREFILL_REPEATS = 2
-# the speed probe: PROBE_ROWS requests of PROBE_INPUT in, PROBE_OUTPUT out sent at once (prefill, joining
-# and batched decode, as a replay runs them); the median of PROBE_REPEATS bursts' times to the last token
-PROBE_ROWS, PROBE_INPUT, PROBE_OUTPUT, PROBE_REPEATS = 4, 64, 16, 3
 STREAM_TIMEOUT_S = 300.0
 # The CPU runtime's Decoder.step (model_repository/tensorrt_llm/cpu/1/generation.py) merges a group whose
 # prompt's last chunk went in into the running batch before that batch's forward, and delivers what the
@@ -264,27 +257,6 @@ def measure_capacity(streams: Streams, engine: Engine, rng: np.random.Generator,
     return len(ids) / (max(streams.finished[r] for r in ids) - began)
 
 
-def probe(streams: Streams, engine: Engine, rng: np.random.Generator) -> float:
-    """Seconds the fixed probe workload takes now (a median over its repeats)."""
-    times = []
-    for _ in range(PROBE_REPEATS):
-        began = time.perf_counter()
-        ids = [streams.send(prompt(rng, engine, min(PROBE_INPUT, engine.max_input_len)),
-                            min(PROBE_OUTPUT, engine.max_output_len)) for _ in range(PROBE_ROWS)]
-        streams.wait(ids)
-        times.append(max(streams.finished[r] for r in ids) - began)
-    return float(np.median(times))
-
-
-def scaled(model: StepModel, factor: float) -> StepModel:
-    """The step model on a machine `factor` times slower (every time coefficient times factor)."""
-    times = {name: getattr(model, name) * factor for name in ("overhead_s", "weights_s", "kv_token_s", "sequence_s",
-                                                             "token_s", "multi_row_s", "request_latency_s")}
-    if model.prompt_forward_s is not None:
-        times["prompt_forward_s"] = model.prompt_forward_s * factor
-    return replace(model, **times)
-
-
 def replay_real(streams: Streams, engine: Engine, arrivals: np.ndarray, prompts: list[np.ndarray],
                 outputs: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Send each prompt at its arrival (seconds from now); (send offsets, TTFT, e2e) per request, as sent."""
@@ -408,14 +380,12 @@ def main(argv: list[str] | None = None) -> int:
     ports = serve.Ports(*(free_port() for _ in range(3)))
     log = args.repository.parent / "sim_check-tritonserver.log"
     rows: list[validation.Row] = []
-    speeds: dict[str, float] = {}
     try:
         with serve.running(args.repository, ports, log_file=log):
             streams = Streams(f"127.0.0.1:{ports.grpc}", engine)
             try:
                 streams.wait([streams.send(prompts[0], 2)])  # warm: the first forward pays one-off costs
-                calibrated = model is None
-                if calibrated:
+                if model is None:
                     say("calibrating step times ...")
                     decode, prefill, mixed = measure_steps(streams, engine, rng, say)
                     result = calibrate.fit(decode, prefill, f"tools/sim_check.py on {platform.node()}", mixed,
@@ -426,18 +396,13 @@ def main(argv: list[str] | None = None) -> int:
                         calibrate.write(args.write_step_model, result, machine=host_before, command=command,
                                         measured_at=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
                                         decode=decode, prefill=prefill, mixed=mixed)
-                base = probe(streams, engine, rng) if calibrated else None
                 capacity = measure_capacity(streams, engine, rng, args.input_tokens, args.output_tokens)
                 say(f"capacity: {capacity:.3f} requests/s ({args.input_tokens} in, {args.output_tokens} out)")
                 for load in args.loads:
                     rate = load * capacity
-                    speed = probe(streams, engine, rng) / base if base else 1.0
-                    speeds[f"{load:.0%}"] = speed
-                    say(f"replaying {args.requests} requests at {rate:.3f}/s ({load:.0%}); the machine "
-                        f"{speed:.2f} times as slow as when calibrated (probe) ...")
+                    say(f"replaying {args.requests} requests at {rate:.3f}/s ({load:.0%}) ...")
                     offsets, ttft, e2e = replay_real(streams, engine, arrivals / rate, prompts, args.output_tokens)
-                    sim_ttft, sim_e2e = simulate(engine, scaled(model, speed), offsets, args.input_tokens,
-                                                 args.output_tokens)
+                    sim_ttft, sim_e2e = simulate(engine, model, offsets, args.input_tokens, args.output_tokens)
                     rows += validation.rows(f"{load:.0%}", rate, {"TTFT": ttft, "e2e": e2e},
                                             {"TTFT": sim_ttft, "e2e": sim_e2e})
             finally:
@@ -449,13 +414,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps({"machine_before": host_before, "machine_after": host_after, "command": command,
                           "capacity_per_s": capacity, "step_model": asdict(model),
-                          "slowdown_since_calibration": speeds,
                           "rows": [row.as_dict() for row in rows]}, indent=2))
     else:
         print(f"machine: {host_before}\n  after: {host_after}\ncommand: {command}\n"
-              f"step model: {model.source}\ncapacity: {capacity:.3f} requests/s\n"
-              f"slowdown since calibration (probe), by load: "
-              + ", ".join(f"{load} {speed:.2f}" for load, speed in speeds.items()) + "\n")
+              f"step model: {model.source}\ncapacity: {capacity:.3f} requests/s\n")
         print(validation.table(rows))
     return 0 if all(row.within() for row in rows) else 1
 
