@@ -58,7 +58,9 @@ DECODE_BATCHES = (1, 2, 4, 8)
 DECODE_PROMPTS = (32, 256)
 DECODE_STEADY_STEPS = 16  # decode steps measured after the last row of a run joined
 PREFILL_PROMPTS = (8, 32, 64, 128, 256, 512)
-PREFILL_REPEATS = 2
+PREFILL_REPEATS = 3
+# the capacity burst, in batches' worth sent at once: long enough that its ramp and tail are a small part
+CAPACITY_BATCHES = 6
 STREAM_TIMEOUT_S = 300.0
 # The CPU runtime's Decoder.step (model_repository/tensorrt_llm/cpu/1/generation.py) merges a group whose
 # prompt's last chunk went in into the running batch before that batch's forward, and delivers what the
@@ -250,9 +252,9 @@ def measure_steps(streams: Streams, engine: Engine, rng: np.random.Generator, sa
 
 
 def measure_capacity(streams: Streams, engine: Engine, rng: np.random.Generator, inputs: int, outputs: int) -> float:
-    """Requests completed per second by a burst of three batches' worth sent at once."""
+    """Requests completed per second by a burst of CAPACITY_BATCHES batches' worth sent at once."""
     began = time.perf_counter()
-    ids = [streams.send(prompt(rng, engine, inputs), outputs) for _ in range(3 * engine.max_batch_size)]
+    ids = [streams.send(prompt(rng, engine, inputs), outputs) for _ in range(CAPACITY_BATCHES * engine.max_batch_size)]
     streams.wait(ids)
     return len(ids) / (max(streams.finished[r] for r in ids) - began)
 
