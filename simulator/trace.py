@@ -216,7 +216,6 @@ def diurnal_warp(trace: Trace, *, duration_s: float, peak_rate: float, trough_ra
                  np.tile(trace.input_tokens, copies)[keep], np.tile(trace.output_tokens, copies)[keep])
 
 
-
 def _poisson_day(trace: Trace, **day: float) -> Trace:
     return diurnal(lengths=trace, **day)
 

@@ -374,7 +374,7 @@ def _number(value: float | None) -> str:
 
 
 def _triple(values: dict) -> str:
-    return "/".join("-" if v is None else f"{v:,.0f}" if v >= 100 else f"{v:.1f}" for v in values.values())
+    return "/".join(_number(v) for v in values.values())
 
 
 def format_text(settings: dict, summaries: dict[str, dict], slo: report.Slo) -> str:
